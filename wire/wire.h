@@ -1,0 +1,92 @@
+/*
+ * wire.h — what the server and the device library share: signed envelopes,
+ * delta hashes, and loading the record schema from its JSON file.
+ *
+ * The crdt/ layer stays crypto-free and I/O-free; this layer adds libsodium
+ * (Ed25519 signatures, BLAKE2b hashes) and libjansson (schema files).
+ *
+ * Conventions as in crdt.h: 0 or a negative code (WIRE_E* or a CRDT_E*
+ * passed through), wire_strerror() for both ranges, outputs zeroed on failure,
+ * secret keys wiped with sodium_memzero by whoever owns them.
+ *
+ * Signing (docs/PROTOCOL.md "Signatures"): the device signs, with Ed25519,
+ * the domain string WIRE_DOMAIN_DELTA (including its terminating NUL byte)
+ * followed by the exact delta bytes.  The envelope is the msgpack map
+ *   {"b": <bin: delta bytes>, "s": <bin: 64-byte signature>}
+ * and is stored verbatim.  The chain hash of a delta is BLAKE2b-256 of the
+ * domain string WIRE_DOMAIN_HASH (with NUL) followed by the delta bytes.
+ */
+#ifndef DOORSTEP_WIRE_H
+#define DOORSTEP_WIRE_H
+
+#include "crdt.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+    WIRE_OK = 0,
+    WIRE_EINIT = -100,       /* libsodium could not initialise */
+    WIRE_EBADSIG = -101,     /* signature does not verify */
+    WIRE_EKEYSIZE = -102,    /* key, signature or hash of the wrong size */
+    WIRE_EIO = -103,         /* file could not be read */
+    WIRE_EJSON = -104        /* file is not valid JSON (see the message) */
+};
+
+#define WIRE_DOMAIN_DELTA "doorstep/v1/delta"
+#define WIRE_DOMAIN_HASH "doorstep/v1/delta-hash"
+#define WIRE_PK_BYTES 32
+#define WIRE_SK_BYTES 64
+#define WIRE_SIG_BYTES 64
+
+/* Messages for WIRE_E* and, for anything else, crdt_strerror(). */
+const char *wire_strerror(int code);
+
+/* Call once before any other wire_* function (thread-safe, idempotent).
+ * Returns 0 or WIRE_EINIT. */
+int wire_init(void);
+
+/* BLAKE2b-256 chain hash of delta bytes.  0 or WIRE_EINVAL-like CRDT_EINVAL. */
+int wire_delta_hash(const uint8_t *delta, size_t n, uint8_t out[CRDT_HASH_BYTES]);
+
+/* Ed25519 over WIRE_DOMAIN_DELTA "\0" || delta.  0, CRDT_ENOMEM, CRDT_EINVAL. */
+int wire_delta_sign(const uint8_t *delta, size_t n,
+                    const uint8_t sk[WIRE_SK_BYTES], uint8_t sig[WIRE_SIG_BYTES]);
+/* 0 if sig is valid for delta under pk; WIRE_EBADSIG otherwise. */
+int wire_delta_verify(const uint8_t *delta, size_t n,
+                      const uint8_t sig[WIRE_SIG_BYTES],
+                      const uint8_t pk[WIRE_PK_BYTES]);
+
+/* Append the canonical envelope {"b":delta,"s":sig} to *out. 0/CRDT_ENOMEM. */
+int wire_envelope_encode(const uint8_t *delta, size_t n,
+                         const uint8_t sig[WIRE_SIG_BYTES], crdt_buf *out);
+
+/*
+ * wire_envelope_decode — split untrusted envelope bytes.  Runs crdt_mp_check
+ * with lim, requires exactly the keys "b" (bin) and "s" (bin of 64 bytes) and
+ * the canonical encoding.  *delta points into p (borrowed).  Returns 0 or
+ * a CRDT_E* structural code / WIRE_EKEYSIZE.
+ */
+int wire_envelope_decode(const uint8_t *p, size_t n, const crdt_limits *lim,
+                         const uint8_t **delta, size_t *delta_len,
+                         const uint8_t **sig);
+
+/*
+ * wire_schema_load_file — read and parse a JSON schema file (format in
+ * docs/SCHEMA.md), then crdt_schema_validate() it.  On failure returns
+ * WIRE_EIO, WIRE_EJSON or CRDT_ESCHEMA with a message in err naming the file
+ * and the line (JSON syntax) or the field path (e.g.
+ * "schema.json: kinds.person.fields.id_number.type: unknown type 'idnr'").
+ * *out is owned by the caller (crdt_schema_free).
+ */
+int wire_schema_load_file(const char *path, crdt_schema **out, char *err,
+                          size_t errlen);
+/* The same from a buffer; `source` names it in messages. */
+int wire_schema_load_buffer(const char *json, size_t len, const char *source,
+                            crdt_schema **out, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DOORSTEP_WIRE_H */
