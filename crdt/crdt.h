@@ -137,7 +137,12 @@ extern const crdt_limits crdt_limits_default;
  * overlongs, no surrogates, <= U+10FFFF); bin <= max_bin; no ext types, no
  * reserved byte 0xc1, no floats; map keys are strings and unique.
  * The walk allocates nothing and uses O(max_depth) stack plus one bounded
- * scratch array for duplicate-key detection.
+ * scratch array for duplicate-key detection (about 34 KiB of stack).
+ * Limits: max_depth <= 64 (else CRDT_EINVAL), but msgpack-c itself refuses
+ * nesting deeper than 32, so limits meant for decoding should stay <= 32;
+ * a map never holds more than min(max_entries, 4096) keys; inputs over
+ * 4 GiB are CRDT_ETOOBIG whatever max_msg says.  When one byte breaks
+ * several rules, byte-level errors (reserved, ext, float) win.
  *
  * Returns 0, or one of CRDT_ETOOBIG, CRDT_ETRUNC, CRDT_ETRAILING,
  * CRDT_EDEPTH, CRDT_ECOUNT, CRDT_ELENGTH, CRDT_ESTRLEN, CRDT_EBINLEN,

@@ -169,9 +169,9 @@ static void gen_op(tu_rng *rng, const device *dv, opbuf *ob)
     case 5: { /* log append */
         if (op_touches(ob, "visits", NULL, NULL)) return;
         const char *keys[2] = {"d", "n"};
-        char date[11];
-        snprintf(date, sizeof date, "2026-%02d-%02d", 1 + (int)tu_below(rng, 12),
-                 1 + (int)tu_below(rng, 28));
+        char date[16];
+        snprintf(date, sizeof date, "2026-%02u-%02u", (unsigned)(1 + tu_below(rng, 12)) % 100,
+                 (unsigned)(1 + tu_below(rng, 28)) % 100);
         crdt_scalar vals[2] = {
             {.t = CRDT_V_STR, .s = date, .len = 10},
             {.t = CRDT_V_STR, .s = words[tu_below(rng, 7)]},

@@ -513,6 +513,7 @@ static void test_mismatch_and_atomic_failure(void **state)
     assert_int_equal(crdt_delta_encode(&t.d, &enc), 0);
     assert_int_equal(crdt_delta_decode(enc.p, enc.n, &crdt_limits_default, a, &d, &err_op), 0);
     assert_int_equal(crdt_record_apply(r, schema, &d), CRDT_EMISMATCH);
+    for (int i = 0; i < 8; i++) crdt_buf_free(&t.v[i]);
     /* A delta whose second op names a field the schema lacks (unchecked). */
     crdt_arena_reset(a);
     crdt_buf_reset(&enc);

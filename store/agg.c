@@ -1,0 +1,384 @@
+/*
+ * agg.c — aggregates per (community, grid), maintained on every merge.
+ *
+ * A record contributes to the aggregates of the grid its household is in:
+ *   person:    persons, enrolled, paid, key groups, key groups not enrolled
+ *              (see person_contrib for the exact rules), and its visits;
+ *   household: its own visits.
+ * Visits count per ISO week (Monday first) of the entry's "date" member.
+ *
+ * Maintenance is by difference: after a merge, the record's contribution
+ * before is subtracted and its contribution after is added; when a
+ * household changes grid, each member's contribution moves with it.  So
+ * agg/aggw always equal the sum of the current records' contributions, which
+ * is what store_verify recomputes.  A record whose household (or whose
+ * household's community/grid) is not known yet contributes nothing until it
+ * is.  Reports read these sums; they never scan records.
+ */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* The enum values the rules below name (default schema, crdt/schema/yibao.json). */
+#define LIFE_DECEASED "死亡"
+#define LIFE_MOVED_OUT "迁出"
+static const char *const PAID_VALUES[] = {"已缴费", "代缴"};
+static const char *const ENROLLED_ONLY_VALUES[] = {"免缴"};
+#define INSURANCE_EMPLOYEE "职工医保"
+
+#define AGG_FIELDS (3 + 2 * STORE_MAX_GROUPS)
+#define MAX_WEEKS 64
+
+typedef struct contrib {
+    char c[128], g[128];          /* empty: contributes nothing */
+    int64_t v[AGG_FIELDS];        /* persons, enrolled, paid, group[], group_unenrolled[] */
+    uint32_t weeks[MAX_WEEKS];    /* visit weeks (with repeats) */
+    int64_t week_n[MAX_WEEKS];
+    uint32_t nweeks;
+} contrib;
+
+/* Days since 1970-01-01 for a valid YYYY-MM-DD (checked by the schema). */
+static int64_t days_from_civil(int y, unsigned m, unsigned d)
+{
+    y -= m <= 2;
+    const int64_t era = (y >= 0 ? y : y - 399) / 400;
+    const unsigned yoe = (unsigned)(y - era * 400);
+    const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (int64_t)doe - 719468;
+}
+
+/* Monday-based week index (1970-01-01 was a Thursday). */
+static uint32_t week_of_days(int64_t days) { return (uint32_t)((days + 3) / 7); }
+
+static bool parse_date(const char *s, uint32_t len, uint32_t *week)
+{
+    if (len != 10 || s[4] != '-' || s[7] != '-') return false;
+    int y = atoi(s);
+    unsigned m = (unsigned)((s[5] - '0') * 10 + (s[6] - '0'));
+    unsigned d = (unsigned)((s[8] - '0') * 10 + (s[9] - '0'));
+    if (y < 1900 || m < 1 || m > 12 || d < 1 || d > 31) return false;
+    *week = week_of_days(days_from_civil(y, m, d));
+    return true;
+}
+
+static void add_week(contrib *c, uint32_t w)
+{
+    for (uint32_t i = 0; i < c->nweeks; i++)
+        if (c->weeks[i] == w) {
+            c->week_n[i]++;
+            return;
+        }
+    if (c->nweeks < MAX_WEEKS) {
+        c->weeks[c->nweeks] = w;
+        c->week_n[c->nweeks++] = 1;
+    }
+}
+
+static void add_visits(contrib *c, const crdt_record *r, const crdt_fspec *f)
+{
+    const crdt_field *fl = crdt_record_field(r, f->name, (crdt_blob){NULL, 0});
+    crdt_val v;
+    if (!fl) return;
+    for (uint32_t i = 0; i < fl->n; i++) {
+        if (crdt_val_parse(fl->e[i].v, &v) || v.t != CRDT_V_MAP) continue;
+        for (uint32_t j = 0; j < v.nkv; j++) {
+            uint32_t w;
+            if (v.kv[j].klen == 4 && !memcmp(v.kv[j].k, "date", 4) &&
+                v.kv[j].v.t == CRDT_V_STR && parse_date(v.kv[j].v.s, v.kv[j].v.len, &w))
+                add_week(c, w);
+        }
+    }
+}
+
+static bool str_is(const char *s, uint32_t len, const char *want)
+{
+    return s && strlen(want) == len && memcmp(s, want, len) == 0;
+}
+
+static bool str_in(const char *s, uint32_t len, const char *const *set, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (str_is(s, len, set[i])) return true;
+    return false;
+}
+
+/* Where a household is: its community and grid, or empty strings. */
+static void household_place(const store *s, const crdt_record *hh, contrib *c)
+{
+    uint32_t cl, gl;
+    const char *cs = store_field_str(hh, s->model.hh_community, (crdt_blob){NULL, 0}, &cl);
+    const char *gs = store_field_str(hh, s->model.hh_grid, (crdt_blob){NULL, 0}, &gl);
+    c->c[0] = c->g[0] = 0;
+    if (!cs || !gs || !cl || !gl || cl >= sizeof c->c || gl >= sizeof c->g) return;
+    memcpy(c->c, cs, cl);
+    c->c[cl] = 0;
+    memcpy(c->g, gs, gl);
+    c->g[gl] = 0;
+}
+
+/* A person's contribution, placed in household hh's grid. */
+static void person_contrib(const store *s, const crdt_record *p, const crdt_record *hh,
+                           contrib *c)
+{
+    const store_model *m = &s->model;
+    uint32_t len;
+    memset(c, 0, sizeof *c);
+    if (!p || !hh) return;
+    household_place(s, hh, c);
+    if (!c->c[0]) return;
+    add_visits(c, p, m->p_visits);
+    if (crdt_record_deleted(p)) return;
+    const char *life = store_field_str(p, m->p_life, (crdt_blob){NULL, 0}, &len);
+    if (str_is(life, len, LIFE_DECEASED) || str_is(life, len, LIFE_MOVED_OUT)) return;
+    c->v[0] = 1; /* persons */
+
+    /* Payment status for the campaign year (the field is keyed by year). */
+    uint8_t kb[9];
+    crdt_buf key = {kb, 0, 0};
+    crdt_buf tmp = {0};
+    crdt_val_put_int(&tmp, s->campaign_year);
+    memcpy(kb, tmp.p, tmp.n);
+    key.n = tmp.n;
+    crdt_buf_free(&tmp);
+    const char *pay = store_field_str(p, m->p_payment, (crdt_blob){kb, (uint32_t)key.n}, &len);
+    bool paid = str_in(pay, len, PAID_VALUES, 2);
+    bool enrolled = paid || str_in(pay, len, ENROLLED_ONLY_VALUES, 1);
+    if (m->p_insurance) {
+        uint32_t il;
+        const char *ins = store_field_str(p, m->p_insurance, (crdt_blob){NULL, 0}, &il);
+        if (str_is(ins, il, INSURANCE_EMPLOYEE)) enrolled = true;
+    }
+    c->v[1] = enrolled;
+    c->v[2] = paid;
+
+    /* Key groups: the live tags. */
+    const crdt_field *tags = crdt_record_field(p, m->p_tags->name, (crdt_blob){NULL, 0});
+    if (!tags) return;
+    for (uint32_t i = 0; i < tags->n; i++) {
+        crdt_val v;
+        if (i && crdt_blob_cmp(tags->e[i].v, tags->e[i - 1].v) == 0) continue; /* same tag */
+        if (crdt_val_parse(tags->e[i].v, &v) || v.t != CRDT_V_STR) continue;
+        int g = crdt_vspec_enum_index(&m->p_tags->v, v.s, v.len);
+        if (g < 0 || g >= STORE_MAX_GROUPS) continue;
+        c->v[3 + g] = 1;
+        if (!enrolled) c->v[3 + STORE_MAX_GROUPS + g] = 1;
+    }
+}
+
+static void household_contrib(const store *s, const crdt_record *hh, contrib *c)
+{
+    memset(c, 0, sizeof *c);
+    if (!hh) return;
+    household_place(s, hh, c);
+    if (!c->c[0]) return;
+    add_visits(c, hh, s->model.hh_visits);
+}
+
+/* ---- applying a contribution to the stored sums ------------------------------ */
+
+static int add_to(store_txn *t, const contrib *c, int sign)
+{
+    uint8_t k[300];
+    MDB_val v;
+    int64_t sums[AGG_FIELDS];
+    bool any = false;
+    int rc;
+    if (!c->c[0]) return STORE_OK;
+    const char *parts[] = {c->c, c->g};
+    size_t kl = store_key_join(k, sizeof k, parts, 2);
+    if (!kl) return STORE_EINVAL;
+    for (int i = 0; i < AGG_FIELDS; i++) any |= c->v[i] != 0;
+    if (any) {
+        rc = store_get(t, DB_AGG, k, kl, &v);
+        if (rc == STORE_ENOTFOUND) memset(sums, 0, sizeof sums);
+        else if (rc) return rc;
+        else if (v.mv_size != sizeof sums) return STORE_ECORRUPT;
+        else memcpy(sums, v.mv_data, sizeof sums);
+        for (int i = 0; i < AGG_FIELDS; i++) sums[i] += sign * c->v[i];
+        if ((rc = store_put(t, DB_AGG, k, kl, sums, sizeof sums))) return rc;
+    }
+    for (uint32_t i = 0; i < c->nweeks; i++) {
+        uint8_t wk[310];
+        int64_t n = 0;
+        memcpy(wk, k, kl);
+        wk[kl] = 0;
+        be32(wk + kl + 1, c->weeks[i]);
+        rc = store_get(t, DB_AGGW, wk, kl + 5, &v);
+        if (rc == STORE_OK && v.mv_size == 8) memcpy(&n, v.mv_data, 8);
+        else if (rc != STORE_ENOTFOUND) return rc ? rc : STORE_ECORRUPT;
+        n += sign * c->week_n[i];
+        if ((rc = store_put(t, DB_AGGW, wk, kl + 5, &n, 8))) return rc;
+    }
+    return STORE_OK;
+}
+
+static int get_household(store_txn *t, const char *id, crdt_record **out)
+{
+    *out = NULL;
+    if (!id || !*id) return STORE_OK;
+    int rc = store_get_record(t, "household", id, out);
+    return rc == STORE_ENOTFOUND ? STORE_OK : rc;
+}
+
+int store_agg_person(store_txn *t, const crdt_record *before, const crdt_record *after,
+                     const char *h0, const char *h1)
+{
+    crdt_record *hh0 = NULL, *hh1 = NULL;
+    contrib *c = malloc(sizeof *c);
+    int rc;
+    if (!c) return CRDT_ENOMEM;
+    if ((rc = get_household(t, h0, &hh0))) goto out;
+    if ((rc = get_household(t, h1, &hh1))) goto out;
+    person_contrib(t->s, before, hh0, c);
+    if ((rc = add_to(t, c, -1))) goto out;
+    person_contrib(t->s, after, hh1, c);
+    rc = add_to(t, c, +1);
+out:
+    crdt_record_free(hh0);
+    crdt_record_free(hh1);
+    free(c);
+    return rc;
+}
+
+int store_agg_household(store_txn *t, const crdt_record *before, const crdt_record *after,
+                        bool moved)
+{
+    contrib *c = malloc(sizeof *c);
+    store_ids members = {0};
+    int rc;
+    if (!c) return CRDT_ENOMEM;
+    household_contrib(t->s, before, c);
+    if ((rc = add_to(t, c, -1))) goto out;
+    household_contrib(t->s, after, c);
+    if ((rc = add_to(t, c, +1))) goto out;
+    if (!moved) goto out;
+    if ((rc = store_household_members(t, after->id, &members))) goto out;
+    for (size_t i = 0; i < members.n; i++) {
+        crdt_record *p = NULL;
+        rc = store_get_record(t, "person", members.id[i], &p);
+        if (rc == STORE_ENOTFOUND) continue;
+        if (rc) goto out;
+        person_contrib(t->s, p, before, c);
+        rc = add_to(t, c, -1);
+        if (!rc) {
+            person_contrib(t->s, p, after, c);
+            rc = add_to(t, c, +1);
+        }
+        crdt_record_free(p);
+        if (rc) goto out;
+    }
+out:
+    store_ids_free(&members);
+    free(c);
+    return rc;
+}
+
+int store_agg_contrib(store_txn *t, const crdt_record *r, store_contrib_fn fn, void *arg)
+{
+    contrib *c = malloc(sizeof *c);
+    crdt_record *hh = NULL;
+    int rc = STORE_OK;
+    if (!c) return CRDT_ENOMEM;
+    memset(c, 0, sizeof *c);
+    if (!strcmp(r->kind, "person")) {
+        uint32_t len;
+        char h[CRDT_RECID_MAX + 1];
+        const char *hs = store_field_str(r, t->s->model.p_household, (crdt_blob){NULL, 0}, &len);
+        if (hs && len && len <= CRDT_RECID_MAX) {
+            memcpy(h, hs, len);
+            h[len] = 0;
+            if ((rc = get_household(t, h, &hh))) goto out;
+        }
+        person_contrib(t->s, r, hh, c);
+    } else if (!strcmp(r->kind, "household")) {
+        household_contrib(t->s, r, c);
+    }
+    if (!c->c[0]) goto out;
+    uint8_t k[310];
+    const char *parts[] = {c->c, c->g};
+    size_t kl = store_key_join(k, sizeof k, parts, 2);
+    bool any = false;
+    for (int i = 0; i < AGG_FIELDS; i++) any |= c->v[i] != 0;
+    if (any) fn(arg, DB_AGG, k, kl, c->v, AGG_FIELDS);
+    for (uint32_t i = 0; i < c->nweeks; i++) {
+        k[kl] = 0;
+        be32(k + kl + 1, c->weeks[i]);
+        fn(arg, DB_AGGW, k, kl + 5, &c->week_n[i], 1);
+    }
+out:
+    crdt_record_free(hh);
+    free(c);
+    return rc;
+}
+
+/* ---- reading ---------------------------------------------------------------- */
+
+const char *const *store_group_names(const store *s, size_t *n)
+{
+    const crdt_vspec *v = &s->model.p_tags->v;
+    *n = v->n_enum < STORE_MAX_GROUPS ? v->n_enum : STORE_MAX_GROUPS;
+    return (const char *const *)v->enum_values;
+}
+
+static void agg_add(store_agg *a, const int64_t *sums)
+{
+    a->persons += sums[0];
+    a->enrolled += sums[1];
+    a->paid += sums[2];
+    for (int g = 0; g < STORE_MAX_GROUPS; g++) {
+        a->group[g] += sums[3 + g];
+        a->group_unenrolled[g] += sums[3 + STORE_MAX_GROUPS + g];
+    }
+}
+
+int store_agg_get(store_txn *t, const char *community, const char *grid, uint64_t now_ms,
+                  store_agg *out)
+{
+    uint8_t prefix[300];
+    size_t pn = 0;
+    MDB_cursor *c;
+    MDB_val k, v;
+    uint32_t week = week_of_days((int64_t)(now_ms / 86400000ull));
+    int rc;
+    memset(out, 0, sizeof *out);
+    if (grid && !community) return STORE_EINVAL;
+    if (community) {
+        const char *parts[] = {community, grid ? grid : ""};
+        pn = store_key_join(prefix, sizeof prefix, parts, grid ? 2 : 2);
+        if (!pn) return STORE_EINVAL;
+        if (!grid) pn = strlen(community) + 1; /* "community\0" */
+    }
+    /* Sums: one key for a grid, a prefix range for a community or station. */
+    for (int db = DB_AGG; db <= DB_AGGW; db++) {
+        if ((rc = store_lmdb_err(mdb_cursor_open(t->txn, t->s->dbi[db], &c)))) return rc;
+        k.mv_data = prefix;
+        k.mv_size = pn;
+        rc = pn ? mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) : mdb_cursor_get(c, &k, &v, MDB_FIRST);
+        while (rc == 0) {
+            if (k.mv_size < pn || memcmp(k.mv_data, prefix, pn) != 0) break;
+            if (db == DB_AGG) {
+                if (grid && k.mv_size != pn) break;
+                if (v.mv_size == AGG_FIELDS * 8) {
+                    int64_t sums[AGG_FIELDS];
+                    memcpy(sums, v.mv_data, sizeof sums);
+                    agg_add(out, sums);
+                }
+            } else {
+                const uint8_t *kp = k.mv_data;
+                bool grid_ok = !grid || (k.mv_size == pn + 5 && kp[pn] == 0);
+                if (grid_ok && k.mv_size >= 5 && rd32(kp + k.mv_size - 4) == week &&
+                    v.mv_size == 8) {
+                    int64_t n;
+                    memcpy(&n, v.mv_data, 8);
+                    out->visits_week += n;
+                }
+            }
+            rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+        }
+        mdb_cursor_close(c);
+        if (rc && rc != MDB_NOTFOUND) return store_lmdb_err(rc);
+    }
+    return STORE_OK;
+}

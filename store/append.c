@@ -1,0 +1,767 @@
+/*
+ * append.c — appending deltas (one, or a group-committed batch), device
+ * chains, quarantine, devices, the scoped feed, record and index reads.
+ *
+ * Invariants (checked by store_verify)
+ *   - dots holds exactly one entry per (device, seq) the server has accepted
+ *     into the device's chain; heads[dev] is the greatest such seq and its
+ *     hash, and seqs 1..head are all present (chains are contiguous).
+ *   - Every applied delta has a server seq; deltas[sseq] is its envelope,
+ *     verbatim (sealed); rdeltas and feed name it under its record and the
+ *     household(s) it touched.
+ *   - records[kind,id] equals the merge of the record's applied deltas.
+ *   - members, grid and lookup describe the current records exactly;
+ *     agg/aggw equal the sum of the current records' contributions.
+ *   - One delta's effects are all-or-nothing: any error aborts the caller's
+ *     transaction, so a failed append leaves nothing behind.
+ */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- devices ---------------------------------------------------------------- */
+
+#define DEV_LAYOUT 1
+#define DEV_BYTES (1 + 1 + 4 + 8 + 8 + 8 + 64)
+
+int store_device_put(store_txn *t, const store_device *d)
+{
+    uint8_t k[4], v[DEV_BYTES];
+    be32(k, d->id);
+    memset(v, 0, sizeof v);
+    v[0] = DEV_LAYOUT;
+    v[1] = d->state;
+    be32(v + 2, d->epoch);
+    be64(v + 6, d->revoked_at_seq);
+    be64(v + 14, d->created_ms);
+    be64(v + 22, d->last_sync_ms);
+    memcpy(v + 30, d->volunteer, strnlen(d->volunteer, sizeof d->volunteer - 1));
+    return store_put(t, DB_DEVICES, k, 4, v, sizeof v);
+}
+
+int store_device_get(store_txn *t, uint32_t id, store_device *out)
+{
+    uint8_t k[4];
+    MDB_val v;
+    memset(out, 0, sizeof *out);
+    be32(k, id);
+    int rc = store_get(t, DB_DEVICES, k, 4, &v);
+    if (rc) return rc;
+    const uint8_t *p = v.mv_data;
+    if (v.mv_size != DEV_BYTES || p[0] != DEV_LAYOUT) return STORE_ECORRUPT;
+    out->id = id;
+    out->state = p[1];
+    out->epoch = rd32(p + 2);
+    out->revoked_at_seq = rd64(p + 6);
+    out->created_ms = rd64(p + 14);
+    out->last_sync_ms = rd64(p + 22);
+    memcpy(out->volunteer, p + 30, sizeof out->volunteer - 1);
+    return STORE_OK;
+}
+
+/* ---- quarantine ----------------------------------------------------------- */
+
+/* Quarantine entry plaintext: reason(1) dev(4) seq(8) at(8) envelope. */
+static int quarantine(store_txn *t, uint8_t reason, uint32_t dev, uint64_t seq,
+                      uint64_t now_ms, const uint8_t *env, size_t n)
+{
+    MDB_cursor *c;
+    MDB_val k, v;
+    uint64_t qid = 1;
+    int rc = mdb_cursor_open(t->txn, t->s->dbi[DB_QUAR], &c);
+    if (rc) return store_lmdb_err(rc);
+    if (mdb_cursor_get(c, &k, &v, MDB_LAST) == 0 && k.mv_size == 8) qid = rd64(k.mv_data) + 1;
+    mdb_cursor_close(c);
+    uint8_t key[8];
+    be64(key, qid);
+    uint8_t *plain = malloc(21 + n);
+    if (!plain) return CRDT_ENOMEM;
+    plain[0] = reason;
+    be32(plain + 1, dev);
+    be64(plain + 5, seq);
+    be64(plain + 13, now_ms);
+    memcpy(plain + 21, env, n);
+    rc = store_put_sealed(t, DB_QUAR, key, 8, plain, 21 + n);
+    free(plain);
+    return rc;
+}
+
+int store_quarantine_count(store_txn *t, uint64_t *n)
+{
+    MDB_stat st;
+    int rc = mdb_stat(t->txn, t->s->dbi[DB_QUAR], &st);
+    *n = rc ? 0 : st.ms_entries;
+    return store_lmdb_err(rc);
+}
+
+int store_quarantine_get(store_txn *t, uint64_t qid, store_qentry *out)
+{
+    uint8_t key[8];
+    crdt_buf plain = {0};
+    memset(out, 0, sizeof *out);
+    be64(key, qid);
+    int rc = store_get_sealed(t, DB_QUAR, key, 8, &plain);
+    if (rc) goto out;
+    if (plain.n < 21) {
+        rc = STORE_ECORRUPT;
+        goto out;
+    }
+    out->qid = qid;
+    out->reason = plain.p[0];
+    out->dev = rd32(plain.p + 1);
+    out->seq = rd64(plain.p + 5);
+    out->at_ms = rd64(plain.p + 13);
+    rc = crdt_buf_append(&out->env, plain.p + 21, plain.n - 21);
+out:
+    crdt_buf_free(&plain);
+    return rc;
+}
+
+const char *store_qreason_name(int reason)
+{
+    switch (reason) {
+    case STORE_Q_CLOCK_AHEAD: return "clock_ahead";
+    case STORE_Q_CLONE: return "clone";
+    case STORE_Q_FROZEN: return "device_frozen";
+    case STORE_Q_REVOKED: return "device_revoked";
+    case STORE_Q_SEALED: return "key_sealed";
+    case STORE_Q_FORK: return "chain_fork";
+    default: return "unknown";
+    }
+}
+
+/* ---- chains and server seqs ------------------------------------------------ */
+
+int store_chain_head(store_txn *t, uint32_t dev, uint64_t *seq, uint8_t hash[CRDT_HASH_BYTES])
+{
+    uint8_t k[4];
+    MDB_val v;
+    be32(k, dev);
+    *seq = 0;
+    memset(hash, 0, CRDT_HASH_BYTES);
+    int rc = store_get(t, DB_HEADS, k, 4, &v);
+    if (rc == STORE_ENOTFOUND) return STORE_OK;
+    if (rc) return rc;
+    if (v.mv_size != 8 + CRDT_HASH_BYTES) return STORE_ECORRUPT;
+    *seq = rd64(v.mv_data);
+    memcpy(hash, (uint8_t *)v.mv_data + 8, CRDT_HASH_BYTES);
+    return STORE_OK;
+}
+
+int store_last_sseq(store_txn *t, uint64_t *sseq)
+{
+    MDB_cursor *c;
+    MDB_val k, v;
+    *sseq = 0;
+    int rc = mdb_cursor_open(t->txn, t->s->dbi[DB_DELTAS], &c);
+    if (rc) return store_lmdb_err(rc);
+    rc = mdb_cursor_get(c, &k, &v, MDB_LAST);
+    mdb_cursor_close(c);
+    if (rc == MDB_NOTFOUND) return STORE_OK;
+    if (rc) return store_lmdb_err(rc);
+    if (k.mv_size != 8) return STORE_ECORRUPT;
+    *sseq = rd64(k.mv_data);
+    return STORE_OK;
+}
+
+int store_get_envelope(store_txn *t, uint64_t sseq, crdt_buf *out)
+{
+    uint8_t k[8];
+    be64(k, sseq);
+    return store_get_sealed(t, DB_DELTAS, k, 8, out);
+}
+
+/* ---- records ------------------------------------------------------------- */
+
+static size_t record_key(uint8_t *out, const char *kind, size_t kl, const char *id, size_t il)
+{
+    memcpy(out, kind, kl);
+    out[kl] = 0;
+    memcpy(out + kl + 1, id, il);
+    return kl + 1 + il;
+}
+
+int store_get_record(store_txn *t, const char *kind, const char *id, crdt_record **out)
+{
+    uint8_t k[CRDT_NAME_MAX + CRDT_RECID_MAX + 2];
+    size_t kl = strlen(kind), il = strlen(id);
+    *out = NULL;
+    if (kl >= CRDT_NAME_MAX || il > CRDT_RECID_MAX) return STORE_EINVAL;
+    size_t n = record_key(k, kind, kl, id, il);
+    int rc = store_get_sealed(t, DB_RECORDS, k, n, &t->scratch2);
+    if (rc) return rc;
+    rc = crdt_record_decode(t->scratch2.p, t->scratch2.n, out);
+    return rc == CRDT_ENOMEM ? rc : rc ? STORE_ECORRUPT : STORE_OK;
+}
+
+static int put_record(store_txn *t, const crdt_record *r)
+{
+    uint8_t k[CRDT_NAME_MAX + CRDT_RECID_MAX + 2];
+    size_t n = record_key(k, r->kind, strlen(r->kind), r->id, strlen(r->id));
+    crdt_buf_reset(&t->scratch2);
+    int rc = crdt_record_encode(r, &t->scratch2);
+    if (rc) return rc;
+    return store_put_sealed(t, DB_RECORDS, k, n, t->scratch2.p, t->scratch2.n);
+}
+
+/* ---- field helpers shared with agg.c and verify.c --------------------------- */
+
+const char *store_field_str(const crdt_record *r, const crdt_fspec *f, crdt_blob key,
+                            uint32_t *len)
+{
+    const crdt_field *fl = r ? crdt_record_field(r, f->name, key) : NULL;
+    const crdt_entry *best = NULL;
+    crdt_val v;
+    *len = 0;
+    if (!fl) return NULL;
+    for (uint32_t i = 0; i < fl->n; i++)
+        if (!best || crdt_stamp_cmp(fl->e[i].st, best->st) > 0) best = &fl->e[i];
+    if (!best || crdt_val_parse(best->v, &v) || v.t != CRDT_V_STR) return NULL;
+    *len = v.len;
+    return v.s;
+}
+
+/* Copy a field's display string into buf (NUL-terminated); "" if absent. */
+static void field_cstr(const crdt_record *r, const crdt_fspec *f, char *buf, size_t cap)
+{
+    uint32_t len;
+    const char *s = store_field_str(r, f, (crdt_blob){NULL, 0}, &len);
+    if (!s || len >= cap) len = 0;
+    if (len) memcpy(buf, s, len);
+    buf[len] = 0;
+}
+
+/* ---- indexes ---------------------------------------------------------------- */
+
+static int feed_put(store_txn *t, const char *household, uint64_t sseq)
+{
+    uint8_t k[CRDT_RECID_MAX + 1 + 8];
+    size_t hl = strlen(household);
+    memcpy(k, household, hl);
+    k[hl] = 0;
+    be64(k + hl + 1, sseq);
+    return store_put(t, DB_FEED, k, hl + 9, "", 0);
+}
+
+static int rdeltas_put(store_txn *t, const crdt_record *r, uint64_t sseq)
+{
+    uint8_t k[CRDT_NAME_MAX + CRDT_RECID_MAX + 2 + 8];
+    size_t n = record_key(k, r->kind, strlen(r->kind), r->id, strlen(r->id));
+    k[n] = 0;
+    be64(k + n + 1, sseq);
+    return store_put(t, DB_RDELTAS, k, n + 9, "", 0);
+}
+
+static int pair_index(store_txn *t, int db, const char *const *parts, size_t n, bool add)
+{
+    uint8_t k[512];
+    size_t kl = store_key_join(k, sizeof k, parts, n);
+    if (!kl) return STORE_EINVAL;
+    return add ? store_put(t, db, k, kl, "", 0) : store_del(t, db, k, kl);
+}
+
+/* Keyed hash for exact lookups: BLAKE2b-128(lookup key, what || value). */
+static void lookup_hash(const store *s, int what, const uint8_t *v, size_t n, uint8_t out[16])
+{
+    crypto_generichash_state st;
+    uint8_t w = (uint8_t)what;
+    crypto_generichash_init(&st, s->lookup_key, sizeof s->lookup_key, 16);
+    crypto_generichash_update(&st, &w, 1);
+    crypto_generichash_update(&st, v, n);
+    crypto_generichash_final(&st, out, 16);
+}
+
+static int lookup_key(const store *s, int what, const uint8_t *v, size_t n, const char *id,
+                      uint8_t *k)
+{
+    size_t il = strlen(id);
+    k[0] = (uint8_t)what;
+    lookup_hash(s, what, v, n, k + 1);
+    memcpy(k + 17, id, il);
+    return (int)(17 + il);
+}
+
+/* Is the string value v among f's live entries in r? */
+static bool has_value(const crdt_record *r, const crdt_fspec *f, const crdt_entry *v)
+{
+    const crdt_field *fl = r ? crdt_record_field(r, f->name, (crdt_blob){NULL, 0}) : NULL;
+    if (!fl) return false;
+    for (uint32_t i = 0; i < fl->n; i++)
+        if (crdt_blob_cmp(fl->e[i].v, v->v) == 0) return true;
+    return false;
+}
+
+/* Lookup entries for field f: remove values gone, add values new. */
+static int lookup_update(store_txn *t, int what, const crdt_fspec *f, const crdt_record *before,
+                         const crdt_record *after)
+{
+    uint8_t k[17 + CRDT_RECID_MAX + 1];
+    crdt_val v;
+    for (int pass = 0; pass < 2; pass++) {
+        const crdt_record *from = pass ? after : before, *other = pass ? before : after;
+        const crdt_field *fl = from ? crdt_record_field(from, f->name, (crdt_blob){NULL, 0})
+                                    : NULL;
+        if (!fl) continue;
+        for (uint32_t i = 0; i < fl->n; i++) {
+            if (has_value(other, f, &fl->e[i])) continue;
+            if (crdt_val_parse(fl->e[i].v, &v) || v.t != CRDT_V_STR) continue;
+            int kl = lookup_key(t->s, what, (const uint8_t *)v.s, v.len, from->id, k);
+            int rc = pass ? store_put(t, DB_LOOKUP, k, (size_t)kl, "", 0)
+                          : store_del(t, DB_LOOKUP, k, (size_t)kl);
+            if (rc) return rc;
+        }
+    }
+    return STORE_OK;
+}
+
+/* ---- the append path ---------------------------------------------------------- */
+
+static int dot_key(uint8_t k[12], uint32_t dev, uint64_t seq)
+{
+    be32(k, dev);
+    be64(k + 4, seq);
+    return 12;
+}
+
+/* Freeze the device (if known) and note why. */
+static int freeze(store_txn *t, uint32_t dev)
+{
+    store_device d;
+    int rc = store_device_get(t, dev, &d);
+    if (rc == STORE_ENOTFOUND) {
+        memset(&d, 0, sizeof d);
+        d.id = dev;
+    } else if (rc) {
+        return rc;
+    }
+    d.state = STORE_DEV_FROZEN;
+    return store_device_put(t, &d);
+}
+
+/* Load a record, or a new empty one. */
+static int load_or_new(store_txn *t, const char *kind, size_t kl, const char *id, size_t il,
+                       crdt_record **out)
+{
+    char k[CRDT_NAME_MAX], i[CRDT_RECID_MAX + 1];
+    memcpy(k, kind, kl);
+    k[kl] = 0;
+    memcpy(i, id, il);
+    i[il] = 0;
+    int rc = store_get_record(t, k, i, out);
+    if (rc != STORE_ENOTFOUND) return rc;
+    *out = crdt_record_new(kind, kl, id, il);
+    return *out ? STORE_OK : CRDT_ENOMEM;
+}
+
+/* Apply to the household kind: indexes, feed, aggregates of all members. */
+static int index_household(store_txn *t, const crdt_record *before, const crdt_record *after,
+                           uint64_t sseq)
+{
+    const store_model *m = &t->s->model;
+    char c0[128], g0[128], c1[128], g1[128];
+    int rc;
+    field_cstr(before, m->hh_community, c0, sizeof c0);
+    field_cstr(before, m->hh_grid, g0, sizeof g0);
+    field_cstr(after, m->hh_community, c1, sizeof c1);
+    field_cstr(after, m->hh_grid, g1, sizeof g1);
+    if ((rc = feed_put(t, after->id, sseq))) return rc;
+    bool moved = strcmp(c0, c1) || strcmp(g0, g1);
+    if (moved && before && *c0 && *g0) {
+        const char *parts[] = {c0, g0, after->id};
+        if ((rc = pair_index(t, DB_GRID, parts, 3, false))) return rc;
+    }
+    if (moved && *c1 && *g1) {
+        const char *parts[] = {c1, g1, after->id};
+        if ((rc = pair_index(t, DB_GRID, parts, 3, true))) return rc;
+    }
+    return store_agg_household(t, before, after, moved);
+}
+
+static int index_person(store_txn *t, const crdt_record *before, const crdt_record *after,
+                        uint64_t sseq)
+{
+    const store_model *m = &t->s->model;
+    char h0[CRDT_RECID_MAX + 1], h1[CRDT_RECID_MAX + 1];
+    int rc;
+    field_cstr(before, m->p_household, h0, sizeof h0);
+    field_cstr(after, m->p_household, h1, sizeof h1);
+    if (*h1 && (rc = feed_put(t, h1, sseq))) return rc;
+    if (*h0 && strcmp(h0, h1)) {
+        /* The old household's devices see the move out. */
+        if ((rc = feed_put(t, h0, sseq))) return rc;
+        const char *parts[] = {h0, after->id};
+        if ((rc = pair_index(t, DB_MEMBERS, parts, 2, false))) return rc;
+    }
+    if (*h1 && strcmp(h0, h1)) {
+        const char *parts[] = {h1, after->id};
+        if ((rc = pair_index(t, DB_MEMBERS, parts, 2, true))) return rc;
+    }
+    if ((rc = lookup_update(t, STORE_LOOKUP_IDNUM, m->p_idnum, before, after)) ||
+        (rc = lookup_update(t, STORE_LOOKUP_PHONE, m->p_phone, before, after)) ||
+        (rc = lookup_update(t, STORE_LOOKUP_NAME, m->p_name, before, after)))
+        return rc;
+    return store_agg_person(t, before, after, h0, h1);
+}
+
+int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t max_ahead_ms,
+                 store_outcome *out)
+{
+    const crdt_delta *d = it->delta;
+    crdt_record *rec = NULL, *before = NULL;
+    store_device dev;
+    uint8_t dk[12], hash[CRDT_HASH_BYTES], dv[8 + CRDT_HASH_BYTES];
+    uint64_t head = 0, sseq = 0;
+    MDB_val v;
+    int rc;
+    memset(out, 0, sizeof *out);
+    if (!t->rw) return STORE_EREADONLY;
+
+    /* 1. Device state: frozen and revoked devices go to quarantine. */
+    rc = store_device_get(t, d->dev, &dev);
+    if (rc && rc != STORE_ENOTFOUND) return rc;
+    if (rc == STORE_OK) {
+        int reason = 0;
+        if (dev.state == STORE_DEV_FROZEN) reason = STORE_Q_FROZEN;
+        else if (dev.state == STORE_DEV_REVOKED_HARD) reason = STORE_Q_REVOKED;
+        else if (dev.state == STORE_DEV_REVOKED_SOFT && d->seq > dev.revoked_at_seq)
+            reason = STORE_Q_REVOKED;
+        if (reason) goto quarantine_only;
+    }
+
+    /* 2. Idempotency on the dot; clones. */
+    dot_key(dk, d->dev, d->seq);
+    rc = store_get(t, DB_DOTS, dk, 12, &v);
+    if (rc == STORE_OK) {
+        if (v.mv_size != 8 + CRDT_HASH_BYTES) return STORE_ECORRUPT;
+        if (memcmp((uint8_t *)v.mv_data + 8, it->hash, CRDT_HASH_BYTES) == 0) {
+            out->result = STORE_DUPLICATE;
+            out->sseq = rd64(v.mv_data);
+            return STORE_OK;
+        }
+        /* Same dot, other content: a cloned key.  Freeze; quarantine both. */
+        uint64_t old = rd64(v.mv_data);
+        crdt_buf prev_env = {0};
+        if (old) {
+            rc = store_get_envelope(t, old, &prev_env);
+            if (rc == STORE_OK)
+                rc = quarantine(t, STORE_Q_CLONE, d->dev, d->seq, now_ms, prev_env.p, prev_env.n);
+            crdt_buf_free(&prev_env);
+            if (rc) return rc;
+        }
+        if ((rc = freeze(t, d->dev))) return rc;
+        if ((rc = quarantine(t, STORE_Q_CLONE, d->dev, d->seq, now_ms, it->env, it->env_len)))
+            return rc;
+        out->result = STORE_QUARANTINED;
+        out->code = STORE_Q_CLONE;
+        return STORE_OK;
+    }
+    if (rc != STORE_ENOTFOUND) return rc;
+
+    /* 3. The chain: next seq, and the previous hash must match the head. */
+    if ((rc = store_chain_head(t, d->dev, &head, hash))) return rc;
+    if (d->seq != head + 1) {
+        out->result = STORE_REJECTED;
+        out->code = STORE_EGAP;
+        out->expected_seq = head + 1;
+        return STORE_OK;
+    }
+    if (memcmp(d->prev, hash, CRDT_HASH_BYTES) != 0) {
+        if ((rc = freeze(t, d->dev))) return rc;
+        if ((rc = quarantine(t, STORE_Q_FORK, d->dev, d->seq, now_ms, it->env, it->env_len)))
+            return rc;
+        out->result = STORE_QUARANTINED;
+        out->code = STORE_Q_FORK;
+        return STORE_OK;
+    }
+
+    /* 4. The chain advances whatever happens next (quarantine or merge), so
+     *    the device's later deltas are not blocked by one held back. */
+    be64(dv, 0);
+    memcpy(dv + 8, it->hash, CRDT_HASH_BYTES);
+    if (CRDT_HLC_MS(d->hlc) > now_ms + max_ahead_ms) {
+        if ((rc = store_put(t, DB_DOTS, dk, 12, dv, sizeof dv))) return rc;
+        be64(dv, d->seq);
+        if ((rc = store_put(t, DB_HEADS, dk, 4, dv, sizeof dv))) return rc;
+        if ((rc = quarantine(t, STORE_Q_CLOCK_AHEAD, d->dev, d->seq, now_ms, it->env,
+                             it->env_len)))
+            return rc;
+        out->result = STORE_QUARANTINED;
+        out->code = STORE_Q_CLOCK_AHEAD;
+        return STORE_OK;
+    }
+
+    /* 5. Server seq, envelope verbatim, dot, head. */
+    if ((rc = store_last_sseq(t, &sseq))) return rc;
+    sseq++;
+    {
+        uint8_t sk[8];
+        be64(sk, sseq);
+        if ((rc = store_put_sealed(t, DB_DELTAS, sk, 8, it->env, it->env_len))) return rc;
+    }
+    be64(dv, sseq);
+    if ((rc = store_put(t, DB_DOTS, dk, 12, dv, sizeof dv))) return rc;
+    be64(dv, d->seq);
+    if ((rc = store_put(t, DB_HEADS, dk, 4, dv, sizeof dv))) return rc;
+
+    /* 6. Merge into the record; indexes and aggregates from before/after. */
+    rc = load_or_new(t, d->kind, d->kind_len, d->id, d->id_len, &rec);
+    if (rc) goto done;
+    if (rec->n_fields || rec->tomb.n) {
+        before = crdt_record_dup(rec);
+        if (!before) {
+            rc = CRDT_ENOMEM;
+            goto done;
+        }
+    }
+    if ((rc = crdt_record_apply(rec, t->s->schema, d))) goto done;
+    if ((rc = put_record(t, rec))) goto done;
+    if ((rc = rdeltas_put(t, rec, sseq))) goto done;
+    if (!strcmp(rec->kind, "household")) rc = index_household(t, before, rec, sseq);
+    else if (!strcmp(rec->kind, "person")) rc = index_person(t, before, rec, sseq);
+    if (rc) goto done;
+    out->result = STORE_APPLIED;
+    out->sseq = sseq;
+done:
+    crdt_record_free(before);
+    crdt_record_free(rec);
+    return rc;
+
+quarantine_only:
+    if ((rc = quarantine(t, (uint8_t)(dev.state == STORE_DEV_FROZEN ? STORE_Q_FROZEN
+                                                                     : STORE_Q_REVOKED),
+                         d->dev, d->seq, now_ms, it->env, it->env_len)))
+        return rc;
+    out->result = STORE_QUARANTINED;
+    out->code = dev.state == STORE_DEV_FROZEN ? STORE_Q_FROZEN : STORE_Q_REVOKED;
+    return STORE_OK;
+}
+
+/* ---- group commit ---------------------------------------------------------------- */
+
+static int batch_once(store *s, const uint8_t *const *envs, const size_t *lens, size_t n,
+                      uint64_t now_ms, uint64_t max_ahead_ms, store_outcome *outs)
+{
+    store_txn *t = NULL;
+    crdt_arena *a = crdt_arena_new(0);
+    int rc;
+    if (!a) return CRDT_ENOMEM;
+    if ((rc = store_begin(s, STORE_RW, &t))) goto fail;
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *db, *sig;
+        size_t dl;
+        crdt_delta d;
+        store_item it;
+        int err_op;
+        memset(&outs[i], 0, sizeof outs[i]);
+        crdt_arena_reset(a);
+        rc = wire_envelope_decode(envs[i], lens[i], &crdt_limits_default, &db, &dl, &sig);
+        if (!rc) rc = crdt_delta_decode(db, dl, &crdt_limits_default, a, &d, &err_op);
+        if (!rc) rc = crdt_schema_check_delta(s->schema, &d, &err_op);
+        if (rc) {
+            outs[i].result = STORE_REJECTED;
+            outs[i].code = rc;
+            continue;
+        }
+        it.env = envs[i];
+        it.env_len = lens[i];
+        it.delta = &d;
+        wire_delta_hash(db, dl, it.hash);
+        if ((rc = store_append(t, &it, now_ms, max_ahead_ms, &outs[i]))) goto fail;
+    }
+    rc = store_commit(t);
+    t = NULL;
+    if (rc) goto fail;
+    crdt_arena_free(a);
+    return STORE_OK;
+fail:
+    store_abort(t);
+    crdt_arena_free(a);
+    memset(outs, 0, n * sizeof *outs);
+    return rc;
+}
+
+int store_append_batch(store *s, const uint8_t *const *envs, const size_t *lens, size_t n,
+                       uint64_t now_ms, uint64_t max_ahead_ms, store_outcome *outs)
+{
+    for (;;) {
+        int rc = batch_once(s, envs, lens, n, now_ms, max_ahead_ms, outs);
+        if (rc != STORE_EMAPFULL) return rc;
+        /* No transaction is open here: grow and redo the whole batch. */
+        if ((rc = store_grow(s))) return rc;
+    }
+}
+
+/* ---- reads: feed, members, grid, lookup ----------------------------------------- */
+
+void store_ids_free(store_ids *ids)
+{
+    free(ids->id);
+    ids->id = NULL;
+    ids->n = 0;
+}
+
+static int ids_push(store_ids *ids, size_t *cap, const uint8_t *p, size_t n)
+{
+    if (n > CRDT_RECID_MAX) return STORE_ECORRUPT;
+    if (ids->n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 16;
+        void *np = realloc(ids->id, nc * sizeof *ids->id);
+        if (!np) return CRDT_ENOMEM;
+        ids->id = np;
+        *cap = nc;
+    }
+    memcpy(ids->id[ids->n], p, n);
+    ids->id[ids->n][n] = 0;
+    ids->n++;
+    return STORE_OK;
+}
+
+/* All keys of db starting with prefix[0..pn), after `after_suffix`, up to
+ * limit; the part after the prefix is pushed to out. */
+static int prefix_scan(store_txn *t, int db, const uint8_t *prefix, size_t pn,
+                       const char *after, size_t limit, store_ids *out)
+{
+    MDB_cursor *c;
+    MDB_val k, v;
+    uint8_t start[600];
+    size_t cap = 0, al = after ? strlen(after) : 0;
+    memset(out, 0, sizeof *out);
+    if (pn + al + 1 > sizeof start) return STORE_EINVAL;
+    memcpy(start, prefix, pn);
+    memcpy(start + pn, after ? after : "", al);
+    int rc = mdb_cursor_open(t->txn, t->s->dbi[db], &c);
+    if (rc) return store_lmdb_err(rc);
+    k.mv_data = start;
+    k.mv_size = pn + al;
+    rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    while (rc == 0 && out->n < limit) {
+        if (k.mv_size < pn || memcmp(k.mv_data, prefix, pn) != 0) break;
+        const uint8_t *rest = (const uint8_t *)k.mv_data + pn;
+        size_t rl = k.mv_size - pn;
+        if (!(al && rl == al && memcmp(rest, after, al) == 0)) {
+            if ((rc = ids_push(out, &cap, rest, rl))) {
+                mdb_cursor_close(c);
+                store_ids_free(out);
+                return rc;
+            }
+        }
+        rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(c);
+    if (rc && rc != MDB_NOTFOUND) {
+        store_ids_free(out);
+        return store_lmdb_err(rc);
+    }
+    return STORE_OK;
+}
+
+int store_household_members(store_txn *t, const char *household, store_ids *out)
+{
+    uint8_t p[CRDT_RECID_MAX + 2];
+    size_t hl = strlen(household);
+    if (hl == 0 || hl > CRDT_RECID_MAX) return STORE_EINVAL;
+    memcpy(p, household, hl);
+    p[hl] = 0;
+    return prefix_scan(t, DB_MEMBERS, p, hl + 1, NULL, SIZE_MAX, out);
+}
+
+int store_grid_households(store_txn *t, const char *community, const char *grid,
+                          const char *after, size_t limit, store_ids *out)
+{
+    uint8_t p[300];
+    const char *parts[] = {community, grid, ""};
+    size_t n = store_key_join(p, sizeof p, parts, 3);
+    if (!n) return STORE_EINVAL;
+    return prefix_scan(t, DB_GRID, p, n, after, limit, out);
+}
+
+int store_lookup(store_txn *t, int what, const char *value, size_t len, store_ids *out)
+{
+    uint8_t p[17];
+    if (what < STORE_LOOKUP_IDNUM || what > STORE_LOOKUP_NAME) return STORE_EINVAL;
+    p[0] = (uint8_t)what;
+    lookup_hash(t->s, what, (const uint8_t *)value, len, p + 1);
+    return prefix_scan(t, DB_LOOKUP, p, 17, NULL, SIZE_MAX, out);
+}
+
+/*
+ * The feed: for each household, the sseqs after `after` (at most limit of
+ * them), merged in server order.  Cost O(households * log N + page).
+ */
+typedef struct hcur {
+    MDB_cursor *c;
+    uint8_t prefix[CRDT_RECID_MAX + 2];
+    size_t pn;
+    uint64_t cur;   /* current sseq, 0 = exhausted */
+} hcur;
+
+static int hcur_next(hcur *h, MDB_cursor_op op, MDB_val *k)
+{
+    MDB_val v;
+    int rc = mdb_cursor_get(h->c, k, &v, op);
+    if (rc == MDB_NOTFOUND || (rc == 0 && (k->mv_size != h->pn + 8 ||
+                                            memcmp(k->mv_data, h->prefix, h->pn) != 0))) {
+        h->cur = 0;
+        return STORE_OK;
+    }
+    if (rc) return store_lmdb_err(rc);
+    h->cur = rd64((uint8_t *)k->mv_data + h->pn);
+    return STORE_OK;
+}
+
+int store_feed(store_txn *t, const char *const *households, size_t nh, uint64_t after,
+               size_t limit, store_feed_cb cb, void *arg, uint64_t *next)
+{
+    hcur *hs = calloc(nh ? nh : 1, sizeof *hs);
+    crdt_buf env = {0};
+    size_t delivered = 0;
+    int rc = STORE_OK;
+    *next = after;
+    if (!hs) return CRDT_ENOMEM;
+    for (size_t i = 0; i < nh; i++) {
+        size_t hl = strlen(households[i]);
+        uint8_t start[CRDT_RECID_MAX + 10];
+        MDB_val k;
+        if (hl == 0 || hl > CRDT_RECID_MAX) {
+            rc = STORE_EINVAL;
+            goto out;
+        }
+        memcpy(hs[i].prefix, households[i], hl);
+        hs[i].prefix[hl] = 0;
+        hs[i].pn = hl + 1;
+        if ((rc = store_lmdb_err(mdb_cursor_open(t->txn, t->s->dbi[DB_FEED], &hs[i].c))))
+            goto out;
+        memcpy(start, hs[i].prefix, hs[i].pn);
+        be64(start + hs[i].pn, after + 1);
+        k.mv_data = start;
+        k.mv_size = hs[i].pn + 8;
+        if ((rc = hcur_next(&hs[i], MDB_SET_RANGE, &k))) goto out;
+    }
+    uint64_t last = after;
+    while (delivered < limit) {
+        /* The smallest current sseq across households (the scope is small:
+         * a linear pass is cheaper than a heap at ~100 households). */
+        uint64_t best = 0;
+        for (size_t i = 0; i < nh; i++)
+            if (hs[i].cur && (!best || hs[i].cur < best)) best = hs[i].cur;
+        if (!best) break;
+        for (size_t i = 0; i < nh; i++) {
+            MDB_val k;
+            while (hs[i].cur == best)
+                if ((rc = hcur_next(&hs[i], MDB_NEXT, &k))) goto out;
+        }
+        if (best <= last) continue; /* same delta under two households */
+        if ((rc = store_get_envelope(t, best, &env))) goto out;
+        if ((rc = cb(best, env.p, env.n, arg))) goto out; /* not delivered */
+        last = best;
+        *next = best;
+        delivered++;
+    }
+out:
+    for (size_t i = 0; i < nh; i++)
+        if (hs[i].c) mdb_cursor_close(hs[i].c);
+    free(hs);
+    crdt_buf_free(&env);
+    return rc;
+}

@@ -1,0 +1,133 @@
+/*
+ * internal.h — what the store/ files share and nobody else sees.
+ *
+ * Key layouts (big-endian integers, so LMDB's byte order is numeric order;
+ * ids never contain 0x00, so 0x00 separates parts):
+ *   meta      "format" "schema" "server_pk" "server_sk"(sealed) "canary"(sealed)
+ *             "campaign_year" "hlc_hwm"
+ *   deltas    sseq(8)                      -> sealed envelope
+ *   dots      dev(4) seq(8)                -> sseq(8) hash(32)
+ *   heads     dev(4)                       -> seq(8) hash(32)
+ *   records   kind 0 id                    -> sealed canonical record
+ *   rdeltas   kind 0 id 0 sseq(8)          -> ""      (a record's deltas)
+ *   feed      household 0 sseq(8)          -> ""      (scoped change feed)
+ *   members   household 0 person           -> ""
+ *   grid      community 0 grid 0 household -> ""
+ *   lookup    what(1) hash(16) person      -> ""      (keyed BLAKE2b)
+ *   agg       community 0 grid             -> store_agg counters (fixed layout)
+ *   aggw      community 0 grid 0 week(4)   -> int64 visits that ISO week
+ *   devices   dev(4)                       -> device state (fixed layout)
+ *   quar      qid(8)                       -> sealed quarantine entry
+ *   audit     aseq(8)                      -> audit line (msgpack)
+ */
+#ifndef DOORSTEP_STORE_INTERNAL_H
+#define DOORSTEP_STORE_INTERNAL_H
+
+#include <lmdb.h>
+#include <sodium.h>
+
+#include "store.h"
+
+enum {
+    DB_META, DB_DELTAS, DB_DOTS, DB_HEADS, DB_RECORDS, DB_RDELTAS, DB_FEED,
+    DB_MEMBERS, DB_GRID, DB_LOOKUP, DB_AGG, DB_AGGW, DB_DEVICES, DB_QUAR,
+    DB_AUDIT, DB_COUNT
+};
+
+extern const char *const store_db_names[DB_COUNT];
+
+#define STORE_FORMAT 1
+#define SEAL_OVERHEAD (crypto_aead_xchacha20poly1305_ietf_NPUBBYTES + \
+                       crypto_aead_xchacha20poly1305_ietf_ABYTES)
+
+/* Field names the store's indexes and aggregates read (the model). */
+typedef struct store_model {
+    const crdt_fspec *hh_community, *hh_grid;           /* household */
+    const crdt_fspec *p_household, *p_name, *p_idnum, *p_phone, *p_tags,
+                     *p_payment, *p_life, *p_visits;     /* person */
+    const crdt_fspec *hh_visits;
+    const crdt_fspec *p_insurance;                      /* optional */
+} store_model;
+
+struct store {
+    MDB_env *env;
+    MDB_dbi dbi[DB_COUNT];
+    char *dir;
+    crdt_schema *schema;
+    store_model model;
+    uint8_t seal_key[crypto_aead_xchacha20poly1305_ietf_KEYBYTES];
+    uint8_t lookup_key[crypto_generichash_KEYBYTES];
+    uint8_t server_pk[32];
+    uint32_t campaign_year;
+    size_t map_size, map_max;
+};
+
+struct store_txn {
+    store *s;
+    MDB_txn *txn;
+    bool rw;
+    crdt_buf scratch;   /* sealing/unsealing */
+    crdt_buf scratch2;
+};
+
+/* LMDB code -> STORE_E*. */
+int store_lmdb_err(int rc);
+
+/* Seal plain into out (replacing its contents) with AD = db name || key. */
+int store_seal(const store *s, int db, const MDB_val *key, const uint8_t *plain,
+               size_t n, crdt_buf *out);
+/* Unseal; out replaced.  STORE_ECORRUPT if authentication fails. */
+int store_unseal(const store *s, int db, const MDB_val *key, const uint8_t *sealed,
+                 size_t n, crdt_buf *out);
+
+/* Put/get helpers; get returns STORE_ENOTFOUND if absent. */
+int store_put(store_txn *t, int db, const void *k, size_t kn, const void *v, size_t vn);
+int store_get(store_txn *t, int db, const void *k, size_t kn, MDB_val *v);
+int store_put_sealed(store_txn *t, int db, const void *k, size_t kn, const void *v,
+                     size_t vn);
+/* Unsealed value appended to *out after reset. */
+int store_get_sealed(store_txn *t, int db, const void *k, size_t kn, crdt_buf *out);
+int store_del(store_txn *t, int db, const void *k, size_t kn);
+
+static inline void be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
+}
+static inline void be64(uint8_t *p, uint64_t v)
+{
+    be32(p, (uint32_t)(v >> 32));
+    be32(p + 4, (uint32_t)v);
+}
+static inline uint32_t rd32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static inline uint64_t rd64(const uint8_t *p)
+{
+    return (uint64_t)rd32(p) << 32 | rd32(p + 4);
+}
+
+/* Build "a 0 b 0 c" style keys; returns length or 0 if it does not fit. */
+size_t store_key_join(uint8_t *out, size_t cap, const char *const *parts, size_t n);
+
+/* The value of an lww/mv field as a string: the entry with the greatest
+ * stamp (the display value).  NULL if absent or not a string. */
+const char *store_field_str(const crdt_record *r, const crdt_fspec *f,
+                            crdt_blob key, uint32_t *len);
+
+/* Aggregates (agg.c), called by the append path after a merge.  `before`
+ * is NULL for a new record.  h0/h1: the person's household before/after. */
+int store_agg_person(store_txn *t, const crdt_record *before, const crdt_record *after,
+                     const char *h0, const char *h1);
+/* moved: the household's community or grid changed (members move too). */
+int store_agg_household(store_txn *t, const crdt_record *before, const crdt_record *after,
+                        bool moved);
+
+/* The stored-sum entries one record implies (for verify): fn is called with
+ * the DB_AGG or DB_AGGW key and the values to add. */
+typedef void (*store_contrib_fn)(void *arg, int db, const uint8_t *key, size_t kl,
+                                 const int64_t *v, size_t nv);
+int store_agg_contrib(store_txn *t, const crdt_record *r, store_contrib_fn fn, void *arg);
+
+#endif

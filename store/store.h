@@ -1,0 +1,308 @@
+/*
+ * store.h — Doorstep's LMDB store: durable deltas, merged records, scoped
+ * feeds, indexes, aggregates, sealing at rest.
+ *
+ * One public header for the store/ layer (uses crdt/ and wire/).
+ *
+ * Processes.  doorstepd and doorstepctl open the same data directory at the
+ * same time; LMDB's lock file arbitrates.  Nothing here assumes a single
+ * process: the server sequence, chain heads and aggregates live only in the
+ * database and are read inside the write transaction that changes them.
+ *
+ * Transactions.  Every read and write happens in an explicit store_txn.
+ * store_commit consumes the transaction whether it succeeds or not; after
+ * a failed commit nothing of the transaction is visible.  Borrowed results
+ * (STORE_BORROWED in a comment) live until the transaction ends.  Never keep
+ * a read transaction across event-loop turns (DESIGN.md §10).
+ *
+ * Sealing.  Every value that holds personal data (envelopes, records,
+ * quarantine entries) is sealed with XChaCha20-Poly1305 under a data key
+ * kept in a separate key file; the associated data is the database's name
+ * and the value's key, so a sealed value cannot be moved to another key or
+ * database undetected.  Exact lookups (ID number, phone, name) go through
+ * BLAKE2b keyed with a key of its own, derived from the same master key.
+ *
+ * Errors: 0 or a negative STORE_E* code (or CRDT_E* or WIRE_E* passed through);
+ * store_strerror() covers all three ranges.  Retryable errors
+ * (store_retryable()) mean "nothing was written; try the same thing later".
+ */
+#ifndef DOORSTEP_STORE_H
+#define DOORSTEP_STORE_H
+
+#include "crdt.h"
+#include "wire.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+    STORE_OK = 0,
+    STORE_ENOTINIT = -200,    /* data directory was never initialised */
+    STORE_EEXIST = -201,      /* init: a store already exists there */
+    STORE_EKEYFILE = -202,    /* key file missing, unreadable, wrong mode or wrong key */
+    STORE_EFORMAT = -203,     /* store written by an incompatible version */
+    STORE_ELMDB = -204,       /* unexpected LMDB error (see the log) */
+    STORE_EMAPFULL = -205,    /* map at its maximum size: retryable after cleanup */
+    STORE_ENOSPC = -206,      /* disk full: retryable */
+    STORE_EIO = -207,         /* I/O error: retryable; the env may need reopening */
+    STORE_ECORRUPT = -208,    /* a value failed to unseal or decode */
+    STORE_ENOTFOUND = -209,   /* no such record / device / key */
+    STORE_EGAP = -210,        /* delta seq is not the next one (see expected_seq) */
+    STORE_EREADONLY = -211,   /* write attempted in a read-only transaction */
+    STORE_EBUSY = -212,       /* too many readers, or txn already open in thread */
+    STORE_ESCHEMA = -213,     /* schema lacks a field the store's model needs */
+    STORE_EVERIFY = -214,     /* verify found a difference (see report) */
+    STORE_EINVAL = -215
+};
+
+const char *store_strerror(int code);
+bool store_retryable(int code);
+
+/* ---- opening ----------------------------------------------------------------- */
+
+typedef struct store store;
+typedef struct store_txn store_txn;
+
+typedef struct store_opts {
+    size_t map_initial;        /* bytes; default 64 MiB (rounded to pages) */
+    size_t map_max;            /* bytes; default 1 TiB */
+    uint32_t campaign_year;    /* the year aggregates count; default: from meta */
+    bool no_sync;              /* tests only: MDB_NOSYNC */
+} store_opts;
+
+/*
+ * store_init — create a new store in `dir` (created 0700 if missing) and a
+ * new master key in `key_file` (created 0600; refuses to overwrite; its
+ * directory must not be `dir`).  Writes meta: format version, the schema
+ * (the JSON text at schema_path, validated), a new server Ed25519 key pair
+ * (secret part sealed), HLC high-water mark 0, campaign year.
+ * Returns 0, STORE_EEXIST, STORE_EKEYFILE, WIRE_E* or CRDT_ESCHEMA (schema),
+ * STORE_ELMDB, STORE_EIO; err receives a one-line message naming the path.
+ */
+int store_init(const char *dir, const char *key_file, const char *schema_path,
+               uint32_t campaign_year, char *err, size_t errlen);
+
+/*
+ * store_open — open an initialised store.  Clears stale reader slots
+ * (mdb_reader_check), checks the format version and that the key file's key
+ * unseals the store's canary, loads the schema.  Returns 0,
+ * STORE_ENOTINIT (message says to run `doorstepctl --data DIR init`),
+ * STORE_EKEYFILE, STORE_EFORMAT, STORE_ELMDB, STORE_ESCHEMA.
+ */
+int store_open(const char *dir, const char *key_file, const store_opts *opts,
+               store **out, char *err, size_t errlen);
+void store_close(store *s);
+
+const crdt_schema *store_schema(const store *s);
+/* The server's public key (for hello frames and snapshot signatures). */
+const uint8_t *store_server_pk(const store *s);
+uint32_t store_campaign_year(const store *s);
+
+/* ---- transactions -------------------------------------------------------- */
+
+enum { STORE_RDONLY = 1, STORE_RW = 2 };
+
+/* Begin a transaction.  A write transaction blocks while another (in any
+ * process) is open.  Returns 0, STORE_EBUSY, STORE_ELMDB. */
+int store_begin(store *s, int mode, store_txn **out);
+/* Commit and free.  Returns 0 or STORE_ENOSPC/STORE_EIO/STORE_EMAPFULL/
+ * STORE_ELMDB (then nothing was written). */
+int store_commit(store_txn *t);
+void store_abort(store_txn *t);
+
+/*
+ * store_grow — after STORE_EMAPFULL (with no transaction open in this
+ * process), double the map up to opts.map_max.  Returns 0, STORE_EMAPFULL
+ * (already at the maximum) or STORE_ELMDB.
+ */
+int store_grow(store *s);
+
+/* ---- appending deltas ------------------------------------------------------ */
+
+typedef enum store_result {
+    STORE_APPLIED = 1,      /* merged; sseq assigned */
+    STORE_DUPLICATE = 2,    /* same (device, seq) with the same hash already held */
+    STORE_QUARANTINED = 3,  /* kept aside with a reason; not merged */
+    STORE_REJECTED = 4      /* refused with a code; nothing stored */
+} store_result;
+
+enum {  /* quarantine reasons */
+    STORE_Q_CLOCK_AHEAD = 1,  /* HLC more than the allowed drift ahead */
+    STORE_Q_CLONE = 2,        /* same dot, different content; device frozen */
+    STORE_Q_FROZEN = 3,       /* device frozen (after a clone) */
+    STORE_Q_REVOKED = 4,      /* device revoked (soft: beyond held seq; hard) */
+    STORE_Q_SEALED = 5,       /* old key beyond its sealed seq */
+    STORE_Q_FORK = 6          /* prev hash does not match the chain head */
+};
+const char *store_qreason_name(int reason);
+
+typedef struct store_outcome {
+    uint8_t result;           /* store_result */
+    int code;                 /* REJECTED: the error; QUARANTINED: reason */
+    uint64_t sseq;            /* APPLIED/DUPLICATE: server seq of the delta */
+    uint64_t expected_seq;    /* STORE_EGAP: the seq the server expects */
+} store_outcome;
+
+/* A delta ready to append: envelope bytes plus what the caller decoded and
+ * checked (schema) and verified (signature) — typically on a worker thread. */
+typedef struct store_item {
+    const uint8_t *env;       /* envelope bytes, stored verbatim */
+    size_t env_len;
+    const crdt_delta *delta;  /* decoded from the envelope's delta bytes */
+    uint8_t hash[CRDT_HASH_BYTES]; /* wire_delta_hash of the delta bytes */
+} store_item;
+
+/*
+ * store_append — append one verified delta in the caller's write txn:
+ * dot idempotency; device chain (next seq, prev hash = head hash); server
+ * seq; envelope stored sealed; merge into the record; feed, household,
+ * grid and lookup indexes; aggregates.  Quarantines a delta whose HLC is
+ * more than max_ahead_ms ahead of now_ms, and clones/forks (freezing the
+ * device).  All-or-nothing per delta.
+ * Returns 0 with *out filled (any result), or a retryable/fatal error
+ * (STORE_EMAPFULL, STORE_ENOSPC, STORE_EIO, STORE_ELMDB, CRDT_ENOMEM): then
+ * the transaction must be aborted.
+ */
+int store_append(store_txn *t, const store_item *it, uint64_t now_ms,
+                 uint64_t max_ahead_ms, store_outcome *out);
+
+/*
+ * store_append_batch — group commit: one write transaction for n envelopes
+ * (decoding and schema-checking them; signatures must have been verified by
+ * the caller), committed before returning.  Grows the map and retries on
+ * MDB_MAP_FULL.  outs[i] is the outcome of envs[i]; an envelope that does
+ * not decode or fails the schema is REJECTED with its code.  Returns 0 (all
+ * outcomes durable) or an error (nothing committed; outcomes zeroed).
+ */
+int store_append_batch(store *s, const uint8_t *const *envs, const size_t *lens,
+                       size_t n, uint64_t now_ms, uint64_t max_ahead_ms,
+                       store_outcome *outs);
+
+/* The device's chain head: last seq held and its hash (zeros if none). */
+int store_chain_head(store_txn *t, uint32_t dev, uint64_t *seq,
+                     uint8_t hash[CRDT_HASH_BYTES]);
+/* Highest server seq assigned so far (0 if empty). */
+int store_last_sseq(store_txn *t, uint64_t *sseq);
+/* The envelope with server seq `sseq`, unsealed into *out (appended). */
+int store_get_envelope(store_txn *t, uint64_t sseq, crdt_buf *out);
+
+/* ---- devices (the part the append path needs; keys and tokens: issue #6) -- */
+
+enum {
+    STORE_DEV_ACTIVE = 1,
+    STORE_DEV_FROZEN = 2,        /* clone or fork detected; admin must act */
+    STORE_DEV_REVOKED_SOFT = 3,  /* lost/retired: seqs <= revoked_at_seq stay valid */
+    STORE_DEV_REVOKED_HARD = 4   /* compromised: everything after revocation held */
+};
+
+typedef struct store_device {
+    uint32_t id;
+    uint8_t state;               /* STORE_DEV_* */
+    uint32_t epoch;              /* current key epoch */
+    uint64_t revoked_at_seq;     /* soft revocation: highest seq held then */
+    uint64_t created_ms;
+    uint64_t last_sync_ms;
+    char volunteer[64];          /* NUL-terminated */
+} store_device;
+
+/* Create or replace a device record.  0 or an LMDB error. */
+int store_device_put(store_txn *t, const store_device *d);
+/* 0, STORE_ENOTFOUND, STORE_ECORRUPT. */
+int store_device_get(store_txn *t, uint32_t id, store_device *out);
+
+/* ---- quarantine (listing and review: issue #6) ---------------------------- */
+
+typedef struct store_qentry {
+    uint64_t qid;
+    uint8_t reason;              /* STORE_Q_* */
+    uint32_t dev;
+    uint64_t seq;
+    uint64_t at_ms;              /* server time of receipt */
+    crdt_buf env;                /* owned: envelope bytes */
+} store_qentry;
+
+/* Number of quarantine entries; the entry qid (env owned by caller). */
+int store_quarantine_count(store_txn *t, uint64_t *n);
+int store_quarantine_get(store_txn *t, uint64_t qid, store_qentry *out);
+
+/* ---- reading records ------------------------------------------------------- */
+
+/* The merged record kind/id (owned by caller: crdt_record_free).
+ * Returns 0, STORE_ENOTFOUND, STORE_ECORRUPT. */
+int store_get_record(store_txn *t, const char *kind, const char *id,
+                     crdt_record **out);
+
+/*
+ * store_feed — the envelopes touching any of `households` with server seq
+ * > after, in server order, at most `limit`; for each, cb(sseq, env, len,
+ * arg) with env borrowed for the call.  *next receives the cursor to resume
+ * from (the last sseq delivered, or `after` if none).  Cost is proportional
+ * to the households and the page, never to the whole log.  cb returning
+ * non-zero stops early (that value is returned).
+ */
+typedef int (*store_feed_cb)(uint64_t sseq, const uint8_t *env, size_t len, void *arg);
+int store_feed(store_txn *t, const char *const *households, size_t n_households,
+               uint64_t after, size_t limit, store_feed_cb cb, void *arg,
+               uint64_t *next);
+
+/* Person ids in a household, sorted; ids copied into *ids (caller frees
+ * with store_ids_free). */
+typedef struct store_ids {
+    size_t n;
+    char (*id)[CRDT_RECID_MAX + 1];
+} store_ids;
+void store_ids_free(store_ids *ids);
+int store_household_members(store_txn *t, const char *household, store_ids *out);
+/* Households of a grid (community, grid), sorted by id, after `after` (""
+ * for the first page), at most limit. */
+int store_grid_households(store_txn *t, const char *community, const char *grid,
+                          const char *after, size_t limit, store_ids *out);
+
+enum { STORE_LOOKUP_IDNUM = 1, STORE_LOOKUP_PHONE = 2, STORE_LOOKUP_NAME = 3 };
+/* Exact lookup through the keyed-hash index: person ids whose field
+ * currently holds `value` (any side of a conflict counts). */
+int store_lookup(store_txn *t, int what, const char *value, size_t len,
+                 store_ids *out);
+
+/* ---- aggregates ------------------------------------------------------------- */
+
+#define STORE_MAX_GROUPS 16
+typedef struct store_agg {
+    int64_t persons;          /* living persons on file (not tombstoned) */
+    int64_t enrolled;         /* with payment recorded for the campaign year */
+    int64_t paid;             /* paid (incl. paid on their behalf) this year */
+    int64_t group[STORE_MAX_GROUPS];         /* persons per key-group tag */
+    int64_t group_unenrolled[STORE_MAX_GROUPS]; /* ... not enrolled this year */
+    int64_t visits_week;      /* visit log entries dated in the current week */
+} store_agg;
+
+/* Key-group names, in the order of store_agg.group[] (from the schema's
+ * tags enum); *n receives the count. */
+const char *const *store_group_names(const store *s, size_t *n);
+
+/* Aggregates of one grid, or of a whole community when grid is NULL, or of
+ * the whole station when both are NULL; visits for the ISO week containing
+ * now_ms.  Reads the maintained aggregates: never scans records. */
+int store_agg_get(store_txn *t, const char *community, const char *grid,
+                  uint64_t now_ms, store_agg *out);
+
+/* ---- backup and verify ---------------------------------------------------- */
+
+/* Hot, compacting copy of the environment into the new directory dest
+ * (mdb_env_copy2 with MDB_CP_COMPACT) while writers run. */
+int store_backup(store *s, const char *dest, char *err, size_t errlen);
+
+/*
+ * store_verify — rebuild every record and aggregate from the delta log and
+ * compare byte for byte with what is stored; check every index entry and
+ * every device chain.  Writes a human-readable line per problem to report
+ * (if not NULL).  Returns 0 (consistent), STORE_EVERIFY, or an error.
+ */
+typedef void (*store_report_fn)(void *arg, const char *line);
+int store_verify(store *s, store_report_fn report, void *arg, uint64_t *problems);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DOORSTEP_STORE_H */

@@ -1,0 +1,461 @@
+/*
+ * verify.c — hot backup and the consistency check.
+ *
+ * store_verify rebuilds from the delta log and compares byte for byte:
+ *   1. chains: per device, dots are contiguous 1..head, the head matches,
+ *      and each applied dot's envelope exists, decodes, names that dot and
+ *      hashes to the stored hash;
+ *   2. records: every record equals the merge of the deltas its rdeltas
+ *      index names (re-applied from the verbatim envelopes), and every
+ *      delta is named by exactly one record (counts agree);
+ *   3. indexes: every entry a record implies (members, grid, lookups) is
+ *      present, and each index holds exactly as many entries as implied;
+ *      every feed entry names an existing delta, and every household's
+ *      deltas are in its feed;
+ *   4. aggregates: the sums of all records' contributions, recomputed,
+ *      equal the stored agg/aggw values.
+ * It runs in one read transaction (a consistent snapshot) and never writes.
+ */
+#include "internal.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int store_backup(store *s, const char *dest, char *err, size_t errlen)
+{
+    int rc = mdb_env_copy2(s->env, dest, MDB_CP_COMPACT);
+    if (rc) {
+        if (err && errlen)
+            snprintf(err, errlen, "%s: backup failed: %s (the directory must exist and be empty)",
+                     dest, mdb_strerror(rc));
+        return store_lmdb_err(rc);
+    }
+    return STORE_OK;
+}
+
+typedef struct vctx {
+    store *s;
+    store_txn *t;
+    store_report_fn report;
+    void *arg;
+    uint64_t problems;
+    crdt_arena *arena;
+    crdt_buf env, a, b;
+} vctx;
+
+static void problem(vctx *v, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    v->problems++;
+    if (v->report) v->report(v->arg, line);
+}
+
+/* Decode an envelope's delta (borrowed from v->arena and v->env). */
+static int open_delta(vctx *v, uint64_t sseq, crdt_delta *d, uint8_t hash[32])
+{
+    const uint8_t *db, *sig;
+    size_t dl;
+    int err_op, rc;
+    crdt_arena_reset(v->arena);
+    if ((rc = store_get_envelope(v->t, sseq, &v->env))) return rc;
+    if ((rc = wire_envelope_decode(v->env.p, v->env.n, &crdt_limits_default, &db, &dl, &sig)))
+        return rc;
+    if ((rc = crdt_delta_decode(db, dl, &crdt_limits_default, v->arena, d, &err_op))) return rc;
+    if (hash) wire_delta_hash(db, dl, hash);
+    return STORE_OK;
+}
+
+static uint64_t db_entries(vctx *v, int db)
+{
+    MDB_stat st;
+    return mdb_stat(v->t->txn, v->s->dbi[db], &st) ? 0 : st.ms_entries;
+}
+
+/* 1. Chains. */
+static int check_chains(vctx *v)
+{
+    MDB_cursor *c;
+    MDB_val k, val;
+    uint32_t dev = 0;
+    uint64_t expect = 1;
+    bool have = false;
+    uint8_t last_hash[32];
+    int rc = store_lmdb_err(mdb_cursor_open(v->t->txn, v->s->dbi[DB_DOTS], &c));
+    if (rc) return rc;
+    for (rc = mdb_cursor_get(c, &k, &val, MDB_FIRST);; rc = mdb_cursor_get(c, &k, &val, MDB_NEXT)) {
+        bool end = rc == MDB_NOTFOUND;
+        if (rc && !end) break;
+        uint32_t d = end ? 0 : rd32(k.mv_data);
+        if (have && (end || d != dev)) {
+            uint64_t hs;
+            uint8_t hh[32];
+            store_chain_head(v->t, dev, &hs, hh);
+            if (hs != expect - 1 || memcmp(hh, last_hash, 32))
+                problem(v, "device %u: chain head says seq %llu, dots end at %llu", dev,
+                        (unsigned long long)hs, (unsigned long long)(expect - 1));
+        }
+        if (end) {
+            rc = 0;
+            break;
+        }
+        if (k.mv_size != 12 || val.mv_size != 40) {
+            problem(v, "dots: malformed entry");
+            continue;
+        }
+        if (!have || d != dev) {
+            dev = d;
+            expect = 1;
+            have = true;
+        }
+        uint64_t seq = rd64((uint8_t *)k.mv_data + 4), sseq = rd64(val.mv_data);
+        if (seq != expect)
+            problem(v, "device %u: chain gap, seq %llu where %llu was expected", dev,
+                    (unsigned long long)seq, (unsigned long long)expect);
+        expect = seq + 1;
+        memcpy(last_hash, (uint8_t *)val.mv_data + 8, 32);
+        if (sseq) {
+            crdt_delta dl;
+            uint8_t h[32];
+            int r2 = open_delta(v, sseq, &dl, h);
+            if (r2) problem(v, "delta %llu (device %u seq %llu): %s", (unsigned long long)sseq,
+                            dev, (unsigned long long)seq, store_strerror(r2));
+            else if (dl.dev != dev || dl.seq != seq || memcmp(h, last_hash, 32))
+                problem(v, "delta %llu does not match its dot (device %u seq %llu)",
+                        (unsigned long long)sseq, dev, (unsigned long long)seq);
+        }
+    }
+    mdb_cursor_close(c);
+    if (rc) return store_lmdb_err(rc);
+    if (db_entries(v, DB_HEADS) != 0) {
+        /* Every head must have dots (checked above per device with dots). */
+        MDB_cursor *h;
+        if (mdb_cursor_open(v->t->txn, v->s->dbi[DB_HEADS], &h) == 0) {
+            for (rc = mdb_cursor_get(h, &k, &val, MDB_FIRST); rc == 0;
+                 rc = mdb_cursor_get(h, &k, &val, MDB_NEXT)) {
+                uint8_t dk[12];
+                MDB_val dv;
+                memcpy(dk, k.mv_data, 4);
+                be64(dk + 4, rd64(val.mv_data));
+                if (store_get(v->t, DB_DOTS, dk, 12, &dv))
+                    problem(v, "device %u: head seq %llu has no dot", rd32(k.mv_data),
+                            (unsigned long long)rd64(val.mv_data));
+            }
+            mdb_cursor_close(h);
+        }
+    }
+    return STORE_OK;
+}
+
+/* ---- a tiny string-keyed hash map for the aggregate recomputation ----------- */
+
+typedef struct aslot {
+    char *key;       /* NULL: empty */
+    size_t kl;
+    int64_t v[3 + 2 * STORE_MAX_GROUPS];
+} aslot;
+
+typedef struct amap {
+    aslot *s;
+    size_t cap, n;
+} amap;
+
+static uint64_t fnv(const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
+static aslot *amap_get(amap *m, const void *k, size_t kl)
+{
+    if (m->n * 2 >= m->cap) {
+        size_t nc = m->cap ? m->cap * 2 : 256;
+        aslot *ns = calloc(nc, sizeof *ns);
+        if (!ns) return NULL;
+        for (size_t i = 0; i < m->cap; i++) {
+            if (!m->s[i].key) continue;
+            size_t j = fnv(m->s[i].key, m->s[i].kl) & (nc - 1);
+            while (ns[j].key) j = (j + 1) & (nc - 1);
+            ns[j] = m->s[i];
+        }
+        free(m->s);
+        m->s = ns;
+        m->cap = nc;
+    }
+    size_t j = fnv(k, kl) & (m->cap - 1);
+    while (m->s[j].key && (m->s[j].kl != kl || memcmp(m->s[j].key, k, kl)))
+        j = (j + 1) & (m->cap - 1);
+    if (!m->s[j].key) {
+        m->s[j].key = malloc(kl ? kl : 1);
+        if (!m->s[j].key) return NULL;
+        memcpy(m->s[j].key, k, kl);
+        m->s[j].kl = kl;
+        m->n++;
+    }
+    return &m->s[j];
+}
+
+static void amap_free(amap *m)
+{
+    for (size_t i = 0; i < m->cap; i++) free(m->s[i].key);
+    free(m->s);
+}
+
+typedef struct amaps {
+    amap *agg, *weeks;
+    bool oom;
+} amaps;
+
+/* Contribution of one record (agg.c's rules), added to the maps. */
+static void add_contrib(void *arg, int db, const uint8_t *key, size_t kl, const int64_t *v,
+                        size_t nv)
+{
+    amaps *m = arg;
+    aslot *sl = amap_get(db == DB_AGG ? m->agg : m->weeks, key, kl);
+    if (!sl) {
+        m->oom = true;
+        return;
+    }
+    for (size_t i = 0; i < nv; i++) sl->v[i] += v[i];
+}
+
+/* 2-4. Records, indexes, aggregates. */
+static int check_records(vctx *v)
+{
+    MDB_cursor *c;
+    MDB_val k, val;
+    uint64_t implied_members = 0, implied_grid = 0, implied_lookup = 0, named = 0;
+    amap agg = {0}, weeks = {0};
+    int rc = store_lmdb_err(mdb_cursor_open(v->t->txn, v->s->dbi[DB_RECORDS], &c));
+    if (rc) return rc;
+    for (rc = mdb_cursor_get(c, &k, &val, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(c, &k, &val, MDB_NEXT)) {
+        char kind[CRDT_NAME_MAX], id[CRDT_RECID_MAX + 1];
+        const uint8_t *kp = k.mv_data;
+        const uint8_t *z = memchr(kp, 0, k.mv_size);
+        if (!z || (size_t)(z - kp) >= sizeof kind || k.mv_size - (size_t)(z - kp) - 1 > CRDT_RECID_MAX) {
+            problem(v, "records: malformed key");
+            continue;
+        }
+        memcpy(kind, kp, (size_t)(z - kp));
+        kind[z - kp] = 0;
+        memcpy(id, z + 1, k.mv_size - (size_t)(z - kp) - 1);
+        id[k.mv_size - (size_t)(z - kp) - 1] = 0;
+
+        crdt_record *stored = NULL, *rebuilt = crdt_record_new(kind, strlen(kind), id, strlen(id));
+        int r2 = store_get_record(v->t, kind, id, &stored);
+        if (r2 || !rebuilt) {
+            problem(v, "%s %s: stored record unreadable: %s", kind, id, store_strerror(r2));
+            crdt_record_free(stored);
+            crdt_record_free(rebuilt);
+            continue;
+        }
+        /* Re-apply the record's deltas, in server order. */
+        uint8_t prefix[CRDT_NAME_MAX + CRDT_RECID_MAX + 2];
+        size_t pn = k.mv_size;
+        memcpy(prefix, k.mv_data, pn);
+        prefix[pn++] = 0;
+        MDB_cursor *rc2;
+        if (mdb_cursor_open(v->t->txn, v->s->dbi[DB_RDELTAS], &rc2) == 0) {
+            MDB_val rk = {pn, prefix}, rv;
+            int r3 = mdb_cursor_get(rc2, &rk, &rv, MDB_SET_RANGE);
+            while (r3 == 0 && rk.mv_size == pn + 8 && !memcmp(rk.mv_data, prefix, pn)) {
+                uint64_t sseq = rd64((uint8_t *)rk.mv_data + pn);
+                crdt_delta d;
+                named++;
+                int r4 = open_delta(v, sseq, &d, NULL);
+                if (r4 || (r4 = crdt_record_apply(rebuilt, v->s->schema, &d)))
+                    problem(v, "%s %s: delta %llu does not re-apply: %s", kind, id,
+                            (unsigned long long)sseq, store_strerror(r4));
+                if (!strcmp(kind, "household")) {
+                    uint8_t fk[CRDT_RECID_MAX + 10];
+                    size_t il = strlen(id);
+                    MDB_val fv;
+                    memcpy(fk, id, il);
+                    fk[il] = 0;
+                    be64(fk + il + 1, sseq);
+                    if (store_get(v->t, DB_FEED, fk, il + 9, &fv))
+                        problem(v, "household %s: delta %llu missing from its feed", id,
+                                (unsigned long long)sseq);
+                }
+                r3 = mdb_cursor_get(rc2, &rk, &rv, MDB_NEXT);
+            }
+            mdb_cursor_close(rc2);
+        }
+        crdt_buf_reset(&v->a);
+        crdt_buf_reset(&v->b);
+        crdt_record_encode(stored, &v->a);
+        crdt_record_encode(rebuilt, &v->b);
+        if (v->a.n != v->b.n || memcmp(v->a.p, v->b.p, v->a.n))
+            problem(v, "%s %s: stored record differs from its rebuild from the log", kind, id);
+
+        /* Index entries this record implies. */
+        const store_model *m = &v->s->model;
+        uint32_t len;
+        if (!strcmp(kind, "person")) {
+            const char *h = store_field_str(stored, m->p_household, (crdt_blob){NULL, 0}, &len);
+            if (h && len) {
+                char hb[CRDT_RECID_MAX + 1];
+                memcpy(hb, h, len < CRDT_RECID_MAX ? len : CRDT_RECID_MAX);
+                hb[len < CRDT_RECID_MAX ? len : CRDT_RECID_MAX] = 0;
+                uint8_t mk[2 * CRDT_RECID_MAX + 2];
+                const char *parts[] = {hb, id};
+                size_t ml = store_key_join(mk, sizeof mk, parts, 2);
+                MDB_val mv;
+                implied_members++;
+                if (store_get(v->t, DB_MEMBERS, mk, ml, &mv))
+                    problem(v, "person %s: missing from members of %s", id, hb);
+            }
+            const crdt_fspec *lf[3] = {m->p_idnum, m->p_phone, m->p_name};
+            for (int w = 0; w < 3; w++) {
+                store_ids ids = {0};
+                const crdt_field *fl = crdt_record_field(stored, lf[w]->name, (crdt_blob){NULL, 0});
+                for (uint32_t i = 0; fl && i < fl->n; i++) {
+                    crdt_val cv;
+                    if (crdt_val_parse(fl->e[i].v, &cv) || cv.t != CRDT_V_STR) continue;
+                    if (i && !crdt_blob_cmp(fl->e[i].v, fl->e[i - 1].v)) continue;
+                    bool dup = false;
+                    for (uint32_t j = 0; j < i; j++)
+                        if (!crdt_blob_cmp(fl->e[i].v, fl->e[j].v)) dup = true;
+                    if (dup) continue;
+                    implied_lookup++;
+                    bool found = false;
+                    if (!store_lookup(v->t, w + 1, cv.s, cv.len, &ids))
+                        for (size_t x = 0; x < ids.n; x++)
+                            if (!strcmp(ids.id[x], id)) found = true;
+                    store_ids_free(&ids);
+                    if (!found) problem(v, "person %s: lookup entry %d missing", id, w + 1);
+                }
+            }
+        } else if (!strcmp(kind, "household")) {
+            uint32_t cl, gl;
+            const char *cs = store_field_str(stored, m->hh_community, (crdt_blob){NULL, 0}, &cl);
+            const char *gs = store_field_str(stored, m->hh_grid, (crdt_blob){NULL, 0}, &gl);
+            if (cs && gs && cl && gl && cl < 128 && gl < 128) {
+                char cb[128], gb[128];
+                memcpy(cb, cs, cl);
+                cb[cl] = 0;
+                memcpy(gb, gs, gl);
+                gb[gl] = 0;
+                uint8_t gk[300];
+                const char *parts[] = {cb, gb, id};
+                size_t gkl = store_key_join(gk, sizeof gk, parts, 3);
+                MDB_val gv;
+                implied_grid++;
+                if (!gkl || store_get(v->t, DB_GRID, gk, gkl, &gv))
+                    problem(v, "household %s: missing from grid %s/%s", id, cb, gb);
+            }
+        }
+        amaps maps = {&agg, &weeks, false};
+        r2 = store_agg_contrib(v->t, stored, add_contrib, &maps);
+        if (!r2 && maps.oom) r2 = CRDT_ENOMEM;
+        if (r2) problem(v, "%s %s: contribution failed: %s", kind, id, store_strerror(r2));
+        crdt_record_free(stored);
+        crdt_record_free(rebuilt);
+    }
+    mdb_cursor_close(c);
+    if (rc != MDB_NOTFOUND) {
+        amap_free(&agg);
+        amap_free(&weeks);
+        return store_lmdb_err(rc);
+    }
+    if (named != db_entries(v, DB_DELTAS))
+        problem(v, "records name %llu deltas but the log holds %llu",
+                (unsigned long long)named, (unsigned long long)db_entries(v, DB_DELTAS));
+    if (implied_members != db_entries(v, DB_MEMBERS))
+        problem(v, "members index holds %llu entries, records imply %llu",
+                (unsigned long long)db_entries(v, DB_MEMBERS), (unsigned long long)implied_members);
+    if (implied_grid != db_entries(v, DB_GRID))
+        problem(v, "grid index holds %llu entries, records imply %llu",
+                (unsigned long long)db_entries(v, DB_GRID), (unsigned long long)implied_grid);
+    if (implied_lookup != db_entries(v, DB_LOOKUP))
+        problem(v, "lookup index holds %llu entries, records imply %llu",
+                (unsigned long long)db_entries(v, DB_LOOKUP), (unsigned long long)implied_lookup);
+
+    /* Aggregates: every stored sum equals the recomputed one (zeros may be
+     * stored where contributions cancelled out). */
+    for (int db = DB_AGG; db <= DB_AGGW; db++) {
+        amap *want = db == DB_AGG ? &agg : &weeks;
+        size_t seen = 0;
+        MDB_cursor *ac;
+        if (mdb_cursor_open(v->t->txn, v->s->dbi[db], &ac)) continue;
+        for (int r5 = mdb_cursor_get(ac, &k, &val, MDB_FIRST); r5 == 0;
+             r5 = mdb_cursor_get(ac, &k, &val, MDB_NEXT)) {
+            aslot *sl = amap_get(want, k.mv_data, k.mv_size);
+            size_t nv = db == DB_AGG ? 3 + 2 * STORE_MAX_GROUPS : 1;
+            if (!sl || val.mv_size != nv * 8) {
+                problem(v, "%s: malformed entry", store_db_names[db]);
+                continue;
+            }
+            if (memcmp(sl->v, val.mv_data, nv * 8))
+                problem(v, "%s: stored sums differ from the records' contributions",
+                        store_db_names[db]);
+            sl->v[0] = INT64_MIN; /* mark seen */
+            seen++;
+        }
+        mdb_cursor_close(ac);
+        for (size_t i = 0; i < want->cap; i++) {
+            aslot *sl = &want->s[i];
+            if (!sl->key || sl->v[0] == INT64_MIN) continue;
+            bool zero = true;
+            for (size_t j = 0; j < (db == DB_AGG ? 3 + 2 * STORE_MAX_GROUPS : 1u); j++)
+                zero &= sl->v[j] == 0;
+            if (!zero) problem(v, "%s: a grid's sums are missing", store_db_names[db]);
+        }
+        (void)seen;
+    }
+    amap_free(&agg);
+    amap_free(&weeks);
+
+    /* Feed entries must name existing deltas. */
+    MDB_cursor *fc;
+    if (mdb_cursor_open(v->t->txn, v->s->dbi[DB_FEED], &fc) == 0) {
+        for (rc = mdb_cursor_get(fc, &k, &val, MDB_FIRST); rc == 0;
+             rc = mdb_cursor_get(fc, &k, &val, MDB_NEXT)) {
+            MDB_val dv;
+            uint8_t sk[8];
+            if (k.mv_size < 9) {
+                problem(v, "feed: malformed key");
+                continue;
+            }
+            memcpy(sk, (uint8_t *)k.mv_data + k.mv_size - 8, 8);
+            if (store_get(v->t, DB_DELTAS, sk, 8, &dv))
+                problem(v, "feed names delta %llu which does not exist",
+                        (unsigned long long)rd64(sk));
+        }
+        mdb_cursor_close(fc);
+    }
+    return STORE_OK;
+}
+
+int store_verify(store *s, store_report_fn report, void *arg, uint64_t *problems)
+{
+    vctx v;
+    int rc;
+    memset(&v, 0, sizeof v);
+    v.s = s;
+    v.report = report;
+    v.arg = arg;
+    *problems = 0;
+    v.arena = crdt_arena_new(0);
+    if (!v.arena) return CRDT_ENOMEM;
+    if ((rc = store_begin(s, STORE_RDONLY, &v.t))) goto out;
+    if ((rc = check_chains(&v))) goto out;
+    if ((rc = check_records(&v))) goto out;
+    *problems = v.problems;
+    rc = v.problems ? STORE_EVERIFY : STORE_OK;
+out:
+    store_abort(v.t);
+    crdt_arena_free(v.arena);
+    crdt_buf_free(&v.env);
+    crdt_buf_free(&v.a);
+    crdt_buf_free(&v.b);
+    return rc;
+}

@@ -1,0 +1,842 @@
+/*
+ * test_store.c — the LMDB store: init/open errors, persistence across
+ * reopen, idempotency, chain gaps, clones and forks, clocks far ahead,
+ * lookups and membership, the scoped feed against a brute-force filter,
+ * aggregates against recomputation (verify), map growth from a tiny map,
+ * a failed batch leaving nothing behind, the privacy canary, backup and
+ * verify, and verify catching a corrupted record.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "internal.h"
+#include "storeutil.h"
+#include "testutil.h"
+
+#define NOW 1790000000000ull   /* 2026-09-21, a Monday-ish campaign day */
+
+static void report_line(void *arg, const char *line)
+{
+    (void)arg;
+    fprintf(stderr, "verify: %s\n", line);
+}
+
+static uint64_t verify_problems(store *s)
+{
+    uint64_t problems = 0;
+    int rc = store_verify(s, report_line, NULL, &problems);
+    assert_true(rc == STORE_OK || rc == STORE_EVERIFY);
+    return problems;
+}
+
+/* A household in community/grid and one person in it. */
+static void seed_household(store *s, su_dev *dev, const char *hh, const char *comm,
+                           const char *grid, uint64_t ms)
+{
+    su_ops o = {0};
+    crdt_buf env = {0};
+    su_set_str(&o, "community", comm);
+    su_set_str(&o, "grid", grid);
+    su_set_str(&o, "address", "幸福路1号");
+    su_make(dev, "household", hh, &o, ms, &env, NULL);
+    store_outcome out = su_push(s, &env, ms);
+    assert_int_equal(out.result, STORE_APPLIED);
+    su_ops_free(&o);
+    crdt_buf_free(&env);
+}
+
+static void seed_person(store *s, su_dev *dev, const char *pid, const char *hh,
+                        const char *name, unsigned idx, uint64_t ms)
+{
+    su_ops o = {0};
+    crdt_buf env = {0};
+    char idn[19];
+    su_idnum(idx, idn);
+    su_set_str(&o, "name", name);
+    su_set_str(&o, "id_number", idn);
+    su_set_str(&o, "household", hh);
+    su_set_str(&o, "phone", "13800138000");
+    su_make(dev, "person", pid, &o, ms, &env, NULL);
+    store_outcome out = su_push(s, &env, ms);
+    if (out.result != STORE_APPLIED)
+        fail_msg("person %s: result %d code %d (%s)", pid, out.result, out.code,
+                 store_strerror(out.code));
+    su_ops_free(&o);
+    crdt_buf_free(&env);
+}
+
+/* ---- opening ------------------------------------------------------------------- */
+
+static void test_init_open_errors(void **state)
+{
+    (void)state;
+    su_dir d;
+    char err[512];
+    store *s = NULL;
+    su_dir_make(&d, "open");
+    /* Not initialised. */
+    assert_int_equal(store_open(d.data, d.key, NULL, &s, err, sizeof err), STORE_ENOTINIT);
+    assert_non_null(strstr(err, "init"));
+    /* Key file inside the data directory is refused. */
+    char inside[400];
+    mkdir(d.data, 0700);
+    snprintf(inside, sizeof inside, "%s/k", d.data);
+    assert_int_equal(store_init(d.data, inside, DOORSTEP_SOURCE_DIR "/crdt/schema/yibao.json",
+                                2026, err, sizeof err), STORE_EKEYFILE);
+    /* Bad schema path: clear error, nothing created. */
+    assert_true(store_init(d.data, d.key, "/nonexistent.json", 2026, err, sizeof err) != 0);
+    assert_int_equal(access(d.key, F_OK), -1);
+    /* A good init, then a second one refuses. */
+    assert_int_equal(store_init(d.data, d.key, DOORSTEP_SOURCE_DIR "/crdt/schema/yibao.json",
+                                2026, err, sizeof err), 0);
+    struct stat st;
+    assert_int_equal(stat(d.key, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    assert_int_equal(store_init(d.data, d.key, DOORSTEP_SOURCE_DIR "/crdt/schema/yibao.json",
+                                2026, err, sizeof err), STORE_EEXIST);
+    /* Missing key file; key file readable by others; a different key. */
+    char other[400];
+    snprintf(other, sizeof other, "%s/other.key", d.root);
+    assert_int_equal(store_open(d.data, other, NULL, &s, err, sizeof err), STORE_EKEYFILE);
+    chmod(d.key, 0644);
+    assert_int_equal(store_open(d.data, d.key, NULL, &s, err, sizeof err), STORE_EKEYFILE);
+    assert_non_null(strstr(err, "chmod 600"));
+    chmod(d.key, 0600);
+    char d2[400];
+    snprintf(d2, sizeof d2, "%s/data2", d.root);
+    assert_int_equal(store_init(d2, other, DOORSTEP_SOURCE_DIR "/crdt/schema/yibao.json", 2026,
+                                err, sizeof err), 0);
+    assert_int_equal(store_open(d.data, other, NULL, &s, err, sizeof err), STORE_EKEYFILE);
+    assert_non_null(strstr(err, "does not belong"));
+    assert_null(s);
+    /* And the right key opens it. */
+    assert_int_equal(store_open(d.data, d.key, NULL, &s, err, sizeof err), 0);
+    assert_int_equal(store_campaign_year(s), 2026);
+    store_close(s);
+    su_dir_remove(&d);
+}
+
+/* ---- append semantics --------------------------------------------------------- */
+
+static void test_persistence_idempotency_gap(void **state)
+{
+    (void)state;
+    su_dir d;
+    su_dir_make(&d, "append");
+    store *s = su_store_new(&d, NULL);
+    su_dev dev;
+    su_dev_init(&dev, 5);
+    seed_household(s, &dev, "H1", "C01", "G01", NOW);
+    su_ops o = {0};
+    crdt_buf env = {0}, env2 = {0};
+    su_set_str(&o, "name", "张三");
+    su_set_str(&o, "household", "H1");
+    su_make(&dev, "person", "P1", &o, NOW + 1, &env, NULL);
+    store_outcome out = su_push(s, &env, NOW);
+    assert_int_equal(out.result, STORE_APPLIED);
+    uint64_t sseq = out.sseq;
+    /* The same envelope again: a duplicate, same server seq. */
+    out = su_push(s, &env, NOW);
+    assert_int_equal(out.result, STORE_DUPLICATE);
+    assert_int_equal(out.sseq, sseq);
+    /* Skip a seq: rejected, naming the expected one. */
+    su_ops_reset(&o);
+    su_set_str(&o, "note", "skipped");
+    su_make(&dev, "person", "P1", &o, NOW + 2, &env2, NULL); /* seq 3 */
+    su_make(&dev, "person", "P1", &o, NOW + 3, &env2, NULL); /* seq 4 */
+    out = su_push(s, &env2, NOW);
+    assert_int_equal(out.result, STORE_REJECTED);
+    assert_int_equal(out.code, STORE_EGAP);
+    assert_int_equal(out.expected_seq, 3);
+    /* Reopen: everything is still there. */
+    store_close(s);
+    char err[256];
+    assert_int_equal(store_open(d.data, d.key, NULL, &s, err, sizeof err), 0);
+    store_txn *t;
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    crdt_record *r = NULL;
+    assert_int_equal(store_get_record(t, "person", "P1", &r), 0);
+    const crdt_field *f = crdt_record_field(r, "name", (crdt_blob){NULL, 0});
+    assert_non_null(f);
+    assert_int_equal(f->e[0].st.dot.dev, 5);
+    crdt_record_free(r);
+    uint64_t head;
+    uint8_t h[32];
+    assert_int_equal(store_chain_head(t, 5, &head, h), 0);
+    assert_int_equal(head, 2);
+    crdt_buf got = {0};
+    assert_int_equal(store_get_envelope(t, sseq, &got), 0);
+    assert_int_equal(got.n, env.n);
+    assert_memory_equal(got.p, env.p, env.n); /* verbatim */
+    crdt_buf_free(&got);
+    store_abort(t);
+    assert_int_equal(verify_problems(s), 0);
+    su_ops_free(&o);
+    crdt_buf_free(&env);
+    crdt_buf_free(&env2);
+    store_close(s);
+    su_dir_remove(&d);
+}
+
+static void test_clone_fork_clock(void **state)
+{
+    (void)state;
+    su_dir d;
+    su_dir_make(&d, "clone");
+    store *s = su_store_new(&d, NULL);
+    su_dev a, clone;
+    su_dev_init(&a, 9);
+    store_txn *t;
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    store_device dv = {.id = 9, .state = STORE_DEV_ACTIVE, .epoch = 1};
+    strcpy(dv.volunteer, "李四");
+    assert_int_equal(store_device_put(t, &dv), 0);
+    assert_int_equal(store_commit(t), 0);
+    seed_household(s, &a, "H1", "C01", "G01", NOW); /* seq 1 */
+    clone = a; /* a copied phone: same key, same chain position */
+    su_ops o = {0};
+    crdt_buf e1 = {0}, e2 = {0};
+    su_set_str(&o, "note", "from the real phone");
+    su_make(&a, "household", "H1", &o, NOW + 5, &e1, NULL);
+    su_ops_reset(&o);
+    su_set_str(&o, "note", "from the clone");
+    su_make(&clone, "household", "H1", &o, NOW + 6, &e2, NULL);
+    assert_int_equal(su_push(s, &e1, NOW).result, STORE_APPLIED);
+    store_outcome out = su_push(s, &e2, NOW);
+    assert_int_equal(out.result, STORE_QUARANTINED);
+    assert_int_equal(out.code, STORE_Q_CLONE);
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_device_get(t, 9, &dv), 0);
+    assert_int_equal(dv.state, STORE_DEV_FROZEN);
+    assert_string_equal(dv.volunteer, "李四");
+    uint64_t nq;
+    assert_int_equal(store_quarantine_count(t, &nq), 0);
+    assert_int_equal(nq, 2); /* both envelopes kept */
+    store_qentry q;
+    assert_int_equal(store_quarantine_get(t, 2, &q), 0);
+    assert_int_equal(q.reason, STORE_Q_CLONE);
+    assert_int_equal(q.env.n, e2.n);
+    assert_memory_equal(q.env.p, e2.p, e2.n);
+    crdt_buf_free(&q.env);
+    store_abort(t);
+    /* The frozen device's next delta is held, not merged. */
+    su_ops_reset(&o);
+    su_set_str(&o, "note", "after freeze");
+    su_make(&a, "household", "H1", &o, NOW + 7, &e1, NULL);
+    out = su_push(s, &e1, NOW);
+    assert_int_equal(out.result, STORE_QUARANTINED);
+    assert_int_equal(out.code, STORE_Q_FROZEN);
+
+    /* A fork: right seq, wrong previous hash. */
+    su_dev b;
+    su_dev_init(&b, 10);
+    seed_household(s, &b, "H2", "C01", "G01", NOW);
+    memset(b.prev, 0x55, 32);
+    su_make(&b, "household", "H2", &o, NOW + 8, &e1, NULL);
+    out = su_push(s, &e1, NOW);
+    assert_int_equal(out.result, STORE_QUARANTINED);
+    assert_int_equal(out.code, STORE_Q_FORK);
+
+    /* A clock 25 h ahead: quarantined, but the chain moves on. */
+    su_dev c;
+    su_dev_init(&c, 11);
+    su_make(&c, "household", "H3", &o, NOW + 25 * 3600 * 1000ull, &e1, NULL);
+    out = su_push(s, &e1, NOW);
+    assert_int_equal(out.result, STORE_QUARANTINED);
+    assert_int_equal(out.code, STORE_Q_CLOCK_AHEAD);
+    su_ops_reset(&o);
+    su_set_str(&o, "community", "C01");
+    su_make(&c, "household", "H3", &o, NOW + 1, &e1, NULL); /* clock corrected */
+    /* The device's HLC ran ahead; a corrected device would restart from the
+     * server's time, but its seq chain continues. */
+    c.clock = 0;
+    out = su_push(s, &e1, NOW + 25 * 3600 * 1000ull); /* the server's day has come */
+    assert_int_equal(out.result, STORE_APPLIED);
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    crdt_record *r = NULL;
+    assert_int_equal(store_get_record(t, "household", "H1", &r), 0);
+    const crdt_field *f = crdt_record_field(r, "note", (crdt_blob){NULL, 0});
+    crdt_val v;
+    assert_int_equal(crdt_val_parse(f->e[0].v, &v), 0);
+    assert_int_equal(v.len, strlen("from the real phone"));
+    crdt_record_free(r);
+    store_abort(t);
+    assert_int_equal(verify_problems(s), 0);
+    su_ops_free(&o);
+    crdt_buf_free(&e1);
+    crdt_buf_free(&e2);
+    store_close(s);
+    su_dir_remove(&d);
+}
+
+/* ---- reads ------------------------------------------------------------------------ */
+
+static void test_lookups_members_grid(void **state)
+{
+    (void)state;
+    su_dir d;
+    su_dir_make(&d, "lookup");
+    store *s = su_store_new(&d, NULL);
+    su_dev dev;
+    su_dev_init(&dev, 3);
+    seed_household(s, &dev, "H1", "C01", "G01", NOW);
+    seed_household(s, &dev, "H2", "C01", "G01", NOW);
+    seed_household(s, &dev, "H3", "C01", "G02", NOW);
+    seed_person(s, &dev, "P1", "H1", "王小明", 1, NOW);
+    seed_person(s, &dev, "P2", "H1", "王小红", 2, NOW);
+    seed_person(s, &dev, "P3", "H2", "王小明", 3, NOW);
+    store_txn *t;
+    store_ids ids;
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_household_members(t, "H1", &ids), 0);
+    assert_int_equal(ids.n, 2);
+    assert_string_equal(ids.id[0], "P1");
+    assert_string_equal(ids.id[1], "P2");
+    store_ids_free(&ids);
+    assert_int_equal(store_lookup(t, STORE_LOOKUP_NAME, "王小明", strlen("王小明"), &ids), 0);
+    assert_int_equal(ids.n, 2);
+    store_ids_free(&ids);
+    char idn[19];
+    su_idnum(2, idn);
+    assert_int_equal(store_lookup(t, STORE_LOOKUP_IDNUM, idn, 18, &ids), 0);
+    assert_int_equal(ids.n, 1);
+    assert_string_equal(ids.id[0], "P2");
+    store_ids_free(&ids);
+    su_idnum(99, idn);
+    assert_int_equal(store_lookup(t, STORE_LOOKUP_IDNUM, idn, 18, &ids), 0);
+    assert_int_equal(ids.n, 0); /* a wrong ID number finds nobody */
+    store_ids_free(&ids);
+    assert_int_equal(store_grid_households(t, "C01", "G01", "", 1, &ids), 0);
+    assert_int_equal(ids.n, 1);
+    assert_string_equal(ids.id[0], "H1");
+    store_ids_free(&ids);
+    assert_int_equal(store_grid_households(t, "C01", "G01", "H1", 10, &ids), 0);
+    assert_int_equal(ids.n, 1);
+    assert_string_equal(ids.id[0], "H2"); /* the next page */
+    store_ids_free(&ids);
+    store_abort(t);
+
+    /* P2 moves to H3 and changes name: indexes follow. */
+    su_ops o = {0};
+    crdt_buf env = {0};
+    su_set_str(&o, "household", "H3");
+    su_set_str(&o, "name", "王晓红");
+    su_make(&dev, "person", "P2", &o, NOW + 100, &env, NULL);
+    assert_int_equal(su_push(s, &env, NOW).result, STORE_APPLIED);
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_household_members(t, "H1", &ids), 0);
+    assert_int_equal(ids.n, 1);
+    store_ids_free(&ids);
+    assert_int_equal(store_household_members(t, "H3", &ids), 0);
+    assert_int_equal(ids.n, 1);
+    store_ids_free(&ids);
+    assert_int_equal(store_lookup(t, STORE_LOOKUP_NAME, "王小红", strlen("王小红"), &ids), 0);
+    assert_int_equal(ids.n, 1); /* name is mv: the old value was superseded? no: blind write */
+    store_ids_free(&ids);
+    store_abort(t);
+    assert_int_equal(verify_problems(s), 0);
+    su_ops_free(&o);
+    crdt_buf_free(&env);
+    store_close(s);
+    su_dir_remove(&d);
+}
+
+/* The feed against a brute-force filter on random data. */
+typedef struct feed_collect {
+    uint64_t got[4096];
+    size_t n;
+} feed_collect;
+
+static int collect(uint64_t sseq, const uint8_t *env, size_t len, void *arg)
+{
+    (void)env;
+    (void)len;
+    feed_collect *c = arg;
+    if (c->n < 4096) c->got[c->n++] = sseq;
+    return 0;
+}
+
+static void test_feed_bruteforce(void **state)
+{
+    (void)state;
+    su_dir d;
+    su_dir_make(&d, "feed");
+    store *s = su_store_new(&d, NULL);
+    tu_rng rng;
+    tu_rng_init(&rng, tu_seed("store-feed"));
+    enum { NH = 40, NP = 120, NDEV = 6, NDELTAS = 1500 };
+    su_dev devs[NDEV];
+    for (int i = 0; i < NDEV; i++) su_dev_init(&devs[i], (uint32_t)i + 1);
+    static char touched[NDELTAS + 400][8]; /* household index touched, by sseq */
+    uint64_t max_sseq = 0;
+    su_ops o = {0};
+    crdt_buf env = {0};
+    /* Households, then persons each fixed in a random household. */
+    int person_hh[NP];
+    for (int h = 0; h < NH; h++) {
+        char id[16];
+        snprintf(id, sizeof id, "H%03d", h);
+        su_ops_reset(&o);
+        su_set_str(&o, "community", "C01");
+        su_set_str(&o, "grid", h % 2 ? "G01" : "G02");
+        su_make(&devs[0], "household", id, &o, NOW + (uint64_t)h, &env, NULL);
+        store_outcome out = su_push(s, &env, NOW);
+        assert_int_equal(out.result, STORE_APPLIED);
+        touched[out.sseq][0] = (char)h;
+        max_sseq = out.sseq;
+    }
+    for (int p = 0; p < NP; p++) person_hh[p] = -1;
+    for (int i = 0; i < NDELTAS; i++) {
+        su_dev *dv = &devs[tu_below(&rng, NDEV)];
+        su_ops_reset(&o);
+        char id[16], hh[16];
+        store_outcome out;
+        int hsel;
+        if (tu_below(&rng, 4) == 0) {
+            hsel = (int)tu_below(&rng, NH);
+            snprintf(id, sizeof id, "H%03d", hsel);
+            su_set_str(&o, "note", "走访记录");
+            su_make(dv, "household", id, &o, NOW + 1000 + (uint64_t)i, &env, NULL);
+        } else {
+            int p = (int)tu_below(&rng, NP);
+            if (person_hh[p] < 0) person_hh[p] = (int)tu_below(&rng, NH);
+            hsel = person_hh[p];
+            snprintf(id, sizeof id, "P%03d", p);
+            snprintf(hh, sizeof hh, "H%03d", hsel);
+            su_set_str(&o, "household", hh);
+            su_set_str(&o, "note", "备注");
+            su_make(dv, "person", id, &o, NOW + 1000 + (uint64_t)i, &env, NULL);
+        }
+        out = su_push(s, &env, NOW);
+        assert_int_equal(out.result, STORE_APPLIED);
+        touched[out.sseq][0] = (char)hsel;
+        max_sseq = out.sseq;
+    }
+    /* Random scopes and cursors, paged; compare with the brute-force list. */
+    for (int q = 0; q < 50; q++) {
+        bool in[NH] = {0};
+        const char *scope[NH];
+        char names[NH][16];
+        size_t ns = 0;
+        size_t want_n = 1 + tu_below(&rng, 10);
+        for (size_t k = 0; k < want_n; k++) {
+            int h = (int)tu_below(&rng, NH);
+            if (in[h]) continue;
+            in[h] = true;
+            snprintf(names[ns], 16, "H%03d", h);
+            scope[ns] = names[ns];
+            ns++;
+        }
+        uint64_t after = tu_below(&rng, max_sseq);
+        feed_collect *c = calloc(1, sizeof *c);
+        store_txn *t;
+        assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+        uint64_t cur = after, next;
+        for (;;) {
+            size_t before = c->n;
+            assert_int_equal(store_feed(t, scope, ns, cur, 1 + tu_below(&rng, 20), collect, c,
+                                        &next), 0);
+            if (c->n == before) break;
+            assert_true(next > cur);
+            cur = next;
+        }
+        store_abort(t);
+        size_t k = 0;
+        for (uint64_t sq = after + 1; sq <= max_sseq; sq++) {
+            if (!in[(int)touched[sq][0]]) continue;
+            if (k >= c->n || c->got[k] != sq)
+                fail_msg("query %d: feed missing or misordered sseq %llu", q,
+                         (unsigned long long)sq);
+            k++;
+        }
+        assert_int_equal(k, c->n);
+        free(c);
+    }
+    assert_int_equal(verify_problems(s), 0);
+    su_ops_free(&o);
+    crdt_buf_free(&env);
+    store_close(s);
+    su_dir_remove(&d);
+}
+
+/* ---- aggregates --------------------------------------------------------------- */
+
+static void test_aggregates(void **state)
+{
+    (void)state;
+    su_dir d;
+    su_dir_make(&d, "agg");
+    store *s = su_store_new(&d, NULL);
+    su_dev dev;
+    su_dev_init(&dev, 2);
+    seed_household(s, &dev, "H1", "C01", "G01", NOW);
+    seed_household(s, &dev, "H2", "C01", "G02", NOW);
+    seed_person(s, &dev, "P1", "H1", "甲", 1, NOW);
+    seed_person(s, &dev, "P2", "H1", "乙", 2, NOW);
+    seed_person(s, &dev, "P3", "H2", "丙", 3, NOW);
+    su_ops o = {0};
+    crdt_buf env = {0};
+    /* P1 paid for 2026 and is 低保; P2 is 特困 and not enrolled; a visit to P3. */
+    su_set_keyed(&o, "payment", 2026, "已缴费");
+    su_add(&o, "tags", "低保");
+    su_make(&dev, "person", "P1", &o, NOW + 10, &env, NULL);
+    assert_int_equal(su_push(s, &env, NOW).result, STORE_APPLIED);
+    su_ops_reset(&o);
+    su_add(&o, "tags", "特困");
+    su_make(&dev, "person", "P2", &o, NOW + 11, &env, NULL);
+    assert_int_equal(su_push(s, &env, NOW).result, STORE_APPLIED);
+    su_ops_reset(&o);
+    su_visit(&o, "visits", "2026-09-21", NULL);
+    su_make(&dev, "person", "P3", &o, NOW + 12, &env, NULL);
+    assert_int_equal(su_push(s, &env, NOW).result, STORE_APPLIED);
+
+    store_txn *t;
+    store_agg a;
+    size_t ng;
+    const char *const *groups = store_group_names(s, &ng);
+    int g_dibao = -1, g_tekun = -1;
+    for (size_t i = 0; i < ng; i++) {
+        if (!strcmp(groups[i], "低保")) g_dibao = (int)i;
+        if (!strcmp(groups[i], "特困")) g_tekun = (int)i;
+    }
+    assert_true(g_dibao >= 0 && g_tekun >= 0);
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_agg_get(t, "C01", "G01", NOW, &a), 0);
+    assert_int_equal(a.persons, 2);
+    assert_int_equal(a.enrolled, 1);
+    assert_int_equal(a.paid, 1);
+    assert_int_equal(a.group[g_dibao], 1);
+    assert_int_equal(a.group[g_tekun], 1);
+    assert_int_equal(a.group_unenrolled[g_tekun], 1);
+    assert_int_equal(a.group_unenrolled[g_dibao], 0);
+    assert_int_equal(store_agg_get(t, "C01", "G02", NOW, &a), 0);
+    assert_int_equal(a.persons, 1);
+    assert_int_equal(a.visits_week, 1);
+    assert_int_equal(store_agg_get(t, "C01", "G02", NOW + 8 * 86400000ull, &a), 0);
+    assert_int_equal(a.visits_week, 0); /* next week */
+    assert_int_equal(store_agg_get(t, "C01", NULL, NOW, &a), 0);
+    assert_int_equal(a.persons, 3);
+    assert_int_equal(store_agg_get(t, NULL, NULL, NOW, &a), 0);
+    assert_int_equal(a.persons, 3);
+    store_abort(t);
+
+    /* H1 moves to grid G02: its members' contributions move with it. */
+    su_ops_reset(&o);
+    su_set_str(&o, "grid", "G02");
+    su_make(&dev, "household", "H1", &o, NOW + 20, &env, NULL);
+    assert_int_equal(su_push(s, &env, NOW).result, STORE_APPLIED);
+    /* P3 deceased: no longer counted. */
+    su_ops_reset(&o);
+    su_set_str(&o, "life_status", "死亡");
+    su_make(&dev, "person", "P3", &o, NOW + 21, &env, NULL);
+    assert_int_equal(su_push(s, &env, NOW).result, STORE_APPLIED);
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_agg_get(t, "C01", "G01", NOW, &a), 0);
+    assert_int_equal(a.persons, 0);
+    assert_int_equal(store_agg_get(t, "C01", "G02", NOW, &a), 0);
+    assert_int_equal(a.persons, 2);
+    assert_int_equal(a.paid, 1);
+    assert_int_equal(a.visits_week, 1); /* the visit happened; still counted */
+    store_abort(t);
+    assert_int_equal(verify_problems(s), 0);
+    su_ops_free(&o);
+    crdt_buf_free(&env);
+    store_close(s);
+    su_dir_remove(&d);
+}
+
+/* Random histories: aggregates always equal the recomputation. */
+static void test_aggregates_random(void **state)
+{
+    (void)state;
+    su_dir d;
+    su_dir_make(&d, "aggrand");
+    store *s = su_store_new(&d, NULL);
+    tu_rng rng;
+    tu_rng_init(&rng, tu_seed("store-agg"));
+    su_dev devs[4];
+    for (int i = 0; i < 4; i++) su_dev_init(&devs[i], (uint32_t)i + 20);
+    static const char *const comms[] = {"C01", "C02"}, *const grids[] = {"G1", "G2", "G3"};
+    static const char *const tags[] = {"特困", "低保", "返贫致贫", "灵活就业"};
+    static const char *const pays[] = {"已缴费", "未缴费", "代缴"};
+    static const char *const lifes[] = {"正常", "死亡", "迁出"};
+    su_ops o = {0};
+    crdt_buf env = {0};
+    for (int i = 0; i < 600; i++) {
+        su_dev *dv = &devs[tu_below(&rng, 4)];
+        char id[16];
+        su_ops_reset(&o);
+        if (tu_below(&rng, 5) == 0) {
+            snprintf(id, sizeof id, "H%d", (int)tu_below(&rng, 8));
+            su_set_str(&o, "community", comms[tu_below(&rng, 2)]);
+            su_set_str(&o, "grid", grids[tu_below(&rng, 3)]);
+            if (tu_below(&rng, 2)) su_visit(&o, "visits", "2026-09-2" "1", NULL);
+            su_make(dv, "household", id, &o, NOW + (uint64_t)i, &env, NULL);
+        } else {
+            char hh[16];
+            snprintf(id, sizeof id, "P%d", (int)tu_below(&rng, 30));
+            switch (tu_below(&rng, 5)) {
+            case 0:
+                snprintf(hh, sizeof hh, "H%d", (int)tu_below(&rng, 9)); /* H8 never exists */
+                su_set_str(&o, "household", hh);
+                break;
+            case 1: su_set_keyed(&o, "payment", 2026, pays[tu_below(&rng, 3)]); break;
+            case 2: su_add(&o, "tags", tags[tu_below(&rng, 4)]); break;
+            case 3: su_set_str(&o, "life_status", lifes[tu_below(&rng, 3)]); break;
+            default:
+                if (tu_below(&rng, 3)) su_visit(&o, "visits", "2026-09-22", NULL);
+                else su_del(&o);
+                break;
+            }
+            su_make(dv, "person", id, &o, NOW + (uint64_t)i, &env, NULL);
+        }
+        store_outcome out = su_push(s, &env, NOW);
+        if (out.result != STORE_APPLIED)
+            fail_msg("delta %d: result %d code %d (%s)", i, out.result, out.code,
+                     store_strerror(out.code));
+        if (i % 100 == 99) assert_int_equal(verify_problems(s), 0);
+    }
+    assert_int_equal(verify_problems(s), 0);
+    su_ops_free(&o);
+    crdt_buf_free(&env);
+    store_close(s);
+    su_dir_remove(&d);
+}
+
+/* ---- resilience ------------------------------------------------------------------ */
+
+static size_t map_size(store *s)
+{
+    MDB_envinfo info;
+    mdb_env_info(s->env, &info);
+    return info.me_mapsize;
+}
+
+static void test_map_growth_and_full(void **state)
+{
+    (void)state;
+    su_dir d;
+    su_dir_make(&d, "map");
+    store_opts opts = {.map_initial = 256 * 1024, .map_max = 64 << 20};
+    store *s = su_store_new(&d, &opts);
+    size_t initial = map_size(s);
+    su_dev dev;
+    su_dev_init(&dev, 1);
+    su_ops o = {0};
+    crdt_buf env = {0};
+    char note[1500];
+    memset(note, 'x', sizeof note - 1);
+    note[sizeof note - 1] = 0;
+    for (int i = 0; i < 800; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "H%d", i);
+        su_ops_reset(&o);
+        su_set_str(&o, "note", note);
+        su_make(&dev, "household", id, &o, NOW + (uint64_t)i, &env, NULL);
+        assert_int_equal(su_push(s, &env, NOW).result, STORE_APPLIED);
+    }
+    assert_true(map_size(s) > initial);
+    assert_int_equal(verify_problems(s), 0);
+    store_close(s);
+    su_dir_remove(&d);
+
+    /* At its maximum: a batch that does not fit fails whole and retryably. */
+    su_dir_make(&d, "mapfull");
+    store_opts small = {.map_initial = 256 * 1024, .map_max = 256 * 1024};
+    s = su_store_new(&d, &small);
+    su_dev_init(&dev, 1);
+    int applied = 0, rc = 0;
+    for (int i = 0; i < 2000 && rc == 0; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "H%d", i);
+        su_ops_reset(&o);
+        su_set_str(&o, "note", note);
+        su_make(&dev, "household", id, &o, NOW + (uint64_t)i, &env, NULL);
+        store_outcome out;
+        const uint8_t *e = env.p;
+        size_t n = env.n;
+        store_txn *t;
+        uint64_t before_sseq, after_sseq;
+        assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+        store_last_sseq(t, &before_sseq);
+        store_abort(t);
+        rc = store_append_batch(s, &e, &n, 1, NOW, 86400000ull, &out);
+        assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+        store_last_sseq(t, &after_sseq);
+        store_abort(t);
+        if (rc == 0) {
+            applied++;
+            assert_int_equal(after_sseq, before_sseq + 1);
+        } else {
+            assert_int_equal(rc, STORE_EMAPFULL);
+            assert_true(store_retryable(rc));
+            assert_int_equal(after_sseq, before_sseq); /* nothing partial */
+            assert_int_equal(out.result, 0);
+        }
+    }
+    assert_int_equal(rc, STORE_EMAPFULL);
+    assert_true(applied > 10);
+    assert_int_equal(verify_problems(s), 0);
+    su_ops_free(&o);
+    crdt_buf_free(&env);
+    store_close(s);
+    su_dir_remove(&d);
+}
+
+/* A batch where one envelope is garbage: that one is rejected, the rest apply. */
+static void test_batch_rejects_individually(void **state)
+{
+    (void)state;
+    su_dir d;
+    su_dir_make(&d, "batch");
+    store *s = su_store_new(&d, NULL);
+    su_dev dev;
+    su_dev_init(&dev, 4);
+    su_ops o = {0};
+    crdt_buf e[3] = {{0}};
+    su_set_str(&o, "community", "C01");
+    su_make(&dev, "household", "H1", &o, NOW, &e[0], NULL);
+    su_ops_reset(&o);
+    su_set_str(&o, "phone", "12345"); /* invalid phone: schema rejects */
+    crdt_buf bad = {0};
+    su_dev tmp = dev;
+    su_make(&tmp, "household", "H1", &o, NOW + 1, &bad, NULL);
+    su_ops_reset(&o);
+    su_set_str(&o, "grid", "G01");
+    su_make(&dev, "household", "H1", &o, NOW + 2, &e[2], NULL);
+    /* e[2] has seq 2 (tmp's seq-2 delta was never accepted). */
+    const uint8_t *envs[3] = {e[0].p, bad.p, e[2].p};
+    size_t lens[3] = {e[0].n, bad.n, e[2].n};
+    store_outcome outs[3];
+    assert_int_equal(store_append_batch(s, envs, lens, 3, NOW, 86400000ull, outs), 0);
+    assert_int_equal(outs[0].result, STORE_APPLIED);
+    assert_int_equal(outs[1].result, STORE_REJECTED);
+    assert_int_equal(outs[1].code, CRDT_EPHONE);
+    assert_int_equal(outs[2].result, STORE_APPLIED);
+    su_ops_free(&o);
+    crdt_buf_free(&e[0]);
+    crdt_buf_free(&e[2]);
+    crdt_buf_free(&bad);
+    store_close(s);
+    su_dir_remove(&d);
+}
+
+/* ---- privacy, backup, verify --------------------------------------------------------- */
+
+static bool file_contains(const char *path, const void *needle, size_t n)
+{
+    size_t len;
+    char *buf = tu_read_file(path, &len);
+    assert_non_null(buf);
+    bool found = false;
+    for (size_t i = 0; i + n <= len && !found; i++)
+        if (memcmp(buf + i, needle, n) == 0) found = true;
+    free(buf);
+    return found;
+}
+
+static void test_privacy_canary(void **state)
+{
+    (void)state;
+    su_dir d;
+    su_dir_make(&d, "canary");
+    store *s = su_store_new(&d, NULL);
+    su_dev dev;
+    su_dev_init(&dev, 8);
+    seed_household(s, &dev, "H1", "C01", "G01", NOW);
+    seed_person(s, &dev, "P1", "H1", "欧阳震华", 4242, NOW);
+    char idn[19];
+    su_idnum(4242, idn);
+    store_close(s);
+    char path[400];
+    snprintf(path, sizeof path, "%s/data.mdb", d.data);
+    /* Make sure the test would see the strings if they were there. */
+    assert_true(file_contains(DOORSTEP_SOURCE_DIR "/crdt/schema/yibao.json", "household", 9));
+    assert_false(file_contains(path, "欧阳震华", strlen("欧阳震华")));
+    assert_false(file_contains(path, idn, 18));
+    assert_false(file_contains(path, "13800138000", 11));
+    assert_false(file_contains(path, "幸福路", strlen("幸福路")));
+    su_dir_remove(&d);
+}
+
+static void test_backup_verify_and_corruption(void **state)
+{
+    (void)state;
+    su_dir d;
+    su_dir_make(&d, "backup");
+    store *s = su_store_new(&d, NULL);
+    su_dev dev;
+    su_dev_init(&dev, 6);
+    seed_household(s, &dev, "H1", "C01", "G01", NOW);
+    seed_person(s, &dev, "P1", "H1", "赵六", 7, NOW);
+    seed_person(s, &dev, "P2", "H1", "钱七", 8, NOW);
+    char dest[400], err[256];
+    snprintf(dest, sizeof dest, "%s/backup", d.root);
+    assert_int_equal(mkdir(dest, 0700), 0);
+    assert_int_equal(store_backup(s, dest, err, sizeof err), 0);
+    store *b = NULL;
+    assert_int_equal(store_open(dest, d.key, NULL, &b, err, sizeof err), 0);
+    assert_int_equal(verify_problems(b), 0);
+    store_txn *t;
+    crdt_record *r = NULL;
+    assert_int_equal(store_begin(b, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_get_record(t, "person", "P2", &r), 0);
+    crdt_record_free(r);
+    store_abort(t);
+    store_close(b);
+
+    /* Corrupt P1: replace its stored record with P2's content re-sealed under
+     * P1's key (authenticates, but is not what the log says). */
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    crdt_record *p2 = NULL;
+    assert_int_equal(store_get_record(t, "person", "P2", &p2), 0);
+    strcpy(p2->id, "P1");
+    crdt_buf enc = {0};
+    assert_int_equal(crdt_record_encode(p2, &enc), 0);
+    assert_int_equal(store_put_sealed(t, DB_RECORDS, "person\0P1", 9, enc.p, enc.n), 0);
+    assert_int_equal(store_commit(t), 0);
+    assert_true(verify_problems(s) > 0);
+    /* And a record whose sealed bytes were flipped fails to unseal. */
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    MDB_val v;
+    assert_int_equal(store_get(t, DB_RECORDS, "person\0P2", 9, &v), 0);
+    uint8_t *copy = malloc(v.mv_size);
+    memcpy(copy, v.mv_data, v.mv_size);
+    copy[v.mv_size / 2] ^= 1;
+    assert_int_equal(store_put(t, DB_RECORDS, "person\0P2", 9, copy, v.mv_size), 0);
+    free(copy);
+    crdt_record *x = NULL;
+    assert_int_equal(store_get_record(t, "person", "P2", &x), STORE_ECORRUPT);
+    assert_null(x);
+    store_abort(t);
+    crdt_buf_free(&enc);
+    crdt_record_free(p2);
+    store_close(s);
+    su_dir_remove(&d);
+}
+
+int main(void)
+{
+    wire_init();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_init_open_errors),
+        cmocka_unit_test(test_persistence_idempotency_gap),
+        cmocka_unit_test(test_clone_fork_clock),
+        cmocka_unit_test(test_lookups_members_grid),
+        cmocka_unit_test(test_feed_bruteforce),
+        cmocka_unit_test(test_aggregates),
+        cmocka_unit_test(test_aggregates_random),
+        cmocka_unit_test(test_map_growth_and_full),
+        cmocka_unit_test(test_batch_rejects_individually),
+        cmocka_unit_test(test_privacy_canary),
+        cmocka_unit_test(test_backup_verify_and_corruption),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
