@@ -23,9 +23,13 @@
 /* The enum values the rules below name (default schema, crdt/schema/yibao.json). */
 #define LIFE_DECEASED "死亡"
 #define LIFE_MOVED_OUT "迁出"
-static const char *const PAID_VALUES[] = {"已缴费", "代缴"};
-static const char *const ENROLLED_ONLY_VALUES[] = {"免缴"};
-#define INSURANCE_EMPLOYEE "职工医保"
+/* payment[campaign year]: paid by the person, paid on their behalf (代缴), or
+ * paid with a government subsidy (资助参保) all count as paid; "no payment
+ * needed" (employee insurance, insured elsewhere) counts as enrolled. */
+static const char *const PAID_VALUES[] = {"已缴费", "代缴", "资助参保"};
+static const char *const ENROLLED_ONLY_VALUES[] = {"无需缴费"};
+/* insurance_type values that mean covered whatever the payment field says. */
+static const char *const INSURED_ELSEWHERE[] = {"职工", "异地参保"};
 
 #define AGG_FIELDS (3 + 2 * STORE_MAX_GROUPS)
 #define MAX_WEEKS 64
@@ -143,12 +147,12 @@ static void person_contrib(const store *s, const crdt_record *p, const crdt_reco
     key.n = tmp.n;
     crdt_buf_free(&tmp);
     const char *pay = store_field_str(p, m->p_payment, (crdt_blob){kb, (uint32_t)key.n}, &len);
-    bool paid = str_in(pay, len, PAID_VALUES, 2);
+    bool paid = str_in(pay, len, PAID_VALUES, 3);
     bool enrolled = paid || str_in(pay, len, ENROLLED_ONLY_VALUES, 1);
     if (m->p_insurance) {
         uint32_t il;
         const char *ins = store_field_str(p, m->p_insurance, (crdt_blob){NULL, 0}, &il);
-        if (str_is(ins, il, INSURANCE_EMPLOYEE)) enrolled = true;
+        if (str_in(ins, il, INSURED_ELSEWHERE, 2)) enrolled = true;
     }
     c->v[1] = enrolled;
     c->v[2] = paid;

@@ -116,13 +116,14 @@ void su_add(su_ops *o, const char *field, const char *elem)
     set_val(o, op);
 }
 
-void su_visit(su_ops *o, const char *field, const char *date, const char *kind)
+void su_visit(su_ops *o, const char *field, const char *date, const char *method)
 {
     crdt_op *op = next_op(o, CRDT_OP_APP, field);
-    const char *keys[2] = {"date", "kind"};
+    if (!method) method = "上门走访";
+    const char *keys[2] = {"date", "method"};
     crdt_scalar vals[2] = {{.t = CRDT_V_STR, .s = date, .len = (uint32_t)strlen(date)},
-                           {.t = CRDT_V_STR, .s = kind, .len = (uint32_t)strlen(kind)}};
-    assert_int_equal(crdt_val_put_map(&o->val[op - o->op], keys, vals, kind ? 2 : 1), 0);
+                           {.t = CRDT_V_STR, .s = method, .len = (uint32_t)strlen(method)}};
+    assert_int_equal(crdt_val_put_map(&o->val[op - o->op], keys, vals, 2), 0);
     set_val(o, op);
 }
 

@@ -43,7 +43,8 @@ void su_ops_free(su_ops *o);
 void su_set_str(su_ops *o, const char *field, const char *v);       /* lww/mv set */
 void su_set_keyed(su_ops *o, const char *field, int64_t key, const char *v);
 void su_add(su_ops *o, const char *field, const char *elem);
-void su_visit(su_ops *o, const char *field, const char *date, const char *kind);
+/* A visit entry {date, method} ("上门走访" when method is NULL). */
+void su_visit(su_ops *o, const char *field, const char *date, const char *method);
 void su_del(su_ops *o);
 
 /*
