@@ -407,7 +407,11 @@ int crdt_vspec_enum_index(const crdt_vspec *v, const char *s, size_t len);
  * crdt_vspec_check — check a parsed value against a value spec.  Returns 0
  * or CRDT_EVALUE (wrong type), CRDT_ETEXT, CRDT_ERANGE, CRDT_EDATE,
  * CRDT_EENUM, CRDT_EIDNUM, CRDT_EPHONE, CRDT_ERECID.  ENTRY values need the
- * field spec: use crdt_fspec_check_value.
+ * field spec: use crdt_fspec_check_value (crdt_vspec_check on an ENTRY spec
+ * returns CRDT_EINVAL), which also returns CRDT_EMISSING for a required
+ * member that is absent and CRDT_EUNKNOWNKEY for a member the field lacks.
+ * Nil is never a valid value (fields are cleared by writing "" or, for
+ * sets, by removing elements).
  */
 int crdt_vspec_check(const crdt_vspec *v, const crdt_val *val);
 int crdt_fspec_check_value(const crdt_fspec *f, const crdt_val *val);

@@ -149,6 +149,17 @@ int store_chain_head(store_txn *t, uint32_t dev, uint64_t *seq, uint8_t hash[CRD
     return STORE_OK;
 }
 
+int store_hlc_hwm(store_txn *t, crdt_hlc *out)
+{
+    MDB_val v;
+    *out = 0;
+    int rc = store_get(t, DB_META, "hlc_hwm", 7, &v);
+    if (rc) return rc;
+    if (v.mv_size != 8) return STORE_ECORRUPT;
+    *out = rd64(v.mv_data);
+    return STORE_OK;
+}
+
 int store_last_sseq(store_txn *t, uint64_t *sseq)
 {
     MDB_cursor *c;
@@ -520,6 +531,21 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
     if (!strcmp(rec->kind, "household")) rc = index_household(t, before, rec, sseq);
     else if (!strcmp(rec->kind, "person")) rc = index_person(t, before, rec, sseq);
     if (rc) goto done;
+    /* The HLC high-water mark: the greatest stamp merged so far. */
+    {
+        MDB_val hv;
+        uint8_t hb[8];
+        rc = store_get(t, DB_META, "hlc_hwm", 7, &hv);
+        if (rc == STORE_OK && hv.mv_size == 8 && rd64(hv.mv_data) >= d->hlc) {
+            /* unchanged */
+        } else if (rc == STORE_OK || rc == STORE_ENOTFOUND) {
+            be64(hb, d->hlc);
+            if ((rc = store_put(t, DB_META, "hlc_hwm", 7, hb, 8))) goto done;
+        } else {
+            goto done;
+        }
+        rc = STORE_OK;
+    }
     out->result = STORE_APPLIED;
     out->sseq = sseq;
 done:

@@ -182,6 +182,9 @@ int store_append_batch(store *s, const uint8_t *const *envs, const size_t *lens,
 /* The device's chain head: last seq held and its hash (zeros if none). */
 int store_chain_head(store_txn *t, uint32_t dev, uint64_t *seq,
                      uint8_t hash[CRDT_HASH_BYTES]);
+/* The greatest HLC merged so far (meta "hlc_hwm"); the server's own clock
+ * for deltas it signs (staff edits) must run past it. */
+int store_hlc_hwm(store_txn *t, crdt_hlc *out);
 /* Highest server seq assigned so far (0 if empty). */
 int store_last_sseq(store_txn *t, uint64_t *sseq);
 /* The envelope with server seq `sseq`, unsealed into *out (appended). */

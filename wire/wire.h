@@ -77,7 +77,8 @@ int wire_envelope_decode(const uint8_t *p, size_t n, const crdt_limits *lim,
  * docs/SCHEMA.md), then crdt_schema_validate() it.  On failure returns
  * WIRE_EIO, WIRE_EJSON or CRDT_ESCHEMA with a message in err naming the file
  * and the line (JSON syntax) or the field path (e.g.
- * "schema.json: kinds.person.fields.id_number.type: unknown type 'idnr'").
+ * "yibao.json: kinds[1](person).fields[1](id_number).type: unknown type
+ * 'idnr' (expected text|int|...)").
  * *out is owned by the caller (crdt_schema_free).
  */
 int wire_schema_load_file(const char *path, crdt_schema **out, char *err,

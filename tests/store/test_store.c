@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -171,6 +172,9 @@ static void test_persistence_idempotency_gap(void **state)
     uint8_t h[32];
     assert_int_equal(store_chain_head(t, 5, &head, h), 0);
     assert_int_equal(head, 2);
+    crdt_hlc hwm;
+    assert_int_equal(store_hlc_hwm(t, &hwm), 0);
+    assert_int_equal(CRDT_HLC_MS(hwm), NOW + 1); /* the skipped deltas never merged */
     crdt_buf got = {0};
     assert_int_equal(store_get_envelope(t, sseq, &got), 0);
     assert_int_equal(got.n, env.n);
@@ -690,6 +694,79 @@ static void test_map_growth_and_full(void **state)
     su_dir_remove(&d);
 }
 
+
+/* Two processes (as doorstepd and doorstepctl are) append to one store at
+ * the same time, one of them growing the map: both succeed, server seqs are
+ * unique, and the store verifies. */
+static int append_many(const su_dir *d, uint32_t dev_id, int n, size_t map_initial)
+{
+    char err[256];
+    store *s = NULL;
+    store_opts o = {.map_initial = map_initial, .map_max = 1u << 30, .no_sync = true};
+    if (store_open(d->data, d->key, &o, &s, err, sizeof err)) return 1;
+    su_dev dev;
+    su_dev_init(&dev, dev_id);
+    su_ops ops = {0};
+    crdt_buf env = {0};
+    char note[900];
+    memset(note, 'n', sizeof note - 1);
+    note[sizeof note - 1] = 0;
+    int bad = 0;
+    for (int i = 0; i < n; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "H%u-%d", dev_id, i);
+        su_ops_reset(&ops);
+        su_set_str(&ops, "note", note);
+        su_make(&dev, "household", id, &ops, NOW + (uint64_t)i, &env, NULL);
+        store_outcome out;
+        const uint8_t *e = env.p;
+        size_t len = env.n;
+        if (store_append_batch(s, &e, &len, 1, NOW, 86400000ull, &out) ||
+            out.result != STORE_APPLIED)
+            bad++;
+    }
+    su_ops_free(&ops);
+    crdt_buf_free(&env);
+    store_close(s);
+    return bad ? 1 : 0;
+}
+
+static void test_two_processes(void **state)
+{
+    (void)state;
+    su_dir d;
+    su_dir_make(&d, "procs");
+    store_opts small = {.map_initial = 256 * 1024, .map_max = 1u << 30};
+    store *s = su_store_new(&d, &small);
+    store_close(s);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) _exit(append_many(&d, 100, 400, 256 * 1024));
+    int rc_parent = append_many(&d, 200, 400, 256 * 1024);
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_int_equal(rc_parent, 0);
+    char err[256];
+    assert_int_equal(store_open(d.data, d.key, NULL, &s, err, sizeof err), 0);
+    store_txn *t;
+    uint64_t last, head;
+    uint8_t h[32];
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_last_sseq(t, &last), 0);
+    assert_int_equal(last, 800);
+    assert_int_equal(store_chain_head(t, 100, &head, h), 0);
+    assert_int_equal(head, 400);
+    assert_int_equal(store_chain_head(t, 200, &head, h), 0);
+    assert_int_equal(head, 400);
+    store_abort(t);
+    assert_true(map_size(s) > 256 * 1024);
+    assert_int_equal(verify_problems(s), 0);
+    store_close(s);
+    su_dir_remove(&d);
+}
+
 /* A batch where one envelope is garbage: that one is rejected, the rest apply. */
 static void test_batch_rejects_individually(void **state)
 {
@@ -835,6 +912,7 @@ int main(void)
         cmocka_unit_test(test_aggregates_random),
         cmocka_unit_test(test_map_growth_and_full),
         cmocka_unit_test(test_batch_rejects_individually),
+        cmocka_unit_test(test_two_processes),
         cmocka_unit_test(test_privacy_canary),
         cmocka_unit_test(test_backup_verify_and_corruption),
     };
