@@ -18,7 +18,10 @@
  *   aggw      community 0 grid 0 week(4)   -> int64 visits that ISO week
  *   devices   dev(4)                       -> device state (fixed layout)
  *   quar      qid(8)                       -> sealed quarantine entry
- *   audit     aseq(8)                      -> audit line (msgpack)
+ *   audit     aseq(8)                      -> sealed audit entry      (admin.c)
+ *   keys      dev(4) epoch(4)              -> key state (fixed layout)
+ *   tokens    hash(32)                     -> sealed token (keyed BLAKE2b of the secret)
+ *   staff     username                     -> sealed account
  */
 #ifndef DOORSTEP_STORE_INTERNAL_H
 #define DOORSTEP_STORE_INTERNAL_H
@@ -31,7 +34,7 @@
 enum {
     DB_META, DB_DELTAS, DB_DOTS, DB_HEADS, DB_RECORDS, DB_RDELTAS, DB_FEED,
     DB_MEMBERS, DB_GRID, DB_LOOKUP, DB_AGG, DB_AGGW, DB_DEVICES, DB_QUAR,
-    DB_AUDIT, DB_COUNT
+    DB_AUDIT, DB_KEYS, DB_TOKENS, DB_STAFF, DB_COUNT
 };
 
 extern const char *const store_db_names[DB_COUNT];

@@ -25,7 +25,7 @@
 
 const char *const store_db_names[DB_COUNT] = {
     "meta", "deltas", "dots", "heads", "records", "rdeltas", "feed", "members",
-    "grid", "lookup", "agg", "aggw", "devices", "quar", "audit"
+    "grid", "lookup", "agg", "aggw", "devices", "quar", "audit", "keys", "tokens", "staff"
 };
 
 #define MASTER_KEY_BYTES crypto_kdf_KEYBYTES
@@ -52,6 +52,11 @@ const char *store_strerror(int code)
     case STORE_ESCHEMA: return "schema lacks a field the store needs";
     case STORE_EVERIFY: return "verify found differences";
     case STORE_EINVAL: return "invalid argument";
+    case STORE_ETOKEN_USED: return "enrollment token was already used";
+    case STORE_ETOKEN_EXPIRED: return "enrollment token has expired";
+    case STORE_EBADPASS: return "wrong password";
+    case STORE_ELOCKED: return "account locked after too many failed logins";
+    case STORE_EDISABLED: return "account disabled";
     default: return wire_strerror(code);
     }
 }
@@ -269,6 +274,8 @@ size_t store_key_join(uint8_t *out, size_t cap, const char *const *parts, size_t
     return len;
 }
 
+static int txn_begin_adopting(store *s, unsigned flags, MDB_txn **txn);
+
 /* ---- transactions ------------------------------------------------------------- */
 
 int store_begin(store *s, int mode, store_txn **out)
@@ -278,14 +285,8 @@ int store_begin(store *s, int mode, store_txn **out)
     if (!t) return CRDT_ENOMEM;
     t->s = s;
     t->rw = mode == STORE_RW;
-    int rc = mdb_txn_begin(s->env, NULL, t->rw ? 0 : MDB_RDONLY, &t->txn);
-    if (rc == MDB_MAP_RESIZED) {
-        /* Another process grew the map: adopt its size and retry once. */
-        mdb_env_set_mapsize(s->env, 0);
-        MDB_envinfo info;
-        if (mdb_env_info(s->env, &info) == 0) s->map_size = info.me_mapsize;
-        rc = mdb_txn_begin(s->env, NULL, t->rw ? 0 : MDB_RDONLY, &t->txn);
-    }
+    /* Another process may have grown the map: adopt its size. */
+    int rc = txn_begin_adopting(s, t->rw ? 0 : MDB_RDONLY, &t->txn);
     if (rc) {
         free(t);
         return store_lmdb_err(rc);
@@ -358,10 +359,25 @@ fail:
     return store_lmdb_err(rc);
 }
 
+/* mdb_txn_begin, adopting a map another process grew in the meantime. */
+static int txn_begin_adopting(store *s, unsigned flags, MDB_txn **txn)
+{
+    int rc;
+    for (int tries = 0; tries < 8; tries++) {
+        rc = mdb_txn_begin(s->env, NULL, flags, txn);
+        if (rc != MDB_MAP_RESIZED) return rc;
+        mdb_env_set_mapsize(s->env, 0);
+        MDB_envinfo info;
+        if (mdb_env_info(s->env, &info) == 0) s->map_size = info.me_mapsize;
+        if (s->map_max < s->map_size) s->map_max = s->map_size;
+    }
+    return rc;
+}
+
 static int open_dbs(store *s, bool create)
 {
     MDB_txn *txn;
-    int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    int rc = txn_begin_adopting(s, create ? 0 : MDB_RDONLY, &txn);
     if (rc) return store_lmdb_err(rc);
     for (int i = 0; i < DB_COUNT; i++) {
         rc = mdb_dbi_open(txn, store_db_names[i], create ? MDB_CREATE : 0, &s->dbi[i]);

@@ -53,7 +53,12 @@ enum {
     STORE_EBUSY = -212,       /* too many readers, or txn already open in thread */
     STORE_ESCHEMA = -213,     /* schema lacks a field the store's model needs */
     STORE_EVERIFY = -214,     /* verify found a difference (see report) */
-    STORE_EINVAL = -215
+    STORE_EINVAL = -215,
+    STORE_ETOKEN_USED = -216,    /* enrollment token already redeemed */
+    STORE_ETOKEN_EXPIRED = -217, /* enrollment token past its expiry */
+    STORE_EBADPASS = -218,       /* wrong password */
+    STORE_ELOCKED = -219,        /* account locked after too many failures */
+    STORE_EDISABLED = -220       /* account disabled */
 };
 
 const char *store_strerror(int code);
@@ -304,6 +309,230 @@ int store_backup(store *s, const char *dest, char *err, size_t errlen);
  */
 typedef void (*store_report_fn)(void *arg, const char *line);
 int store_verify(store *s, store_report_fn report, void *arg, uint64_t *problems);
+
+/* ---- keys, enrollment tokens, staff accounts, audit (admin.c) ---- */
+
+/*
+ * Device keys.  One record per (device, key epoch): the Ed25519 public key
+ * and what became of it.  Epochs start at 1 and are assigned by the caller
+ * (the enrollment and rotation logic); the device record's `epoch` is the
+ * caller's to keep in step.  Nothing here reads a clock: times are passed in.
+ */
+enum {
+    STORE_KEY_ACTIVE = 1,    /* signs new deltas */
+    STORE_KEY_RETIRED = 2,   /* rotated out: deltas with seq <= sealed_seq stay valid */
+    STORE_KEY_REVOKED = 3    /* no longer trusted (device revocation decides what stays) */
+};
+
+typedef struct store_key {
+    uint32_t dev;
+    uint32_t epoch;              /* >= 1 */
+    uint8_t state;               /* STORE_KEY_* */
+    uint8_t pk[32];              /* Ed25519 public key */
+    uint64_t sealed_seq;         /* RETIRED: last seq signed with this key */
+    uint64_t created_ms;         /* server time the key was registered */
+    uint64_t changed_ms;         /* server time of the last state change */
+} store_key;
+
+/* Create or replace the key (k->dev, k->epoch) in a write txn.  Returns 0,
+ * STORE_EINVAL (epoch 0 or unknown state), STORE_EREADONLY, or an LMDB error. */
+int store_key_put(store_txn *t, const store_key *k);
+/* The key (dev, epoch) into *out.  Returns 0, STORE_ENOTFOUND, STORE_ECORRUPT
+ * (*out zeroed on failure). */
+int store_key_get(store_txn *t, uint32_t dev, uint32_t epoch, store_key *out);
+/* The device's current key: its ACTIVE key with the highest epoch (the
+ * epoch is out->epoch).  Returns 0, STORE_ENOTFOUND (no active key),
+ * STORE_ECORRUPT (*out zeroed on failure). */
+int store_key_current(store_txn *t, uint32_t dev, store_key *out);
+/* cb(key, arg) for each of the device's keys, in epoch order; the key is
+ * borrowed for the call.  cb returning non-zero stops early and that value
+ * is returned; otherwise 0 or an error. */
+typedef int (*store_key_cb)(const store_key *k, void *arg);
+int store_key_list(store_txn *t, uint32_t dev, store_key_cb cb, void *arg);
+
+/*
+ * Enrollment tokens.  A token is 16 random bytes, given to the admin once
+ * as STORE_TOKEN_TEXT_LEN characters of lowercase base32 (RFC 4648, no
+ * padding); the store keeps only a keyed BLAKE2b hash of the bytes, with
+ * the volunteer, scope and times sealed.  A token is redeemed at most once.
+ * A scope entry is a household id, or "community/grid" for a whole grid.
+ */
+#define STORE_TOKEN_TEXT_LEN 26
+#define STORE_TOKEN_ID_LEN 16        /* hex display handle (not the secret) */
+#define STORE_VOLUNTEER_MAX 63       /* bytes of UTF-8, as store_device.volunteer */
+#define STORE_SCOPE_MAX 1024         /* entries per token */
+#define STORE_SCOPE_ITEM_MAX 255     /* bytes of UTF-8 per entry */
+
+typedef struct store_token {
+    char id[STORE_TOKEN_ID_LEN + 1]; /* hex of the hash's first 8 bytes: for listings */
+    char volunteer[STORE_VOLUNTEER_MAX + 1];
+    size_t n_scope;
+    char (*scope)[STORE_SCOPE_ITEM_MAX + 1]; /* owned (store_token_free) unless borrowed */
+    uint64_t created_ms;
+    uint64_t expires_ms;         /* redeemable while now_ms < expires_ms */
+    bool used;
+    uint64_t used_ms;            /* used: server time of redemption */
+    uint32_t used_dev;           /* used: the device id the caller named */
+} store_token;
+
+/* Free the scope of a token filled by store_token_redeem (zeroes *tok). */
+void store_token_free(store_token *tok);
+
+/*
+ * store_token_create — a new one-time token for `volunteer` (1..63 bytes of
+ * UTF-8) and `scope` (1..STORE_SCOPE_MAX entries of 1..255 bytes of UTF-8),
+ * redeemable while now_ms < expires_ms, in a write txn.  text receives the
+ * token (NUL-terminated): show it once, never store it.  Returns 0,
+ * STORE_EINVAL (bad volunteer, scope or expires_ms <= now_ms),
+ * STORE_EREADONLY, or an LMDB error; text is zeroed on failure.
+ */
+int store_token_create(store_txn *t, const char *volunteer, const char *const *scope,
+                       size_t n_scope, uint64_t now_ms, uint64_t expires_ms,
+                       char text[STORE_TOKEN_TEXT_LEN + 1]);
+
+/*
+ * store_token_redeem — redeem the token `text` (case-insensitive) in the
+ * caller's write txn: marks it used at now_ms by device `dev`, so a second
+ * redemption fails once the txn commits (abort to undo).  On success *out
+ * (may be NULL) receives the token's volunteer and scope (owned: free with
+ * store_token_free).  Returns 0, STORE_ENOTFOUND (unknown or malformed
+ * text), STORE_ETOKEN_USED, STORE_ETOKEN_EXPIRED, STORE_EREADONLY,
+ * STORE_ECORRUPT, or an LMDB error; *out zeroed on failure.
+ */
+int store_token_redeem(store_txn *t, const char *text, uint64_t now_ms, uint32_t dev,
+                       store_token *out);
+
+/* cb(token, arg) for every token (used and expired ones too), in hash
+ * order; the token and its scope are borrowed for the call.  cb returning
+ * non-zero stops early and that value is returned; otherwise 0 or an error. */
+typedef int (*store_token_cb)(const store_token *tok, void *arg);
+int store_token_list(store_txn *t, store_token_cb cb, void *arg);
+
+/*
+ * Staff accounts (the dashboard and doorstepctl).  Usernames are 1..32
+ * characters of [a-z0-9_.-]; passwords are hashed with Argon2id
+ * (crypto_pwhash_str).  The record, display name included, is sealed.
+ */
+enum { STORE_ROLE_STAFF = 1, STORE_ROLE_ADMIN = 2 };
+#define STORE_USER_MAX 32
+#define STORE_DISPLAY_MAX 127        /* bytes of UTF-8 */
+#define STORE_PASSWORD_MIN 8         /* bytes */
+#define STORE_PASSWORD_MAX 1024
+
+typedef struct store_staff {
+    char username[STORE_USER_MAX + 1];
+    char display[STORE_DISPLAY_MAX + 1];
+    uint8_t role;                /* STORE_ROLE_* */
+    bool disabled;
+    uint32_t failures;           /* consecutive failed logins since the last lock/success */
+    uint64_t locked_until_ms;    /* logins refused while now_ms < this */
+    uint64_t created_ms;
+    uint64_t last_login_ms;      /* 0 if never */
+    uint64_t pw_changed_ms;
+} store_staff;
+
+/* Argon2id cost.  Zero fields (or a NULL pointer) mean libsodium's
+ * INTERACTIVE limits; tests may pass crypto_pwhash_OPSLIMIT_MIN and
+ * crypto_pwhash_MEMLIMIT_MIN. */
+typedef struct store_pwopts {
+    unsigned long long opslimit;
+    size_t memlimit;
+} store_pwopts;
+
+/* Lockout after max_failures consecutive wrong passwords, for lock_ms.  A
+ * NULL pointer means 5 failures, 15 minutes; max_failures 0 disables it. */
+typedef struct store_lockout {
+    uint32_t max_failures;
+    uint64_t lock_ms;
+} store_lockout;
+
+/*
+ * store_staff_create — a new account in a write txn (hashes the password:
+ * Argon2id runs while the txn is open).  Returns 0, STORE_EEXIST,
+ * STORE_EINVAL (username, display name 1..127 bytes of UTF-8, role,
+ * password length STORE_PASSWORD_MIN..MAX, or cost limits out of range),
+ * STORE_EREADONLY, CRDT_ENOMEM, or an LMDB error.
+ */
+int store_staff_create(store_txn *t, const char *username, const char *display,
+                       uint8_t role, const char *password, uint64_t now_ms,
+                       const store_pwopts *pw);
+/* The account (never its password hash) into *out.  Returns 0,
+ * STORE_ENOTFOUND (also for an invalid username), STORE_ECORRUPT; *out
+ * zeroed on failure. */
+int store_staff_get(store_txn *t, const char *username, store_staff *out);
+
+/*
+ * store_staff_login — check a password, with lockout.  Runs its own
+ * transactions, so Argon2id never runs while the write lock is held: a
+ * read txn fetches the account, the password is verified with no txn
+ * open, and a short write txn (committed here; the map grows on
+ * MDB_MAP_FULL) records the outcome: a success resets the failure count
+ * and sets last_login_ms (and rehashes if pw's cost differs from the
+ * stored hash's); a wrong password counts a failure, and the policy's
+ * max_failures-th locks the account until now_ms + lock_ms (and resets the
+ * count).  Unknown, disabled and locked accounts cost one Argon2id run with
+ * cost pw, like a wrong password, and write nothing.  Must not be called
+ * while this thread has a transaction open.  On success *out (may be NULL)
+ * receives the account.
+ * Returns 0, STORE_ENOTFOUND (unknown or invalid username), STORE_EBADPASS,
+ * STORE_ELOCKED (locked now, or by this attempt), STORE_EDISABLED,
+ * STORE_ECORRUPT, CRDT_ENOMEM, or a store error; *out zeroed on failure.
+ * Callers should show all failures alike and write the audit entry.
+ */
+int store_staff_login(store *s, const char *username, const char *password,
+                      uint64_t now_ms, const store_lockout *policy,
+                      const store_pwopts *pw, store_staff *out);
+
+/* Set a new password in a write txn (Argon2id runs while it is open); also
+ * clears the failure count and any lock.  Returns 0, STORE_ENOTFOUND,
+ * STORE_EINVAL (password length or cost), STORE_EREADONLY, STORE_ECORRUPT,
+ * or an LMDB error. */
+int store_staff_set_password(store_txn *t, const char *username, const char *password,
+                             uint64_t now_ms, const store_pwopts *pw);
+/* Change the role.  Returns 0, STORE_ENOTFOUND, STORE_EINVAL,
+ * STORE_EREADONLY, STORE_ECORRUPT, or an LMDB error. */
+int store_staff_set_role(store_txn *t, const char *username, uint8_t role);
+/* Disable or re-enable an account (re-enabling clears failures and any
+ * lock).  Returns as store_staff_set_role. */
+int store_staff_set_disabled(store_txn *t, const char *username, bool disabled);
+/* cb(account, arg) for every account in username order, borrowed for the
+ * call.  cb returning non-zero stops early and that value is returned. */
+typedef int (*store_staff_cb)(const store_staff *st, void *arg);
+int store_staff_list(store_txn *t, store_staff_cb cb, void *arg);
+
+/*
+ * Audit log: append-only, sealed (it names people).  Entries are numbered
+ * aseq = 1, 2, 3… in commit order; there is no way to change or delete
+ * one.  actor: who ("admin:alice", "device:42", "server"); action: what,
+ * 1..63 of [a-z0-9_.] ("device.freeze", "token.create"); detail: free text.
+ */
+#define STORE_AUDIT_ACTOR_MAX 63     /* bytes of UTF-8 */
+#define STORE_AUDIT_ACTION_MAX 63
+#define STORE_AUDIT_DETAIL_MAX 1024  /* bytes of UTF-8 */
+
+typedef struct store_audit {
+    uint64_t aseq;
+    uint64_t at_ms;              /* server time, as the caller passed it */
+    char actor[STORE_AUDIT_ACTOR_MAX + 1];
+    char action[STORE_AUDIT_ACTION_MAX + 1];
+    char detail[STORE_AUDIT_DETAIL_MAX + 1];
+} store_audit;
+
+/* Append an entry in the caller's write txn; *aseq (may be NULL) receives
+ * its number.  detail may be NULL ("").  Returns 0, STORE_EINVAL (empty or
+ * too long actor/action, action outside [a-z0-9_.], detail too long, or
+ * not UTF-8), STORE_EREADONLY, CRDT_ENOMEM, or an LMDB error. */
+int store_audit_append(store_txn *t, uint64_t at_ms, const char *actor, const char *action,
+                       const char *detail, uint64_t *aseq);
+
+/* cb(entry, arg) for entries with aseq > after, in order, at most limit;
+ * the entry is borrowed for the call.  *next receives the cursor to resume
+ * from (the last aseq delivered, or `after`).  cb returning non-zero stops
+ * early (that entry does not count as delivered) and that value is
+ * returned; otherwise 0, STORE_ECORRUPT, or an LMDB error. */
+typedef int (*store_audit_cb)(const store_audit *e, void *arg);
+int store_audit_read(store_txn *t, uint64_t after, size_t limit, store_audit_cb cb,
+                     void *arg, uint64_t *next);
 
 #ifdef __cplusplus
 }

@@ -703,7 +703,11 @@ static int append_many(const su_dir *d, uint32_t dev_id, int n, size_t map_initi
     char err[256];
     store *s = NULL;
     store_opts o = {.map_initial = map_initial, .map_max = 1u << 30, .no_sync = true};
-    if (store_open(d->data, d->key, &o, &s, err, sizeof err)) return 1;
+    int orc = store_open(d->data, d->key, &o, &s, err, sizeof err);
+    if (orc) {
+        fprintf(stderr, "device %u: open: %s\n", dev_id, err);
+        return 1;
+    }
     su_dev dev;
     su_dev_init(&dev, dev_id);
     su_ops ops = {0};
@@ -721,9 +725,12 @@ static int append_many(const su_dir *d, uint32_t dev_id, int n, size_t map_initi
         store_outcome out;
         const uint8_t *e = env.p;
         size_t len = env.n;
-        if (store_append_batch(s, &e, &len, 1, NOW, 86400000ull, &out) ||
-            out.result != STORE_APPLIED)
+        int rc = store_append_batch(s, &e, &len, 1, NOW, 86400000ull, &out);
+        if (rc || out.result != STORE_APPLIED) {
+            fprintf(stderr, "device %u delta %d: %s (result %d)\n", dev_id, i,
+                    store_strerror(rc), out.result);
             bad++;
+        }
     }
     su_ops_free(&ops);
     crdt_buf_free(&env);
