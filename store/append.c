@@ -17,6 +17,7 @@
  */
 #include "internal.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -57,6 +58,55 @@ int store_device_get(store_txn *t, uint32_t id, store_device *out)
     out->created_ms = rd64(p + 14);
     out->last_sync_ms = rd64(p + 22);
     memcpy(out->volunteer, p + 30, sizeof out->volunteer - 1);
+    return STORE_OK;
+}
+
+/* Scope entries share the devices database: key dev(4) || household. */
+int store_device_scope_set(store_txn *t, uint32_t dev, const char *const *households, size_t n)
+{
+    MDB_cursor *c;
+    MDB_val k, v;
+    uint8_t key[4 + CRDT_RECID_MAX];
+    int rc;
+    if (!t->rw) return STORE_EREADONLY;
+    for (size_t i = 0; i < n; i++) {
+        crdt_record *probe = crdt_record_new("household", 9, households[i], strlen(households[i]));
+        if (!probe) return STORE_EINVAL;
+        crdt_record_free(probe);
+    }
+    be32(key, dev);
+    if ((rc = store_lmdb_err(mdb_cursor_open(t->txn, t->s->dbi[DB_DEVICES], &c)))) return rc;
+    k.mv_data = key;
+    k.mv_size = 4;
+    rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    while (rc == 0 && k.mv_size >= 4 && memcmp(k.mv_data, key, 4) == 0) {
+        if (k.mv_size > 4 && (rc = mdb_cursor_del(c, 0))) break;
+        rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(c);
+    if (rc && rc != MDB_NOTFOUND) return store_lmdb_err(rc);
+    for (size_t i = 0; i < n; i++) {
+        size_t hl = strlen(households[i]);
+        memcpy(key + 4, households[i], hl);
+        if ((rc = store_put(t, DB_DEVICES, key, 4 + hl, "", 0))) return rc;
+    }
+    return STORE_OK;
+}
+
+static int prefix_scan(store_txn *t, int db, const uint8_t *prefix, size_t pn,
+                       const char *after, size_t limit, store_ids *out);
+
+int store_device_scope_get(store_txn *t, uint32_t dev, store_ids *out)
+{
+    uint8_t key[4];
+    be32(key, dev);
+    int rc = prefix_scan(t, DB_DEVICES, key, 4, NULL, SIZE_MAX, out);
+    if (rc) return rc;
+    /* The device record itself (key of exactly 4 bytes) scans as "". */
+    if (out->n && out->id[0][0] == 0) {
+        memmove(out->id, out->id + 1, (out->n - 1) * sizeof *out->id);
+        out->n--;
+    }
     return STORE_OK;
 }
 
@@ -335,9 +385,10 @@ static int dot_key(uint8_t k[12], uint32_t dev, uint64_t seq)
     return 12;
 }
 
-/* Freeze the device (if known) and note why. */
-static int freeze(store_txn *t, uint32_t dev)
+/* Freeze the device (if known) and note why in the audit log. */
+static int freeze(store_txn *t, uint32_t dev, uint64_t seq, uint64_t now_ms, const char *why)
 {
+    char detail[96];
     store_device d;
     int rc = store_device_get(t, dev, &d);
     if (rc == STORE_ENOTFOUND) {
@@ -347,7 +398,10 @@ static int freeze(store_txn *t, uint32_t dev)
         return rc;
     }
     d.state = STORE_DEV_FROZEN;
-    return store_device_put(t, &d);
+    if ((rc = store_device_put(t, &d))) return rc;
+    snprintf(detail, sizeof detail, "reason=%s dev=%u seq=%llu", why, (unsigned)dev,
+             (unsigned long long)seq);
+    return store_audit_append(t, now_ms, "server", "device.freeze", detail, NULL);
 }
 
 /* Load a record, or a new empty one. */
@@ -460,7 +514,7 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
             crdt_buf_free(&prev_env);
             if (rc) return rc;
         }
-        if ((rc = freeze(t, d->dev))) return rc;
+        if ((rc = freeze(t, d->dev, d->seq, now_ms, "clone"))) return rc;
         if ((rc = quarantine(t, STORE_Q_CLONE, d->dev, d->seq, now_ms, it->env, it->env_len)))
             return rc;
         out->result = STORE_QUARANTINED;
@@ -478,7 +532,7 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
         return STORE_OK;
     }
     if (memcmp(d->prev, hash, CRDT_HASH_BYTES) != 0) {
-        if ((rc = freeze(t, d->dev))) return rc;
+        if ((rc = freeze(t, d->dev, d->seq, now_ms, "fork"))) return rc;
         if ((rc = quarantine(t, STORE_Q_FORK, d->dev, d->seq, now_ms, it->env, it->env_len)))
             return rc;
         out->result = STORE_QUARANTINED;
@@ -528,8 +582,13 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
     if ((rc = crdt_record_apply(rec, t->s->schema, d))) goto done;
     if ((rc = put_record(t, rec))) goto done;
     if ((rc = rdeltas_put(t, rec, sseq))) goto done;
-    if (!strcmp(rec->kind, "household")) rc = index_household(t, before, rec, sseq);
-    else if (!strcmp(rec->kind, "person")) rc = index_person(t, before, rec, sseq);
+    if (!strcmp(rec->kind, "household")) {
+        rc = index_household(t, before, rec, sseq);
+        snprintf(out->household, sizeof out->household, "%s", rec->id);
+    } else if (!strcmp(rec->kind, "person")) {
+        rc = index_person(t, before, rec, sseq);
+        field_cstr(rec, t->s->model.p_household, out->household, sizeof out->household);
+    }
     if (rc) goto done;
     /* The HLC high-water mark: the greatest stamp merged so far. */
     {

@@ -331,6 +331,16 @@ int store_grow(store *s)
     return STORE_OK;
 }
 
+void store_map_usage(store *s, size_t *used, size_t *size)
+{
+    MDB_envinfo info;
+    MDB_stat st;
+    *used = *size = 0;
+    if (mdb_env_info(s->env, &info) || mdb_env_stat(s->env, &st)) return;
+    *used = (info.me_last_pgno + 1) * (size_t)st.ms_psize;
+    *size = info.me_mapsize;
+}
+
 /* ---- open / init / close ------------------------------------------------------ */
 
 static int env_open(store *s, const char *dir, const store_opts *o, char *err, size_t errlen)

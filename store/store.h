@@ -123,6 +123,9 @@ void store_abort(store_txn *t);
  */
 int store_grow(store *s);
 
+/* Map use for /metrics: bytes in used pages and the current map size. */
+void store_map_usage(store *s, size_t *used, size_t *size);
+
 /* ---- appending deltas ------------------------------------------------------ */
 
 typedef enum store_result {
@@ -147,6 +150,8 @@ typedef struct store_outcome {
     int code;                 /* REJECTED: the error; QUARANTINED: reason */
     uint64_t sseq;            /* APPLIED/DUPLICATE: server seq of the delta */
     uint64_t expected_seq;    /* STORE_EGAP: the seq the server expects */
+    char household[CRDT_RECID_MAX + 1]; /* APPLIED: the household whose feed
+                                         * it joined ("" if none) */
 } store_outcome;
 
 /* A delta ready to append: envelope bytes plus what the caller decoded and
@@ -219,6 +224,16 @@ int store_device_put(store_txn *t, const store_device *d);
 /* 0, STORE_ENOTFOUND, STORE_ECORRUPT. */
 int store_device_get(store_txn *t, uint32_t id, store_device *out);
 
+/* A device's scope: the households whose records it may edit and receive.
+ * _set replaces the whole list (ids must be valid record ids); _get fills
+ * *out sorted (free with store_ids_free).  A scope given as grids is
+ * expanded to the grids' households by the caller (store_grid_households)
+ * when it is assigned.  0, STORE_EINVAL, or an LMDB error. */
+typedef struct store_ids store_ids;
+int store_device_scope_set(store_txn *t, uint32_t dev, const char *const *households,
+                           size_t n);
+int store_device_scope_get(store_txn *t, uint32_t dev, store_ids *out);
+
 /* ---- quarantine (listing and review: issue #6) ---------------------------- */
 
 typedef struct store_qentry {
@@ -256,10 +271,10 @@ int store_feed(store_txn *t, const char *const *households, size_t n_households,
 
 /* Person ids in a household, sorted; ids copied into *ids (caller frees
  * with store_ids_free). */
-typedef struct store_ids {
+struct store_ids {
     size_t n;
     char (*id)[CRDT_RECID_MAX + 1];
-} store_ids;
+};
 void store_ids_free(store_ids *ids);
 int store_household_members(store_txn *t, const char *household, store_ids *out);
 /* Households of a grid (community, grid), sorted by id, after `after` (""
@@ -473,7 +488,8 @@ int store_staff_get(store_txn *t, const char *username, store_staff *out);
  * count).  Unknown, disabled and locked accounts cost one Argon2id run with
  * cost pw, like a wrong password, and write nothing.  Must not be called
  * while this thread has a transaction open.  On success *out (may be NULL)
- * receives the account.
+ * receives the account.  A password changed between the read and the
+ * write reads as STORE_EBADPASS (not counted).
  * Returns 0, STORE_ENOTFOUND (unknown or invalid username), STORE_EBADPASS,
  * STORE_ELOCKED (locked now, or by this attempt), STORE_EDISABLED,
  * STORE_ECORRUPT, CRDT_ENOMEM, or a store error; *out zeroed on failure.

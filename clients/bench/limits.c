@@ -151,11 +151,23 @@ int bench_verify_rate(double seconds, bench_verify *out)
     memset(out, 0, sizeof *out);
     if (vset_make(&set)) return -1;
     out->threads = bench_cores();
-    bench_progress("verify: Ed25519, %d-byte messages, one core (%.1f s)", MSG_LEN, seconds);
-    int rc = run_verifiers(&set, 1, seconds, &out->one_core_per_s);
-    if (!rc) {
-        bench_progress("verify: all %d cores (%.1f s)", out->threads, seconds);
-        rc = run_verifiers(&set, out->threads, seconds, &out->all_cores_per_s);
+    bench_progress("verify: Ed25519, %d-byte messages, one core, best of %d (%.1f s)", MSG_LEN,
+                   VERIFY_TRIALS, seconds);
+    double warm, r;
+    int rc = run_verifiers(&set, 1, 0.3, &warm);   /* warm-up: caches, clock ramp */
+    /* Best of VERIFY_TRIALS: the limit is what the machine can do; on a
+     * noisy (virtual) machine the best trial makes the ratio conservative. */
+    for (int i = 0; i < VERIFY_TRIALS && !rc; i++) {
+        rc = run_verifiers(&set, 1, seconds / VERIFY_TRIALS, &r);
+        out->one_core_trials[i] = r;
+        if (r > out->one_core_per_s) out->one_core_per_s = r;
+    }
+    if (!rc) bench_progress("verify: all %d cores, best of %d (%.1f s)", out->threads,
+                            VERIFY_TRIALS, seconds);
+    for (int i = 0; i < VERIFY_TRIALS && !rc; i++) {
+        rc = run_verifiers(&set, out->threads, seconds / VERIFY_TRIALS, &r);
+        out->all_cores_trials[i] = r;
+        if (r > out->all_cores_per_s) out->all_cores_per_s = r;
     }
     free(set.msg);
     return rc;

@@ -1,0 +1,376 @@
+/*
+ * bench.c — doorstep-bench: Doorstep measured against this machine's limits.
+ *
+ *   doorstep-bench [--quick] [--json] [--dir DIR] [--persons N] [--seed S]
+ *                  [--batch N] [--schema FILE]
+ *   doorstep-bench --report FILE.json      Markdown page (docs/BENCHMARKS.md)
+ *
+ * One run takes the limits (Ed25519 verify rate, LMDB durable commit rate),
+ * then the store figures on a synthetic street (see street.c), and prints a
+ * table, or with --json exactly one JSON object on stdout.  Progress goes to
+ * stderr.  Figures that need the server (not written yet) are JSON null.
+ *
+ * Scratch data lives in a fresh doorstep-bench-XXXXXX directory inside
+ * --dir (default $TMPDIR or /tmp), removed at the end.
+ *
+ * Exit status: 0 measured; 1 a measurement failed; 2 usage.
+ */
+#define _XOPEN_SOURCE 700   /* nftw */
+#include <errno.h>
+#include <ftw.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/utsname.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <lmdb.h>
+#include <sodium.h>
+
+#include "bench.h"
+
+#ifndef DOORSTEP_SOURCE_DIR
+#define DOORSTEP_SOURCE_DIR "."
+#endif
+
+/* ---- small shared helpers ------------------------------------------------------ */
+
+double bench_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+uint64_t bench_rand(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+uint64_t bench_below(uint64_t *state, uint64_t n) { return n ? bench_rand(state) % n : 0; }
+
+int bench_cores(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > 1024 ? 1024 : (int)n;
+}
+
+static double t_start;
+
+void bench_progress(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "doorstep-bench [%6.1f s]: ", bench_now() - t_start);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    fflush(stderr);
+    va_end(ap);
+}
+
+/* ---- the machine ---------------------------------------------------------------- */
+
+static void cpu_model(char *out, size_t n)
+{
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[512];
+    snprintf(out, n, "unknown");
+    if (!f) return;
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "model name", 10)) continue;
+        char *c = strchr(line, ':');
+        if (!c) continue;
+        c++;
+        while (*c == ' ' || *c == '\t') c++;
+        c[strcspn(c, "\n")] = 0;
+        snprintf(out, n, "%s", c);
+        break;
+    }
+    fclose(f);
+}
+
+static const char *fs_name(const char *dir)
+{
+    struct statfs sf;
+    if (statfs(dir, &sf)) return "unknown";
+    switch ((unsigned long)sf.f_type) {
+    case 0xEF53UL: return "ext4";
+    case 0x58465342UL: return "xfs";
+    case 0x9123683EUL: return "btrfs";
+    case 0x01021994UL: return "tmpfs (fsync is free: commit figures are not durable-disk figures)";
+    case 0x794c7630UL: return "overlayfs";
+    case 0x2FC12FC1UL: return "zfs";
+    default: return "other";
+    }
+}
+
+static json_t *machine_json(const char *dir)
+{
+    char cpu[256], lib[128], kern[300];
+    struct utsname u;
+    double mem = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    cpu_model(cpu, sizeof cpu);
+    if (uname(&u) == 0) snprintf(kern, sizeof kern, "%s %s %s", u.sysname, u.release, u.machine);
+    else snprintf(kern, sizeof kern, "unknown");
+    snprintf(lib, sizeof lib, "libsodium %s, %s", sodium_version_string(),
+             mdb_version(NULL, NULL, NULL));
+    return json_pack("{ss si sf ss ss ss ss}", "cpu_model", cpu, "cores", bench_cores(),
+                     "memory_gib", mem / (1024.0 * 1024 * 1024), "kernel", kern,
+                     "filesystem", fs_name(dir), "libraries", lib,
+#ifdef __VERSION__
+                     "compiler", __VERSION__
+#else
+                     "compiler", "unknown"
+#endif
+    );
+}
+
+static void iso_date(char *out, size_t n)
+{
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(out, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+/* ---- options ---------------------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: doorstep-bench [--quick] [--json] [--dir DIR] [--persons N] [--seed S]\n"
+            "                      [--batch N] [--schema FILE]\n"
+            "       doorstep-bench --report FILE.json > docs/BENCHMARKS.md\n"
+            "\n"
+            "  --quick        50,000 persons, shorter limit runs (under a minute)\n"
+            "  --json         print exactly one JSON object on stdout\n"
+            "  --dir DIR      scratch space (default $TMPDIR or /tmp); a fresh\n"
+            "                 doorstep-bench-XXXXXX directory inside it is removed at the end\n"
+            "  --persons N    persons on the synthetic street (default 1,000,000; quick 50,000)\n"
+            "  --seed S       data and lookup seed (default 1)\n"
+            "  --batch N      deltas per durable group commit (default 500)\n"
+            "  --schema FILE  record schema (default %s/crdt/schema/yibao.json)\n"
+            "  --report FILE  render a saved JSON result as Markdown and exit\n",
+            DOORSTEP_SOURCE_DIR);
+}
+
+static int parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-') return -1;
+    *out = v;
+    return 0;
+}
+
+static int report_mode(const char *file)
+{
+    json_error_t je;
+    json_t *r = json_load_file(file, 0, &je);
+    if (!r) {
+        fprintf(stderr, "doorstep-bench: %s:%d: %s\n", file, je.line, je.text);
+        return 1;
+    }
+    const char *base = strrchr(file, '/');
+    char name[512];
+    /* Name it as the repository does: bench-results/<file>. */
+    snprintf(name, sizeof name, "bench-results/%s", base ? base + 1 : file);
+    int rc = bench_print_markdown(r, name);
+    json_decref(r);
+    return rc ? 1 : 0;
+}
+
+/* ---- main ----------------------------------------------------------------------------- */
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"quick", no_argument, NULL, 'q'},    {"json", no_argument, NULL, 'j'},
+        {"dir", required_argument, NULL, 'd'}, {"persons", required_argument, NULL, 'n'},
+        {"seed", required_argument, NULL, 's'}, {"batch", required_argument, NULL, 'b'},
+        {"schema", required_argument, NULL, 'S'}, {"report", required_argument, NULL, 'r'},
+        {"help", no_argument, NULL, 'h'},     {NULL, 0, NULL, 0}};
+    bool quick = false, as_json = false;
+    const char *base = NULL, *report = NULL;
+    const char *schema = DOORSTEP_SOURCE_DIR "/crdt/schema/yibao.json";
+    uint64_t persons = 0, seed = 1, batch = 500;
+    int c;
+    t_start = bench_now();
+    while ((c = getopt_long(argc, argv, "qjd:n:s:b:S:r:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'q': quick = true; break;
+        case 'j': as_json = true; break;
+        case 'd': base = optarg; break;
+        case 'n':
+            if (parse_u64(optarg, &persons) || persons < 1) {
+                fprintf(stderr, "doorstep-bench: --persons wants a positive integer\n");
+                return 2;
+            }
+            break;
+        case 's':
+            if (parse_u64(optarg, &seed)) {
+                fprintf(stderr, "doorstep-bench: --seed wants an unsigned integer\n");
+                return 2;
+            }
+            break;
+        case 'b':
+            if (parse_u64(optarg, &batch) || batch < 1 || batch > 100000) {
+                fprintf(stderr, "doorstep-bench: --batch wants 1..100000\n");
+                return 2;
+            }
+            break;
+        case 'S': schema = optarg; break;
+        case 'r': report = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "doorstep-bench: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+    if (report) return report_mode(report);
+    if (sodium_init() < 0) {
+        fprintf(stderr, "doorstep-bench: sodium_init failed\n");
+        return 1;
+    }
+    if (!persons) persons = quick ? 50000 : 1000000;
+    if (!base) {
+        base = getenv("TMPDIR");
+        if (!base || !*base) base = "/tmp";
+    }
+    if (access(schema, R_OK)) {
+        fprintf(stderr, "doorstep-bench: schema %s: %s (use --schema FILE)\n", schema,
+                strerror(errno));
+        return 1;
+    }
+
+    char dir[600], raw[700], date[32], cmd[1024] = "doorstep-bench";
+    snprintf(dir, sizeof dir, "%s/doorstep-bench-XXXXXX", base);
+    if (!mkdtemp(dir)) {
+        fprintf(stderr, "doorstep-bench: mkdtemp in %s: %s\n", base, strerror(errno));
+        return 1;
+    }
+    snprintf(raw, sizeof raw, "%s/lmdb-raw", dir);
+    for (int i = 1; i < argc; i++) {
+        size_t l = strlen(cmd);
+        snprintf(cmd + l, sizeof cmd - l, " %s", argv[i]);
+    }
+    iso_date(date, sizeof date);
+    bench_progress("%s mode, %llu persons, scratch in %s", quick ? "quick" : "full",
+                   (unsigned long long)persons, dir);
+
+    double lim_s = quick ? 1.0 : 3.0;
+    bench_verify ver;
+    bench_lmdb lm;
+    bench_street st;
+    bench_street_opts so = {.dir = dir, .schema_path = schema, .persons = persons,
+                            .seed = seed, .batch = (size_t)batch,
+                            .lookups = quick ? 10000 : 100000,
+                            .report_runs = quick ? 11 : 21};
+    json_t *machine = machine_json(dir);
+    int failed = bench_verify_rate(quick ? 1.5 : 6.0, &ver) || bench_lmdb_rate(raw, lim_s, &lm) ||
+                 bench_street_run(&so, &st);
+    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    if (failed) {
+        json_decref(machine);
+        fprintf(stderr, "doorstep-bench: a measurement failed; no figures printed\n");
+        return 1;
+    }
+
+    json_t *lc = json_object(), *lp = json_object();
+    for (int i = 0; i < BENCH_LMDB_SIZES; i++) {
+        char k[16];
+        snprintf(k, sizeof k, "%u", bench_lmdb_batch[i]);
+        json_object_set_new(lc, k, json_real(lm.commits_per_s[i]));
+        json_object_set_new(lp, k, json_real(lm.puts_per_s[i]));
+    }
+    double ratio = ver.all_cores_per_s > 0 ? st.ingest_per_s / ver.all_cores_per_s : 0;
+    const char *includes =
+        "envelope and delta decoding, schema checks, chain hash (BLAKE2b), dot/chain checks, "
+        "sealing, merge, indexes and aggregates, durable commit per batch; not signature "
+        "verification and not the network";
+    json_t *r = json_object();
+    json_object_set_new(r, "tool", json_string("doorstep-bench"));
+    json_object_set_new(r, "format", json_integer(1));
+    json_object_set_new(r, "command", json_string(cmd));
+    json_object_set_new(r, "mode", json_string(quick ? "quick" : "full"));
+    json_object_set_new(r, "date", json_string(date));
+    json_object_set_new(r, "machine", machine);
+    json_object_set_new(r, "seed", json_integer((json_int_t)seed));
+    json_object_set_new(r, "persons", json_integer((json_int_t)st.persons));
+    json_object_set_new(r, "verify_per_s_one_core", json_real(ver.one_core_per_s));
+    json_object_set_new(r, "verify_per_s_all_cores", json_real(ver.all_cores_per_s));
+    json_object_set_new(r, "verify_threads", json_integer(ver.threads));
+    json_t *t1 = json_array(), *tn = json_array();
+    for (int i = 0; i < VERIFY_TRIALS; i++) {
+        json_array_append_new(t1, json_real(ver.one_core_trials[i]));
+        json_array_append_new(tn, json_real(ver.all_cores_trials[i]));
+    }
+    json_object_set_new(r, "verify_trials", json_pack("{so so}", "one_core", t1, "all_cores", tn));
+    json_object_set_new(r, "lmdb_commits_per_s", lc);
+    json_object_set_new(r, "lmdb_puts_per_s", lp);
+    json_object_set_new(r, "store_ingest_deltas_per_s", json_real(st.ingest_per_s));
+    json_object_set_new(r, "store_ingest_ratio_to_verify", json_real(ratio));
+    json_object_set_new(r, "store_ingest_includes", json_string(includes));
+    json_object_set_new(r, "ingest", json_pack(
+        "{sI sI sI sI sI sI sI sf sf sf}", "deltas", (json_int_t)st.deltas,
+        "applied", (json_int_t)st.applied, "not_applied", (json_int_t)st.rejected,
+        "households", (json_int_t)st.households, "devices", (json_int_t)st.devices,
+        "batch", (json_int_t)batch, "push", (json_int_t)50, "seconds", st.ingest_s,
+        "presign_s", st.gen_s, "envelope_bytes_mean", st.env_bytes_mean));
+    json_object_set_new(r, "lookup_p50_ms", json_real(st.lookup_p50_ms));
+    json_object_set_new(r, "lookup_p99_ms", json_real(st.lookup_p99_ms));
+    json_object_set_new(r, "lookup_p999_ms", json_real(st.lookup_p999_ms));
+    json_object_set_new(r, "lookup_max_ms", json_real(st.lookup_max_ms));
+    json_object_set_new(r, "lookups", json_integer((json_int_t)st.lookups));
+    json_object_set_new(r, "lookup_misses", json_integer((json_int_t)st.lookup_misses));
+    json_object_set_new(r, "report_ms", json_real(st.report_ms));
+    json_object_set_new(r, "report", json_pack(
+        "{si sI sI sI sf sf sI}", "runs", st.report_runs, "queries", (json_int_t)st.report_queries,
+        "grids", (json_int_t)st.grids, "communities", (json_int_t)st.communities,
+        "min_ms", st.report_min_ms, "max_ms", st.report_max_ms,
+        "persons_counted", (json_int_t)st.report_persons));
+    json_object_set_new(r, "disk_bytes_per_delta", json_real(st.disk_bytes_per_delta));
+    json_object_set_new(r, "disk", json_pack(
+        "{sI sI sI sI so}", "page_size", (json_int_t)st.page_size,
+        "used_pages", (json_int_t)st.used_pages,
+        "used_bytes", (json_int_t)(st.used_pages * st.page_size),
+        "file_bytes", (json_int_t)st.file_bytes, "dbs", st.disk_dbs));
+    /* The network figures: the server does not exist yet. */
+    static const char *const null_keys[] = {
+        "wave_ms", "wave_deltas_per_s", "wave_ratio_to_verify", "ack_p99_ms",
+        "sustained_deltas_per_s", "sustained_ratio_to_verify", "pull_bootstrap_ms",
+        "rss_per_conn_kib"};
+    for (size_t i = 0; i < sizeof null_keys / sizeof null_keys[0]; i++)
+        json_object_set_new(r, null_keys[i], json_null());
+    json_object_set_new(r, "not_measured_why",
+                        json_string("needs the WebSocket server doorstepd (sync/), which does "
+                                    "not exist yet"));
+    if (as_json) {
+        json_dumpf(r, stdout, JSON_INDENT(2) | JSON_REAL_PRECISION(6) | JSON_PRESERVE_ORDER);
+        fputc('\n', stdout);
+    } else {
+        bench_print_table(r);
+    }
+    json_decref(r);
+    return 0;
+}

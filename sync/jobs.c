@@ -1,0 +1,185 @@
+/*
+ * jobs.c — push jobs: verification (worker threads) and group commit (the
+ * single writer thread).
+ *
+ * Invariants
+ *   - sync_job_verify only reads (one read transaction per job) and only
+ *     touches its own job, so any number of workers run it in parallel.
+ *   - sync_jobs_commit appends every verified item of every job in one
+ *     write transaction and returns only after the commit returned: the
+ *     outcomes it leaves in the items are durable (or, on error, nothing of
+ *     the batch was written and every job carries the error).
+ *   - Items are appended in job order, and within a job in push order, so a
+ *     device's deltas reach the chain check in the order it sent them.
+ */
+#include "sync.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Is household id h in the sorted scope? */
+static bool in_scope(const store_ids *scope, const char *h, size_t hl)
+{
+    char id[CRDT_RECID_MAX + 1];
+    if (hl == 0 || hl > CRDT_RECID_MAX) return false;
+    memcpy(id, h, hl);
+    id[hl] = 0;
+    size_t lo = 0, hi = scope->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(scope->id[mid], id);
+        if (c == 0) return true;
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    return false;
+}
+
+/* The household a delta's person record belongs to: the stored record's,
+ * else (a new person) the one the delta sets. */
+static int delta_scope_ok(store_txn *t, const store_ids *scope, const crdt_delta *d)
+{
+    if (d->kind_len == 9 && !memcmp(d->kind, "household", 9))
+        return in_scope(scope, d->id, d->id_len) ? 0 : SYNC_ESCOPE;
+    if (!(d->kind_len == 6 && !memcmp(d->kind, "person", 6))) return SYNC_ESCOPE;
+    char id[CRDT_RECID_MAX + 1];
+    memcpy(id, d->id, d->id_len);
+    id[d->id_len] = 0;
+    crdt_record *r = NULL;
+    int rc = store_get_record(t, "person", id, &r);
+    if (rc == STORE_OK) {
+        const crdt_field *f = crdt_record_field(r, "household", (crdt_blob){NULL, 0});
+        bool ok = false;
+        /* Any current value of the (lww) household field in scope. */
+        for (uint32_t i = 0; f && i < f->n && !ok; i++) {
+            crdt_val v;
+            if (!crdt_val_parse(f->e[i].v, &v) && v.t == CRDT_V_STR)
+                ok = in_scope(scope, v.s, v.len);
+        }
+        crdt_record_free(r);
+        if (ok) return 0;
+    } else if (rc != STORE_ENOTFOUND) {
+        return rc;
+    }
+    /* New person (or one moving in): the delta must place it in scope. */
+    for (uint32_t i = 0; i < d->n_ops; i++) {
+        const crdt_op *o = &d->ops[i];
+        crdt_val v;
+        if (o->field && o->field_len == 9 && !memcmp(o->field, "household", 9) &&
+            !crdt_val_parse(o->val, &v) && v.t == CRDT_V_STR && in_scope(scope, v.s, v.len))
+            return 0;
+    }
+    return SYNC_ESCOPE;
+}
+
+int sync_job_verify(store *st, const sync_config *cfg, sync_job *j)
+{
+    store_txn *t = NULL;
+    store_ids scope = {0};
+    store_key key;
+    uint32_t key_epoch = 0;
+    int rc = store_begin(st, STORE_RDONLY, &t);
+    if (rc) goto fail_all;
+    if ((rc = store_device_scope_get(t, j->dev, &scope))) goto fail_all;
+    for (uint32_t i = 0; i < j->n; i++) {
+        sync_job_item *it = &j->items[i];
+        const uint8_t *db, *sig;
+        size_t dl;
+        int err_op;
+        it->code = wire_envelope_decode(it->env, it->env_len, &cfg->lim, &db, &dl, &sig);
+        if (it->code) continue;
+        it->code = crdt_delta_decode(db, dl, &cfg->lim, j->arena, &it->delta, &err_op);
+        if (it->code) continue;
+        it->dev = it->delta.dev;
+        it->seq = it->delta.seq;
+        if (it->delta.dev != j->dev) {
+            it->code = SYNC_EDEVICE;
+            continue;
+        }
+        if ((it->code = crdt_schema_check_delta(store_schema(st), &it->delta, &err_op))) continue;
+        /* The key the delta names: the session's, or an older one that was
+         * retired by rotation, valid up to its sealed seq. */
+        if (key_epoch != it->delta.epoch) {
+            key_epoch = 0;
+            if (store_key_get(t, j->dev, it->delta.epoch, &key) == STORE_OK)
+                key_epoch = it->delta.epoch;
+        }
+        if (!key_epoch || key.state == STORE_KEY_REVOKED ||
+            (key.state == STORE_KEY_RETIRED && it->delta.seq > key.sealed_seq)) {
+            it->code = SYNC_EEPOCH;
+            continue;
+        }
+        if ((it->code = wire_delta_verify(db, dl, sig, key.pk))) continue;
+        if ((it->code = delta_scope_ok(t, &scope, &it->delta))) continue;
+        wire_delta_hash(db, dl, it->hash);
+    }
+    store_abort(t);
+    store_ids_free(&scope);
+    return SYNC_OK;
+fail_all:
+    store_abort(t);
+    store_ids_free(&scope);
+    for (uint32_t i = 0; i < j->n; i++) j->items[i].code = SYNC_EUNAVAILABLE;
+    return rc;
+}
+
+static int add_touched(char (**touched)[CRDT_RECID_MAX + 1], size_t *n, size_t *cap,
+                       const char *h)
+{
+    if (!*h) return 0;
+    for (size_t i = 0; i < *n; i++)
+        if (!strcmp((*touched)[i], h)) return 0;
+    if (*n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 64;
+        void *p = realloc(*touched, nc * sizeof **touched);
+        if (!p) return CRDT_ENOMEM;
+        *touched = p;
+        *cap = nc;
+    }
+    strcpy((*touched)[(*n)++], h);
+    return 0;
+}
+
+static int commit_once(store *st, const sync_config *cfg, sync_job *jobs, uint64_t now_ms)
+{
+    store_txn *t = NULL;
+    int rc = store_begin(st, STORE_RW, &t);
+    if (rc) return rc;
+    for (sync_job *j = jobs; j; j = j->next) {
+        for (uint32_t i = 0; i < j->n; i++) {
+            sync_job_item *it = &j->items[i];
+            memset(&it->out, 0, sizeof it->out);
+            if (it->code) continue;
+            store_item si = {it->env, it->env_len, &it->delta, {0}};
+            memcpy(si.hash, it->hash, CRDT_HASH_BYTES);
+            if ((rc = store_append(t, &si, now_ms, cfg->max_ahead_ms, &it->out))) {
+                store_abort(t);
+                return rc;
+            }
+        }
+    }
+    return store_commit(t);
+}
+
+int sync_jobs_commit(store *st, const sync_config *cfg, sync_job *jobs, uint64_t now_ms,
+                     char (**touched)[CRDT_RECID_MAX + 1], size_t *n_touched)
+{
+    size_t cap = 0;
+    int rc;
+    *touched = NULL;
+    *n_touched = 0;
+    for (;;) {
+        rc = commit_once(st, cfg, jobs, now_ms);
+        if (rc != STORE_EMAPFULL) break;
+        if ((rc = store_grow(st))) break; /* at the maximum: retryable error */
+    }
+    for (sync_job *j = jobs; j; j = j->next) {
+        j->commit_rc = rc;
+        if (rc) continue;
+        for (uint32_t i = 0; i < j->n; i++)
+            if (j->items[i].out.result == STORE_APPLIED &&
+                add_touched(touched, n_touched, &cap, j->items[i].out.household))
+                break; /* out of memory only costs live wake-ups */
+    }
+    return rc;
+}

@@ -1,0 +1,708 @@
+/*
+ * session.c — the per-connection protocol logic, as a pure function:
+ * (session, input message, store, time) -> (frames, push job, close code).
+ *
+ * States: HELLO (hello sent, waiting for auth) -> READY (authenticated).
+ * Everything but auth is refused before READY; auth is refused after.
+ *
+ * Invariants
+ *   - Every input message is walked by crdt_mp_check under the configured
+ *     limits before msgpack-c parses it; nothing here trusts a length.
+ *   - A push never produces an ack here: it becomes a sync_job, and the ack
+ *     is built only in sync_session_job_done, after the commit returned.
+ *   - Read transactions are opened and closed within one call.
+ *   - Live changes are produced one frame at a time (sync_session_live), so
+ *     the caller's writeable callback paces a slow reader: nothing is
+ *     buffered beyond one page per session.
+ */
+#include "sync.h"
+
+#include <msgpack.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const sync_config sync_config_default = {
+    CRDT_LIMITS_DEFAULT_INIT, 500, 500, 192 * 1024, 24ull * 3600 * 1000, 10, 4
+};
+
+const char *sync_strerror(int code)
+{
+    switch (code) {
+    case SYNC_OK: return "ok";
+    case SYNC_EPROTO: return "frame is malformed for its type";
+    case SYNC_EFRAME: return "unknown frame type";
+    case SYNC_ESTATE: return "frame not allowed now (authenticate first, once)";
+    case SYNC_EUNKNOWN_DEVICE: return "unknown device";
+    case SYNC_EFROZEN: return "device frozen: a cloned key was detected; contact the station";
+    case SYNC_EREVOKED: return "device revoked";
+    case SYNC_EBADAUTH: return "authentication signature does not verify";
+    case SYNC_EEPOCH: return "key epoch unknown, retired or revoked";
+    case SYNC_ETOOMANY: return "too many deltas in one push";
+    case SYNC_ESCOPE: return "record outside this device's households";
+    case SYNC_EDEVICE: return "delta signed for another device";
+    case SYNC_EBUSY: return "server busy; retry later";
+    case SYNC_EUNAVAILABLE: return "server cannot store data now; retry later";
+    case SYNC_ESHUTDOWN: return "server shutting down; retry later";
+    case SYNC_EAUTHTIME: return "not authenticated in time";
+    default: return store_strerror(code);
+    }
+}
+
+bool sync_retryable(int code)
+{
+    return code == SYNC_EBUSY || code == SYNC_EUNAVAILABLE || code == SYNC_ESHUTDOWN ||
+           store_retryable(code);
+}
+
+/* ---- frames ------------------------------------------------------------------- */
+
+void sync_frame_free(sync_frame *f) { free(f); }
+
+void sync_frames_free(sync_frame *list)
+{
+    while (list) {
+        sync_frame *n = list->next;
+        free(list);
+        list = n;
+    }
+}
+
+sync_frame *sync_frame_new(const uint8_t *p, size_t n)
+{
+    sync_frame *f = malloc(sizeof *f + SYNC_FRAME_PRE + n);
+    if (!f) return NULL;
+    f->next = NULL;
+    f->len = n;
+    memcpy(f->buf + SYNC_FRAME_PRE, p, n);
+    return f;
+}
+
+void sync_out_init(sync_out *o)
+{
+    o->frames = NULL;
+    o->tail = &o->frames;
+    o->job = NULL;
+    o->close_code = 0;
+}
+
+void sync_out_append(sync_out *o, sync_frame *f)
+{
+    if (!f) return;
+    f->next = NULL;
+    *o->tail = f;
+    o->tail = &f->next;
+}
+
+static int buf_write(void *data, const char *p, size_t n)
+{
+    return crdt_buf_append(data, p, n) ? -1 : 0;
+}
+
+static void pk_str(msgpack_packer *pk, const char *s)
+{
+    msgpack_pack_str_with_body(pk, s, strlen(s));
+}
+
+sync_frame *sync_frame_error(int code, const char *msg, uint64_t req_id)
+{
+    crdt_buf b = {0};
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, buf_write);
+    /* keys in bytewise order: c, id, m, r, t */
+    msgpack_pack_map(&pk, req_id ? 5 : 4);
+    pk_str(&pk, "c");
+    msgpack_pack_int64(&pk, code);
+    if (req_id) {
+        pk_str(&pk, "id");
+        msgpack_pack_uint64(&pk, req_id);
+    }
+    pk_str(&pk, "m");
+    pk_str(&pk, msg ? msg : sync_strerror(code));
+    pk_str(&pk, "r");
+    if (sync_retryable(code)) msgpack_pack_true(&pk);
+    else msgpack_pack_false(&pk);
+    pk_str(&pk, "t");
+    pk_str(&pk, "error");
+    sync_frame *f = b.p ? sync_frame_new(b.p, b.n) : NULL;
+    crdt_buf_free(&b);
+    return f;
+}
+
+static sync_frame *frame_of(crdt_buf *b)
+{
+    sync_frame *f = b->p ? sync_frame_new(b->p, b->n) : NULL;
+    crdt_buf_free(b);
+    return f;
+}
+
+/* ---- sessions ---------------------------------------------------------------- */
+
+enum { ST_HELLO = 1, ST_READY = 2 };
+
+struct sync_session {
+    store *st;
+    const sync_config *cfg;
+    uint8_t nonce[SYNC_NONCE_BYTES];
+    int state;
+    uint32_t dev, epoch;
+    store_ids scope;            /* sorted household ids */
+    bool subscribed;
+    uint64_t cursor;            /* live: last sseq sent */
+    uint32_t inflight;
+    uint64_t serial;
+};
+
+sync_session *sync_session_new(store *st, const sync_config *cfg,
+                               const uint8_t nonce[SYNC_NONCE_BYTES])
+{
+    static uint64_t next_serial; /* only read/written on the event-loop thread */
+    sync_session *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->st = st;
+    s->cfg = cfg;
+    memcpy(s->nonce, nonce, SYNC_NONCE_BYTES);
+    s->state = ST_HELLO;
+    s->serial = ++next_serial;
+    return s;
+}
+
+void sync_session_free(sync_session *s)
+{
+    if (!s) return;
+    store_ids_free(&s->scope);
+    free(s);
+}
+
+bool sync_session_authed(const sync_session *s) { return s->state == ST_READY; }
+uint32_t sync_session_device(const sync_session *s) { return s->dev; }
+uint32_t sync_session_inflight(const sync_session *s) { return s->inflight; }
+
+int sync_session_hello(sync_session *s, uint64_t now_ms, sync_out *out)
+{
+    crdt_buf b = {0};
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, buf_write);
+    msgpack_pack_map(&pk, 5); /* n, now, srv, t, v */
+    pk_str(&pk, "n");
+    msgpack_pack_bin_with_body(&pk, s->nonce, SYNC_NONCE_BYTES);
+    pk_str(&pk, "now");
+    msgpack_pack_uint64(&pk, now_ms);
+    pk_str(&pk, "srv");
+    msgpack_pack_bin_with_body(&pk, store_server_pk(s->st), 32);
+    pk_str(&pk, "t");
+    pk_str(&pk, "hello");
+    pk_str(&pk, "v");
+    msgpack_pack_uint32(&pk, SYNC_PROTOCOL_VERSION);
+    sync_frame *f = frame_of(&b);
+    if (!f) return CRDT_ENOMEM;
+    sync_out_append(out, f);
+    return SYNC_OK;
+}
+
+/* ---- parsing helpers ------------------------------------------------------------ */
+
+static const msgpack_object *get(const msgpack_object *map, const char *key)
+{
+    size_t kl = strlen(key);
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object_kv *kv = &map->via.map.ptr[i];
+        if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == kl &&
+            memcmp(kv->key.via.str.ptr, key, kl) == 0)
+            return &kv->val;
+    }
+    return NULL;
+}
+
+static bool get_u64(const msgpack_object *map, const char *key, uint64_t *v)
+{
+    const msgpack_object *o = get(map, key);
+    if (!o || o->type != MSGPACK_OBJECT_POSITIVE_INTEGER) return false;
+    *v = o->via.u64;
+    return true;
+}
+
+static bool get_bin(const msgpack_object *map, const char *key, size_t len, const uint8_t **p)
+{
+    const msgpack_object *o = get(map, key);
+    if (!o || o->type != MSGPACK_OBJECT_BIN || o->via.bin.size != len) return false;
+    *p = (const uint8_t *)o->via.bin.ptr;
+    return true;
+}
+
+/* Only these keys may appear (besides "t"). */
+static bool only_keys(const msgpack_object *map, const char *const *keys, size_t n)
+{
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object_kv *kv = &map->via.map.ptr[i];
+        bool ok = kv->key.via.str.size == 1 && kv->key.via.str.ptr[0] == 't';
+        for (size_t j = 0; j < n && !ok; j++)
+            ok = kv->key.via.str.size == strlen(keys[j]) &&
+                 memcmp(kv->key.via.str.ptr, keys[j], kv->key.via.str.size) == 0;
+        if (!ok) return false;
+    }
+    return true;
+}
+
+static void fail(sync_out *out, int code, uint64_t id, int close_code)
+{
+    sync_out_append(out, sync_frame_error(code, NULL, id));
+    if (close_code) out->close_code = close_code;
+}
+
+/* ---- auth ------------------------------------------------------------------------ */
+
+static int on_auth(sync_session *s, const msgpack_object *m, uint64_t now_ms, sync_out *out)
+{
+    static const char *const keys[] = {"d", "e", "n", "s"};
+    uint64_t dev, epoch;
+    const uint8_t *cn, *sig;
+    store_txn *t = NULL;
+    store_device dv;
+    store_key key;
+    int rc;
+    if (s->state != ST_HELLO) {
+        fail(out, SYNC_ESTATE, 0, 1008);
+        return SYNC_OK;
+    }
+    if (!only_keys(m, keys, 4) || !get_u64(m, "d", &dev) || !get_u64(m, "e", &epoch) ||
+        dev == 0 || dev > UINT32_MAX || epoch == 0 || epoch > UINT32_MAX ||
+        !get_bin(m, "n", SYNC_NONCE_BYTES, &cn) || !get_bin(m, "s", 64, &sig)) {
+        fail(out, SYNC_EPROTO, 0, 1008);
+        return SYNC_OK;
+    }
+    if ((rc = store_begin(s->st, STORE_RDONLY, &t))) {
+        fail(out, SYNC_EUNAVAILABLE, 0, 1011);
+        return SYNC_OK;
+    }
+    rc = store_device_get(t, (uint32_t)dev, &dv);
+    int code = 0;
+    if (rc == STORE_ENOTFOUND) code = SYNC_EUNKNOWN_DEVICE;
+    else if (rc) code = SYNC_EUNAVAILABLE;
+    else if (dv.state == STORE_DEV_FROZEN) code = SYNC_EFROZEN;
+    else if (dv.state == STORE_DEV_REVOKED_SOFT || dv.state == STORE_DEV_REVOKED_HARD)
+        code = SYNC_EREVOKED;
+    if (!code) {
+        rc = store_key_get(t, (uint32_t)dev, (uint32_t)epoch, &key);
+        if (rc || key.state != STORE_KEY_ACTIVE) code = SYNC_EEPOCH;
+    }
+    if (!code) {
+        /* signed: domain 0 || server pk || server nonce || client nonce || dev || epoch */
+        uint8_t msg[sizeof SYNC_DOMAIN_AUTH + 32 + 32 + 32 + 8], *p = msg;
+        memcpy(p, SYNC_DOMAIN_AUTH, sizeof SYNC_DOMAIN_AUTH);
+        p += sizeof SYNC_DOMAIN_AUTH;
+        memcpy(p, store_server_pk(s->st), 32);
+        p += 32;
+        memcpy(p, s->nonce, 32);
+        p += 32;
+        memcpy(p, cn, 32);
+        p += 32;
+        for (int i = 3; i >= 0; i--) *p++ = (uint8_t)(dev >> (8 * i));
+        for (int i = 3; i >= 0; i--) *p++ = (uint8_t)(epoch >> (8 * i));
+        if (crypto_sign_verify_detached(sig, msg, sizeof msg, key.pk) != 0) code = SYNC_EBADAUTH;
+    }
+    uint64_t head = 0, cur = 0;
+    uint8_t hh[CRDT_HASH_BYTES];
+    if (!code) {
+        store_ids_free(&s->scope);
+        if (store_device_scope_get(t, (uint32_t)dev, &s->scope) ||
+            store_chain_head(t, (uint32_t)dev, &head, hh) || store_last_sseq(t, &cur))
+            code = SYNC_EUNAVAILABLE;
+    }
+    store_abort(t);
+    if (code) {
+        fail(out, code, 0, code == SYNC_EUNAVAILABLE ? 1011 : 1008);
+        return SYNC_OK;
+    }
+    s->state = ST_READY;
+    s->dev = (uint32_t)dev;
+    s->epoch = (uint32_t)epoch;
+
+    crdt_buf b = {0};
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, buf_write);
+    /* cur, d, h, now, req, scope, seq, t */
+    msgpack_pack_map(&pk, 8);
+    pk_str(&pk, "cur");
+    msgpack_pack_uint64(&pk, cur);
+    pk_str(&pk, "d");
+    msgpack_pack_uint32(&pk, s->dev);
+    pk_str(&pk, "h");
+    msgpack_pack_bin_with_body(&pk, hh, CRDT_HASH_BYTES);
+    pk_str(&pk, "now");
+    msgpack_pack_uint64(&pk, now_ms);
+    pk_str(&pk, "req");
+    msgpack_pack_array(&pk, 0); /* required actions (rotate, purge): issue #6 */
+    pk_str(&pk, "scope");
+    msgpack_pack_array(&pk, s->scope.n);
+    for (size_t i = 0; i < s->scope.n; i++) pk_str(&pk, s->scope.id[i]);
+    pk_str(&pk, "seq");
+    msgpack_pack_uint64(&pk, head);
+    pk_str(&pk, "t");
+    pk_str(&pk, "welcome");
+    sync_frame *f = frame_of(&b);
+    if (!f) return CRDT_ENOMEM;
+    sync_out_append(out, f);
+    return SYNC_OK;
+}
+
+/* ---- push ------------------------------------------------------------------------- */
+
+void sync_job_free(sync_job *j)
+{
+    if (!j) return;
+    for (uint32_t i = 0; i < j->n; i++) free(j->items[i].env);
+    free(j->items);
+    crdt_arena_free(j->arena);
+    free(j);
+}
+
+static int on_push(sync_session *s, const msgpack_object *m, sync_out *out)
+{
+    static const char *const keys[] = {"d", "id"};
+    uint64_t id;
+    const msgpack_object *d = get(m, "d");
+    if (!only_keys(m, keys, 2) || !get_u64(m, "id", &id) || id == 0 || !d ||
+        d->type != MSGPACK_OBJECT_ARRAY) {
+        fail(out, SYNC_EPROTO, 0, 0);
+        return SYNC_OK;
+    }
+    if (d->via.array.size > s->cfg->max_push) {
+        fail(out, SYNC_ETOOMANY, id, 0);
+        return SYNC_OK;
+    }
+    if (s->inflight >= s->cfg->max_inflight) {
+        fail(out, SYNC_EBUSY, id, 0);
+        return SYNC_OK;
+    }
+    for (uint32_t i = 0; i < d->via.array.size; i++)
+        if (d->via.array.ptr[i].type != MSGPACK_OBJECT_BIN) {
+            fail(out, SYNC_EPROTO, id, 0);
+            return SYNC_OK;
+        }
+    sync_job *j = calloc(1, sizeof *j);
+    if (!j) return CRDT_ENOMEM;
+    j->owner = s;
+    j->session_serial = s->serial;
+    j->push_id = id;
+    j->dev = s->dev;
+    j->epoch = s->epoch;
+    j->n = d->via.array.size;
+    j->items = calloc(j->n ? j->n : 1, sizeof *j->items);
+    j->arena = crdt_arena_new(0);
+    if (!j->items || !j->arena) goto nomem;
+    for (uint32_t i = 0; i < j->n; i++) {
+        const msgpack_object *e = &d->via.array.ptr[i];
+        j->items[i].env = malloc(e->via.bin.size ? e->via.bin.size : 1);
+        if (!j->items[i].env) goto nomem;
+        memcpy(j->items[i].env, e->via.bin.ptr, e->via.bin.size);
+        j->items[i].env_len = e->via.bin.size;
+    }
+    s->inflight++;
+    out->job = j;
+    return SYNC_OK;
+nomem:
+    sync_job_free(j);
+    return CRDT_ENOMEM;
+}
+
+static const char *result_name(int r)
+{
+    switch (r) {
+    case STORE_APPLIED: return "applied";
+    case STORE_DUPLICATE: return "duplicate";
+    case STORE_QUARANTINED: return "quarantined";
+    default: return "rejected";
+    }
+}
+
+int sync_session_job_done(sync_session *s, sync_job *j, sync_out *out)
+{
+    if (s->inflight) s->inflight--;
+    if (j->commit_rc) {
+        int code = j->commit_rc == SYNC_ESHUTDOWN ? SYNC_ESHUTDOWN : SYNC_EUNAVAILABLE;
+        char msg[160];
+        snprintf(msg, sizeof msg, "%s (%s); nothing from this push was stored",
+                 sync_strerror(code), store_strerror(j->commit_rc));
+        sync_out_append(out, sync_frame_error(code, msg, j->push_id));
+        sync_job_free(j);
+        return SYNC_OK;
+    }
+    crdt_buf b = {0};
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, buf_write);
+    msgpack_pack_map(&pk, 3); /* id, r, t */
+    pk_str(&pk, "id");
+    msgpack_pack_uint64(&pk, j->push_id);
+    pk_str(&pk, "r");
+    msgpack_pack_array(&pk, j->n);
+    for (uint32_t i = 0; i < j->n; i++) {
+        const sync_job_item *it = &j->items[i];
+        int result = it->code ? STORE_REJECTED : it->out.result;
+        int code = it->code ? it->code : it->out.code;
+        bool has_code = result == STORE_REJECTED || result == STORE_QUARANTINED;
+        bool has_x = result == STORE_REJECTED && code == STORE_EGAP;
+        /* c, m, q, r, s, x */
+        msgpack_pack_map(&pk, 2 + (has_code ? 2 : 0) + (it->out.sseq ? 1 : 0) + has_x);
+        if (has_code) {
+            pk_str(&pk, "c");
+            msgpack_pack_int64(&pk, code);
+            pk_str(&pk, "m");
+            pk_str(&pk, result == STORE_QUARANTINED ? store_qreason_name(code)
+                                                    : sync_strerror(code));
+        }
+        if (it->out.sseq) {
+            pk_str(&pk, "q");
+            msgpack_pack_uint64(&pk, it->out.sseq);
+        }
+        pk_str(&pk, "r");
+        pk_str(&pk, result_name(result));
+        pk_str(&pk, "s");
+        msgpack_pack_uint64(&pk, it->seq);
+        if (has_x) {
+            pk_str(&pk, "x");
+            msgpack_pack_uint64(&pk, it->out.expected_seq);
+        }
+    }
+    pk_str(&pk, "t");
+    pk_str(&pk, "ack");
+    sync_job_free(j);
+    sync_frame *f = frame_of(&b);
+    if (!f) return CRDT_ENOMEM;
+    sync_out_append(out, f);
+    return SYNC_OK;
+}
+
+/* ---- pull, subscribe, live ---------------------------------------------------------- */
+
+typedef struct page {
+    crdt_buf envs;          /* packed bin values */
+    uint64_t sseqs[1024];
+    uint32_t n;
+    size_t bytes, max_bytes;
+    uint32_t max_n;
+} page;
+
+static int page_add(uint64_t sseq, const uint8_t *env, size_t len, void *arg)
+{
+    page *p = arg;
+    if (p->n >= p->max_n || (p->n && p->bytes + len > p->max_bytes)) return 1; /* full */
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &p->envs, buf_write);
+    if (msgpack_pack_bin_with_body(&pk, env, len)) return CRDT_ENOMEM;
+    p->sseqs[p->n++] = sseq;
+    p->bytes += len;
+    return 0;
+}
+
+/* One changes frame from cursor `after`; *next, *more describe the rest. */
+static int changes_frame(sync_session *s, uint64_t req_id, uint64_t after, uint32_t max,
+                         sync_out *out, uint64_t *next, bool *more)
+{
+    store_txn *t = NULL;
+    page *p = calloc(1, sizeof *p);
+    const char **hh = NULL;
+    uint64_t last = 0;
+    int rc;
+    if (!p) return CRDT_ENOMEM;
+    p->max_n = max < s->cfg->page_max ? max : s->cfg->page_max;
+    if (p->max_n > 1024) p->max_n = 1024;
+    if (p->max_n == 0) p->max_n = 1;
+    p->max_bytes = s->cfg->page_bytes;
+    hh = calloc(s->scope.n ? s->scope.n : 1, sizeof *hh);
+    if (!hh) {
+        rc = CRDT_ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < s->scope.n; i++) hh[i] = s->scope.id[i];
+    if ((rc = store_begin(s->st, STORE_RDONLY, &t))) goto out;
+    rc = store_feed(t, hh, s->scope.n, after, p->max_n + 1, page_add, p, next);
+    if (rc == 1) rc = 0; /* page full: there is more */
+    *more = false;
+    if (!rc) {
+        /* store_feed stopped at the first envelope that did not fit, so
+         * whether more exist is: did it deliver fewer than asked for? */
+        uint64_t probe_next;
+        *next = p->n ? p->sseqs[p->n - 1] : after;
+        page probe;
+        memset(&probe, 0, sizeof probe);
+        probe.max_n = 1;
+        probe.max_bytes = SIZE_MAX;
+        rc = store_feed(t, hh, s->scope.n, *next, 1, page_add, &probe, &probe_next);
+        *more = probe.n > 0;
+        crdt_buf_free(&probe.envs);
+        store_last_sseq(t, &last);
+    }
+    store_abort(t);
+    t = NULL;
+    if (rc) goto out;
+    crdt_buf b = {0};
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, buf_write);
+    /* e, id, more, n, q, t */
+    msgpack_pack_map(&pk, 6);
+    pk_str(&pk, "e");
+    msgpack_pack_array(&pk, p->n);
+    crdt_buf_append(&b, p->envs.p, p->envs.n);
+    pk_str(&pk, "id");
+    msgpack_pack_uint64(&pk, req_id);
+    pk_str(&pk, "more");
+    if (*more) msgpack_pack_true(&pk);
+    else msgpack_pack_false(&pk);
+    pk_str(&pk, "n");
+    /* With nothing more in scope, the cursor may jump to the log's end. */
+    msgpack_pack_uint64(&pk, *more ? *next : (last > *next ? last : *next));
+    if (!*more && last > *next) *next = last;
+    pk_str(&pk, "q");
+    msgpack_pack_array(&pk, p->n);
+    for (uint32_t i = 0; i < p->n; i++) msgpack_pack_uint64(&pk, p->sseqs[i]);
+    pk_str(&pk, "t");
+    pk_str(&pk, "changes");
+    sync_frame *f = frame_of(&b);
+    if (!f) {
+        rc = CRDT_ENOMEM;
+        goto out;
+    }
+    sync_out_append(out, f);
+out:
+    store_abort(t);
+    if (p) crdt_buf_free(&p->envs);
+    free(p);
+    free(hh);
+    return rc;
+}
+
+static int on_pull(sync_session *s, const msgpack_object *m, sync_out *out)
+{
+    static const char *const keys[] = {"a", "id", "m"};
+    uint64_t id, after = 0, max = s->cfg->page_max, next;
+    bool more;
+    if (!only_keys(m, keys, 3) || !get_u64(m, "id", &id) || id == 0 ||
+        (get(m, "a") && !get_u64(m, "a", &after)) || (get(m, "m") && !get_u64(m, "m", &max))) {
+        fail(out, SYNC_EPROTO, 0, 0);
+        return SYNC_OK;
+    }
+    int rc = changes_frame(s, id, after, (uint32_t)(max > UINT32_MAX ? UINT32_MAX : max), out,
+                           &next, &more);
+    if (rc == CRDT_ENOMEM) return rc;
+    if (rc) fail(out, SYNC_EUNAVAILABLE, id, 0);
+    return SYNC_OK;
+}
+
+static int on_subscribe(sync_session *s, const msgpack_object *m, sync_out *out)
+{
+    static const char *const keys[] = {"a"};
+    uint64_t after = 0;
+    if (!only_keys(m, keys, 1) || (get(m, "a") && !get_u64(m, "a", &after))) {
+        fail(out, SYNC_EPROTO, 0, 0);
+        return SYNC_OK;
+    }
+    s->subscribed = true;
+    s->cursor = after;
+    return SYNC_OK;
+}
+
+int sync_session_live(sync_session *s, sync_out *out, bool *more)
+{
+    uint64_t next;
+    *more = false;
+    if (s->state != ST_READY || !s->subscribed) return SYNC_OK;
+    store_txn *t;
+    uint64_t last = 0;
+    if (store_begin(s->st, STORE_RDONLY, &t) == 0) {
+        store_last_sseq(t, &last);
+        store_abort(t);
+    }
+    if (last <= s->cursor) return SYNC_OK; /* nothing new anywhere */
+    /* Only send a frame if it carries something (or moves the cursor). */
+    sync_out tmp;
+    sync_out_init(&tmp);
+    int rc = changes_frame(s, 0, s->cursor, s->cfg->page_max, &tmp, &next, more);
+    if (rc) {
+        sync_frames_free(tmp.frames);
+        return rc;
+    }
+    s->cursor = next;
+    if (tmp.frames) {
+        /* An empty page only moved the cursor: drop it. */
+        msgpack_unpacked up;
+        size_t off = 0;
+        bool empty = false;
+        msgpack_unpacked_init(&up);
+        if (msgpack_unpack_next(&up, (const char *)sync_frame_data(tmp.frames), tmp.frames->len,
+                                &off) == MSGPACK_UNPACK_SUCCESS) {
+            const msgpack_object *e = get(&up.data, "e");
+            empty = e && e->type == MSGPACK_OBJECT_ARRAY && e->via.array.size == 0;
+        }
+        msgpack_unpacked_destroy(&up);
+        if (empty) sync_frames_free(tmp.frames);
+        else sync_out_append(out, tmp.frames);
+    }
+    return SYNC_OK;
+}
+
+bool sync_session_wants(const sync_session *s, char (*touched)[CRDT_RECID_MAX + 1], size_t n)
+{
+    if (s->state != ST_READY || !s->subscribed) return false;
+    for (size_t i = 0; i < n; i++) {
+        size_t lo = 0, hi = s->scope.n;
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            int c = strcmp(s->scope.id[mid], touched[i]);
+            if (c == 0) return true;
+            if (c < 0) lo = mid + 1;
+            else hi = mid;
+        }
+    }
+    return false;
+}
+
+/* ---- dispatch -------------------------------------------------------------------- */
+
+int sync_session_input(sync_session *s, const uint8_t *msg, size_t n, uint64_t now_ms,
+                       sync_out *out)
+{
+    msgpack_unpacked up;
+    size_t off = 0;
+    size_t err_off;
+    int rc = crdt_mp_check(msg, n, &s->cfg->lim, &err_off);
+    if (rc) {
+        char m[160];
+        snprintf(m, sizeof m, "%s at byte %zu", crdt_strerror(rc), err_off);
+        sync_out_append(out, sync_frame_error(rc, m, 0));
+        out->close_code = rc == CRDT_ETOOBIG ? 1009 : 1007;
+        return SYNC_OK;
+    }
+    msgpack_unpacked_init(&up);
+    if (msgpack_unpack_next(&up, (const char *)msg, n, &off) != MSGPACK_UNPACK_SUCCESS ||
+        up.data.type != MSGPACK_OBJECT_MAP) {
+        msgpack_unpacked_destroy(&up);
+        fail(out, SYNC_EPROTO, 0, 1007);
+        return SYNC_OK;
+    }
+    const msgpack_object *t = get(&up.data, "t");
+    if (!t || t->type != MSGPACK_OBJECT_STR) {
+        msgpack_unpacked_destroy(&up);
+        fail(out, SYNC_EPROTO, 0, 1008);
+        return SYNC_OK;
+    }
+    char type[16] = "";
+    if (t->via.str.size < sizeof type) memcpy(type, t->via.str.ptr, t->via.str.size);
+    if (!strcmp(type, "auth")) {
+        rc = on_auth(s, &up.data, now_ms, out);
+    } else if (s->state != ST_READY &&
+               (!strcmp(type, "push") || !strcmp(type, "pull") || !strcmp(type, "subscribe"))) {
+        fail(out, SYNC_ESTATE, 0, 1008);
+    } else if (!strcmp(type, "push")) {
+        rc = on_push(s, &up.data, out);
+    } else if (!strcmp(type, "pull")) {
+        rc = on_pull(s, &up.data, out);
+    } else if (!strcmp(type, "subscribe")) {
+        rc = on_subscribe(s, &up.data, out);
+    } else {
+        fail(out, SYNC_EFRAME, 0, s->state == ST_READY ? 0 : 1008);
+    }
+    msgpack_unpacked_destroy(&up);
+    return rc;
+}

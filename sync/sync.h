@@ -1,0 +1,215 @@
+/*
+ * sync.h — the sync layer: wire frames, the per-connection session logic,
+ * push jobs (verify on workers, group commit on one writer), and the server.
+ *
+ * The session logic is a pure function of (session state, input frame,
+ * store, time) -> (output frames, jobs, close request); it never touches a
+ * socket, so it is tested without one (tests/sync/test_session.c).  Only
+ * sync/server.c includes libwebsockets.h.
+ *
+ * A push travels:  event loop: sync_session_input() parses it into a
+ * sync_job -> worker thread: sync_job_verify() (decode, schema, scope,
+ * key lookup, Ed25519) -> writer thread: sync_jobs_commit() (one LMDB write
+ * transaction for many jobs, committed) -> event loop:
+ * sync_session_job_done() turns the outcomes into the ack frame.  The ack
+ * therefore always follows the commit.
+ *
+ * Errors: SYNC_E* (below) are the protocol's error codes, sent in `error`
+ * frames and in per-delta ack entries together with CRDT_E*, WIRE_E* and
+ * STORE_E* codes; docs/PROTOCOL.md lists every one with its meaning and
+ * whether it is retryable.
+ */
+#ifndef DOORSTEP_SYNC_H
+#define DOORSTEP_SYNC_H
+
+#include "store.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+    SYNC_OK = 0,
+    SYNC_EPROTO = -300,        /* frame malformed for its type */
+    SYNC_EFRAME = -301,        /* unknown frame type */
+    SYNC_ESTATE = -302,        /* frame not allowed in this state (e.g. push before auth) */
+    SYNC_EUNKNOWN_DEVICE = -303,
+    SYNC_EFROZEN = -304,       /* device frozen (clone detected) */
+    SYNC_EREVOKED = -305,
+    SYNC_EBADAUTH = -306,      /* auth signature does not verify */
+    SYNC_EEPOCH = -307,        /* key epoch unknown or retired */
+    SYNC_ETOOMANY = -308,      /* more deltas in one push than allowed */
+    SYNC_ESCOPE = -309,        /* record outside the device's scope */
+    SYNC_EDEVICE = -310,       /* delta signed for another device than the session's */
+    SYNC_EBUSY = -311,         /* server busy (queue full, rate limit): retry later */
+    SYNC_EUNAVAILABLE = -312,  /* store cannot write now (disk full, I/O): retry later */
+    SYNC_ESHUTDOWN = -313,     /* server shutting down: retry later */
+    SYNC_EAUTHTIME = -314      /* not authenticated within the allowed time */
+};
+
+const char *sync_strerror(int code);
+bool sync_retryable(int code);
+
+#define SYNC_PROTOCOL_VERSION 1
+#define SYNC_SUBPROTOCOL "doorstep.v1"
+#define SYNC_DOMAIN_AUTH "doorstep/v1/auth"
+#define SYNC_NONCE_BYTES 32
+
+/* Limits and knobs (DESIGN.md §7), defaults in sync_config_default. */
+typedef struct sync_config {
+    crdt_limits lim;
+    uint32_t max_push;          /* deltas per push (500) */
+    uint32_t page_max;          /* envelopes per changes frame (500) */
+    size_t page_bytes;          /* bytes of envelopes per changes frame (192 KiB) */
+    uint64_t max_ahead_ms;      /* quarantine deltas further ahead (24 h) */
+    uint32_t auth_timeout_s;    /* close unauthenticated connections (10 s) */
+    uint32_t max_inflight;      /* pushes awaiting ack per session (4) */
+} sync_config;
+
+extern const sync_config sync_config_default;
+
+/* ---- frames -------------------------------------------------------------- */
+
+/* A frame queued for sending: SYNC_FRAME_PRE bytes of headroom before data
+ * (libwebsockets writes its header there), then len bytes. */
+#define SYNC_FRAME_PRE 32
+typedef struct sync_frame {
+    struct sync_frame *next;
+    size_t len;
+    uint8_t buf[];             /* SYNC_FRAME_PRE + len bytes */
+} sync_frame;
+
+static inline uint8_t *sync_frame_data(sync_frame *f) { return f->buf + SYNC_FRAME_PRE; }
+void sync_frame_free(sync_frame *f);
+void sync_frames_free(sync_frame *list);
+/* Copy bytes into a new frame; NULL on ENOMEM. */
+sync_frame *sync_frame_new(const uint8_t *p, size_t n);
+
+/* The error frame {t:"error", c, m, r[, id]} as a new frame. */
+sync_frame *sync_frame_error(int code, const char *msg, uint64_t req_id);
+
+/* ---- push jobs ------------------------------------------------------------- */
+
+typedef struct sync_job_item {
+    uint8_t *env;               /* owned copy of the envelope */
+    size_t env_len;
+    int code;                   /* 0 = verified, else rejected before commit */
+    uint32_t dev;               /* from the delta, when it decoded */
+    uint64_t seq;
+    crdt_delta delta;           /* decoded, borrowed from the job's arena */
+    uint8_t hash[CRDT_HASH_BYTES];
+    store_outcome out;          /* filled by sync_jobs_commit */
+} sync_job_item;
+
+typedef struct sync_job {
+    struct sync_job *next;      /* for the server's queues */
+    void *owner;                /* the session (the server's business) */
+    uint64_t session_serial;    /* detects a session that went away */
+    uint64_t push_id;
+    uint32_t dev;               /* the authenticated device */
+    uint32_t epoch;
+    uint32_t n;
+    sync_job_item *items;
+    crdt_arena *arena;
+    int commit_rc;              /* 0, or the store error that failed the batch */
+} sync_job;
+
+void sync_job_free(sync_job *j);
+
+/*
+ * sync_job_verify — on a worker thread: decode each envelope and delta,
+ * check limits and schema, check the delta names the session's device and
+ * its key epoch, check scope (records in the device's households, or new
+ * persons in them), and verify the Ed25519 signature with the device's key
+ * for that epoch.  Sets items[i].code (0 = ready to commit).  Opens its own
+ * read transaction.  Returns 0 or a store error (then every item fails).
+ */
+int sync_job_verify(store *st, const sync_config *cfg, sync_job *j);
+
+/*
+ * sync_jobs_commit — on the writer thread: append every verified item of
+ * every job in `jobs` (a list through ->next) in ONE write transaction and
+ * commit it (growing the map on MDB_MAP_FULL and redoing the batch).  On
+ * success each item's `out` holds its outcome; on failure every job's
+ * commit_rc holds the (retryable) error and nothing was written.
+ * `now_ms` is the server time used for the clock check.  *touched receives
+ * a malloc'd array of the household ids touched by applied deltas (for
+ * waking live subscribers), *n_touched its length; the caller frees it.
+ */
+int sync_jobs_commit(store *st, const sync_config *cfg, sync_job *jobs, uint64_t now_ms,
+                     char (**touched)[CRDT_RECID_MAX + 1], size_t *n_touched);
+
+/* ---- sessions ---------------------------------------------------------------- */
+
+typedef struct sync_session sync_session;
+
+/* What one input produced.  frames: to send, in order (owned by the caller
+ * afterwards); job: a push to verify and commit (owned by the caller);
+ * close_code: if non-zero, send the frames then close with this WebSocket
+ * close code (1002, 1003, 1007, 1008, 1009, 1011). */
+typedef struct sync_out {
+    sync_frame *frames;
+    sync_frame **tail;
+    sync_job *job;
+    int close_code;
+} sync_out;
+
+void sync_out_init(sync_out *o);
+void sync_out_append(sync_out *o, sync_frame *f);
+
+/* A new session; nonce is the server's 32 random bytes for this
+ * connection.  Returns NULL on ENOMEM. */
+sync_session *sync_session_new(store *st, const sync_config *cfg,
+                               const uint8_t nonce[SYNC_NONCE_BYTES]);
+void sync_session_free(sync_session *s);
+
+/* The hello frame (first frame of every connection). */
+int sync_session_hello(sync_session *s, uint64_t now_ms, sync_out *out);
+
+/* One complete incoming message.  Returns 0 (see out), or CRDT_ENOMEM. */
+int sync_session_input(sync_session *s, const uint8_t *msg, size_t n, uint64_t now_ms,
+                       sync_out *out);
+
+/* A push job of this session was committed (or failed): the ack, or a
+ * retryable error frame.  Takes ownership of j. */
+int sync_session_job_done(sync_session *s, sync_job *j, sync_out *out);
+
+/* Live changes: if subscribed and behind, the next page of changes (at most
+ * one frame, so a slow reader is flow-controlled by the caller sending it
+ * only when the socket is writable).  *more says whether to call again. */
+int sync_session_live(sync_session *s, sync_out *out, bool *more);
+
+/* Does the session care about a commit that touched these households? */
+bool sync_session_wants(const sync_session *s, char (*touched)[CRDT_RECID_MAX + 1], size_t n);
+
+bool sync_session_authed(const sync_session *s);
+uint32_t sync_session_device(const sync_session *s);
+uint32_t sync_session_inflight(const sync_session *s);
+
+/* ---- the server --------------------------------------------------------------- */
+
+typedef struct sync_server_opts {
+    const char *listen_host;    /* "127.0.0.1" */
+    int port;                   /* 8080; 0 = any free port (see sync_server_port) */
+    const char *tls_cert, *tls_key;
+    bool allow_plain;           /* plain ws on a non-loopback address */
+    const char *static_dir;     /* dashboard files served at /, or NULL */
+    int verify_threads;         /* 0 = number of cores */
+    int log_level;              /* 0 quiet .. 3 debug */
+} sync_server_opts;
+
+typedef struct sync_server sync_server;
+
+/* Start listening (binds before returning).  0 or an error with err set. */
+int sync_server_new(store *st, const sync_config *cfg, const sync_server_opts *o,
+                    sync_server **out, char *err, size_t errlen);
+int sync_server_port(const sync_server *sv);
+/* Run the event loop until sync_server_stop (safe from a signal handler). */
+int sync_server_run(sync_server *sv);
+void sync_server_stop(sync_server *sv);
+void sync_server_free(sync_server *sv);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DOORSTEP_SYNC_H */
