@@ -1,0 +1,616 @@
+/*
+ * test_server.c — doorstepd over real WebSockets on loopback: hello, auth,
+ * push/ack, duplicates, gaps, pull, live subscription across devices,
+ * resume after disconnect, many concurrent devices, graceful shutdown with
+ * acks for in-flight pushes, HTTP /healthz and /metrics, and the error
+ * codes and close codes of docs/PROTOCOL.md (each case leaves the server
+ * up for other devices and stores nothing invalid).
+ *
+ * The server runs in this process (sync_server_run on a thread, port 0);
+ * the client is tests/common/wsclient.c, a raw-socket WebSocket client.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+#include <sodium.h>
+
+#include "storeutil.h"
+#include "sync.h"
+#include "testutil.h"
+#include "wsclient.h"
+
+static uint64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+typedef struct srv {
+    su_dir d;
+    store *st;
+    sync_server *sv;
+    sync_config cfg;
+    pthread_t th;
+    int port;
+} srv;
+
+static void *run_thread(void *arg)
+{
+    sync_server_run(((srv *)arg)->sv);
+    return NULL;
+}
+
+static void srv_start_on(srv *s, bool fresh)
+{
+    char err[256];
+    sync_server_opts o = {.listen_host = "127.0.0.1", .port = 0, .verify_threads = 2,
+                          .log_level = 0};
+    if (fresh) {
+        su_dir_make(&s->d, "server");
+        s->st = su_store_new(&s->d, NULL);
+        s->cfg = sync_config_default;
+        s->cfg.auth_timeout_s = 2;
+    } else {
+        store_opts so = {.no_sync = true};
+        assert_int_equal(store_open(s->d.data, s->d.key, &so, &s->st, err, sizeof err), 0);
+    }
+    int rc = sync_server_new(s->st, &s->cfg, &o, &s->sv, err, sizeof err);
+    if (rc) fail_msg("server: %s", err);
+    s->port = sync_server_port(s->sv);
+    assert_true(s->port > 0);
+    assert_int_equal(pthread_create(&s->th, NULL, run_thread, s), 0);
+}
+
+static void srv_halt(srv *s)
+{
+    sync_server_stop(s->sv);
+    pthread_join(s->th, NULL);
+    sync_server_free(s->sv);
+    store_close(s->st);
+    s->sv = NULL;
+    s->st = NULL;
+}
+
+static void srv_stop(srv *s)
+{
+    srv_halt(s);
+    su_dir_remove(&s->d);
+}
+
+/* Register a device with key epoch 1 and a scope of households. */
+static void add_device(srv *s, su_dev *dev, uint32_t id, const char *const *hh, size_t n,
+                       uint8_t state)
+{
+    store_txn *t;
+    su_dev_init(dev, id);
+    assert_int_equal(store_begin(s->st, STORE_RW, &t), 0);
+    store_device d = {.id = id, .state = state, .epoch = 1};
+    snprintf(d.volunteer, sizeof d.volunteer, "志愿者%u", id);
+    assert_int_equal(store_device_put(t, &d), 0);
+    store_key k = {.dev = id, .epoch = 1, .state = STORE_KEY_ACTIVE};
+    memcpy(k.pk, dev->pk, 32);
+    assert_int_equal(store_key_put(t, &k), 0);
+    assert_int_equal(store_device_scope_set(t, id, hh, n), 0);
+    assert_int_equal(store_commit(t), 0);
+}
+
+static int expect_frame(wsc *c, crdt_buf *m, const char *type)
+{
+    int cc = 0;
+    int op = wsc_recv(c, 5000, m, &cc);
+    if (op != WSC_BINARY) fail_msg("expected a %s frame, got op %d (close %d)", type, op, cc);
+    if (strcmp(mp_type(m->p, m->n), type)) {
+        int64_t code = 0;
+        char msg[200] = "";
+        mp_get_i64(m->p, m->n, "c", &code);
+        mp_get_str(m->p, m->n, "m", msg, sizeof msg);
+        fail_msg("expected %s, got %s (code %lld: %s)", type, mp_type(m->p, m->n),
+                 (long long)code, msg);
+    }
+    return 0;
+}
+
+/* Expect an error frame with `code`, then (if close_code) a close. */
+static void expect_error(wsc *c, int code, int close_code)
+{
+    crdt_buf m = {0};
+    int cc = 0;
+    expect_frame(c, &m, "error");
+    int64_t got = 0;
+    assert_true(mp_get_i64(m.p, m.n, "c", &got));
+    if (got != code) fail_msg("error code %lld, want %d", (long long)got, code);
+    if (close_code) {
+        int op = wsc_recv(c, 5000, &m, &cc);
+        assert_int_equal(op, WSC_CLOSE);
+        assert_int_equal(cc, close_code);
+    }
+    crdt_buf_free(&m);
+}
+
+/* A household delta from dev. */
+static void hh_delta(su_dev *dev, const char *hh, const char *note, crdt_buf *env)
+{
+    su_ops o = {0};
+    su_set_str(&o, "community", "C01");
+    su_set_str(&o, "grid", "G01");
+    su_set_str(&o, "note", note);
+    su_make(dev, "household", hh, &o, wall_ms(), env, NULL);
+    su_ops_free(&o);
+}
+
+static void push_and_ack(wsc *c, uint64_t id, crdt_buf *envs, size_t n, const char *want)
+{
+    crdt_buf f = {0}, m = {0};
+    frame_push(&f, id, envs, n);
+    assert_int_equal(wsc_send(c, f.p, f.n), 0);
+    expect_frame(c, &m, "ack");
+    uint64_t got_id = 0;
+    assert_true(mp_get_u64(m.p, m.n, "id", &got_id));
+    assert_int_equal(got_id, id);
+    assert_int_equal(ack_count(m.p, m.n), n);
+    for (size_t i = 0; i < n; i++) {
+        char r[32];
+        int64_t code;
+        assert_true(ack_entry(m.p, m.n, i, r, sizeof r, &code, NULL, NULL));
+        if (strcmp(r, want)) fail_msg("delta %zu: %s (code %lld), want %s", i, r, (long long)code, want);
+    }
+    crdt_buf_free(&f);
+    crdt_buf_free(&m);
+}
+
+/* ---- the happy path ---------------------------------------------------------------- */
+
+static void test_happy_path(void **state)
+{
+    (void)state;
+    srv s;
+    srv_start_on(&s, true);
+    su_dev a, b;
+    const char *scope[] = {"H1", "H2"};
+    add_device(&s, &a, 1, scope, 2, STORE_DEV_ACTIVE);
+    add_device(&s, &b, 2, scope, 1, STORE_DEV_ACTIVE);
+    wsc ca, cb;
+    crdt_buf welcome = {0}, m = {0}, f = {0};
+
+    /* Hello has what the protocol says. */
+    assert_int_equal(wsc_connect(&ca, "127.0.0.1", s.port, "/sync", SYNC_SUBPROTOCOL), 0);
+    int cc;
+    assert_int_equal(wsc_recv(&ca, 3000, &m, &cc), WSC_BINARY);
+    assert_string_equal(mp_type(m.p, m.n), "hello");
+    uint64_t v, now;
+    uint8_t srvpk[32], nonce[32];
+    assert_true(mp_get_u64(m.p, m.n, "v", &v));
+    assert_int_equal(v, 1);
+    assert_true(mp_get_bin(m.p, m.n, "srv", srvpk, 32));
+    assert_memory_equal(srvpk, store_server_pk(s.st), 32);
+    assert_true(mp_get_bin(m.p, m.n, "n", nonce, 32));
+    assert_true(mp_get_u64(m.p, m.n, "now", &now));
+    assert_true(now + 5000 > wall_ms() && now < wall_ms() + 5000);
+    frame_auth(&f, 1, 1, a.sk, srvpk, nonce);
+    assert_int_equal(wsc_send(&ca, f.p, f.n), 0);
+    expect_frame(&ca, &welcome, "welcome");
+    uint64_t seq = 99;
+    assert_true(mp_get_u64(welcome.p, welcome.n, "seq", &seq));
+    assert_int_equal(seq, 0);
+
+    /* B subscribes to live changes for H1. */
+    assert_int_equal(device_connect(&cb, s.port, 2, 1, b.sk, NULL), 0);
+    frame_subscribe(&f, 0);
+    assert_int_equal(wsc_send(&cb, f.p, f.n), 0);
+
+    /* A pushes three deltas: applied; the same again: duplicates. */
+    crdt_buf envs[3] = {{0}};
+    hh_delta(&a, "H1", "第一次走访", &envs[0]);
+    hh_delta(&a, "H1", "第二次走访", &envs[1]);
+    hh_delta(&a, "H2", "另一户", &envs[2]);
+    push_and_ack(&ca, 7, envs, 3, "applied");
+    push_and_ack(&ca, 8, envs, 3, "duplicate");
+
+    /* B receives A's H1 changes live (not H2: outside B's scope). */
+    size_t got = 0;
+    while (got < 2) {
+        expect_frame(&cb, &m, "changes");
+        for (size_t i = 0; i < changes_count(m.p, m.n); i++) {
+            crdt_buf e = {0};
+            assert_true(changes_env(m.p, m.n, i, &e));
+            assert_int_equal(e.n, envs[got].n);
+            assert_memory_equal(e.p, envs[got].p, e.n); /* verbatim */
+            crdt_buf_free(&e);
+            got++;
+        }
+    }
+
+    /* A pulls everything from 0, in pages of 2. */
+    uint64_t cursor = 0, more_flag = 1;
+    size_t pulled = 0;
+    for (uint64_t id = 100; more_flag; id++) {
+        frame_pull(&f, id, cursor, 2);
+        assert_int_equal(wsc_send(&ca, f.p, f.n), 0);
+        expect_frame(&ca, &m, "changes");
+        pulled += changes_count(m.p, m.n);
+        assert_true(mp_get_u64(m.p, m.n, "n", &cursor));
+        /* "more" is a bool: c3 (true) right after the key */
+        more_flag = m.n && memmem(m.p, m.n, "\xa4more\xc3", 6) != NULL;
+    }
+    assert_int_equal(pulled, 3);
+
+    /* Resume after disconnect: the server says what it holds. */
+    wsc_close(&ca);
+    assert_int_equal(device_connect(&ca, s.port, 1, 1, a.sk, &welcome), 0);
+    assert_true(mp_get_u64(welcome.p, welcome.n, "seq", &seq));
+    assert_int_equal(seq, 3);
+
+    /* A gap: seq 5 when 4 is expected. */
+    crdt_buf skip = {0};
+    hh_delta(&a, "H1", "4", &skip);
+    hh_delta(&a, "H1", "5", &skip);
+    frame_push(&f, 9, &skip, 1);
+    assert_int_equal(wsc_send(&ca, f.p, f.n), 0);
+    expect_frame(&ca, &m, "ack");
+    char r[32];
+    int64_t code;
+    uint64_t expected, s5;
+    assert_true(ack_entry(m.p, m.n, 0, r, sizeof r, &code, &s5, &expected));
+    assert_string_equal(r, "rejected");
+    assert_int_equal(code, STORE_EGAP);
+    assert_int_equal(s5, 5);
+    assert_int_equal(expected, 4);
+
+    for (int i = 0; i < 3; i++) crdt_buf_free(&envs[i]);
+    crdt_buf_free(&skip);
+    crdt_buf_free(&welcome);
+    crdt_buf_free(&m);
+    crdt_buf_free(&f);
+    wsc_close(&ca);
+    wsc_close(&cb);
+    uint64_t problems;
+    assert_int_equal(store_verify(s.st, NULL, NULL, &problems), 0);
+    srv_stop(&s);
+}
+
+/* ---- refusals ------------------------------------------------------------------------ */
+
+static void test_auth_refusals(void **state)
+{
+    (void)state;
+    srv s;
+    srv_start_on(&s, true);
+    su_dev a, frozen, revoked, stranger;
+    const char *scope[] = {"H1"};
+    add_device(&s, &a, 1, scope, 1, STORE_DEV_ACTIVE);
+    add_device(&s, &frozen, 2, scope, 1, STORE_DEV_FROZEN);
+    add_device(&s, &revoked, 3, scope, 1, STORE_DEV_REVOKED_HARD);
+    su_dev_init(&stranger, 4);
+    wsc c;
+    crdt_buf m = {0}, f = {0};
+    int cc;
+
+    assert_int_equal(device_connect(&c, s.port, 4, 1, stranger.sk, NULL), SYNC_EUNKNOWN_DEVICE);
+    wsc_close(&c);
+    assert_int_equal(device_connect(&c, s.port, 2, 1, frozen.sk, NULL), SYNC_EFROZEN);
+    wsc_close(&c);
+    assert_int_equal(device_connect(&c, s.port, 3, 1, revoked.sk, NULL), SYNC_EREVOKED);
+    wsc_close(&c);
+    assert_int_equal(device_connect(&c, s.port, 1, 2, a.sk, NULL), SYNC_EEPOCH);
+    wsc_close(&c);
+    /* Someone else's key for device 1: bad signature. */
+    assert_int_equal(device_connect(&c, s.port, 1, 1, stranger.sk, NULL), SYNC_EBADAUTH);
+    assert_int_equal(wsc_recv(&c, 3000, &m, &cc), WSC_CLOSE);
+    assert_int_equal(cc, 1008);
+    wsc_close(&c);
+
+    /* Push before auth. */
+    assert_int_equal(wsc_connect(&c, "127.0.0.1", s.port, "/sync", SYNC_SUBPROTOCOL), 0);
+    expect_frame(&c, &m, "hello");
+    frame_push(&f, 1, NULL, 0);
+    assert_int_equal(wsc_send(&c, f.p, f.n), 0);
+    expect_error(&c, SYNC_ESTATE, 1008);
+    wsc_close(&c);
+
+    /* Replayed auth: a second auth on an authenticated session. */
+    crdt_buf w = {0};
+    assert_int_equal(device_connect(&c, s.port, 1, 1, a.sk, &w), 0);
+    uint8_t spk[32], nonce[32];
+    memcpy(spk, store_server_pk(s.st), 32);
+    memset(nonce, 0, 32);
+    frame_auth(&f, 1, 1, a.sk, spk, nonce);
+    assert_int_equal(wsc_send(&c, f.p, f.n), 0);
+    expect_error(&c, SYNC_ESTATE, 1008);
+    wsc_close(&c);
+
+    /* Silent client: closed after the auth timeout (2 s in this test). */
+    assert_int_equal(wsc_connect(&c, "127.0.0.1", s.port, "/sync", SYNC_SUBPROTOCOL), 0);
+    expect_frame(&c, &m, "hello");
+    int op = wsc_recv(&c, 6000, &m, &cc);
+    assert_true(op == WSC_CLOSE || op == -1); /* lws drops the TCP connection */
+    wsc_close(&c);
+
+    /* Wrong path and wrong subprotocol: no upgrade. */
+    assert_int_equal(wsc_connect(&c, "127.0.0.1", s.port, "/other", SYNC_SUBPROTOCOL), -1);
+    wsc_close(&c);
+    assert_int_equal(wsc_connect(&c, "127.0.0.1", s.port, "/sync", "chat"), -1);
+    wsc_close(&c);
+
+    /* The server is still up for a good device. */
+    assert_int_equal(device_connect(&c, s.port, 1, 1, a.sk, NULL), 0);
+    wsc_close(&c);
+    crdt_buf_free(&m);
+    crdt_buf_free(&f);
+    crdt_buf_free(&w);
+    srv_stop(&s);
+}
+
+static void test_bad_input(void **state)
+{
+    (void)state;
+    srv s;
+    srv_start_on(&s, true);
+    su_dev a, other;
+    const char *scope[] = {"H1"};
+    add_device(&s, &a, 1, scope, 1, STORE_DEV_ACTIVE);
+    su_dev_init(&other, 77);
+    wsc c;
+    crdt_buf m = {0}, f = {0};
+    int cc;
+
+    /* Invalid msgpack: error then close 1007. */
+    assert_int_equal(device_connect(&c, s.port, 1, 1, a.sk, NULL), 0);
+    static const uint8_t junk[] = {0xc1, 0x00};
+    assert_int_equal(wsc_send(&c, junk, sizeof junk), 0);
+    expect_error(&c, CRDT_ERESERVED, 1007);
+    wsc_close(&c);
+
+    /* A text frame: close 1003. */
+    assert_int_equal(device_connect(&c, s.port, 1, 1, a.sk, NULL), 0);
+    assert_int_equal(wsc_send_frame(&c, WSC_TEXT, true, (const uint8_t *)"hi", 2), 0);
+    assert_int_equal(wsc_recv(&c, 3000, &m, &cc), WSC_CLOSE);
+    assert_int_equal(cc, 1003);
+    wsc_close(&c);
+
+    /* Oversized message (in 1-KiB fragments): close 1009. */
+    assert_int_equal(device_connect(&c, s.port, 1, 1, a.sk, NULL), 0);
+    uint8_t chunk[1024];
+    memset(chunk, 0x90, sizeof chunk);
+    int op = 0;
+    for (int i = 0; i < 300 && op == 0; i++)
+        if (wsc_send_frame(&c, i ? WSC_CONT : WSC_BINARY, false, chunk, sizeof chunk)) op = -1;
+    op = wsc_recv(&c, 3000, &m, &cc);
+    assert_true(op == WSC_CLOSE || op == -1);
+    if (op == WSC_CLOSE) assert_int_equal(cc, 1009);
+    wsc_close(&c);
+
+    /* 1-byte fragments of a valid pull are reassembled. */
+    assert_int_equal(device_connect(&c, s.port, 1, 1, a.sk, NULL), 0);
+    frame_pull(&f, 5, 0, 10);
+    for (size_t i = 0; i < f.n; i++)
+        assert_int_equal(wsc_send_frame(&c, i ? WSC_CONT : WSC_BINARY, i + 1 == f.n, f.p + i, 1), 0);
+    expect_frame(&c, &m, "changes");
+
+    /* Unknown frame type: an error, the session stays open. */
+    static const uint8_t zap[] = {0x81, 0xa1, 't', 0xa3, 'z', 'a', 'p'};
+    assert_int_equal(wsc_send(&c, zap, sizeof zap), 0);
+    expect_error(&c, SYNC_EFRAME, 0);
+    frame_pull(&f, 6, 0, 10);
+    assert_int_equal(wsc_send(&c, f.p, f.n), 0);
+    expect_frame(&c, &m, "changes");
+
+    /* Duplicate map keys: refused by the walk. */
+    static const uint8_t dup[] = {0x82, 0xa1, 't', 0xa4, 'p', 'u', 'l', 'l', 0xa1, 't', 0xa4,
+                                  'p', 'u', 'l', 'l'};
+    assert_int_equal(wsc_send(&c, dup, sizeof dup), 0);
+    expect_error(&c, CRDT_EDUPKEY, 1007);
+    wsc_close(&c);
+
+    /* Too many deltas in one push. */
+    assert_int_equal(device_connect(&c, s.port, 1, 1, a.sk, NULL), 0);
+    crdt_buf *many = calloc(501, sizeof *many);
+    for (int i = 0; i < 501; i++) crdt_buf_append(&many[i], "x", 1);
+    frame_push(&f, 3, many, 501);
+    assert_int_equal(wsc_send(&c, f.p, f.n), 0);
+    expect_error(&c, SYNC_ETOOMANY, 0);
+    for (int i = 0; i < 501; i++) crdt_buf_free(&many[i]);
+    free(many);
+
+    /* Per-delta refusals in one push: outside scope, another device's
+     * delta, a bad signature, a garbage envelope, an invalid phone. */
+    crdt_buf e[5] = {{0}};
+    su_dev a2 = a;
+    hh_delta(&a2, "H9", "outside", &e[0]);        /* seq 1, scope refuses */
+    hh_delta(&other, "H1", "not mine", &e[1]);
+    su_dev a3 = a;
+    hh_delta(&a3, "H1", "tampered", &e[2]);
+    e[2].p[e[2].n - 1] ^= 1;                      /* flip a signature bit */
+    crdt_buf_append(&e[3], "\x82\xa1" "b", 3);
+    su_ops o = {0};
+    su_set_str(&o, "phone", "12345");
+    su_dev a4 = a;
+    su_make(&a4, "household", "H1", &o, wall_ms(), &e[4], NULL);
+    frame_push(&f, 4, e, 5);
+    assert_int_equal(wsc_send(&c, f.p, f.n), 0);
+    expect_frame(&c, &m, "ack");
+    static const int want[5] = {SYNC_ESCOPE, SYNC_EDEVICE, WIRE_EBADSIG, CRDT_ELENGTH,
+                                CRDT_EPHONE};
+    for (int i = 0; i < 5; i++) {
+        char r[32];
+        int64_t code;
+        assert_true(ack_entry(m.p, m.n, (size_t)i, r, sizeof r, &code, NULL, NULL));
+        assert_string_equal(r, "rejected");
+        if (code != want[i]) fail_msg("entry %d: code %lld, want %d", i, (long long)code, want[i]);
+    }
+    /* Nothing of that was stored. */
+    store_txn *t;
+    uint64_t last;
+    assert_int_equal(store_begin(s.st, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_last_sseq(t, &last), 0);
+    assert_int_equal(last, 0);
+    store_abort(t);
+    for (int i = 0; i < 5; i++) crdt_buf_free(&e[i]);
+    su_ops_free(&o);
+    wsc_close(&c);
+    crdt_buf_free(&m);
+    crdt_buf_free(&f);
+    srv_stop(&s);
+}
+
+/* ---- load, shutdown, HTTP ------------------------------------------------------------ */
+
+typedef struct dev_run {
+    int port;
+    su_dev dev;
+    char hh[16];
+    int n;
+    int ok;
+} dev_run;
+
+static void *device_thread(void *arg)
+{
+    dev_run *r = arg;
+    wsc c;
+    crdt_buf env[20] = {{0}}, f = {0}, m = {0};
+    int cc;
+    if (device_connect(&c, r->port, r->dev.id, 1, r->dev.sk, NULL) != 0) return NULL;
+    for (int i = 0; i < r->n && i < 20; i++) {
+        su_ops o = {0};
+        char note[32];
+        snprintf(note, sizeof note, "visit %d", i);
+        su_set_str(&o, "note", note);
+        su_make(&r->dev, "household", r->hh, &o, wall_ms(), &env[i], NULL);
+        su_ops_free(&o);
+    }
+    frame_push(&f, 1, env, 10);
+    wsc_send(&c, f.p, f.n);
+    frame_push(&f, 2, env + 10, (size_t)r->n - 10);
+    wsc_send(&c, f.p, f.n); /* pipelined */
+    int acks = 0;
+    while (acks < 2 && wsc_recv(&c, 10000, &m, &cc) == WSC_BINARY) {
+        if (strcmp(mp_type(m.p, m.n), "ack")) continue;
+        for (size_t i = 0; i < ack_count(m.p, m.n); i++) {
+            char res[32];
+            ack_entry(m.p, m.n, i, res, sizeof res, NULL, NULL, NULL);
+            if (!strcmp(res, "applied")) r->ok++;
+        }
+        acks++;
+    }
+    for (int i = 0; i < 20; i++) crdt_buf_free(&env[i]);
+    crdt_buf_free(&f);
+    crdt_buf_free(&m);
+    wsc_close(&c);
+    return NULL;
+}
+
+static void test_many_devices(void **state)
+{
+    (void)state;
+    srv s;
+    srv_start_on(&s, true);
+    enum { N = 40 };
+    dev_run *runs = calloc(N, sizeof *runs);
+    pthread_t th[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(runs[i].hh, sizeof runs[i].hh, "H%d", i);
+        const char *scope[] = {runs[i].hh};
+        add_device(&s, &runs[i].dev, (uint32_t)i + 1, scope, 1, STORE_DEV_ACTIVE);
+        runs[i].port = s.port;
+        runs[i].n = 20;
+    }
+    for (int i = 0; i < N; i++) pthread_create(&th[i], NULL, device_thread, &runs[i]);
+    for (int i = 0; i < N; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < N; i++)
+        if (runs[i].ok != 20) fail_msg("device %d: %d of 20 applied", i + 1, runs[i].ok);
+    store_txn *t;
+    uint64_t last;
+    assert_int_equal(store_begin(s.st, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_last_sseq(t, &last), 0);
+    assert_int_equal(last, N * 20);
+    store_abort(t);
+    uint64_t problems;
+    assert_int_equal(store_verify(s.st, NULL, NULL, &problems), 0);
+    /* /metrics agrees. */
+    crdt_buf body = {0};
+    assert_int_equal(http_get("127.0.0.1", s.port, "/metrics", &body), 200);
+    crdt_buf_append(&body, "", 1);
+    char want[64];
+    snprintf(want, sizeof want, "doorstep_deltas_total{outcome=\"applied\"} %d", N * 20);
+    if (!strstr((char *)body.p, want)) fail_msg("metrics lack '%s'", want);
+    assert_non_null(strstr((char *)body.p, "doorstep_commit_seconds_bucket"));
+    assert_int_equal(http_get("127.0.0.1", s.port, "/healthz", &body), 200);
+    assert_int_equal(http_get("127.0.0.1", s.port, "/nothing", &body), 404);
+    crdt_buf_free(&body);
+    free(runs);
+    srv_stop(&s);
+}
+
+static void test_graceful_shutdown_acks_inflight(void **state)
+{
+    (void)state;
+    srv s;
+    srv_start_on(&s, true);
+    su_dev a;
+    const char *scope[] = {"H1"};
+    add_device(&s, &a, 1, scope, 1, STORE_DEV_ACTIVE);
+    wsc c;
+    crdt_buf env[50] = {{0}}, f = {0}, m = {0};
+    assert_int_equal(device_connect(&c, s.port, 1, 1, a.sk, NULL), 0);
+    for (int i = 0; i < 50; i++) hh_delta(&a, "H1", "在途", &env[i]);
+    frame_push(&f, 1, env, 50);
+    assert_int_equal(wsc_send(&c, f.p, f.n), 0);
+    usleep(1000);
+    sync_server_stop(s.sv); /* as SIGTERM does */
+    /* The push is answered: an ack (committed) or a retryable error. */
+    int cc;
+    bool answered = false, acked = false;
+    for (;;) {
+        int op = wsc_recv(&c, 8000, &m, &cc);
+        if (op != WSC_BINARY) {
+            if (op == WSC_CLOSE) assert_int_equal(cc, 1001);
+            break;
+        }
+        if (!strcmp(mp_type(m.p, m.n), "ack")) answered = acked = true;
+        if (!strcmp(mp_type(m.p, m.n), "error")) {
+            int64_t code;
+            mp_get_i64(m.p, m.n, "c", &code);
+            assert_true(sync_retryable((int)code));
+            answered = true;
+        }
+    }
+    assert_true(answered);
+    pthread_join(s.th, NULL);
+    sync_server_free(s.sv);
+    store_close(s.st);
+    /* After a restart the acked deltas are there. */
+    srv_start_on(&s, false);
+    store_txn *t;
+    uint64_t head;
+    uint8_t h[32];
+    assert_int_equal(store_begin(s.st, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_chain_head(t, 1, &head, h), 0);
+    store_abort(t);
+    if (acked) assert_int_equal(head, 50);
+    wsc_close(&c);
+    for (int i = 0; i < 50; i++) crdt_buf_free(&env[i]);
+    crdt_buf_free(&f);
+    crdt_buf_free(&m);
+    srv_stop(&s);
+}
+
+int main(void)
+{
+    wire_init();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_happy_path),
+        cmocka_unit_test(test_auth_refusals),
+        cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_many_devices),
+        cmocka_unit_test(test_graceful_shutdown_acks_inflight),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
