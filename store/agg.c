@@ -233,11 +233,12 @@ int store_agg_person(store_txn *t, const crdt_record *before, const crdt_record 
     contrib *c = malloc(sizeof *c);
     int rc;
     if (!c) return CRDT_ENOMEM;
+    bool same = h0 && h1 && !strcmp(h0, h1);
     if ((rc = get_household(t, h0, &hh0))) goto out;
-    if ((rc = get_household(t, h1, &hh1))) goto out;
+    if (!same && (rc = get_household(t, h1, &hh1))) goto out;
     person_contrib(t->s, before, hh0, c);
     if ((rc = add_to(t, c, -1))) goto out;
-    person_contrib(t->s, after, hh1, c);
+    person_contrib(t->s, after, same ? hh0 : hh1, c);
     rc = add_to(t, c, +1);
 out:
     crdt_record_free(hh0);

@@ -13,8 +13,8 @@
  *             Markdown page docs/BENCHMARKS.md generated from a JSON result.
  *   bench.c   options, machine description, the run, JSON output.
  * The network figures (evening wave, sustained throughput, pull bootstrap,
- * idle connections) need doorstepd, which does not exist yet: they are
- * reported as JSON null, never estimated.
+ * idle connections) need doorstepd driven over WebSockets, which this version
+ * does not do yet: they are reported as JSON null, never estimated.
  *
  * Errors: functions return 0 or -1 after printing one line to stderr.
  */

@@ -132,7 +132,7 @@ void bench_print_table(const json_t *r)
         printf("  %-52s %-18s %-26s %s\n", budgets[i].what, v, budgets[i].budget,
                verdict_text(r, &budgets[i], val));
     }
-    printf("\nnot measured yet (they need the server, doorstepd, which does not exist yet):\n");
+    printf("\nnot measured yet (they need doorstepd driven over WebSockets; this version measures the store only):\n");
     for (size_t i = 0; i < N_NETWORK; i++)
         printf("  %-26s %s\n", network[i].key, network[i].what);
 }
@@ -274,9 +274,7 @@ int bench_print_markdown(const json_t *r, const char *source_name)
     }
 
     printf("\n## Not measured yet\n\n");
-    printf("These figures need the WebSocket server (`doorstepd`, `sync/`), which does not "
-           "exist yet. They\nare `null` in the JSON and will be measured by the same run once "
-           "it does (issue #8); they are\nnot estimated from the store figures.\n\n");
+    printf("These figures need the WebSocket server (`doorstepd`, `sync/`) driven by simulated phones.\nThe server was not ready when this version of doorstep-bench was written, so it measures the\nstore only; the network figures are `null` in the JSON until the bench drives doorstepd\n(issue #8). They are not estimated from the store figures.\n\n");
     printf("| field | what it will measure |\n|---|---|\n");
     for (size_t i = 0; i < N_NETWORK; i++) printf("| `%s` | %s |\n", network[i].key, network[i].what);
     printf("\nNor is signature verification in the ingest path: the server will verify on "
