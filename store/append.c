@@ -23,12 +23,50 @@
 
 /* ---- devices ---------------------------------------------------------------- */
 
-#define DEV_LAYOUT 1
-#define DEV_BYTES (1 + 1 + 4 + 8 + 8 + 8 + 64)
+/* Layout 2 adds the flags byte at the end; layout 1 records read as flags 0. */
+#define DEV_LAYOUT 2
+#define DEV_BYTES_V1 (1 + 1 + 4 + 8 + 8 + 8 + 64)
+#define DEV_BYTES (DEV_BYTES_V1 + 1)
+
+int store_admin_gen(store_txn *t, uint64_t *gen)
+{
+    MDB_val v;
+    *gen = 0;
+    int rc = store_get(t, DB_META, "admin_gen", 9, &v);
+    if (rc == STORE_ENOTFOUND) return STORE_OK;
+    if (rc) return rc;
+    if (v.mv_size != 8) return STORE_ECORRUPT;
+    *gen = rd64(v.mv_data);
+    return STORE_OK;
+}
+
+int store_device_next_id(store_txn *t, uint32_t *id)
+{
+    MDB_cursor *c;
+    MDB_val k, v;
+    *id = 1;
+    int rc = mdb_cursor_open(t->txn, t->s->dbi[DB_DEVICES], &c);
+    if (rc) return store_lmdb_err(rc);
+    rc = mdb_cursor_get(c, &k, &v, MDB_LAST);
+    mdb_cursor_close(c);
+    if (rc == MDB_NOTFOUND) return STORE_OK;
+    if (rc) return store_lmdb_err(rc);
+    if (k.mv_size < 4) return STORE_ECORRUPT;
+    uint32_t last = rd32(k.mv_data);
+    if (last == UINT32_MAX) return STORE_EINVAL;
+    *id = last + 1;
+    return STORE_OK;
+}
 
 int store_device_put(store_txn *t, const store_device *d)
 {
     uint8_t k[4], v[DEV_BYTES];
+    uint64_t gen;
+    int rc = store_admin_gen(t, &gen);
+    if (rc) return rc;
+    uint8_t g[8];
+    be64(g, gen + 1);
+    if ((rc = store_put(t, DB_META, "admin_gen", 9, g, 8))) return rc;
     be32(k, d->id);
     memset(v, 0, sizeof v);
     v[0] = DEV_LAYOUT;
@@ -38,6 +76,7 @@ int store_device_put(store_txn *t, const store_device *d)
     be64(v + 14, d->created_ms);
     be64(v + 22, d->last_sync_ms);
     memcpy(v + 30, d->volunteer, strnlen(d->volunteer, sizeof d->volunteer - 1));
+    v[DEV_BYTES_V1] = d->flags;
     return store_put(t, DB_DEVICES, k, 4, v, sizeof v);
 }
 
@@ -50,7 +89,8 @@ int store_device_get(store_txn *t, uint32_t id, store_device *out)
     int rc = store_get(t, DB_DEVICES, k, 4, &v);
     if (rc) return rc;
     const uint8_t *p = v.mv_data;
-    if (v.mv_size != DEV_BYTES || p[0] != DEV_LAYOUT) return STORE_ECORRUPT;
+    if (!(v.mv_size == DEV_BYTES && p[0] == 2) && !(v.mv_size == DEV_BYTES_V1 && p[0] == 1))
+        return STORE_ECORRUPT;
     out->id = id;
     out->state = p[1];
     out->epoch = rd32(p + 2);
@@ -58,6 +98,7 @@ int store_device_get(store_txn *t, uint32_t id, store_device *out)
     out->created_ms = rd64(p + 14);
     out->last_sync_ms = rd64(p + 22);
     memcpy(out->volunteer, p + 30, sizeof out->volunteer - 1);
+    out->flags = v.mv_size == DEV_BYTES ? p[DEV_BYTES_V1] : 0;
     return STORE_OK;
 }
 

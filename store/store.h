@@ -217,10 +217,20 @@ typedef struct store_device {
     uint64_t created_ms;
     uint64_t last_sync_ms;
     char volunteer[64];          /* NUL-terminated */
+    uint8_t flags;               /* STORE_DEVF_* */
 } store_device;
 
-/* Create or replace a device record.  0 or an LMDB error. */
+enum { STORE_DEVF_ROTATE_REQUIRED = 1 };  /* rotate the key before pushing */
+
+/* Create or replace a device record.  Also bumps the admin generation
+ * (store_admin_gen), so a server in another process notices within its
+ * polling interval that a device was revoked, frozen or changed.
+ * 0 or an LMDB error. */
 int store_device_put(store_txn *t, const store_device *d);
+/* A counter bumped by every device change (any process). 0 if never. */
+int store_admin_gen(store_txn *t, uint64_t *gen);
+/* The next free device id (greatest id in use + 1; ids start at 1). */
+int store_device_next_id(store_txn *t, uint32_t *id);
 /* 0, STORE_ENOTFOUND, STORE_ECORRUPT. */
 int store_device_get(store_txn *t, uint32_t id, store_device *out);
 

@@ -101,6 +101,9 @@ struct sync_server {
     pthread_t writer;
     bool writer_started;
 
+    lws_sorted_usec_list_t admin_sul;  /* polls store_admin_gen */
+    uint64_t admin_gen;
+
     volatile sig_atomic_t stop_requested;
     bool draining;
     uint64_t drain_deadline;
@@ -325,6 +328,34 @@ static void drain_done(sync_server *sv)
             }
     }
     free(touched);
+}
+
+#define ADMIN_POLL_US (250 * LWS_US_PER_MS)
+
+/*
+ * Every 250 ms: if any device record changed (in this or another process,
+ * e.g. `doorstepctl device revoke`), re-check every session's device, so a
+ * revoked or frozen phone is cut off within well under a second.
+ */
+static void admin_poll(lws_sorted_usec_list_t *sul)
+{
+    sync_server *sv = lws_container_of(sul, sync_server, admin_sul);
+    store_txn *t;
+    uint64_t gen = sv->admin_gen;
+    if (store_begin(sv->st, STORE_RDONLY, &t) == 0) {
+        store_admin_gen(t, &gen);
+        store_abort(t);
+    }
+    if (gen != sv->admin_gen) {
+        sv->admin_gen = gen;
+        for (conn *c = sv->conns; c; c = c->next) {
+            sync_out out;
+            sync_out_init(&out);
+            sync_session_recheck(c->sess, &out);
+            if (out.frames || out.close_code) conn_queue(c, &out);
+        }
+    }
+    lws_sul_schedule(sv->ctx, 0, &sv->admin_sul, admin_poll, ADMIN_POLL_US);
 }
 
 static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
@@ -695,6 +726,14 @@ int sync_server_new(store *st, const sync_config *cfg, const sync_server_opts *o
         return CRDT_ENOMEM;
     }
     sv->writer_started = true;
+    {
+        store_txn *t;
+        if (store_begin(st, STORE_RDONLY, &t) == 0) {
+            store_admin_gen(t, &sv->admin_gen);
+            store_abort(t);
+        }
+    }
+    lws_sul_schedule(sv->ctx, 0, &sv->admin_sul, admin_poll, ADMIN_POLL_US);
     *out = sv;
     return SYNC_OK;
 }

@@ -46,6 +46,7 @@ const char *sync_strerror(int code)
     case SYNC_EUNAVAILABLE: return "server cannot store data now; retry later";
     case SYNC_ESHUTDOWN: return "server shutting down; retry later";
     case SYNC_EAUTHTIME: return "not authenticated in time";
+    case SYNC_EROTATE: return "key rotation required before pushing";
     default: return store_strerror(code);
     }
 }
@@ -149,6 +150,7 @@ struct sync_session {
     uint32_t dev, epoch;
     store_ids scope;            /* sorted household ids */
     bool subscribed;
+    bool rotate_required;
     uint64_t cursor;            /* live: last sseq sent */
     uint32_t inflight;
     uint64_t serial;
@@ -251,6 +253,9 @@ static void fail(sync_out *out, int code, uint64_t id, int close_code)
     if (close_code) out->close_code = close_code;
 }
 
+static int welcome(sync_session *s, uint32_t dev, uint32_t epoch, uint64_t now_ms,
+                   sync_out *out);
+
 /* ---- auth ------------------------------------------------------------------------ */
 
 static int on_auth(sync_session *s, const msgpack_object *m, uint64_t now_ms, sync_out *out)
@@ -302,38 +307,53 @@ static int on_auth(sync_session *s, const msgpack_object *m, uint64_t now_ms, sy
         for (int i = 3; i >= 0; i--) *p++ = (uint8_t)(epoch >> (8 * i));
         if (crypto_sign_verify_detached(sig, msg, sizeof msg, key.pk) != 0) code = SYNC_EBADAUTH;
     }
-    uint64_t head = 0, cur = 0;
-    uint8_t hh[CRDT_HASH_BYTES];
-    if (!code) {
-        store_ids_free(&s->scope);
-        if (store_device_scope_get(t, (uint32_t)dev, &s->scope) ||
-            store_chain_head(t, (uint32_t)dev, &head, hh) || store_last_sseq(t, &cur))
-            code = SYNC_EUNAVAILABLE;
-    }
     store_abort(t);
     if (code) {
         fail(out, code, 0, code == SYNC_EUNAVAILABLE ? 1011 : 1008);
         return SYNC_OK;
     }
+    return welcome(s, (uint32_t)dev, (uint32_t)epoch, now_ms, out);
+}
+
+/* Authenticated as dev/epoch: load scope and chain state, send welcome. */
+static int welcome(sync_session *s, uint32_t dev, uint32_t epoch, uint64_t now_ms, sync_out *out)
+{
+    store_txn *t = NULL;
+    store_device dv;
+    uint64_t head = 0, cur = 0;
+    uint8_t hh[CRDT_HASH_BYTES];
+    store_ids_free(&s->scope);
+    if (store_begin(s->st, STORE_RDONLY, &t) || store_device_get(t, dev, &dv) ||
+        store_device_scope_get(t, dev, &s->scope) || store_chain_head(t, dev, &head, hh) ||
+        store_last_sseq(t, &cur)) {
+        store_abort(t);
+        fail(out, SYNC_EUNAVAILABLE, 0, 1011);
+        return SYNC_OK;
+    }
+    store_abort(t);
     s->state = ST_READY;
-    s->dev = (uint32_t)dev;
-    s->epoch = (uint32_t)epoch;
+    s->dev = dev;
+    s->epoch = epoch;
+    s->rotate_required = dv.flags & STORE_DEVF_ROTATE_REQUIRED;
 
     crdt_buf b = {0};
     msgpack_packer pk;
     msgpack_packer_init(&pk, &b, buf_write);
-    /* cur, d, h, now, req, scope, seq, t */
-    msgpack_pack_map(&pk, 8);
+    /* cur, d, e, h, now, req, scope, seq, t */
+    msgpack_pack_map(&pk, 9);
     pk_str(&pk, "cur");
     msgpack_pack_uint64(&pk, cur);
     pk_str(&pk, "d");
     msgpack_pack_uint32(&pk, s->dev);
+    pk_str(&pk, "e");
+    msgpack_pack_uint32(&pk, s->epoch);
     pk_str(&pk, "h");
     msgpack_pack_bin_with_body(&pk, hh, CRDT_HASH_BYTES);
     pk_str(&pk, "now");
     msgpack_pack_uint64(&pk, now_ms);
     pk_str(&pk, "req");
-    msgpack_pack_array(&pk, 0); /* required actions (rotate, purge): issue #6 */
+    msgpack_pack_array(&pk, s->rotate_required ? 1 : 0);
+    if (s->rotate_required) pk_str(&pk, "rotate");
     pk_str(&pk, "scope");
     msgpack_pack_array(&pk, s->scope.n);
     for (size_t i = 0; i < s->scope.n; i++) pk_str(&pk, s->scope.id[i]);
@@ -344,6 +364,251 @@ static int on_auth(sync_session *s, const msgpack_object *m, uint64_t now_ms, sy
     sync_frame *f = frame_of(&b);
     if (!f) return CRDT_ENOMEM;
     sync_out_append(out, f);
+    return SYNC_OK;
+}
+
+
+/* ---- enroll and rotate ------------------------------------------------------------ */
+
+static void be32p(uint8_t **p, uint32_t v)
+{
+    for (int i = 3; i >= 0; i--) *(*p)++ = (uint8_t)(v >> (8 * i));
+}
+
+/* Expand a token scope ("H123", or "community/grid") into household ids. */
+static int expand_scope(store_txn *t, const store_token *tok, store_ids *out)
+{
+    size_t cap = 0;
+    memset(out, 0, sizeof *out);
+    for (size_t i = 0; i < tok->n_scope; i++) {
+        const char *e = tok->scope[i];
+        const char *slash = strchr(e, '/');
+        store_ids page = {0};
+        if (slash) {
+            char comm[STORE_SCOPE_ITEM_MAX + 1];
+            size_t cl = (size_t)(slash - e);
+            memcpy(comm, e, cl);
+            comm[cl] = 0;
+            int rc = store_grid_households(t, comm, slash + 1, "", SIZE_MAX, &page);
+            if (rc) {
+                store_ids_free(out);
+                return rc;
+            }
+        } else {
+            page.n = 1;
+            page.id = calloc(1, sizeof *page.id);
+            if (!page.id || strlen(e) > CRDT_RECID_MAX) {
+                free(page.id);
+                store_ids_free(out);
+                return page.id ? STORE_EINVAL : CRDT_ENOMEM;
+            }
+            strcpy(page.id[0], e);
+        }
+        if (out->n + page.n > cap) {
+            size_t nc = (out->n + page.n) * 2;
+            void *np = realloc(out->id, nc * sizeof *out->id);
+            if (!np) {
+                store_ids_free(&page);
+                store_ids_free(out);
+                return CRDT_ENOMEM;
+            }
+            out->id = np;
+            cap = nc;
+        }
+        memcpy(out->id + out->n, page.id, page.n * sizeof *page.id);
+        out->n += page.n;
+        store_ids_free(&page);
+    }
+    return STORE_OK;
+}
+
+static int on_enroll(sync_session *s, const msgpack_object *m, uint64_t now_ms, sync_out *out)
+{
+    static const char *const keys[] = {"pk", "sig", "tok"};
+    const uint8_t *pk, *sig;
+    const msgpack_object *tok = get(m, "tok");
+    store_txn *t = NULL;
+    store_token token;
+    store_ids scope = {0};
+    uint32_t dev = 0;
+    int rc;
+    memset(&token, 0, sizeof token);
+    if (s->state != ST_HELLO) {
+        fail(out, SYNC_ESTATE, 0, 1008);
+        return SYNC_OK;
+    }
+    if (!only_keys(m, keys, 3) || !tok || tok->type != MSGPACK_OBJECT_STR ||
+        tok->via.str.size == 0 || tok->via.str.size > 64 || !get_bin(m, "pk", 32, &pk) ||
+        !get_bin(m, "sig", 64, &sig)) {
+        fail(out, SYNC_EPROTO, 0, 1008);
+        return SYNC_OK;
+    }
+    /* Proof that the enrolling phone holds the new secret key. */
+    size_t tl = tok->via.str.size;
+    uint8_t msg[sizeof SYNC_DOMAIN_ENROLL + 32 + 32 + 64 + 32], *p = msg;
+    memcpy(p, SYNC_DOMAIN_ENROLL, sizeof SYNC_DOMAIN_ENROLL);
+    p += sizeof SYNC_DOMAIN_ENROLL;
+    memcpy(p, store_server_pk(s->st), 32);
+    p += 32;
+    memcpy(p, s->nonce, 32);
+    p += 32;
+    memcpy(p, tok->via.str.ptr, tl);
+    p += tl;
+    memcpy(p, pk, 32);
+    p += 32;
+    if (crypto_sign_verify_detached(sig, msg, (size_t)(p - msg), pk) != 0) {
+        fail(out, SYNC_EBADAUTH, 0, 1008);
+        return SYNC_OK;
+    }
+    char text[65];
+    memcpy(text, tok->via.str.ptr, tl);
+    text[tl] = 0;
+    /* A short write transaction on the loop thread: enrollment is rare. */
+    if ((rc = store_begin(s->st, STORE_RW, &t))) goto fail;
+    if ((rc = store_device_next_id(t, &dev))) goto fail;
+    if ((rc = store_token_redeem(t, text, now_ms, dev, &token))) goto fail;
+    if ((rc = expand_scope(t, &token, &scope))) goto fail;
+    store_device d = {.id = dev, .state = STORE_DEV_ACTIVE, .epoch = 1, .created_ms = now_ms,
+                      .last_sync_ms = now_ms};
+    snprintf(d.volunteer, sizeof d.volunteer, "%s", token.volunteer);
+    store_key k = {.dev = dev, .epoch = 1, .state = STORE_KEY_ACTIVE, .created_ms = now_ms,
+                   .changed_ms = now_ms};
+    memcpy(k.pk, pk, 32);
+    const char **hh = calloc(scope.n ? scope.n : 1, sizeof *hh);
+    if (!hh) {
+        rc = CRDT_ENOMEM;
+        goto fail;
+    }
+    for (size_t i = 0; i < scope.n; i++) hh[i] = scope.id[i];
+    char detail[160];
+    snprintf(detail, sizeof detail, "device %u enrolled for %s (token %s, %zu households)", dev,
+             token.volunteer, token.id, scope.n);
+    rc = store_device_put(t, &d);
+    if (!rc) rc = store_key_put(t, &k);
+    if (!rc) rc = store_device_scope_set(t, dev, hh, scope.n);
+    if (!rc) rc = store_audit_append(t, now_ms, "server", "device.enroll", detail, NULL);
+    free(hh);
+    if (rc) goto fail;
+    rc = store_commit(t);
+    t = NULL;
+    if (rc) goto fail;
+    store_token_free(&token);
+    store_ids_free(&scope);
+    return welcome(s, dev, 1, now_ms, out);
+fail:
+    store_abort(t);
+    store_token_free(&token);
+    store_ids_free(&scope);
+    if (rc == CRDT_ENOMEM) return rc;
+    {
+        int code = rc == STORE_ENOTFOUND || rc == STORE_ETOKEN_USED || rc == STORE_ETOKEN_EXPIRED
+                       ? rc
+                       : SYNC_EUNAVAILABLE;
+        const char *why = rc == STORE_ENOTFOUND ? "enrollment token not recognised"
+                                                : store_strerror(rc);
+        sync_out_append(out, sync_frame_error(code, why, 0));
+        out->close_code = code == SYNC_EUNAVAILABLE ? 1011 : 1008;
+    }
+    return SYNC_OK;
+}
+
+static int on_rotate(sync_session *s, const msgpack_object *m, uint64_t now_ms, sync_out *out)
+{
+    static const char *const keys[] = {"e", "pk", "seal", "sn", "so"};
+    uint64_t e, seal, head;
+    const uint8_t *pk, *so, *sn;
+    uint8_t hh[CRDT_HASH_BYTES];
+    store_txn *t = NULL;
+    store_key old;
+    int rc;
+    if (!only_keys(m, keys, 5) || !get_u64(m, "e", &e) || !get_u64(m, "seal", &seal) ||
+        !get_bin(m, "pk", 32, &pk) || !get_bin(m, "so", 64, &so) || !get_bin(m, "sn", 64, &sn)) {
+        fail(out, SYNC_EPROTO, 0, 0);
+        return SYNC_OK;
+    }
+    if (e != (uint64_t)s->epoch + 1) {
+        sync_out_append(out, sync_frame_error(SYNC_EEPOCH, "new epoch must be the current one + 1", 0));
+        return SYNC_OK;
+    }
+    uint8_t msg[sizeof SYNC_DOMAIN_ROTATE + 4 + 4 + 32 + 8], *p = msg;
+    memcpy(p, SYNC_DOMAIN_ROTATE, sizeof SYNC_DOMAIN_ROTATE);
+    p += sizeof SYNC_DOMAIN_ROTATE;
+    be32p(&p, s->dev);
+    be32p(&p, (uint32_t)e);
+    memcpy(p, pk, 32);
+    p += 32;
+    be32p(&p, (uint32_t)(seal >> 32));
+    be32p(&p, (uint32_t)seal);
+    if ((rc = store_begin(s->st, STORE_RW, &t))) goto unavailable;
+    if ((rc = store_key_get(t, s->dev, s->epoch, &old)) || (rc = store_chain_head(t, s->dev, &head, hh)))
+        goto unavailable;
+    /* The old key hands over, the new key countersigns. */
+    if (crypto_sign_verify_detached(so, msg, sizeof msg, old.pk) != 0 ||
+        crypto_sign_verify_detached(sn, msg, sizeof msg, pk) != 0) {
+        store_abort(t);
+        sync_out_append(out, sync_frame_error(SYNC_EBADAUTH, "rotation signatures do not verify", 0));
+        return SYNC_OK;
+    }
+    if (seal < head) {
+        store_abort(t);
+        sync_out_append(out, sync_frame_error(SYNC_EPROTO,
+                                              "sealed seq is below what the server already holds", 0));
+        return SYNC_OK;
+    }
+    old.state = STORE_KEY_RETIRED;
+    old.sealed_seq = seal;
+    old.changed_ms = now_ms;
+    store_key nk = {.dev = s->dev, .epoch = (uint32_t)e, .state = STORE_KEY_ACTIVE,
+                    .created_ms = now_ms, .changed_ms = now_ms};
+    memcpy(nk.pk, pk, 32);
+    store_device d;
+    char detail[128];
+    snprintf(detail, sizeof detail, "device %u rotated to key epoch %llu, old key sealed at seq %llu",
+             s->dev, (unsigned long long)e, (unsigned long long)seal);
+    if ((rc = store_key_put(t, &old)) || (rc = store_key_put(t, &nk)) ||
+        (rc = store_device_get(t, s->dev, &d)))
+        goto unavailable;
+    d.epoch = (uint32_t)e;
+    d.flags &= (uint8_t)~STORE_DEVF_ROTATE_REQUIRED;
+    if ((rc = store_device_put(t, &d)) ||
+        (rc = store_audit_append(t, now_ms, "server", "key.rotate", detail, NULL)))
+        goto unavailable;
+    rc = store_commit(t);
+    t = NULL;
+    if (rc) goto unavailable;
+    s->epoch = (uint32_t)e;
+    s->rotate_required = false;
+    crdt_buf b = {0};
+    msgpack_packer pkr;
+    msgpack_packer_init(&pkr, &b, buf_write);
+    msgpack_pack_map(&pkr, 2);
+    pk_str(&pkr, "e");
+    msgpack_pack_uint64(&pkr, e);
+    pk_str(&pkr, "t");
+    pk_str(&pkr, "rotated");
+    sync_frame *f = frame_of(&b);
+    if (!f) return CRDT_ENOMEM;
+    sync_out_append(out, f);
+    return SYNC_OK;
+unavailable:
+    store_abort(t);
+    sync_out_append(out, sync_frame_error(SYNC_EUNAVAILABLE, store_strerror(rc), 0));
+    return SYNC_OK;
+}
+
+int sync_session_recheck(sync_session *s, sync_out *out)
+{
+    store_txn *t;
+    store_device d;
+    if (s->state != ST_READY) return SYNC_OK;
+    if (store_begin(s->st, STORE_RDONLY, &t)) return SYNC_OK; /* try again next time */
+    int rc = store_device_get(t, s->dev, &d);
+    store_abort(t);
+    if (rc) return SYNC_OK;
+    if (d.state == STORE_DEV_FROZEN) fail(out, SYNC_EFROZEN, 0, 1008);
+    else if (d.state == STORE_DEV_REVOKED_SOFT || d.state == STORE_DEV_REVOKED_HARD)
+        fail(out, SYNC_EREVOKED, 0, 1008);
+    else if (d.flags & STORE_DEVF_ROTATE_REQUIRED) s->rotate_required = true;
     return SYNC_OK;
 }
 
@@ -366,6 +631,10 @@ static int on_push(sync_session *s, const msgpack_object *m, sync_out *out)
     if (!only_keys(m, keys, 2) || !get_u64(m, "id", &id) || id == 0 || !d ||
         d->type != MSGPACK_OBJECT_ARRAY) {
         fail(out, SYNC_EPROTO, 0, 0);
+        return SYNC_OK;
+    }
+    if (s->rotate_required) {
+        fail(out, SYNC_EROTATE, id, 0);
         return SYNC_OK;
     }
     if (d->via.array.size > s->cfg->max_push) {
@@ -691,8 +960,11 @@ int sync_session_input(sync_session *s, const uint8_t *msg, size_t n, uint64_t n
     if (t->via.str.size < sizeof type) memcpy(type, t->via.str.ptr, t->via.str.size);
     if (!strcmp(type, "auth")) {
         rc = on_auth(s, &up.data, now_ms, out);
+    } else if (!strcmp(type, "enroll")) {
+        rc = on_enroll(s, &up.data, now_ms, out);
     } else if (s->state != ST_READY &&
-               (!strcmp(type, "push") || !strcmp(type, "pull") || !strcmp(type, "subscribe"))) {
+               (!strcmp(type, "push") || !strcmp(type, "pull") || !strcmp(type, "subscribe") ||
+                !strcmp(type, "rotate"))) {
         fail(out, SYNC_ESTATE, 0, 1008);
     } else if (!strcmp(type, "push")) {
         rc = on_push(s, &up.data, out);
@@ -700,6 +972,8 @@ int sync_session_input(sync_session *s, const uint8_t *msg, size_t n, uint64_t n
         rc = on_pull(s, &up.data, out);
     } else if (!strcmp(type, "subscribe")) {
         rc = on_subscribe(s, &up.data, out);
+    } else if (!strcmp(type, "rotate")) {
+        rc = on_rotate(s, &up.data, now_ms, out);
     } else {
         fail(out, SYNC_EFRAME, 0, s->state == ST_READY ? 0 : 1008);
     }

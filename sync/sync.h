@@ -44,7 +44,8 @@ enum {
     SYNC_EBUSY = -311,         /* server busy (queue full, rate limit): retry later */
     SYNC_EUNAVAILABLE = -312,  /* store cannot write now (disk full, I/O): retry later */
     SYNC_ESHUTDOWN = -313,     /* server shutting down: retry later */
-    SYNC_EAUTHTIME = -314      /* not authenticated within the allowed time */
+    SYNC_EAUTHTIME = -314,     /* not authenticated within the allowed time */
+    SYNC_EROTATE = -315        /* key rotation required before pushing */
 };
 
 const char *sync_strerror(int code);
@@ -53,6 +54,8 @@ bool sync_retryable(int code);
 #define SYNC_PROTOCOL_VERSION 1
 #define SYNC_SUBPROTOCOL "doorstep.v1"
 #define SYNC_DOMAIN_AUTH "doorstep/v1/auth"
+#define SYNC_DOMAIN_ENROLL "doorstep/v1/enroll"
+#define SYNC_DOMAIN_ROTATE "doorstep/v1/rotate"
 #define SYNC_NONCE_BYTES 32
 
 /* Limits and knobs (DESIGN.md §7), defaults in sync_config_default. */
@@ -178,6 +181,11 @@ int sync_session_job_done(sync_session *s, sync_job *j, sync_out *out);
  * one frame, so a slow reader is flow-controlled by the caller sending it
  * only when the socket is writable).  *more says whether to call again. */
 int sync_session_live(sync_session *s, sync_out *out, bool *more);
+
+/* After an administrative change (store_admin_gen moved): is the session's
+ * device still allowed?  If it was revoked or frozen meanwhile, out gets an
+ * error frame and close code 1008. */
+int sync_session_recheck(sync_session *s, sync_out *out);
 
 /* Does the session care about a commit that touched these households? */
 bool sync_session_wants(const sync_session *s, char (*touched)[CRDT_RECID_MAX + 1], size_t n);

@@ -21,6 +21,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 #include <sodium.h>
+#include <msgpack.h>
+#include <sys/wait.h>
 
 #include "storeutil.h"
 #include "sync.h"
@@ -602,6 +604,214 @@ static void test_graceful_shutdown_acks_inflight(void **state)
     srv_stop(&s);
 }
 
+
+/* ---- enrollment, rotation, required rotation, live revocation ---------------------- */
+
+static int bw2(void *d, const char *p, size_t n) { return crdt_buf_append(d, p, n) ? -1 : 0; }
+
+static void frame_enroll(crdt_buf *out, const char *tok, const uint8_t pk[32], const uint8_t sk[64],
+                         const uint8_t spk[32], const uint8_t nonce[32])
+{
+    uint8_t msg[256], sig[64], *p = msg;
+    memcpy(p, SYNC_DOMAIN_ENROLL, sizeof SYNC_DOMAIN_ENROLL);
+    p += sizeof SYNC_DOMAIN_ENROLL;
+    memcpy(p, spk, 32);
+    p += 32;
+    memcpy(p, nonce, 32);
+    p += 32;
+    memcpy(p, tok, strlen(tok));
+    p += strlen(tok);
+    memcpy(p, pk, 32);
+    p += 32;
+    crypto_sign_detached(sig, NULL, msg, (size_t)(p - msg), sk);
+    msgpack_packer pk_;
+    crdt_buf_reset(out);
+    msgpack_packer_init(&pk_, out, bw2);
+    msgpack_pack_map(&pk_, 4);
+    msgpack_pack_str_with_body(&pk_, "pk", 2);
+    msgpack_pack_bin_with_body(&pk_, pk, 32);
+    msgpack_pack_str_with_body(&pk_, "sig", 3);
+    msgpack_pack_bin_with_body(&pk_, sig, 64);
+    msgpack_pack_str_with_body(&pk_, "t", 1);
+    msgpack_pack_str_with_body(&pk_, "enroll", 6);
+    msgpack_pack_str_with_body(&pk_, "tok", 3);
+    msgpack_pack_str_with_body(&pk_, tok, strlen(tok));
+}
+
+static void frame_rotate(crdt_buf *out, uint32_t dev, uint32_t e, uint64_t seal,
+                         const uint8_t old_sk[64], const uint8_t new_pk[32], const uint8_t new_sk[64])
+{
+    uint8_t msg[sizeof SYNC_DOMAIN_ROTATE + 48], so[64], sn[64], *p = msg;
+    memcpy(p, SYNC_DOMAIN_ROTATE, sizeof SYNC_DOMAIN_ROTATE);
+    p += sizeof SYNC_DOMAIN_ROTATE;
+    for (int i = 3; i >= 0; i--) *p++ = (uint8_t)(dev >> (8 * i));
+    for (int i = 3; i >= 0; i--) *p++ = (uint8_t)(e >> (8 * i));
+    memcpy(p, new_pk, 32);
+    p += 32;
+    for (int i = 7; i >= 0; i--) *p++ = (uint8_t)(seal >> (8 * i));
+    crypto_sign_detached(so, NULL, msg, (size_t)(p - msg), old_sk);
+    crypto_sign_detached(sn, NULL, msg, (size_t)(p - msg), new_sk);
+    msgpack_packer pk_;
+    crdt_buf_reset(out);
+    msgpack_packer_init(&pk_, out, bw2);
+    msgpack_pack_map(&pk_, 6);
+    msgpack_pack_str_with_body(&pk_, "e", 1);
+    msgpack_pack_uint32(&pk_, e);
+    msgpack_pack_str_with_body(&pk_, "pk", 2);
+    msgpack_pack_bin_with_body(&pk_, new_pk, 32);
+    msgpack_pack_str_with_body(&pk_, "seal", 4);
+    msgpack_pack_uint64(&pk_, seal);
+    msgpack_pack_str_with_body(&pk_, "sn", 2);
+    msgpack_pack_bin_with_body(&pk_, sn, 64);
+    msgpack_pack_str_with_body(&pk_, "so", 2);
+    msgpack_pack_bin_with_body(&pk_, so, 64);
+    msgpack_pack_str_with_body(&pk_, "t", 1);
+    msgpack_pack_str_with_body(&pk_, "rotate", 6);
+}
+
+/* Connect and read hello; returns the server key and nonce. */
+static void hello(wsc *c, int port, uint8_t spk[32], uint8_t nonce[32])
+{
+    crdt_buf m = {0};
+    assert_int_equal(wsc_connect(c, "127.0.0.1", port, "/sync", SYNC_SUBPROTOCOL), 0);
+    expect_frame(c, &m, "hello");
+    assert_true(mp_get_bin(m.p, m.n, "srv", spk, 32));
+    assert_true(mp_get_bin(m.p, m.n, "n", nonce, 32));
+    crdt_buf_free(&m);
+}
+
+static void test_enroll_rotate_revoke(void **state)
+{
+    (void)state;
+    srv s;
+    srv_start_on(&s, true);
+    /* The station's households: H1 alone, H2 in grid C01/G01. */
+    su_dev seed;
+    const char *all[] = {"H1", "H2"};
+    add_device(&s, &seed, 1, all, 2, STORE_DEV_ACTIVE);
+    crdt_buf env = {0}, f = {0}, m = {0};
+    hh_delta(&seed, "H2", "seeded", &env);
+    assert_int_equal(su_push(s.st, &env, wall_ms()).result, STORE_APPLIED);
+
+    char tok[STORE_TOKEN_TEXT_LEN + 1];
+    store_txn *t;
+    const char *scope[] = {"H1", "C01/G01"};
+    assert_int_equal(store_begin(s.st, STORE_RW, &t), 0);
+    assert_int_equal(store_token_create(t, "王志愿", scope, 2, wall_ms(), wall_ms() + 3600000, tok), 0);
+    assert_int_equal(store_commit(t), 0);
+
+    /* Enroll a new phone: it gets an id, key epoch 1 and the expanded scope. */
+    su_dev phone;
+    su_dev_init(&phone, 0);
+    uint8_t spk[32], nonce[32];
+    wsc c;
+    hello(&c, s.port, spk, nonce);
+    frame_enroll(&f, tok, phone.pk, phone.sk, spk, nonce);
+    assert_int_equal(wsc_send(&c, f.p, f.n), 0);
+    expect_frame(&c, &m, "welcome");
+    uint64_t id = 0, e = 0;
+    assert_true(mp_get_u64(m.p, m.n, "d", &id));
+    assert_true(mp_get_u64(m.p, m.n, "e", &e));
+    assert_int_equal(id, 2);
+    assert_int_equal(e, 1);
+    assert_non_null(memmem(m.p, m.n, "\xa2H1", 3));
+    assert_non_null(memmem(m.p, m.n, "\xa2H2", 3));
+    phone.id = (uint32_t)id;
+    crdt_buf envs[1] = {{0}};
+    hh_delta(&phone, "H2", "enrolled phone", &envs[0]);
+    push_and_ack(&c, 1, envs, 1, "applied");
+
+    /* The token works once. */
+    wsc c2;
+    su_dev other;
+    su_dev_init(&other, 0);
+    hello(&c2, s.port, spk, nonce);
+    frame_enroll(&f, tok, other.pk, other.sk, spk, nonce);
+    assert_int_equal(wsc_send(&c2, f.p, f.n), 0);
+    expect_error(&c2, STORE_ETOKEN_USED, 1008);
+    wsc_close(&c2);
+
+    /* Rotate: the old key hands over at seq 1, the new key signs seq 2. */
+    su_dev next;
+    su_dev_init(&next, 99);
+    frame_rotate(&f, phone.id, 2, 1, phone.sk, next.pk, next.sk);
+    assert_int_equal(wsc_send(&c, f.p, f.n), 0);
+    expect_frame(&c, &m, "rotated");
+    memcpy(phone.sk, next.sk, 64);
+    memcpy(phone.pk, next.pk, 32);
+    /* su_make signs with epoch 1; build an epoch-2 delta by hand. */
+    su_ops o = {0};
+    su_set_str(&o, "note", "new key");
+    crdt_delta d;
+    crdt_buf bytes = {0};
+    memset(&d, 0, sizeof d);
+    crdt_hlc now;
+    crdt_hlc_now(&phone.clock, wall_ms(), &now);
+    d.dev = phone.id;
+    d.epoch = 2;
+    d.seq = ++phone.seq;
+    memcpy(d.prev, phone.prev, 32);
+    d.hlc = now;
+    d.kind = "household";
+    d.kind_len = 9;
+    d.id = "H1";
+    d.id_len = 2;
+    d.ops = o.op;
+    d.n_ops = o.n;
+    assert_int_equal(crdt_delta_encode(&d, &bytes), 0);
+    uint8_t sig[64];
+    wire_delta_sign(bytes.p, bytes.n, phone.sk, sig);
+    crdt_buf_reset(&envs[0]);
+    wire_envelope_encode(bytes.p, bytes.n, sig, &envs[0]);
+    push_and_ack(&c, 2, envs, 1, "applied");
+
+    /* Admin requires another rotation: pushes are refused until it happens. */
+    assert_int_equal(store_begin(s.st, STORE_RW, &t), 0);
+    store_device dv;
+    assert_int_equal(store_device_get(t, phone.id, &dv), 0);
+    assert_int_equal(dv.epoch, 2);
+    dv.flags |= STORE_DEVF_ROTATE_REQUIRED;
+    assert_int_equal(store_device_put(t, &dv), 0);
+    assert_int_equal(store_commit(t), 0);
+    usleep(600 * 1000);
+    frame_push(&f, 3, envs, 1);
+    assert_int_equal(wsc_send(&c, f.p, f.n), 0);
+    expect_error(&c, SYNC_EROTATE, 0);
+
+    /* Revoked from another process: the live session is closed within 1 s. */
+    uint64_t t0 = wall_ms();
+    pid_t pid = fork();
+    if (pid == 0) {
+        char err[256];
+        store *st2 = NULL;
+        store_opts so = {.no_sync = true};
+        if (store_open(s.d.data, s.d.key, &so, &st2, err, sizeof err)) _exit(1);
+        store_txn *t2;
+        store_device d2;
+        if (store_begin(st2, STORE_RW, &t2) || store_device_get(t2, phone.id, &d2)) _exit(1);
+        d2.state = STORE_DEV_REVOKED_HARD;
+        if (store_device_put(t2, &d2) || store_commit(t2)) _exit(1);
+        store_close(st2);
+        _exit(0);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    expect_error(&c, SYNC_EREVOKED, 1008);
+    uint64_t took = wall_ms() - t0;
+    if (took > 1000) fail_msg("revocation took %llu ms to close the session", (unsigned long long)took);
+    wsc_close(&c);
+    su_ops_free(&o);
+    crdt_buf_free(&bytes);
+    crdt_buf_free(&envs[0]);
+    crdt_buf_free(&env);
+    crdt_buf_free(&f);
+    crdt_buf_free(&m);
+    uint64_t problems;
+    assert_int_equal(store_verify(s.st, NULL, NULL, &problems), 0);
+    srv_stop(&s);
+}
+
 int main(void)
 {
     wire_init();
@@ -611,6 +821,7 @@ int main(void)
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_many_devices),
         cmocka_unit_test(test_graceful_shutdown_acks_inflight),
+        cmocka_unit_test(test_enroll_rotate_revoke),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
