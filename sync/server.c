@@ -101,6 +101,17 @@ struct sync_server {
     pthread_t writer;
     bool writer_started;
 
+    /* The staff API: requests run on their own thread (see api_main). */
+    sync_api *api;
+    pthread_t api_thread;
+    bool api_started;
+    struct api_job *api_q, **api_q_tail, *api_done, **api_done_tail;
+    pthread_cond_t cv_api;
+    struct http_pss *api_pending;   /* loop thread only */
+    uint64_t http_serial;
+    struct dconn *dash;             /* dashboard live connections (loop thread) */
+    struct lws_http_mount mounts[4];
+
     lws_sorted_usec_list_t admin_sul;  /* polls store_admin_gen */
     uint64_t admin_gen;
 
@@ -294,6 +305,8 @@ static conn *find_conn(sync_server *sv, void *owner)
     return NULL;
 }
 
+static void dash_notify(sync_server *sv, char (*touched)[CRDT_RECID_MAX + 1], size_t nt);
+
 /* In the loop thread: hand committed jobs to their sessions; wake live readers. */
 static void drain_done(sync_server *sv)
 {
@@ -320,6 +333,7 @@ static void drain_done(sync_server *sv)
         if (sync_session_job_done(c->sess, j, &out) == 0) conn_queue(c, &out);
         else sync_frames_free(out.frames);
     }
+    dash_notify(sv, touched, nt);
     if (nt) {
         for (conn *c = sv->conns; c; c = c->next)
             if (sync_session_wants(c->sess, touched, nt)) {
@@ -486,10 +500,146 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
 /* ---- HTTP: /healthz, /metrics ------------------------------------------------------ */
 
 typedef struct http_pss {
-    char *body;
+    char *body;                 /* /healthz, /metrics response */
     size_t len;
     const char *type;
+    /* /api/ requests */
+    struct lws *wsi;
+    bool is_api, resp_ready, too_big;
+    uint64_t serial;
+    struct http_pss *next_pending;
+    char method[8], path[256], query[1024], cookie[1024], csrf[128], ctype[64], origin[256],
+        remote[64];
+    crdt_buf req_body;
+    sync_http_resp resp;
 } http_pss;
+
+typedef struct api_job {
+    struct api_job *next;
+    http_pss *pss;
+    uint64_t serial;
+    sync_http_req req;
+    char *strings;              /* owned copies behind req's pointers */
+    uint8_t *body;
+    sync_http_resp resp;
+} api_job;
+
+/* A dashboard live connection (text messages). */
+typedef struct dconn {
+    struct dconn *next, *prev;
+    struct lws *wsi;
+    bool pending;
+    char msg[1024];
+} dconn;
+
+static void *api_main(void *arg)
+{
+    sync_server *sv = arg;
+    pthread_mutex_lock(&sv->mu);
+    for (;;) {
+        while (!sv->threads_stop && !sv->api_q) pthread_cond_wait(&sv->cv_api, &sv->mu);
+        if (!sv->api_q) break;
+        api_job *j = sv->api_q;
+        sv->api_q = j->next;
+        if (!sv->api_q) sv->api_q_tail = &sv->api_q;
+        pthread_mutex_unlock(&sv->mu);
+        memset(&j->resp, 0, sizeof j->resp);
+        sync_api_handle(sv->api, &j->req, now_ms(), &j->resp);
+        pthread_mutex_lock(&sv->mu);
+        j->next = NULL;
+        *sv->api_done_tail = j;
+        sv->api_done_tail = &j->next;
+        pthread_mutex_unlock(&sv->mu);
+        lws_cancel_service(sv->ctx);
+        pthread_mutex_lock(&sv->mu);
+    }
+    pthread_mutex_unlock(&sv->mu);
+    return NULL;
+}
+
+static void api_job_free(api_job *j)
+{
+    if (!j) return;
+    crdt_buf_free(&j->resp.body);
+    free(j->strings);
+    free(j->body);
+    free(j);
+}
+
+/* Copy the request out of the pss (the connection may go away meanwhile). */
+static int api_submit(sync_server *sv, http_pss *h)
+{
+    api_job *j = calloc(1, sizeof *j);
+    if (!j) return -1;
+    size_t total = 0;
+    const char *parts[] = {h->method, h->path, h->query, h->cookie, h->csrf, h->ctype, h->origin,
+                           h->remote};
+    for (size_t i = 0; i < 8; i++) total += strlen(parts[i]) + 1;
+    j->strings = malloc(total);
+    j->body = malloc(h->req_body.n ? h->req_body.n : 1);
+    if (!j->strings || !j->body) {
+        api_job_free(j);
+        return -1;
+    }
+    char *p = j->strings;
+    const char *copies[8];
+    for (size_t i = 0; i < 8; i++) {
+        size_t l = strlen(parts[i]) + 1;
+        memcpy(p, parts[i], l);
+        copies[i] = p;
+        p += l;
+    }
+    memcpy(j->body, h->req_body.p ? h->req_body.p : (uint8_t *)"", h->req_body.n);
+    j->req = (sync_http_req){copies[0], copies[1], copies[2], copies[3], copies[4], copies[5],
+                             copies[6], copies[7], sv->o.tls_cert != NULL, j->body,
+                             h->req_body.n};
+    j->pss = h;
+    j->serial = h->serial;
+    /* Remember the pss as pending so a late answer can find it (or not). */
+    h->next_pending = sv->api_pending;
+    sv->api_pending = h;
+    pthread_mutex_lock(&sv->mu);
+    *sv->api_q_tail = j;
+    sv->api_q_tail = &j->next;
+    pthread_cond_signal(&sv->cv_api);
+    pthread_mutex_unlock(&sv->mu);
+    return 0;
+}
+
+static void api_forget(sync_server *sv, http_pss *h)
+{
+    for (http_pss **pp = &sv->api_pending; *pp; pp = &(*pp)->next_pending)
+        if (*pp == h) {
+            *pp = h->next_pending;
+            return;
+        }
+}
+
+/* Loop thread: deliver finished API responses to their connections. */
+static void drain_api(sync_server *sv)
+{
+    pthread_mutex_lock(&sv->mu);
+    api_job *done = sv->api_done;
+    sv->api_done = NULL;
+    sv->api_done_tail = &sv->api_done;
+    pthread_mutex_unlock(&sv->mu);
+    while (done) {
+        api_job *j = done;
+        done = j->next;
+        http_pss *h = NULL;
+        for (http_pss *x = sv->api_pending; x; x = x->next_pending)
+            if (x == j->pss && x->serial == j->serial) h = x;
+        if (h) {
+            api_forget(sv, h);
+            crdt_buf_free(&h->resp.body);
+            h->resp = j->resp;
+            memset(&j->resp, 0, sizeof j->resp);
+            h->resp_ready = true;
+            lws_callback_on_writable(h->wsi);
+        }
+        api_job_free(j);
+    }
+}
 
 static char *metrics_text(sync_server *sv, size_t *len)
 {
@@ -564,43 +714,145 @@ static char *metrics_text(sync_server *sv, size_t *len)
     return (char *)b.p;
 }
 
+static bool starts_with(const char *s, const char *p) { return !strncmp(s, p, strlen(p)); }
+
+static void header_copy(struct lws *wsi, char *dst, size_t cap, enum lws_token_indexes tok)
+{
+    if (lws_hdr_total_length(wsi, tok) <= 0 || (size_t)lws_hdr_total_length(wsi, tok) >= cap ||
+        lws_hdr_copy(wsi, dst, (int)cap, tok) < 0)
+        dst[0] = 0;
+}
+
+static void custom_copy(struct lws *wsi, char *dst, size_t cap, const char *name)
+{
+    int n = lws_hdr_custom_length(wsi, name, (int)strlen(name));
+    if (n <= 0 || (size_t)n >= cap || lws_hdr_custom_copy(wsi, dst, (int)cap, name,
+                                                         (int)strlen(name)) < 0)
+        dst[0] = 0;
+}
+
+/* Write an /api/ response: status, headers, body (from the writeable callback). */
+static int api_write(struct lws *wsi, http_pss *h)
+{
+    sync_http_resp *r = &h->resp;
+    size_t hdr_cap = LWS_PRE + 2048;
+    uint8_t *buf = malloc(hdr_cap + r->body.n);
+    if (!buf) return -1;
+    uint8_t *start = buf + LWS_PRE, *p = start, *end = buf + hdr_cap - 1;
+    const char *ct = r->content_type[0] ? r->content_type : "application/json; charset=utf-8";
+    int rc = -1;
+    if (lws_add_http_common_headers(wsi, (unsigned)(r->status ? r->status : 500), ct,
+                                    r->body.n, &p, end))
+        goto out;
+    if (lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
+                                    (const unsigned char *)"no-store", 8, &p, end))
+        goto out;
+    if (r->set_cookie[0] &&
+        lws_add_http_header_by_name(wsi, (const unsigned char *)"set-cookie:",
+                                    (const unsigned char *)r->set_cookie,
+                                    (int)strlen(r->set_cookie), &p, end))
+        goto out;
+    if (r->extra_header_name[0] &&
+        lws_add_http_header_by_name(wsi, (const unsigned char *)r->extra_header_name,
+                                    (const unsigned char *)r->extra_header_value,
+                                    (int)strlen(r->extra_header_value), &p, end))
+        goto out;
+    if (lws_finalize_write_http_header(wsi, start, &p, end)) goto out;
+    memcpy(buf + LWS_PRE, r->body.p ? r->body.p : (uint8_t *)"", r->body.n);
+    if (lws_write(wsi, buf + LWS_PRE, r->body.n, LWS_WRITE_HTTP_FINAL) < (int)r->body.n) goto out;
+    rc = lws_http_transaction_completed(wsi) ? -1 : 0;
+out:
+    free(buf);
+    crdt_buf_free(&r->body);
+    h->resp_ready = false;
+    h->is_api = false;
+    return rc;
+}
+
+static int http_simple(struct lws *wsi, http_pss *h, unsigned status, const char *type,
+                       char *body, size_t len)
+{
+    uint8_t buf[LWS_PRE + 512], *start = &buf[LWS_PRE], *p = start, *end = &buf[sizeof buf - 1];
+    h->body = body;
+    h->len = len;
+    h->type = type;
+    if (!h->body) return -1;
+    if (lws_add_http_common_headers(wsi, status, h->type, h->len, &p, end) ||
+        lws_finalize_write_http_header(wsi, start, &p, end))
+        return 1;
+    lws_callback_on_writable(wsi);
+    return 0;
+}
+
 static int http_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
                          void *in, size_t len)
 {
     sync_server *sv = lws_context_user(lws_get_context(wsi));
     http_pss *h = user;
-    (void)in;
-    (void)len;
     switch (reason) {
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
         drain_done(sv);
+        drain_api(sv);
         return 0;
     case LWS_CALLBACK_HTTP: {
-        char uri[128];
-        uint8_t buf[LWS_PRE + 512], *start = &buf[LWS_PRE], *p = start, *end = &buf[sizeof buf - 1];
-        unsigned status = HTTP_STATUS_OK;
-        if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI) < 0) uri[0] = 0;
+        char uri[256];
+        bool post = lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0;
+        header_copy(wsi, uri, sizeof uri, post ? WSI_TOKEN_POST_URI : WSI_TOKEN_GET_URI);
+        if (starts_with(uri, "/api/") || !strcmp(uri, "/api")) {
+            memset(h, 0, sizeof *h);
+            h->wsi = wsi;
+            h->is_api = true;
+            h->serial = ++sv->http_serial;
+            if (!post && lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0) {
+                return http_simple(wsi, h, HTTP_STATUS_METHOD_NOT_ALLOWED, "text/plain",
+                                   strdup("method not allowed\n"), 19);
+            }
+            snprintf(h->method, sizeof h->method, "%s", post ? "POST" : "GET");
+            snprintf(h->path, sizeof h->path, "%s", uri);
+            header_copy(wsi, h->query, sizeof h->query, WSI_TOKEN_HTTP_URI_ARGS);
+            header_copy(wsi, h->cookie, sizeof h->cookie, WSI_TOKEN_HTTP_COOKIE);
+            header_copy(wsi, h->ctype, sizeof h->ctype, WSI_TOKEN_HTTP_CONTENT_TYPE);
+            header_copy(wsi, h->origin, sizeof h->origin, WSI_TOKEN_ORIGIN);
+            custom_copy(wsi, h->csrf, sizeof h->csrf, "x-csrf-token:");
+            lws_get_peer_simple(wsi, h->remote, sizeof h->remote);
+            if (!post) {
+                if (api_submit(sv, h)) return -1;
+            }
+            return 0; /* POST: wait for the body */
+        }
+        h->is_api = false;
         h->type = "text/plain; charset=utf-8";
         if (!strcmp(uri, "/healthz")) {
-            h->body = strdup(sv->draining ? "draining\n" : "ok\n");
-            if (sv->draining) status = HTTP_STATUS_SERVICE_UNAVAILABLE;
-            h->len = h->body ? strlen(h->body) : 0;
-        } else if (!strcmp(uri, "/metrics")) {
-            h->body = metrics_text(sv, &h->len);
-            h->type = "text/plain; version=0.0.4";
-        } else {
-            h->body = strdup("not found\n");
-            h->len = h->body ? strlen(h->body) : 0;
-            status = HTTP_STATUS_NOT_FOUND;
+            return http_simple(wsi, h, sv->draining ? HTTP_STATUS_SERVICE_UNAVAILABLE : HTTP_STATUS_OK,
+                               "text/plain; charset=utf-8",
+                               strdup(sv->draining ? "draining\n" : "ok\n"),
+                               sv->draining ? 9 : 3);
         }
-        if (!h->body) return -1;
-        if (lws_add_http_common_headers(wsi, status, h->type, h->len, &p, end) ||
-            lws_finalize_write_http_header(wsi, start, &p, end))
-            return 1;
-        lws_callback_on_writable(wsi);
-        return 0;
+        if (!strcmp(uri, "/metrics")) {
+            size_t n = 0;
+            char *body = metrics_text(sv, &n);
+            return http_simple(wsi, h, HTTP_STATUS_OK, "text/plain; version=0.0.4", body, n);
+        }
+        return http_simple(wsi, h, HTTP_STATUS_NOT_FOUND, "text/plain; charset=utf-8",
+                           strdup("not found\n"), 10);
     }
+    case LWS_CALLBACK_HTTP_BODY:
+        if (!h->is_api) return 0;
+        if (h->req_body.n + len > SYNC_API_BODY_MAX) h->too_big = true;
+        else if (crdt_buf_append(&h->req_body, in, len)) return -1;
+        return 0;
+    case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+        if (!h->is_api) return 0;
+        if (h->too_big) {
+            h->resp.status = 413;
+            crdt_buf_append(&h->resp.body, "{\"error\":\"request body too large\"}", 34);
+            h->resp_ready = true;
+            lws_callback_on_writable(wsi);
+            return 0;
+        }
+        return api_submit(sv, h) ? -1 : 0;
     case LWS_CALLBACK_HTTP_WRITEABLE: {
+        if (h->is_api) return h->resp_ready ? api_write(wsi, h) : 0;
         if (!h->body) return -1;
         uint8_t *buf = malloc(LWS_PRE + h->len);
         if (!buf) return -1;
@@ -616,8 +868,12 @@ static int http_callback(struct lws *wsi, enum lws_callback_reasons reason, void
     case LWS_CALLBACK_CLOSED_HTTP:
     case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
         if (h) {
+            api_forget(sv, h);
             free(h->body);
             h->body = NULL;
+            crdt_buf_free(&h->req_body);
+            crdt_buf_free(&h->resp.body);
+            h->is_api = false;
         }
         return 0;
     default:
@@ -625,9 +881,76 @@ static int http_callback(struct lws *wsi, enum lws_callback_reasons reason, void
     }
 }
 
+/* ---- the dashboard's live WebSocket (/live) ------------------------------------- */
+
+static int dash_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                         size_t len)
+{
+    sync_server *sv = lws_context_user(lws_get_context(wsi));
+    dconn *d = user;
+    (void)in;
+    (void)len;
+    switch (reason) {
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: {
+        char uri[64], cookie[1024];
+        header_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI);
+        header_copy(wsi, cookie, sizeof cookie, WSI_TOKEN_HTTP_COOKIE);
+        if (strcmp(uri, "/live") || !sv->api || !sync_api_session_ok(sv->api, cookie, now_ms()))
+            return 1;
+        return 0;
+    }
+    case LWS_CALLBACK_ESTABLISHED:
+        memset(d, 0, sizeof *d);
+        d->wsi = wsi;
+        d->next = sv->dash;
+        if (sv->dash) sv->dash->prev = d;
+        sv->dash = d;
+        return 0;
+    case LWS_CALLBACK_RECEIVE:
+        return 0; /* the page only listens */
+    case LWS_CALLBACK_SERVER_WRITEABLE: {
+        if (!d->pending) return 0;
+        size_t n = strlen(d->msg);
+        uint8_t buf[LWS_PRE + sizeof d->msg];
+        memcpy(buf + LWS_PRE, d->msg, n);
+        d->pending = false;
+        if (lws_write(wsi, buf + LWS_PRE, n, LWS_WRITE_TEXT) < (int)n) return -1;
+        return 0;
+    }
+    case LWS_CALLBACK_CLOSED:
+        if (d->wsi) {
+            if (d->prev) d->prev->next = d->next;
+            else if (sv->dash == d) sv->dash = d->next;
+            if (d->next) d->next->prev = d->prev;
+            d->wsi = NULL;
+        }
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+/* After a commit: tell open dashboards which households changed (one
+ * pending message per page: a newer commit replaces an unsent one). */
+static void dash_notify(sync_server *sv, char (*touched)[CRDT_RECID_MAX + 1], size_t nt)
+{
+    if (!sv->dash || !nt) return;
+    char msg[1024];
+    size_t n = (size_t)snprintf(msg, sizeof msg, "{\"type\":\"changed\",\"households\":[");
+    for (size_t i = 0; i < nt && n + CRDT_RECID_MAX + 8 < sizeof msg; i++)
+        n += (size_t)snprintf(msg + n, sizeof msg - n, "%s\"%s\"", i ? "," : "", touched[i]);
+    snprintf(msg + n, sizeof msg - n, "]}");
+    for (dconn *d = sv->dash; d; d = d->next) {
+        memcpy(d->msg, msg, sizeof msg);
+        d->pending = true;
+        lws_callback_on_writable(d->wsi);
+    }
+}
+
 static const struct lws_protocols protocols[] = {
     {"http", http_callback, sizeof(http_pss), 0, 0, NULL, 0},
     {SYNC_SUBPROTOCOL, ws_callback, sizeof(conn), 65536, 0, NULL, 0},
+    {"doorstep.dashboard.v1", dash_callback, sizeof(dconn), 4096, 0, NULL, 0},
     {NULL, NULL, 0, 0, 0, NULL, 0}
 };
 
@@ -666,6 +989,19 @@ int sync_server_new(store *st, const sync_config *cfg, const sync_server_opts *o
     pthread_mutex_init(&sv->mu, NULL);
     pthread_cond_init(&sv->cv_work, NULL);
     pthread_cond_init(&sv->cv_commit, NULL);
+    pthread_cond_init(&sv->cv_api, NULL);
+    sv->api_q_tail = &sv->api_q;
+    sv->api_done_tail = &sv->api_done;
+    sv->api = sync_api_new(st, cfg);
+    if (!sv->api) {
+        snprintf(err, errlen, "cannot create the staff API");
+        pthread_cond_destroy(&sv->cv_api);
+        pthread_cond_destroy(&sv->cv_commit);
+        pthread_cond_destroy(&sv->cv_work);
+        pthread_mutex_destroy(&sv->mu);
+        free(sv);
+        return CRDT_ENOMEM;
+    }
 
     int levels = LLL_ERR;
     if (o->log_level >= 1) levels |= LLL_WARN | LLL_USER;
@@ -686,15 +1022,24 @@ int sync_server_new(store *st, const sync_config *cfg, const sync_server_opts *o
         info.ssl_cert_filepath = o->tls_cert;
         info.ssl_private_key_filepath = o->tls_key;
     }
-    static struct lws_http_mount mount;
+    /* With a static directory at /, the dynamic paths need mounts of their
+     * own that route them back to the "http" protocol callback. */
     if (o->static_dir) {
-        memset(&mount, 0, sizeof mount);
-        mount.mountpoint = "/";
-        mount.mountpoint_len = 1;
-        mount.origin = o->static_dir;
-        mount.def = "index.html";
-        mount.origin_protocol = LWSMPRO_FILE;
-        info.mounts = &mount;
+        static const char *const dyn[] = {"/api", "/healthz", "/metrics"};
+        memset(sv->mounts, 0, sizeof sv->mounts);
+        for (int i = 0; i < 3; i++) {
+            sv->mounts[i].mountpoint = dyn[i];
+            sv->mounts[i].mountpoint_len = (unsigned char)strlen(dyn[i]);
+            sv->mounts[i].origin = "http";
+            sv->mounts[i].origin_protocol = LWSMPRO_CALLBACK;
+            sv->mounts[i].mount_next = &sv->mounts[i + 1];
+        }
+        sv->mounts[3].mountpoint = "/";
+        sv->mounts[3].mountpoint_len = 1;
+        sv->mounts[3].origin = o->static_dir;
+        sv->mounts[3].def = "index.html";
+        sv->mounts[3].origin_protocol = LWSMPRO_FILE;
+        info.mounts = &sv->mounts[0];
     }
     sv->ctx = lws_create_context(&info);
     if (!sv->ctx) {
@@ -726,6 +1071,12 @@ int sync_server_new(store *st, const sync_config *cfg, const sync_server_opts *o
         return CRDT_ENOMEM;
     }
     sv->writer_started = true;
+    if (pthread_create(&sv->api_thread, NULL, api_main, sv)) {
+        sync_server_free(sv);
+        snprintf(err, errlen, "cannot start threads");
+        return CRDT_ENOMEM;
+    }
+    sv->api_started = true;
     {
         store_txn *t;
         if (store_begin(st, STORE_RDONLY, &t) == 0) {
@@ -789,9 +1140,11 @@ void sync_server_free(sync_server *sv)
     sv->threads_stop = true;
     pthread_cond_broadcast(&sv->cv_work);
     pthread_cond_broadcast(&sv->cv_commit);
+    pthread_cond_broadcast(&sv->cv_api);
     pthread_mutex_unlock(&sv->mu);
     for (int i = 0; i < sv->n_workers; i++) pthread_join(sv->workers[i], NULL);
     if (sv->writer_started) pthread_join(sv->writer, NULL);
+    if (sv->api_started) pthread_join(sv->api_thread, NULL);
     if (sv->ctx) lws_context_destroy(sv->ctx);
     /* Anything left (only on a forced stop) is freed, never acked. */
     while (sv->jobs) {
@@ -805,6 +1158,18 @@ void sync_server_free(sync_server *sv)
         sv->done = j->next;
         sync_job_free(j);
     }
+    while (sv->api_q) {
+        api_job *j = sv->api_q;
+        sv->api_q = j->next;
+        api_job_free(j);
+    }
+    while (sv->api_done) {
+        api_job *j = sv->api_done;
+        sv->api_done = j->next;
+        api_job_free(j);
+    }
+    sync_api_free(sv->api);
+    pthread_cond_destroy(&sv->cv_api);
     free(sv->touched);
     free(sv->workers);
     pthread_mutex_destroy(&sv->mu);

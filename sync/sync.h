@@ -194,6 +194,53 @@ bool sync_session_authed(const sync_session *s);
 uint32_t sync_session_device(const sync_session *s);
 uint32_t sync_session_inflight(const sync_session *s);
 
+/* ---- the staff HTTP API (sync/api.c) ------------------------------------------ */
+
+/*
+ * The dashboard's JSON API is a function from a request to a response; the
+ * server (server.c) only moves bytes.  It runs on the server's API thread,
+ * never on the event loop (a login costs an Argon2id hash), one request at
+ * a time, so the API object needs no locking of its own.
+ */
+typedef struct sync_http_req {
+    const char *method;         /* "GET", "POST", ... */
+    const char *path;           /* "/api/overview" (no query) */
+    const char *query;          /* "q=..." (URL-decoded by the server), or "" */
+    const char *cookie;         /* the Cookie header, or "" */
+    const char *csrf;           /* the X-CSRF-Token header, or "" */
+    const char *content_type;   /* or "" */
+    const char *origin;         /* the Origin header, or "" */
+    const char *remote;         /* peer address, for logs and lockout */
+    bool tls;                   /* request came over TLS (cookies get Secure) */
+    const uint8_t *body;        /* request body (<= SYNC_API_BODY_MAX) */
+    size_t body_len;
+} sync_http_req;
+
+#define SYNC_API_BODY_MAX (64 * 1024)
+
+typedef struct sync_http_resp {
+    int status;                 /* 200, 400, 401, 403, 404, 409, 413, 429, 500, 503 */
+    char content_type[64];      /* default "application/json; charset=utf-8" */
+    char set_cookie[512];       /* a Set-Cookie header value, or "" */
+    char extra_header_name[64]; /* one more header (e.g. "content-disposition:"), or "" */
+    char extra_header_value[256];
+    crdt_buf body;              /* owned; freed by the server */
+} sync_http_resp;
+
+typedef struct sync_api sync_api;
+
+/* The API over an open store (server key for staff-signed deltas, staff
+ * accounts, records, aggregates).  NULL on ENOMEM. */
+sync_api *sync_api_new(store *st, const sync_config *cfg);
+void sync_api_free(sync_api *api);
+/* Handle one request (resp zero-initialised by the caller).  Returns 0; any
+ * failure is expressed as an HTTP status in resp. */
+int sync_api_handle(sync_api *api, const sync_http_req *req, uint64_t now_ms,
+                    sync_http_resp *resp);
+/* Is this Cookie header a live staff session?  (For the dashboard's live
+ * WebSocket at /live, checked at upgrade.)  Thread-safe. */
+bool sync_api_session_ok(sync_api *api, const char *cookie, uint64_t now_ms);
+
 /* ---- the server --------------------------------------------------------------- */
 
 typedef struct sync_server_opts {
