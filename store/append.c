@@ -663,6 +663,70 @@ quarantine_only:
     return STORE_OK;
 }
 
+/* ---- quarantine review: merging an accepted delta (issue #6, review.c) -------
+ *
+ * store_merge_reviewed — the merge half of store_append (steps 5 and 6
+ * without the dot and the chain head) for a delta an admin accepted from
+ * quarantine: a fresh server seq, the envelope verbatim in the log, the merge
+ * into its record, rdeltas, feed, indexes, aggregates and the HLC high-water
+ * mark.  review.c decides what becomes of the device's chain.  The caller
+ * has decoded and schema-checked it->delta.  Fills out->sseq and
+ * out->household (result STORE_APPLIED); errors abort the caller's txn.
+ * Kept beside store_append so the two merge paths stay identical. */
+int store_merge_reviewed(store_txn *t, const store_item *it, store_outcome *out)
+{
+    const crdt_delta *d = it->delta;
+    crdt_record *rec = NULL, *before = NULL;
+    uint64_t sseq = 0;
+    uint8_t sk[8];
+    int rc;
+    memset(out, 0, sizeof *out);
+    if (!t->rw) return STORE_EREADONLY;
+    if ((rc = store_last_sseq(t, &sseq))) return rc;
+    sseq++;
+    be64(sk, sseq);
+    if ((rc = store_put_sealed(t, DB_DELTAS, sk, 8, it->env, it->env_len))) return rc;
+    rc = load_or_new(t, d->kind, d->kind_len, d->id, d->id_len, &rec);
+    if (rc) goto done;
+    if (rec->n_fields || rec->tomb.n) {
+        before = crdt_record_dup(rec);
+        if (!before) {
+            rc = CRDT_ENOMEM;
+            goto done;
+        }
+    }
+    if ((rc = crdt_record_apply(rec, t->s->schema, d))) goto done;
+    if ((rc = put_record(t, rec))) goto done;
+    if ((rc = rdeltas_put(t, rec, sseq))) goto done;
+    if (!strcmp(rec->kind, "household")) {
+        rc = index_household(t, before, rec, sseq);
+        snprintf(out->household, sizeof out->household, "%s", rec->id);
+    } else if (!strcmp(rec->kind, "person")) {
+        rc = index_person(t, before, rec, sseq);
+        field_cstr(rec, t->s->model.p_household, out->household, sizeof out->household);
+    }
+    if (rc) goto done;
+    {
+        MDB_val hv;
+        uint8_t hb[8];
+        rc = store_get(t, DB_META, "hlc_hwm", 7, &hv);
+        if (rc == STORE_OK && hv.mv_size == 8 && rd64(hv.mv_data) >= d->hlc) {
+            rc = STORE_OK;
+        } else if (rc == STORE_OK || rc == STORE_ENOTFOUND) {
+            be64(hb, d->hlc);
+            if ((rc = store_put(t, DB_META, "hlc_hwm", 7, hb, 8))) goto done;
+        } else {
+            goto done;
+        }
+    }
+    out->result = STORE_APPLIED;
+    out->sseq = sseq;
+done:
+    crdt_record_free(before);
+    crdt_record_free(rec);
+    return rc;
+}
+
 /* ---- group commit ---------------------------------------------------------------- */
 
 static int batch_once(store *s, const uint8_t *const *envs, const size_t *lens, size_t n,

@@ -22,6 +22,7 @@
  *   keys      dev(4) epoch(4)              -> key state (fixed layout)
  *   tokens    hash(32)                     -> sealed token (keyed BLAKE2b of the secret)
  *   staff     username                     -> sealed account
+ *   meta      "qreview" qid(8)             -> sealed quarantine review (review.c)
  */
 #ifndef DOORSTEP_STORE_INTERNAL_H
 #define DOORSTEP_STORE_INTERNAL_H
@@ -132,5 +133,9 @@ int store_agg_household(store_txn *t, const crdt_record *before, const crdt_reco
 typedef void (*store_contrib_fn)(void *arg, int db, const uint8_t *key, size_t kl,
                                  const int64_t *v, size_t nv);
 int store_agg_contrib(store_txn *t, const crdt_record *r, store_contrib_fn fn, void *arg);
+
+/* The merge half of store_append for a delta accepted from quarantine
+ * (append.c; used by review.c's store_quarantine_accept). */
+int store_merge_reviewed(store_txn *t, const store_item *it, store_outcome *out);
 
 #endif

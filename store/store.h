@@ -560,6 +560,106 @@ typedef int (*store_audit_cb)(const store_audit *e, void *arg);
 int store_audit_read(store_txn *t, uint64_t after, size_t limit, store_audit_cb cb,
                      void *arg, uint64_t *next);
 
+/* ---- administration: revocation, quarantine review (review.c) ---- */
+
+/*
+ * Revocation (DESIGN.md §5).  Soft (lost or retired phone): the device's
+ * state becomes STORE_DEV_REVOKED_SOFT with revoked_at_seq = its chain head
+ * at the time, so deltas up to that seq stay (a late re-send of one reads
+ * as a duplicate) and later arrivals go to quarantine (store_append reads
+ * the state).  Hard (compromised): STORE_DEV_REVOKED_HARD; everything that
+ * arrives afterwards is quarantined, re-sends of held deltas included.
+ * Both mark the device's ACTIVE keys STORE_KEY_REVOKED (hard: its RETIRED
+ * keys too), bump the admin generation (live sessions are closed by the
+ * server within its polling interval) and write an audit entry naming the
+ * actor ("admin:alice").  Revoking is one-way: soft may become hard, never
+ * the reverse; repeating the same revocation changes nothing and writes no
+ * audit entry.  The data the device sent is never removed.
+ */
+enum { STORE_REVOKE_SOFT = 1, STORE_REVOKE_HARD = 2 };
+
+/* Returns 0, STORE_ENOTFOUND (no such device), STORE_EINVAL (bad `how` or
+ * actor, or soft after hard), STORE_EREADONLY, or an LMDB error (abort the
+ * txn). */
+int store_device_revoke(store_txn *t, uint32_t dev, int how, uint64_t now_ms,
+                        const char *actor);
+
+/* Set (on) or clear the device's STORE_DEVF_ROTATE_REQUIRED flag: the next
+ * welcome asks the phone to rotate its key before it may push.  Audited
+ * ("device.rotate_require" / "device.rotate_cancel") when it changes
+ * anything.  Returns 0, STORE_ENOTFOUND, STORE_EINVAL (revoked device, bad
+ * actor), STORE_EREADONLY, or an LMDB error. */
+int store_device_require_rotation(store_txn *t, uint32_t dev, bool on, uint64_t now_ms,
+                                  const char *actor);
+
+/* cb(device, scope_n, arg) for every device in id order (scope_n: the
+ * number of households in its scope); borrowed for the call.  cb returning
+ * non-zero stops early and that value is returned; otherwise 0,
+ * STORE_ECORRUPT, or an LMDB error. */
+typedef int (*store_device_cb)(const store_device *d, size_t scope_n, void *arg);
+int store_device_list(store_txn *t, store_device_cb cb, void *arg);
+
+/*
+ * Quarantine review.  An entry (store_qentry) never changes and is never
+ * deleted; the admin's decision is a separate review record in meta, key
+ * "qreview" || qid(8) (sealed: it names the admin), plus an audit entry.
+ * Accepting merges the delta through the normal merge path (a fresh server
+ * seq, the envelope verbatim in the log, the record, rdeltas, feed,
+ * indexes, aggregates), so store_verify holds afterwards; the device's
+ * chain is left as it is, except that a clock-ahead delta — already in the
+ * chain as a dot without a server seq — gets its dot linked to the new
+ * server seq.  A delta whose exact bytes are already in the log (the first
+ * copy of a clone pair) is accepted without a second copy.  Signatures were
+ * verified when the delta arrived and are not checked again.
+ */
+enum {
+    STORE_QSTATE_PENDING = 1,
+    STORE_QSTATE_ACCEPTED = 2,
+    STORE_QSTATE_REJECTED = 3
+};
+#define STORE_QNOTE_MAX 255          /* bytes of UTF-8 */
+
+typedef struct store_qreview {
+    uint64_t qid;
+    uint8_t state;               /* STORE_QSTATE_* */
+    uint64_t decided_ms;         /* 0 while pending */
+    uint64_t aseq;               /* the decision's audit entry (0 while pending) */
+    uint64_t sseq;               /* ACCEPTED: the delta's server seq */
+    char actor[STORE_AUDIT_ACTOR_MAX + 1]; /* who decided ("" while pending) */
+    char note[STORE_QNOTE_MAX + 1];        /* the reviewer's note, may be "" */
+} store_qreview;
+
+const char *store_qstate_name(int state);    /* "pending", "accepted", "rejected" */
+
+/* The review state of entry qid (PENDING if undecided).  Returns 0,
+ * STORE_ENOTFOUND (no such entry), STORE_ECORRUPT; *out zeroed on failure. */
+int store_quarantine_review(store_txn *t, uint64_t qid, store_qreview *out);
+
+/* cb(entry, review, arg) for entries with qid > after whose state is
+ * `state` (0: any), in qid order, at most limit; both borrowed for the call
+ * (entry->env included).  *next receives the last qid delivered (or
+ * `after`).  cb returning non-zero stops early (not delivered) and that
+ * value is returned; otherwise 0, STORE_ECORRUPT, or an LMDB error. */
+typedef int (*store_qentry_cb)(const store_qentry *q, const store_qreview *r, void *arg);
+int store_quarantine_list(store_txn *t, uint64_t after, size_t limit, int state,
+                          store_qentry_cb cb, void *arg, uint64_t *next);
+
+/* Accept entry qid on behalf of actor (1..63 bytes, e.g. "admin:alice"):
+ * merge it as described above, audit "quarantine.accept", record the
+ * decision.  *out (may be NULL) receives the review.  Returns 0,
+ * STORE_ENOTFOUND, STORE_EINVAL (already decided, or bad actor),
+ * STORE_EREADONLY, a WIRE_E or CRDT_E code (the kept envelope no longer
+ * decodes or fits the schema), or a store error (abort the txn); *out
+ * zeroed on failure. */
+int store_quarantine_accept(store_txn *t, uint64_t qid, uint64_t now_ms, const char *actor,
+                            store_qreview *out);
+
+/* Reject entry qid: it stays, marked rejected with the actor and the note
+ * (NULL or 0..STORE_QNOTE_MAX bytes of UTF-8); audit "quarantine.reject".
+ * Returns as store_quarantine_accept (STORE_EINVAL also for a bad note). */
+int store_quarantine_reject(store_txn *t, uint64_t qid, uint64_t now_ms, const char *actor,
+                            const char *note, store_qreview *out);
+
 #ifdef __cplusplus
 }
 #endif
