@@ -523,19 +523,9 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
     memset(out, 0, sizeof *out);
     if (!t->rw) return STORE_EREADONLY;
 
-    /* 1. Device state: frozen and revoked devices go to quarantine. */
-    rc = store_device_get(t, d->dev, &dev);
-    if (rc && rc != STORE_ENOTFOUND) return rc;
-    if (rc == STORE_OK) {
-        int reason = 0;
-        if (dev.state == STORE_DEV_FROZEN) reason = STORE_Q_FROZEN;
-        else if (dev.state == STORE_DEV_REVOKED_HARD) reason = STORE_Q_REVOKED;
-        else if (dev.state == STORE_DEV_REVOKED_SOFT && d->seq > dev.revoked_at_seq)
-            reason = STORE_Q_REVOKED;
-        if (reason) goto quarantine_only;
-    }
-
-    /* 2. Idempotency on the dot; clones. */
+    /* 1. Idempotency on the dot (first: a resent delta the server already
+     *    merged is acked as a duplicate whatever happened to the device
+     *    since); clones. */
     dot_key(dk, d->dev, d->seq);
     rc = store_get(t, DB_DOTS, dk, 12, &v);
     if (rc == STORE_OK) {
@@ -563,6 +553,27 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
         return STORE_OK;
     }
     if (rc != STORE_ENOTFOUND) return rc;
+
+    /* 2. Device state: frozen and revoked devices go to quarantine, and so
+     *    does a delta the caller holds back (e.g. signed with a retired key
+     *    beyond its sealed seq). */
+    rc = store_device_get(t, d->dev, &dev);
+    if (rc && rc != STORE_ENOTFOUND) return rc;
+    if (rc == STORE_OK) {
+        int reason = 0;
+        if (dev.state == STORE_DEV_FROZEN) reason = STORE_Q_FROZEN;
+        else if (dev.state == STORE_DEV_REVOKED_HARD) reason = STORE_Q_REVOKED;
+        else if (dev.state == STORE_DEV_REVOKED_SOFT && d->seq > dev.revoked_at_seq)
+            reason = STORE_Q_REVOKED;
+        if (reason) goto quarantine_only;
+    }
+    if (it->quarantine) {
+        rc = quarantine(t, it->quarantine, d->dev, d->seq, now_ms, it->env, it->env_len);
+        if (rc) return rc;
+        out->result = STORE_QUARANTINED;
+        out->code = it->quarantine;
+        return STORE_OK;
+    }
 
     /* 3. The chain: next seq, and the previous hash must match the head. */
     if ((rc = store_chain_head(t, d->dev, &head, hash))) return rc;
@@ -743,6 +754,7 @@ static int batch_once(store *s, const uint8_t *const *envs, const size_t *lens, 
         crdt_delta d;
         store_item it;
         int err_op;
+        memset(&it, 0, sizeof it);
         memset(&outs[i], 0, sizeof outs[i]);
         crdt_arena_reset(a);
         rc = wire_envelope_decode(envs[i], lens[i], &crdt_limits_default, &db, &dl, &sig);

@@ -161,6 +161,7 @@ typedef struct store_item {
     size_t env_len;
     const crdt_delta *delta;  /* decoded from the envelope's delta bytes */
     uint8_t hash[CRDT_HASH_BYTES]; /* wire_delta_hash of the delta bytes */
+    uint8_t quarantine;       /* 0, or a STORE_Q_* reason: hold it back */
 } store_item;
 
 /*
@@ -568,7 +569,8 @@ int store_audit_read(store_txn *t, uint64_t after, size_t limit, store_audit_cb 
  * at the time, so deltas up to that seq stay (a late re-send of one reads
  * as a duplicate) and later arrivals go to quarantine (store_append reads
  * the state).  Hard (compromised): STORE_DEV_REVOKED_HARD; everything that
- * arrives afterwards is quarantined, re-sends of held deltas included.
+ * arrives afterwards is quarantined (a re-send of a delta already held is
+ * acked as a duplicate by store_append in both cases).
  * Both mark the device's ACTIVE keys STORE_KEY_REVOKED (hard: its RETIRED
  * keys too), bump the admin generation (live sessions are closed by the
  * server within its polling interval) and write an audit entry naming the
@@ -640,9 +642,9 @@ int store_quarantine_review(store_txn *t, uint64_t qid, store_qreview *out);
  * (entry->env included).  *next receives the last qid delivered (or
  * `after`).  cb returning non-zero stops early (not delivered) and that
  * value is returned; otherwise 0, STORE_ECORRUPT, or an LMDB error. */
-typedef int (*store_qentry_cb)(const store_qentry *q, const store_qreview *r, void *arg);
+typedef int (*store_qreview_cb)(const store_qentry *q, const store_qreview *r, void *arg);
 int store_quarantine_list(store_txn *t, uint64_t after, size_t limit, int state,
-                          store_qentry_cb cb, void *arg, uint64_t *next);
+                          store_qreview_cb cb, void *arg, uint64_t *next);
 
 /* Accept entry qid on behalf of actor (1..63 bytes, e.g. "admin:alice"):
  * merge it as described above, audit "quarantine.accept", record the
@@ -659,6 +661,65 @@ int store_quarantine_accept(store_txn *t, uint64_t qid, uint64_t now_ms, const c
  * Returns as store_quarantine_accept (STORE_EINVAL also for a bad note). */
 int store_quarantine_reject(store_txn *t, uint64_t qid, uint64_t now_ms, const char *actor,
                             const char *note, store_qreview *out);
+
+/* ---- dashboard support: server signing and index walks (serverkey.c, issue #7) ---- */
+
+/*
+ * store_server_sign_delta — sign delta bytes with the server's Ed25519 key
+ * (wire_delta_sign: the delta domain), for deltas the server writes itself
+ * (device id 0: staff resolving conflicts, review stages).  The secret key
+ * is unsealed from meta "server_sk" inside the caller's transaction, used,
+ * and wiped (sodium_memzero) before returning; it is never kept in the
+ * store object.  Returns 0, STORE_ECORRUPT (key does not unseal or has the
+ * wrong size), STORE_ENOTFOUND, or an LMDB error; sig zeroed on failure.
+ */
+int store_server_sign_delta(store_txn *t, const uint8_t *delta, size_t n,
+                            uint8_t sig[WIRE_SIG_BYTES]);
+
+/*
+ * store_record_deltas — the server seqs of the deltas merged into record
+ * kind/id (the rdeltas index), ascending, those > after, at most limit:
+ * cb(sseq, arg) for each.  *next (may be NULL) receives the last sseq
+ * delivered (or `after`).  Cost is proportional to the page.  cb returning
+ * non-zero stops early and that value is returned; else 0, STORE_EINVAL,
+ * or an LMDB error.
+ */
+typedef int (*store_sseq_cb)(uint64_t sseq, void *arg);
+int store_record_deltas(store_txn *t, const char *kind, const char *id, uint64_t after,
+                        size_t limit, store_sseq_cb cb, void *arg, uint64_t *next);
+
+/*
+ * store_agg_places — every (community, grid) that has aggregates, in byte
+ * order: cb(community, grid, arg) with NUL-terminated strings borrowed for
+ * the call.  Reads the aggregate index only (one entry per grid), never
+ * records.  cb returning non-zero stops early (that value is returned).
+ */
+typedef int (*store_place_cb)(const char *community, const char *grid, void *arg);
+int store_agg_places(store_txn *t, store_place_cb cb, void *arg);
+
+/*
+ * store_records_page — a bounded walk over the records of one kind, in id
+ * order, with id > after ("" for the first), at most limit: cb(record, arg)
+ * with the decoded record borrowed for the call.  *next receives the id of
+ * the last record visited ("" if none), to resume from.  This IS a scan: it
+ * is for queues that have no index yet, and callers must bound `limit`.
+ * Returns 0, the cb's non-zero value, STORE_EINVAL, STORE_ECORRUPT,
+ * CRDT_ENOMEM or an LMDB error.
+ */
+typedef int (*store_record_cb)(const crdt_record *r, void *arg);
+int store_records_page(store_txn *t, const char *kind, const char *after, size_t limit,
+                       store_record_cb cb, void *arg, char next[CRDT_RECID_MAX + 1]);
+
+/*
+ * store_quarantine_page — quarantine entries with qid > after, ascending,
+ * at most limit: cb(entry, arg), the entry (and its envelope) borrowed for
+ * the call.  *next receives the last qid delivered (or `after`).  Returns
+ * as store_records_page.
+ */
+typedef int (*store_qentry_cb)(const store_qentry *q, void *arg);
+int store_quarantine_page(store_txn *t, uint64_t after, size_t limit, store_qentry_cb cb,
+                          void *arg, uint64_t *next);
+/* ---- end dashboard support -------------------------------------------------------- */
 
 #ifdef __cplusplus
 }

@@ -35,8 +35,12 @@ static bool in_scope(const store_ids *scope, const char *h, size_t hl)
     return false;
 }
 
-/* The household a delta's person record belongs to: the stored record's,
- * else (a new person) the one the delta sets. */
+/*
+ * Scope: a household record must be in the device's scope; a person record
+ * must currently belong to a household in scope (it may move out); a person
+ * the store does not know yet must be placed in scope by this delta.  Runs
+ * in the writer's transaction, so earlier deltas of the batch count.
+ */
 static int delta_scope_ok(store_txn *t, const store_ids *scope, const crdt_delta *d)
 {
     if (d->kind_len == 9 && !memcmp(d->kind, "household", 9))
@@ -50,18 +54,19 @@ static int delta_scope_ok(store_txn *t, const store_ids *scope, const crdt_delta
     if (rc == STORE_OK) {
         const crdt_field *f = crdt_record_field(r, "household", (crdt_blob){NULL, 0});
         bool ok = false;
-        /* Any current value of the (lww) household field in scope. */
         for (uint32_t i = 0; f && i < f->n && !ok; i++) {
             crdt_val v;
             if (!crdt_val_parse(f->e[i].v, &v) && v.t == CRDT_V_STR)
                 ok = in_scope(scope, v.s, v.len);
         }
+        bool placed = f && f->n > 0;
         crdt_record_free(r);
         if (ok) return 0;
+        if (placed) return SYNC_ESCOPE; /* someone else's person */
     } else if (rc != STORE_ENOTFOUND) {
         return rc;
     }
-    /* New person (or one moving in): the delta must place it in scope. */
+    /* New (or not yet placed) person: the delta must place it in scope. */
     for (uint32_t i = 0; i < d->n_ops; i++) {
         const crdt_op *o = &d->ops[i];
         crdt_val v;
@@ -75,12 +80,12 @@ static int delta_scope_ok(store_txn *t, const store_ids *scope, const crdt_delta
 int sync_job_verify(store *st, const sync_config *cfg, sync_job *j)
 {
     store_txn *t = NULL;
-    store_ids scope = {0};
     store_key key;
     uint32_t key_epoch = 0;
     int rc = store_begin(st, STORE_RDONLY, &t);
     if (rc) goto fail_all;
-    if ((rc = store_device_scope_get(t, j->dev, &scope))) goto fail_all;
+    store_ids_free(&j->scope);
+    if ((rc = store_device_scope_get(t, j->dev, &j->scope))) goto fail_all;
     for (uint32_t i = 0; i < j->n; i++) {
         sync_job_item *it = &j->items[i];
         const uint8_t *db, *sig;
@@ -104,21 +109,22 @@ int sync_job_verify(store *st, const sync_config *cfg, sync_job *j)
             if (store_key_get(t, j->dev, it->delta.epoch, &key) == STORE_OK)
                 key_epoch = it->delta.epoch;
         }
-        if (!key_epoch || key.state == STORE_KEY_REVOKED ||
-            (key.state == STORE_KEY_RETIRED && it->delta.seq > key.sealed_seq)) {
+        if (!key_epoch) {
             it->code = SYNC_EEPOCH;
             continue;
         }
         if ((it->code = wire_delta_verify(db, dl, sig, key.pk))) continue;
-        if ((it->code = delta_scope_ok(t, &scope, &it->delta))) continue;
+        /* A genuine signature by a key that should no longer sign (revoked,
+         * or retired beyond the seq it sealed): kept in quarantine. */
+        if (key.state == STORE_KEY_REVOKED) it->quarantine = STORE_Q_REVOKED;
+        else if (key.state == STORE_KEY_RETIRED && it->delta.seq > key.sealed_seq)
+            it->quarantine = STORE_Q_SEALED;
         wire_delta_hash(db, dl, it->hash);
     }
     store_abort(t);
-    store_ids_free(&scope);
     return SYNC_OK;
 fail_all:
     store_abort(t);
-    store_ids_free(&scope);
     for (uint32_t i = 0; i < j->n; i++) j->items[i].code = SYNC_EUNAVAILABLE;
     return rc;
 }
@@ -150,8 +156,20 @@ static int commit_once(store *st, const sync_config *cfg, sync_job *jobs, uint64
             sync_job_item *it = &j->items[i];
             memset(&it->out, 0, sizeof it->out);
             if (it->code) continue;
-            store_item si = {it->env, it->env_len, &it->delta, {0}};
+            store_item si = {it->env, it->env_len, &it->delta, {0}, it->quarantine};
             memcpy(si.hash, it->hash, CRDT_HASH_BYTES);
+            if (!it->quarantine) {
+                rc = delta_scope_ok(t, &j->scope, &it->delta);
+                if (rc == SYNC_ESCOPE) {
+                    it->out.result = STORE_REJECTED;
+                    it->out.code = SYNC_ESCOPE;
+                    continue;
+                }
+                if (rc) {
+                    store_abort(t);
+                    return rc;
+                }
+            }
             if ((rc = store_append(t, &si, now_ms, cfg->max_ahead_ms, &it->out))) {
                 store_abort(t);
                 return rc;

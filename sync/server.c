@@ -60,6 +60,7 @@ typedef struct conn {
     int close_code;
     bool live_pending;
     bool paused;
+    uint64_t since_ms;          /* monotonic time of connect (auth timeout) */
 } conn;
 
 /* Metrics (atomic counters, read by /metrics). */
@@ -223,12 +224,10 @@ static void *writer_main(void *arg)
 
         char (*touched)[CRDT_RECID_MAX + 1] = NULL;
         size_t nt = 0;
-        uint64_t t0 = mono_ms();
         struct timespec a, z;
         clock_gettime(CLOCK_MONOTONIC, &a);
         int rc = sync_jobs_commit(sv->st, sv->cfg, batch, now_ms(), &touched, &nt);
         clock_gettime(CLOCK_MONOTONIC, &z);
-        (void)t0;
         double ms = (double)(z.tv_sec - a.tv_sec) * 1e3 + (double)(z.tv_nsec - a.tv_nsec) / 1e6;
         record_commit_metrics(sv, batch, ms, rc);
         if (rc && sv->o.log_level >= 1)
@@ -270,6 +269,10 @@ static void conn_queue(conn *c, sync_out *out)
     out->frames = NULL;
     out->tail = &out->frames;
     if (out->close_code && !c->close_code) c->close_code = out->close_code;
+    if (out->wake_live) {
+        c->live_pending = true;
+        out->wake_live = false;
+    }
     lws_callback_on_writable(c->wsi);
     if (c->qbytes > SENDQ_MAX && !c->paused) {
         c->paused = true;
@@ -360,6 +363,17 @@ static void admin_poll(lws_sorted_usec_list_t *sul)
         store_admin_gen(t, &gen);
         store_abort(t);
     }
+    uint64_t mono = mono_ms();
+    for (conn *c = sv->conns; c; c = c->next) {
+        if (c->close_code || sync_session_authed(c->sess) ||
+            mono - c->since_ms < (uint64_t)sv->cfg->auth_timeout_s * 1000)
+            continue;
+        sync_out out;
+        sync_out_init(&out);
+        sync_out_append(&out, sync_frame_error(SYNC_EAUTHTIME, NULL, 0));
+        out.close_code = LWS_CLOSE_STATUS_POLICY_VIOLATION;
+        conn_queue(c, &out);
+    }
     if (gen != sv->admin_gen) {
         sv->admin_gen = gen;
         for (conn *c = sv->conns; c; c = c->next) {
@@ -403,7 +417,10 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
         sync_out_init(&out);
         sync_session_hello(c->sess, now_ms(), &out);
         conn_queue(c, &out);
-        lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, (int)sv->cfg->auth_timeout_s);
+        /* admin_poll closes unauthenticated sessions with SYNC_EAUTHTIME
+         * after auth_timeout_s; lws's own timeout is the backstop. */
+        c->since_ms = mono_ms();
+        lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, (int)sv->cfg->auth_timeout_s + 5);
         return 0;
     }
     case LWS_CALLBACK_RECEIVE: {
@@ -794,6 +811,8 @@ static int http_callback(struct lws *wsi, enum lws_callback_reasons reason, void
         drain_done(sv);
         drain_api(sv);
         return 0;
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+        return 1; /* a WebSocket upgrade without a Doorstep subprotocol */
     case LWS_CALLBACK_HTTP: {
         char uri[256];
         bool post = lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0;

@@ -86,6 +86,7 @@ void sync_out_init(sync_out *o)
     o->tail = &o->frames;
     o->job = NULL;
     o->close_code = 0;
+    o->wake_live = false;
 }
 
 void sync_out_append(sync_out *o, sync_frame *f)
@@ -151,6 +152,7 @@ struct sync_session {
     store_ids scope;            /* sorted household ids */
     bool subscribed;
     bool rotate_required;
+    int restricted;             /* SYNC_EREVOKED: may push (into quarantine), not read */
     uint64_t cursor;            /* live: last sseq sent */
     uint32_t inflight;
     uint64_t serial;
@@ -286,8 +288,11 @@ static int on_auth(sync_session *s, const msgpack_object *m, uint64_t now_ms, sy
     if (rc == STORE_ENOTFOUND) code = SYNC_EUNKNOWN_DEVICE;
     else if (rc) code = SYNC_EUNAVAILABLE;
     else if (dv.state == STORE_DEV_FROZEN) code = SYNC_EFROZEN;
-    else if (dv.state == STORE_DEV_REVOKED_SOFT || dv.state == STORE_DEV_REVOKED_HARD)
-        code = SYNC_EREVOKED;
+    else if (dv.state == STORE_DEV_REVOKED_HARD) code = SYNC_EREVOKED;
+    /* A soft-revoked (lost, retired) phone may still hand in what it
+     * recorded offline: it authenticates in a restricted mode where pushes
+     * are accepted (beyond the seq held at revocation they go to quarantine)
+     * and nothing is sent to it. */
     if (!code) {
         rc = store_key_get(t, (uint32_t)dev, (uint32_t)epoch, &key);
         if (rc || key.state != STORE_KEY_ACTIVE) code = SYNC_EEPOCH;
@@ -335,6 +340,7 @@ static int welcome(sync_session *s, uint32_t dev, uint32_t epoch, uint64_t now_m
     s->dev = dev;
     s->epoch = epoch;
     s->rotate_required = dv.flags & STORE_DEVF_ROTATE_REQUIRED;
+    s->restricted = dv.state == STORE_DEV_REVOKED_SOFT ? SYNC_EREVOKED : 0;
 
     crdt_buf b = {0};
     msgpack_packer pk;
@@ -352,8 +358,9 @@ static int welcome(sync_session *s, uint32_t dev, uint32_t epoch, uint64_t now_m
     pk_str(&pk, "now");
     msgpack_pack_uint64(&pk, now_ms);
     pk_str(&pk, "req");
-    msgpack_pack_array(&pk, s->rotate_required ? 1 : 0);
+    msgpack_pack_array(&pk, (s->rotate_required ? 1 : 0) + (s->restricted ? 1 : 0));
     if (s->rotate_required) pk_str(&pk, "rotate");
+    if (s->restricted) pk_str(&pk, "revoked"); /* push only; delete local data */
     pk_str(&pk, "scope");
     msgpack_pack_array(&pk, s->scope.n);
     for (size_t i = 0; i < s->scope.n; i++) pk_str(&pk, s->scope.id[i]);
@@ -617,6 +624,7 @@ int sync_session_recheck(sync_session *s, sync_out *out)
 void sync_job_free(sync_job *j)
 {
     if (!j) return;
+    store_ids_free(&j->scope);
     for (uint32_t i = 0; i < j->n; i++) free(j->items[i].env);
     free(j->items);
     crdt_arena_free(j->arena);
@@ -626,11 +634,11 @@ void sync_job_free(sync_job *j)
 static int on_push(sync_session *s, const msgpack_object *m, sync_out *out)
 {
     static const char *const keys[] = {"d", "id"};
-    uint64_t id;
+    uint64_t id = 0;
     const msgpack_object *d = get(m, "d");
-    if (!only_keys(m, keys, 2) || !get_u64(m, "id", &id) || id == 0 || !d ||
-        d->type != MSGPACK_OBJECT_ARRAY) {
-        fail(out, SYNC_EPROTO, 0, 0);
+    get_u64(m, "id", &id);
+    if (!only_keys(m, keys, 2) || id == 0 || !d || d->type != MSGPACK_OBJECT_ARRAY) {
+        fail(out, SYNC_EPROTO, id, 0);
         return SYNC_OK;
     }
     if (s->rotate_required) {
@@ -845,11 +853,16 @@ out:
 static int on_pull(sync_session *s, const msgpack_object *m, sync_out *out)
 {
     static const char *const keys[] = {"a", "id", "m"};
-    uint64_t id, after = 0, max = s->cfg->page_max, next;
+    uint64_t id = 0, after = 0, max = s->cfg->page_max, next;
     bool more;
-    if (!only_keys(m, keys, 3) || !get_u64(m, "id", &id) || id == 0 ||
+    get_u64(m, "id", &id);
+    if (s->restricted) {
+        fail(out, s->restricted, id, 0);
+        return SYNC_OK;
+    }
+    if (!only_keys(m, keys, 3) || id == 0 ||
         (get(m, "a") && !get_u64(m, "a", &after)) || (get(m, "m") && !get_u64(m, "m", &max))) {
-        fail(out, SYNC_EPROTO, 0, 0);
+        fail(out, SYNC_EPROTO, id, 0);
         return SYNC_OK;
     }
     int rc = changes_frame(s, id, after, (uint32_t)(max > UINT32_MAX ? UINT32_MAX : max), out,
@@ -863,12 +876,17 @@ static int on_subscribe(sync_session *s, const msgpack_object *m, sync_out *out)
 {
     static const char *const keys[] = {"a"};
     uint64_t after = 0;
+    if (s->restricted) {
+        fail(out, s->restricted, 0, 0);
+        return SYNC_OK;
+    }
     if (!only_keys(m, keys, 1) || (get(m, "a") && !get_u64(m, "a", &after))) {
         fail(out, SYNC_EPROTO, 0, 0);
         return SYNC_OK;
     }
     s->subscribed = true;
     s->cursor = after;
+    out->wake_live = true; /* send the backlog now, not at the next commit */
     return SYNC_OK;
 }
 

@@ -101,6 +101,7 @@ typedef struct sync_job_item {
     uint64_t seq;
     crdt_delta delta;           /* decoded, borrowed from the job's arena */
     uint8_t hash[CRDT_HASH_BYTES];
+    uint8_t quarantine;         /* STORE_Q_* if verification holds it back */
     store_outcome out;          /* filled by sync_jobs_commit */
 } sync_job_item;
 
@@ -114,6 +115,7 @@ typedef struct sync_job {
     uint32_t n;
     sync_job_item *items;
     crdt_arena *arena;
+    store_ids scope;            /* the device's households (loaded by verify) */
     int commit_rc;              /* 0, or the store error that failed the batch */
 } sync_job;
 
@@ -122,16 +124,21 @@ void sync_job_free(sync_job *j);
 /*
  * sync_job_verify — on a worker thread: decode each envelope and delta,
  * check limits and schema, check the delta names the session's device and
- * its key epoch, check scope (records in the device's households, or new
- * persons in them), and verify the Ed25519 signature with the device's key
- * for that epoch.  Sets items[i].code (0 = ready to commit).  Opens its own
- * read transaction.  Returns 0 or a store error (then every item fails).
+ * a key epoch it holds, and verify the Ed25519 signature with the device's
+ * key for that epoch (a retired key beyond its sealed seq: the item is
+ * marked for quarantine).  Loads the device's scope into j->scope.  Sets
+ * items[i].code (0 = ready to commit).  Opens its own read transaction.
+ * Returns 0 or a store error (then every item fails, retryably).
  */
 int sync_job_verify(store *st, const sync_config *cfg, sync_job *j);
 
 /*
- * sync_jobs_commit — on the writer thread: append every verified item of
- * every job in `jobs` (a list through ->next) in ONE write transaction and
+ * sync_jobs_commit — on the writer thread: check each verified item's
+ * scope inside the write transaction (so a person created earlier in the
+ * same push or batch counts: records in the device's households; persons
+ * whose current household is in scope; new persons placed in scope), then
+ * append every item of every job in `jobs` (a list through ->next) in ONE
+ * write transaction and
  * commit it (growing the map on MDB_MAP_FULL and redoing the batch).  On
  * success each item's `out` holds its outcome; on failure every job's
  * commit_rc holds the (retryable) error and nothing was written.
@@ -155,6 +162,7 @@ typedef struct sync_out {
     sync_frame **tail;
     sync_job *job;
     int close_code;
+    bool wake_live;             /* a subscription started: call sync_session_live */
 } sync_out;
 
 void sync_out_init(sync_out *o);

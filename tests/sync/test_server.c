@@ -329,11 +329,14 @@ static void test_auth_refusals(void **state)
     expect_error(&c, SYNC_ESTATE, 1008);
     wsc_close(&c);
 
-    /* Silent client: closed after the auth timeout (2 s in this test). */
+    /* Silent client: told and closed after the auth timeout (2 s here). */
     assert_int_equal(wsc_connect(&c, "127.0.0.1", s.port, "/sync", SYNC_SUBPROTOCOL), 0);
     expect_frame(&c, &m, "hello");
-    int op = wsc_recv(&c, 6000, &m, &cc);
-    assert_true(op == WSC_CLOSE || op == -1); /* lws drops the TCP connection */
+    expect_error(&c, SYNC_EAUTHTIME, 1008);
+    wsc_close(&c);
+
+    /* No subprotocol at all: no upgrade either. */
+    assert_int_equal(wsc_connect(&c, "127.0.0.1", s.port, "/sync", NULL), -1);
     wsc_close(&c);
 
     /* Wrong path and wrong subprotocol: no upgrade. */
@@ -737,6 +740,8 @@ static void test_enroll_rotate_revoke(void **state)
     frame_rotate(&f, phone.id, 2, 1, phone.sk, next.pk, next.sk);
     assert_int_equal(wsc_send(&c, f.p, f.n), 0);
     expect_frame(&c, &m, "rotated");
+    uint8_t old_sk[64];
+    memcpy(old_sk, phone.sk, 64);
     memcpy(phone.sk, next.sk, 64);
     memcpy(phone.pk, next.pk, 32);
     /* su_make signs with epoch 1; build an epoch-2 delta by hand. */
@@ -764,6 +769,17 @@ static void test_enroll_rotate_revoke(void **state)
     crdt_buf_reset(&envs[0]);
     wire_envelope_encode(bytes.p, bytes.n, sig, &envs[0]);
     push_and_ack(&c, 2, envs, 1, "applied");
+
+    /* The old key signing beyond the seq it sealed (a stolen old key?):
+     * a genuine signature, so it is kept in quarantine, not merged. */
+    {
+        su_dev oldk = phone;
+        memcpy(oldk.sk, old_sk, 64);
+        crdt_buf e3 = {0};
+        hh_delta(&oldk, "H1", "old key, seq 3", &e3); /* su_make signs with epoch 1 */
+        push_and_ack(&c, 4, &e3, 1, "quarantined");
+        crdt_buf_free(&e3);
+    }
 
     /* Admin requires another rotation: pushes are refused until it happens. */
     assert_int_equal(store_begin(s.st, STORE_RW, &t), 0);
@@ -812,6 +828,91 @@ static void test_enroll_rotate_revoke(void **state)
     srv_stop(&s);
 }
 
+/* Scope is judged in the writer's transaction; held-back deltas are kept. */
+static void test_scope_and_quarantine_rules(void **state)
+{
+    (void)state;
+    srv s;
+    srv_start_on(&s, true);
+    su_dev a, b;
+    const char *sa[] = {"H1"}, *sb[] = {"H2"};
+    add_device(&s, &a, 1, sa, 1, STORE_DEV_ACTIVE);
+    add_device(&s, &b, 2, sb, 1, STORE_DEV_ACTIVE);
+    wsc ca, cb;
+    crdt_buf f = {0}, m = {0}, e[2] = {{0}};
+    assert_int_equal(device_connect(&ca, s.port, 1, 1, a.sk, NULL), 0);
+
+    /* A new person and a second edit of it in the same push: both land. */
+    su_ops o = {0};
+    su_set_str(&o, "name", "新生儿");
+    su_set_str(&o, "household", "H1");
+    su_make(&a, "person", "P9", &o, wall_ms(), &e[0], NULL);
+    su_ops_reset(&o);
+    su_add(&o, "tags", "新生儿");
+    su_make(&a, "person", "P9", &o, wall_ms(), &e[1], NULL);
+    push_and_ack(&ca, 1, e, 2, "applied");
+
+    /* Device B may not take A's person into its household. */
+    assert_int_equal(device_connect(&cb, s.port, 2, 1, b.sk, NULL), 0);
+    su_ops_reset(&o);
+    su_set_str(&o, "household", "H2");
+    su_make(&b, "person", "P9", &o, wall_ms(), &e[0], NULL);
+    frame_push(&f, 1, e, 1);
+    assert_int_equal(wsc_send(&cb, f.p, f.n), 0);
+    expect_frame(&cb, &m, "ack");
+    char r[32];
+    int64_t code;
+    assert_true(ack_entry(m.p, m.n, 0, r, sizeof r, &code, NULL, NULL));
+    assert_string_equal(r, "rejected");
+    assert_int_equal(code, SYNC_ESCOPE);
+    wsc_close(&cb);
+
+    /* Subscribing sends the backlog at once. */
+    frame_subscribe(&f, 0);
+    assert_int_equal(wsc_send(&ca, f.p, f.n), 0);
+    expect_frame(&ca, &m, "changes");
+    assert_int_equal(changes_count(m.p, m.n), 2);
+    wsc_close(&ca);
+
+    /* Soft revocation: the phone may still hand in what it recorded; what it
+     * signed after the revocation is kept in quarantine, and it is sent
+     * nothing. */
+    store_txn *t;
+    store_device dv;
+    assert_int_equal(store_begin(s.st, STORE_RW, &t), 0);
+    assert_int_equal(store_device_get(t, 1, &dv), 0);
+    dv.state = STORE_DEV_REVOKED_SOFT;
+    dv.revoked_at_seq = 2;
+    assert_int_equal(store_device_put(t, &dv), 0);
+    assert_int_equal(store_commit(t), 0);
+    crdt_buf w = {0};
+    assert_int_equal(device_connect(&ca, s.port, 1, 1, a.sk, &w), 0);
+    assert_non_null(memmem(w.p, w.n, "revoked", 7));
+    su_ops_reset(&o);
+    su_set_str(&o, "note", "recorded after the phone was lost");
+    su_make(&a, "household", "H1", &o, wall_ms(), &e[0], NULL);
+    push_and_ack(&ca, 2, e, 1, "quarantined");
+    frame_pull(&f, 3, 0, 10);
+    assert_int_equal(wsc_send(&ca, f.p, f.n), 0);
+    expect_error(&ca, SYNC_EREVOKED, 0);
+    wsc_close(&ca);
+    uint64_t nq;
+    assert_int_equal(store_begin(s.st, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_quarantine_count(t, &nq), 0);
+    store_abort(t);
+    assert_true(nq >= 1);
+
+    su_ops_free(&o);
+    crdt_buf_free(&e[0]);
+    crdt_buf_free(&e[1]);
+    crdt_buf_free(&f);
+    crdt_buf_free(&m);
+    crdt_buf_free(&w);
+    uint64_t problems;
+    assert_int_equal(store_verify(s.st, NULL, NULL, &problems), 0);
+    srv_stop(&s);
+}
+
 int main(void)
 {
     wire_init();
@@ -822,6 +923,7 @@ int main(void)
         cmocka_unit_test(test_many_devices),
         cmocka_unit_test(test_graceful_shutdown_acks_inflight),
         cmocka_unit_test(test_enroll_rotate_revoke),
+        cmocka_unit_test(test_scope_and_quarantine_rules),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
