@@ -13,7 +13,7 @@
  *     MP_DEPTH_CAP = 64, checked against lim->max_depth, else CRDT_EINVAL)
  *     plus the duplicate-key scratch below (MP_MAP_KEYS_CAP spans of 8 bytes
  *     = 32 KiB); about 34 KiB in all.
- *   - Work is O(n * depth + K log K) where K is the number of keys of the
+ *   - Work is O(n + K log K) where K is the number of keys of the
  *     largest map: declared counts are checked against the bytes present
  *     (array of k needs k bytes, map of k needs 2k) before anything loops
  *     over them, so no loop runs on a count without input behind it.
@@ -31,20 +31,20 @@
  * the bad sequence; for ETRUNC of a missing value: n; for ETRAILING: the
  * first trailing byte; for ETOOBIG: the effective max_msg; 0 for EINVAL).
  *
- * Duplicate keys.  A map's keys are checked when the map closes: the walk
- * has then validated every byte of the map, so a second, trivial pass over
- * it (mp_skip: a single "values still to skip" counter, no stack) collects
- * the (offset, length) of each key into one scratch array, sorts it in place
- * with heapsort (bytes, then length), and compares neighbours.  Only the map
- * that is closing uses the scratch, so it needs room for one map's keys,
- * not for every open map's.  The cost is that nested content is re-skipped
- * once per enclosing map: O(n * max_depth) in total.  The scratch holds
- * MP_MAP_KEYS_CAP = 4096 keys, so a map is refused with CRDT_ECOUNT above
- * min(lim->max_entries, 4096) entries — the default max_entries is 1024, and
- * Doorstep never writes a map of more than a few dozen keys.  EDUPKEY's
- * err_off is the header of the earliest key that repeats an earlier key of
- * the same map.  Because the check runs at map close, a later error inside
- * the same map (e.g. bad UTF-8 in a following value) is reported first.
+ * Duplicate keys.  The walk pushes the (offset, length) of every key it
+ * meets onto one key stack; each open map remembers where its keys start.
+ * When a map closes, its keys (the top of the stack) are checked — pairwise
+ * for up to 16 keys (Doorstep's maps), heapsort and neighbour comparison
+ * beyond (bytes, then length) — and popped.  Inner maps' keys are pushed
+ * and popped between two keys of the outer map, so the stack stays in
+ * order; nothing is walked twice.  The stack holds MP_MAP_KEYS_CAP = 4096
+ * keys of all open maps together; a map above min(lim->max_entries, 4096)
+ * entries, or open maps holding more than 4096 keys in all, are refused
+ * with CRDT_ECOUNT (the default max_entries is 1024, and Doorstep never
+ * writes a map of more than a few dozen keys).  EDUPKEY's err_off is the
+ * header of the earliest key that repeats an earlier key of the same map.
+ * Because the check runs at map close, a later error inside the same map
+ * (e.g. bad UTF-8 in a following value) is reported first.
  *
  * Depth.  lim->max_depth may be up to 64, but msgpack-c 4.0's unpacker
  * follows at most 32 levels (MSGPACK_EMBED_STACK_SIZE) and fails with a
@@ -91,6 +91,7 @@ typedef struct mp_frame {
     uint64_t left;    /* items still to come: array k, map 2k (key + value) */
     uint32_t start;   /* offset of the first item */
     uint32_t count;   /* declared entries */
+    uint32_t kbase;   /* maps: where this map's keys start on the key stack */
     bool is_map;
 } mp_frame;
 
@@ -236,43 +237,25 @@ static void mp_sort_keys(const uint8_t *p, mp_span *v, size_t n)
     }
 }
 
-/* Offset just past the (already validated) value at off.  One counter of
- * values still to skip replaces a stack: a container adds its items. */
-static size_t mp_skip(const uint8_t *p, size_t off)
+/* Check keys[0..n) (the keys of one map, in order of appearance) for
+ * duplicates: pairwise for the small maps Doorstep sends, heapsort beyond.
+ * Returns 0 or CRDT_EDUPKEY with *at = the header offset of the earliest
+ * key that repeats an earlier one.  May reorder keys[]. */
+static int mp_keys_unique(const uint8_t *p, mp_span *keys, size_t n, size_t *at)
 {
-    uint64_t todo = 1;
-    while (todo > 0) {
-        mp_hdr h;
-        todo--;
-        mp_classify(p[off], &h);
-        mp_read_len(p + off, &h);
-        off += h.hdr;
-        if (h.kind == MP_K_STR || h.kind == MP_K_BIN) off += h.len;
-        else if (h.kind == MP_K_ARRAY) todo += h.len;
-        else if (h.kind == MP_K_MAP) todo += 2 * (uint64_t)h.len;
+    if (n < 2) return 0;
+    if (n <= 16) {
+        for (size_t j = 1; j < n; j++)
+            for (size_t i = 0; i < j; i++)
+                if (mp_key_cmp(p, keys[i], keys[j]) == 0) {
+                    *at = keys[j].off;
+                    return CRDT_EDUPKEY;
+                }
+        return 0;
     }
-    return off;
-}
-
-/* Check the keys of the map frame f (whose bytes are all validated) for
- * duplicates.  Returns 0 or CRDT_EDUPKEY with *at = the header offset of the
- * earliest key that repeats an earlier one. */
-static int mp_map_unique(const uint8_t *p, const mp_frame *f, mp_span *keys,
-                         size_t *at)
-{
-    size_t off = f->start;
-    if (f->count < 2) return 0;
-    for (uint32_t i = 0; i < f->count; i++) {
-        mp_hdr h;
-        mp_classify(p[off], &h);
-        mp_read_len(p + off, &h);
-        keys[i].off = (uint32_t)off;
-        keys[i].len = h.len;
-        off = mp_skip(p, off + h.hdr + h.len);  /* skip the key, then the value */
-    }
-    mp_sort_keys(p, keys, f->count);
+    mp_sort_keys(p, keys, n);
     size_t best = SIZE_MAX;
-    for (uint32_t i = 1; i < f->count; i++) {
+    for (size_t i = 1; i < n; i++) {
         if (mp_key_cmp(p, keys[i - 1], keys[i]) != 0) continue;
         uint32_t later = keys[i - 1].off > keys[i].off ? keys[i - 1].off : keys[i].off;
         if (later < best) best = later;
@@ -287,7 +270,8 @@ static int mp_map_unique(const uint8_t *p, const mp_frame *f, mp_span *keys,
 static int mp_walk(const uint8_t *p, size_t n, const crdt_limits *lim, size_t *at)
 {
     mp_frame st[MP_DEPTH_CAP];
-    mp_span keys[MP_MAP_KEYS_CAP];
+    mp_span keys[MP_MAP_KEYS_CAP]; /* a stack: the keys of every open map */
+    uint32_t ktop = 0;
     uint32_t depth = 0;
     uint32_t map_max = lim->max_entries < MP_MAP_KEYS_CAP ? lim->max_entries
                                                           : MP_MAP_KEYS_CAP;
@@ -321,6 +305,13 @@ static int mp_walk(const uint8_t *p, size_t n, const crdt_limits *lim, size_t *a
                 size_t bad = utf8_bad_at(p + pos + h.hdr, h.len);
                 if (bad != h.len) { *at = pos + h.hdr + bad; return CRDT_EUTF8; }
             }
+            if (depth > 0 && st[depth - 1].is_map && st[depth - 1].left % 2 == 0) {
+                /* A key: remember it for the duplicate check at map close. */
+                if (ktop == MP_MAP_KEYS_CAP) return CRDT_ECOUNT;
+                keys[ktop].off = (uint32_t)pos;
+                keys[ktop].len = h.len;
+                ktop++;
+            }
             pos += h.hdr + (size_t)h.len;
             break;
         case MP_K_BIN:
@@ -341,6 +332,7 @@ static int mp_walk(const uint8_t *p, size_t n, const crdt_limits *lim, size_t *a
                 st[depth].left = items;
                 st[depth].start = (uint32_t)pos;
                 st[depth].count = h.len;
+                st[depth].kbase = ktop;
                 st[depth].is_map = is_map;
                 depth++;
                 continue;  /* its first item starts at pos */
@@ -358,8 +350,9 @@ static int mp_walk(const uint8_t *p, size_t n, const crdt_limits *lim, size_t *a
             mp_frame *f = &st[depth - 1];
             if (--f->left > 0) break;
             if (f->is_map) {
-                int rc = mp_map_unique(p, f, keys, at);
+                int rc = mp_keys_unique(p, keys + f->kbase, ktop - f->kbase, at);
                 if (rc) return rc;
+                ktop = f->kbase;
             }
             depth--;
         }

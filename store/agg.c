@@ -108,30 +108,54 @@ static bool str_in(const char *s, uint32_t len, const char *const *set, size_t n
     return false;
 }
 
-/* Where a household is: its community and grid, or empty strings. */
-static void household_place(const store *s, const crdt_record *hh, contrib *c)
+/* A household's place (community, grid), or empty strings. */
+typedef struct place {
+    char c[128], g[128];
+} place;
+
+static void place_of_record(const store *s, const crdt_record *hh, place *pl)
 {
     uint32_t cl, gl;
-    const char *cs = store_field_str(hh, s->model.hh_community, (crdt_blob){NULL, 0}, &cl);
-    const char *gs = store_field_str(hh, s->model.hh_grid, (crdt_blob){NULL, 0}, &gl);
-    c->c[0] = c->g[0] = 0;
-    if (!cs || !gs || !cl || !gl || cl >= sizeof c->c || gl >= sizeof c->g) return;
-    memcpy(c->c, cs, cl);
-    c->c[cl] = 0;
-    memcpy(c->g, gs, gl);
-    c->g[gl] = 0;
+    const char *cs = hh ? store_field_str(hh, s->model.hh_community, (crdt_blob){NULL, 0}, &cl) : NULL;
+    const char *gs = hh ? store_field_str(hh, s->model.hh_grid, (crdt_blob){NULL, 0}, &gl) : NULL;
+    pl->c[0] = pl->g[0] = 0;
+    if (!cs || !gs || !cl || !gl || cl >= sizeof pl->c || gl >= sizeof pl->g) return;
+    memcpy(pl->c, cs, cl);
+    pl->c[cl] = 0;
+    memcpy(pl->g, gs, gl);
+    pl->g[gl] = 0;
 }
 
-/* A person's contribution, placed in household hh's grid. */
-static void person_contrib(const store *s, const crdt_record *p, const crdt_record *hh,
-                           contrib *c)
+/* The place index (kept by the append path): cheaper than decoding the
+ * household record for every person delta. */
+static int place_of_id(store_txn *t, const char *id, place *pl)
+{
+    MDB_val v;
+    pl->c[0] = pl->g[0] = 0;
+    if (!id || !*id) return STORE_OK;
+    int rc = store_get(t, DB_PLACE, id, strlen(id), &v);
+    if (rc == STORE_ENOTFOUND) return STORE_OK;
+    if (rc) return rc;
+    const uint8_t *z = memchr(v.mv_data, 0, v.mv_size);
+    size_t cl = z ? (size_t)(z - (const uint8_t *)v.mv_data) : 0;
+    size_t gl = z ? v.mv_size - cl - 1 : 0;
+    if (!z || !cl || !gl || cl >= sizeof pl->c || gl >= sizeof pl->g) return STORE_ECORRUPT;
+    memcpy(pl->c, v.mv_data, cl);
+    pl->c[cl] = 0;
+    memcpy(pl->g, z + 1, gl);
+    pl->g[gl] = 0;
+    return STORE_OK;
+}
+
+/* A person's contribution, placed in the grid `pl`. */
+static void person_contrib(const store *s, const crdt_record *p, const place *pl, contrib *c)
 {
     const store_model *m = &s->model;
     uint32_t len;
     memset(c, 0, sizeof *c);
-    if (!p || !hh) return;
-    household_place(s, hh, c);
-    if (!c->c[0]) return;
+    if (!p || !pl->c[0]) return;
+    memcpy(c->c, pl->c, sizeof c->c);
+    memcpy(c->g, pl->g, sizeof c->g);
     add_visits(c, p, m->p_visits);
     if (crdt_record_deleted(p)) return;
     const char *life = store_field_str(p, m->p_life, (crdt_blob){NULL, 0}, &len);
@@ -173,10 +197,13 @@ static void person_contrib(const store *s, const crdt_record *p, const crdt_reco
 
 static void household_contrib(const store *s, const crdt_record *hh, contrib *c)
 {
+    place pl;
     memset(c, 0, sizeof *c);
     if (!hh) return;
-    household_place(s, hh, c);
-    if (!c->c[0]) return;
+    place_of_record(s, hh, &pl);
+    if (!pl.c[0]) return;
+    memcpy(c->c, pl.c, sizeof c->c);
+    memcpy(c->g, pl.g, sizeof c->g);
     add_visits(c, hh, s->model.hh_visits);
 }
 
@@ -218,31 +245,21 @@ static int add_to(store_txn *t, const contrib *c, int sign)
     return STORE_OK;
 }
 
-static int get_household(store_txn *t, const char *id, crdt_record **out)
-{
-    *out = NULL;
-    if (!id || !*id) return STORE_OK;
-    int rc = store_get_record(t, "household", id, out);
-    return rc == STORE_ENOTFOUND ? STORE_OK : rc;
-}
-
 int store_agg_person(store_txn *t, const crdt_record *before, const crdt_record *after,
                      const char *h0, const char *h1)
 {
-    crdt_record *hh0 = NULL, *hh1 = NULL;
+    place p0, p1;
     contrib *c = malloc(sizeof *c);
     int rc;
     if (!c) return CRDT_ENOMEM;
-    bool same = h0 && h1 && !strcmp(h0, h1);
-    if ((rc = get_household(t, h0, &hh0))) goto out;
-    if (!same && (rc = get_household(t, h1, &hh1))) goto out;
-    person_contrib(t->s, before, hh0, c);
+    if ((rc = place_of_id(t, h0, &p0))) goto out;
+    if (h1 && h0 && !strcmp(h0, h1)) p1 = p0;
+    else if ((rc = place_of_id(t, h1, &p1))) goto out;
+    person_contrib(t->s, before, &p0, c);
     if ((rc = add_to(t, c, -1))) goto out;
-    person_contrib(t->s, after, same ? hh0 : hh1, c);
+    person_contrib(t->s, after, &p1, c);
     rc = add_to(t, c, +1);
 out:
-    crdt_record_free(hh0);
-    crdt_record_free(hh1);
     free(c);
     return rc;
 }
@@ -260,15 +277,18 @@ int store_agg_household(store_txn *t, const crdt_record *before, const crdt_reco
     if ((rc = add_to(t, c, +1))) goto out;
     if (!moved) goto out;
     if ((rc = store_household_members(t, after->id, &members))) goto out;
+    place p0, p1;
+    place_of_record(t->s, before, &p0);
+    place_of_record(t->s, after, &p1);
     for (size_t i = 0; i < members.n; i++) {
         crdt_record *p = NULL;
         rc = store_get_record(t, "person", members.id[i], &p);
         if (rc == STORE_ENOTFOUND) continue;
         if (rc) goto out;
-        person_contrib(t->s, p, before, c);
+        person_contrib(t->s, p, &p0, c);
         rc = add_to(t, c, -1);
         if (!rc) {
-            person_contrib(t->s, p, after, c);
+            person_contrib(t->s, p, &p1, c);
             rc = add_to(t, c, +1);
         }
         crdt_record_free(p);
@@ -291,12 +311,18 @@ int store_agg_contrib(store_txn *t, const crdt_record *r, store_contrib_fn fn, v
         uint32_t len;
         char h[CRDT_RECID_MAX + 1];
         const char *hs = store_field_str(r, t->s->model.p_household, (crdt_blob){NULL, 0}, &len);
+        place pl = {"", ""};
         if (hs && len && len <= CRDT_RECID_MAX) {
             memcpy(h, hs, len);
             h[len] = 0;
-            if ((rc = get_household(t, h, &hh))) goto out;
+            /* From the household record itself, not the place index, so
+             * verify checks the index too. */
+            rc = store_get_record(t, "household", h, &hh);
+            if (rc && rc != STORE_ENOTFOUND) goto out;
+            rc = STORE_OK;
+            place_of_record(t->s, hh, &pl);
         }
-        person_contrib(t->s, r, hh, c);
+        person_contrib(t->s, r, &pl, c);
     } else if (!strcmp(r->kind, "household")) {
         household_contrib(t->s, r, c);
     }

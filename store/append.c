@@ -245,9 +245,10 @@ int store_hlc_hwm(store_txn *t, crdt_hlc *out)
     MDB_val v;
     *out = 0;
     int rc = store_get(t, DB_META, "hlc_hwm", 7, &v);
-    if (rc) return rc;
-    if (v.mv_size != 8) return STORE_ECORRUPT;
-    *out = rd64(v.mv_data);
+    if (rc && rc != STORE_ENOTFOUND) return rc;
+    if (rc == STORE_OK && v.mv_size != 8) return STORE_ECORRUPT;
+    *out = rc == STORE_OK ? rd64(v.mv_data) : 0;
+    if (t->hwm > *out) *out = t->hwm; /* not yet written by store_commit */
     return STORE_OK;
 }
 
@@ -256,6 +257,10 @@ int store_last_sseq(store_txn *t, uint64_t *sseq)
     MDB_cursor *c;
     MDB_val k, v;
     *sseq = 0;
+    if (t->have_last_sseq) {
+        *sseq = t->last_sseq;
+        return STORE_OK;
+    }
     int rc = mdb_cursor_open(t->txn, t->s->dbi[DB_DELTAS], &c);
     if (rc) return store_lmdb_err(rc);
     rc = mdb_cursor_get(c, &k, &v, MDB_LAST);
@@ -264,6 +269,10 @@ int store_last_sseq(store_txn *t, uint64_t *sseq)
     if (rc) return store_lmdb_err(rc);
     if (k.mv_size != 8) return STORE_ECORRUPT;
     *sseq = rd64(k.mv_data);
+    if (t->rw) { /* only this transaction can move it */
+        t->last_sseq = *sseq;
+        t->have_last_sseq = true;
+    }
     return STORE_OK;
 }
 
@@ -481,6 +490,18 @@ static int index_household(store_txn *t, const crdt_record *before, const crdt_r
         const char *parts[] = {c1, g1, after->id};
         if ((rc = pair_index(t, DB_GRID, parts, 3, true))) return rc;
     }
+    if (moved) { /* where the household is, for the aggregates of its members */
+        size_t hl = strlen(after->id);
+        if (*c1 && *g1) {
+            uint8_t v[256];
+            const char *parts[] = {c1, g1};
+            size_t vl = store_key_join(v, sizeof v, parts, 2);
+            if (!vl) return STORE_EINVAL;
+            if ((rc = store_put(t, DB_PLACE, after->id, hl, v, vl))) return rc;
+        } else if ((rc = store_del(t, DB_PLACE, after->id, hl))) {
+            return rc;
+        }
+    }
     return store_agg_household(t, before, after, moved);
 }
 
@@ -615,6 +636,8 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
         uint8_t sk[8];
         be64(sk, sseq);
         if ((rc = store_put_sealed(t, DB_DELTAS, sk, 8, it->env, it->env_len))) return rc;
+        t->last_sseq = sseq;
+        t->have_last_sseq = true;
     }
     be64(dv, sseq);
     if ((rc = store_put(t, DB_DOTS, dk, 12, dv, sizeof dv))) return rc;
@@ -642,21 +665,9 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
         field_cstr(rec, t->s->model.p_household, out->household, sizeof out->household);
     }
     if (rc) goto done;
-    /* The HLC high-water mark: the greatest stamp merged so far. */
-    {
-        MDB_val hv;
-        uint8_t hb[8];
-        rc = store_get(t, DB_META, "hlc_hwm", 7, &hv);
-        if (rc == STORE_OK && hv.mv_size == 8 && rd64(hv.mv_data) >= d->hlc) {
-            /* unchanged */
-        } else if (rc == STORE_OK || rc == STORE_ENOTFOUND) {
-            be64(hb, d->hlc);
-            if ((rc = store_put(t, DB_META, "hlc_hwm", 7, hb, 8))) goto done;
-        } else {
-            goto done;
-        }
-        rc = STORE_OK;
-    }
+    /* The HLC high-water mark: the greatest stamp merged so far (written
+     * once per transaction, by store_commit). */
+    if (d->hlc > t->hwm) t->hwm = d->hlc;
     out->result = STORE_APPLIED;
     out->sseq = sseq;
 done:
@@ -697,6 +708,8 @@ int store_merge_reviewed(store_txn *t, const store_item *it, store_outcome *out)
     sseq++;
     be64(sk, sseq);
     if ((rc = store_put_sealed(t, DB_DELTAS, sk, 8, it->env, it->env_len))) return rc;
+    t->last_sseq = sseq;
+    t->have_last_sseq = true;
     rc = load_or_new(t, d->kind, d->kind_len, d->id, d->id_len, &rec);
     if (rc) goto done;
     if (rec->n_fields || rec->tomb.n) {
@@ -717,19 +730,7 @@ int store_merge_reviewed(store_txn *t, const store_item *it, store_outcome *out)
         field_cstr(rec, t->s->model.p_household, out->household, sizeof out->household);
     }
     if (rc) goto done;
-    {
-        MDB_val hv;
-        uint8_t hb[8];
-        rc = store_get(t, DB_META, "hlc_hwm", 7, &hv);
-        if (rc == STORE_OK && hv.mv_size == 8 && rd64(hv.mv_data) >= d->hlc) {
-            rc = STORE_OK;
-        } else if (rc == STORE_OK || rc == STORE_ENOTFOUND) {
-            be64(hb, d->hlc);
-            if ((rc = store_put(t, DB_META, "hlc_hwm", 7, hb, 8))) goto done;
-        } else {
-            goto done;
-        }
-    }
+    if (d->hlc > t->hwm) t->hwm = d->hlc; /* written by store_commit, as above */
     out->result = STORE_APPLIED;
     out->sseq = sseq;
 done:

@@ -35,7 +35,7 @@
 enum {
     DB_META, DB_DELTAS, DB_DOTS, DB_HEADS, DB_RECORDS, DB_RDELTAS, DB_FEED,
     DB_MEMBERS, DB_GRID, DB_LOOKUP, DB_AGG, DB_AGGW, DB_DEVICES, DB_QUAR,
-    DB_AUDIT, DB_KEYS, DB_TOKENS, DB_STAFF, DB_COUNT
+    DB_AUDIT, DB_KEYS, DB_TOKENS, DB_STAFF, DB_PLACE, DB_COUNT
 };
 
 extern const char *const store_db_names[DB_COUNT];
@@ -70,6 +70,9 @@ struct store_txn {
     store *s;
     MDB_txn *txn;
     bool rw;
+    uint64_t last_sseq;         /* cached: valid when have_last_sseq */
+    bool have_last_sseq;
+    crdt_hlc hwm;               /* pending HLC high-water mark, written at commit */
     crdt_buf scratch;   /* sealing/unsealing */
     crdt_buf scratch2;
 };

@@ -25,7 +25,8 @@
 
 const char *const store_db_names[DB_COUNT] = {
     "meta", "deltas", "dots", "heads", "records", "rdeltas", "feed", "members",
-    "grid", "lookup", "agg", "aggw", "devices", "quar", "audit", "keys", "tokens", "staff"
+    "grid", "lookup", "agg", "aggw", "devices", "quar", "audit", "keys", "tokens", "staff",
+    "place"
 };
 
 #define MASTER_KEY_BYTES crypto_kdf_KEYBYTES
@@ -305,6 +306,22 @@ static void txn_free(store_txn *t)
 int store_commit(store_txn *t)
 {
     if (!t) return STORE_EINVAL;
+    if (t->rw && t->hwm) {
+        /* The HLC high-water mark, once per transaction (see store_append). */
+        MDB_val key = {7, "hlc_hwm"}, v;
+        int rc = mdb_get(t->txn, t->s->dbi[DB_META], &key, &v);
+        if (rc == MDB_NOTFOUND || (rc == 0 && (v.mv_size != 8 || rd64(v.mv_data) < t->hwm))) {
+            uint8_t b[8];
+            be64(b, t->hwm);
+            MDB_val nv = {8, b};
+            rc = mdb_put(t->txn, t->s->dbi[DB_META], &key, &nv, 0);
+        }
+        if (rc) {
+            mdb_txn_abort(t->txn);
+            txn_free(t);
+            return store_lmdb_err(rc);
+        }
+    }
     int rc = mdb_txn_commit(t->txn);
     txn_free(t);
     return store_lmdb_err(rc);

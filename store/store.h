@@ -710,15 +710,6 @@ typedef int (*store_record_cb)(const crdt_record *r, void *arg);
 int store_records_page(store_txn *t, const char *kind, const char *after, size_t limit,
                        store_record_cb cb, void *arg, char next[CRDT_RECID_MAX + 1]);
 
-/*
- * store_quarantine_page — quarantine entries with qid > after, ascending,
- * at most limit: cb(entry, arg), the entry (and its envelope) borrowed for
- * the call.  *next receives the last qid delivered (or `after`).  Returns
- * as store_records_page.
- */
-typedef int (*store_qentry_cb)(const store_qentry *q, void *arg);
-int store_quarantine_page(store_txn *t, uint64_t after, size_t limit, store_qentry_cb cb,
-                          void *arg, uint64_t *next);
 /* ---- end dashboard support -------------------------------------------------------- */
 
 #ifdef __cplusplus

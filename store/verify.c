@@ -351,6 +351,12 @@ static int check_records(vctx *v)
                 implied_grid++;
                 if (!gkl || store_get(v->t, DB_GRID, gk, gkl, &gv))
                     problem(v, "household %s: missing from grid %s/%s", id, cb, gb);
+                /* The place index says the same. */
+                const char *pp[] = {cb, gb};
+                size_t pl = store_key_join(gk, sizeof gk, pp, 2);
+                if (store_get(v->t, DB_PLACE, id, strlen(id), &gv) || gv.mv_size != pl ||
+                    memcmp(gv.mv_data, gk, pl))
+                    problem(v, "household %s: place index does not say %s/%s", id, cb, gb);
             }
         }
         amaps maps = {&agg, &weeks, false};
@@ -372,6 +378,9 @@ static int check_records(vctx *v)
     if (implied_members != db_entries(v, DB_MEMBERS))
         problem(v, "members index holds %llu entries, records imply %llu",
                 (unsigned long long)db_entries(v, DB_MEMBERS), (unsigned long long)implied_members);
+    if (implied_grid != db_entries(v, DB_PLACE))
+        problem(v, "place index holds %llu entries, records imply %llu",
+                (unsigned long long)db_entries(v, DB_PLACE), (unsigned long long)implied_grid);
     if (implied_grid != db_entries(v, DB_GRID))
         problem(v, "grid index holds %llu entries, records imply %llu",
                 (unsigned long long)db_entries(v, DB_GRID), (unsigned long long)implied_grid);
