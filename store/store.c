@@ -348,6 +348,18 @@ int store_grow(store *s)
     return STORE_OK;
 }
 
+int store_server_sign(store_txn *t, const uint8_t *msg, size_t n, uint8_t sig[64])
+{
+    crdt_buf sk = {0};
+    int rc = store_get_sealed(t, DB_META, "server_sk", 9, &sk);
+    memset(sig, 0, 64);
+    if (!rc && sk.n != crypto_sign_SECRETKEYBYTES) rc = STORE_ECORRUPT;
+    if (!rc && crypto_sign_detached(sig, NULL, msg, n, sk.p) != 0) rc = STORE_ECORRUPT;
+    if (sk.p) sodium_memzero(sk.p, sk.cap);
+    crdt_buf_free(&sk);
+    return rc;
+}
+
 void store_map_usage(store *s, size_t *used, size_t *size)
 {
     MDB_envinfo info;

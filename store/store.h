@@ -123,6 +123,11 @@ void store_abort(store_txn *t);
  */
 int store_grow(store *s);
 
+/* Sign msg with the server's Ed25519 key (unsealed from meta inside t,
+ * wiped after use).  The caller puts its own domain string in msg.
+ * Returns 0, STORE_ECORRUPT, or an LMDB error; sig zeroed on failure. */
+int store_server_sign(store_txn *t, const uint8_t *msg, size_t n, uint8_t sig[64]);
+
 /* Map use for /metrics: bytes in used pages and the current map size. */
 void store_map_usage(store *s, size_t *used, size_t *size);
 

@@ -1,43 +1,2594 @@
 /*
- * api.c — TEMPORARY placeholder so the tree builds while the staff API is
- * being written (issue #7).  Every /api/ route answers 503 with a message
- * saying so; no session is ever valid.  Replaced by the real implementation.
+ * api.c — the staff dashboard's JSON API (issue #7; routes in docs/API.md).
+ *
+ * sync_api_handle is a function from one HTTP request to one response: the
+ * server (server.c) collects the request, calls it on its API thread and
+ * writes the bytes back.  Nothing here touches a socket or libwebsockets.
+ *
+ * Invariants
+ *   - Authentication first: every route but POST /api/login needs a live
+ *     session (401 otherwise), whatever the path, so an unauthenticated
+ *     caller learns nothing (not even which routes exist).  Every non-GET
+ *     request with a session must carry the session's CSRF token in
+ *     X-CSRF-Token (403 otherwise), compared in constant time.
+ *   - Roles: STORE_ROLE_STAFF reads, resolves conflicts, raises review
+ *     stages and exports; STORE_ROLE_ADMIN also sees devices, quarantine and
+ *     staff accounts (403 for staff).
+ *   - Every response that shows a person's record is preceded by an access
+ *     log entry (audit "person.read", actor "staff:NAME"); if that entry
+ *     cannot be written the record is not shown (503).
+ *   - Pages read indexes and aggregates (store_get_record, store_lookup,
+ *     store_household_members, store_agg_get); the only scans are the
+ *     queue pages, bounded by API_SCAN_BUDGET records per request, and they
+ *     say so in their responses.
+ *   - The server writes only server-signed deltas (device 0, its own chain,
+ *     HLC past the store's high-water mark), appended with their audit
+ *     entry in ONE write transaction: a staff edit is never stored without
+ *     the name of who made it, nor logged without being stored.
+ *   - Sessions live in memory only (restart = log in again): 32 random
+ *     bytes as hex, with an idle and an absolute expiry.  The session table
+ *     is the only state shared with other threads (sync_api_session_ok),
+ *     guarded by one mutex; everything else runs on the API thread alone.
+ *   - Read transactions never outlive a request.
  */
 #include "sync.h"
 
+#include <ctype.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#define API_SESS_MAX 1024
+#define API_SESS_IDLE_MS (2ull * 3600 * 1000)    /* idle expiry */
+#define API_SESS_ABS_MS (12ull * 3600 * 1000)    /* absolute expiry */
+#define API_COOKIE "ds_session"
+#define API_SCAN_BUDGET 5000       /* records one queue request may read */
+#define API_HISTORY_MAX 500        /* deltas shown in a person's history */
+#define API_DEVICES_MAX 100000     /* device ids walked for listings */
+#define API_TZ_OFFSET_MS (8ull * 3600 * 1000) /* China Standard Time, no DST */
+#define API_DAY_MS 86400000ull
+#define API_SERVER_DEV 0u          /* the server's own device id */
+#define API_WRITE_TRIES 4
+
+/* ---- the API object ------------------------------------------------------------ */
+
+typedef struct api_sess {
+    bool used;
+    char id[65];                 /* 32 random bytes, hex */
+    char csrf[65];
+    char username[STORE_USER_MAX + 1];
+    char display[STORE_DISPLAY_MAX + 1];
+    uint8_t role;
+    uint64_t created_ms, seen_ms;
+} api_sess;
+
+typedef struct srv_dot {         /* server delta seq -> staff who made it */
+    uint64_t seq;
+    char username[STORE_USER_MAX + 1];
+} srv_dot;
+
 struct sync_api {
     store *st;
+    sync_config cfg;
+    pthread_mutex_t mu;          /* guards sess[] only */
+    api_sess *sess;              /* API_SESS_MAX slots */
+    srv_dot *dots;               /* API thread only */
+    size_t n_dots, cap_dots;
 };
 
-sync_api *sync_api_new(store *st, const sync_config *cfg)
+/* One request being handled. */
+typedef struct rq {
+    sync_api *api;
+    const sync_http_req *req;
+    sync_http_resp *resp;
+    uint64_t now;
+    api_sess s;                  /* copy of the caller's session */
+    bool authed;
+    char actor[STORE_AUDIT_ACTOR_MAX + 1];
+    const char *seg[6];          /* path segments after /api/ */
+    size_t seg_len[6];
+    size_t nseg;
+    char segbuf[512];
+} rq;
+
+/* ---- responses -------------------------------------------------------------------- */
+
+static void resp_body(sync_http_resp *r, const char *p, size_t n)
 {
-    (void)cfg;
-    sync_api *a = calloc(1, sizeof *a);
-    if (a) a->st = st;
+    crdt_buf_reset(&r->body);
+    if (crdt_buf_append(&r->body, p, n)) {
+        r->status = 500;
+        crdt_buf_reset(&r->body);
+    }
+}
+
+static void send_json(rq *q, int status, json_t *j)
+{
+    char *txt = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    snprintf(q->resp->content_type, sizeof q->resp->content_type, "%s",
+             "application/json; charset=utf-8");
+    if (!txt) {
+        static const char oom[] = "{\"error\":\"internal\",\"message\":\"out of memory\"}";
+        q->resp->status = 500;
+        resp_body(q->resp, oom, sizeof oom - 1);
+        return;
+    }
+    q->resp->status = status;
+    resp_body(q->resp, txt, strlen(txt));
+    free(txt);
+}
+
+__attribute__((format(printf, 4, 5)))
+static int send_err(rq *q, int status, const char *code, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    json_t *j = json_object();
+    json_object_set_new(j, "error", json_string(code));
+    json_t *m = json_string(msg);
+    json_object_set_new(j, "message", m ? m : json_string("(message not UTF-8)"));
+    send_json(q, status, j);
+    return status;
+}
+
+/* A store error as a response: retryable ones are 503. */
+static int send_store_err(rq *q, int rc, const char *what)
+{
+    if (rc == STORE_ENOTFOUND) return send_err(q, 404, "not_found", "%s: not found", what);
+    if (store_retryable(rc) || rc == STORE_EBUSY)
+        return send_err(q, 503, "unavailable", "%s: %s (retry later)", what, store_strerror(rc));
+    return send_err(q, 500, "internal", "%s: %s", what, store_strerror(rc));
+}
+
+/* ---- small helpers ------------------------------------------------------------------- */
+
+static void hex(const uint8_t *p, size_t n, char *out)
+{
+    static const char d[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = d[p[i] >> 4];
+        out[2 * i + 1] = d[p[i] & 15];
+    }
+    out[2 * n] = 0;
+}
+
+static bool recid_ok(const char *s, size_t n)
+{
+    if (n == 0 || n > CRDT_RECID_MAX) return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!(isalnum(c) || c == '_' || c == '.' || c == '-')) return false;
+    }
+    return true;
+}
+
+/* Query parameter `name` (the server decoded each component); NULL if absent. */
+static const char *qparam(rq *q, const char *name, char *buf, size_t cap)
+{
+    const char *p = q->req->query ? q->req->query : "";
+    size_t nl = strlen(name);
+    while (*p) {
+        const char *amp = strchr(p, '&');
+        size_t len = amp ? (size_t)(amp - p) : strlen(p);
+        if (len > nl && p[nl] == '=' && !memcmp(p, name, nl)) {
+            size_t vl = len - nl - 1;
+            if (vl >= cap) vl = cap - 1;
+            memcpy(buf, p + nl + 1, vl);
+            buf[vl] = 0;
+            return buf;
+        }
+        if (len == nl && !memcmp(p, name, nl)) {
+            buf[0] = 0;
+            return buf;
+        }
+        p += len;
+        if (*p == '&') p++;
+    }
+    return NULL;
+}
+
+/* Unsigned decimal parameter in [lo, hi]; def if absent.  -1: bad (400 sent). */
+static int qnum(rq *q, const char *name, uint64_t lo, uint64_t hi, uint64_t def, uint64_t *out)
+{
+    char b[32];
+    const char *v = qparam(q, name, b, sizeof b);
+    *out = def;
+    if (!v) return 0;
+    char *end;
+    if (!*v || !isdigit((unsigned char)*v)) goto bad;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (*end || x < lo || x > hi) goto bad;
+    *out = x;
+    return 0;
+bad:
+    send_err(q, 400, "bad_parameter", "parameter '%s' must be an integer from %llu to %llu",
+             name, (unsigned long long)lo, (unsigned long long)hi);
+    return -1;
+}
+
+/* Days since 1970-01-01 -> y, m, d (proleptic Gregorian). */
+static void civil_from_days(int64_t z, int *y, unsigned *m, unsigned *d)
+{
+    z += 719468;
+    const int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    const unsigned doe = (unsigned)(z - era * 146097);
+    const unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    const int64_t yy = (int64_t)yoe + era * 400;
+    const unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    const unsigned mp = (5 * doy + 2) / 153;
+    *d = doy - (153 * mp + 2) / 5 + 1;
+    *m = mp < 10 ? mp + 3 : mp - 9;
+    *y = (int)(yy + (*m <= 2));
+}
+
+static int64_t days_from_civil(int y, unsigned m, unsigned d)
+{
+    y -= m <= 2;
+    const int64_t era = (y >= 0 ? y : y - 399) / 400;
+    const unsigned yoe = (unsigned)(y - era * 400);
+    const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (int64_t)doe - 719468;
+}
+
+/* Local (China) day number of a server time. */
+static int64_t local_day(uint64_t ms) { return (int64_t)((ms + API_TZ_OFFSET_MS) / API_DAY_MS); }
+
+/* Monday of the local week containing day (1970-01-01 was a Thursday). */
+static int64_t week_monday(int64_t day) { return day - ((day + 3) % 7); }
+
+static void day_str(int64_t day, char out[16])
+{
+    int y;
+    unsigned m, d;
+    civil_from_days(day, &y, &m, &d);
+    snprintf(out, 16, "%04d-%02u-%02u", y % 10000, m % 100, d % 100);
+}
+
+/* The store's week functions take a server time; ours are local weeks. */
+static uint64_t agg_time(int64_t day) { return (uint64_t)day * API_DAY_MS + API_DAY_MS / 2; }
+
+static void mask_idnum(const char *s, size_t n, char *out, size_t cap)
+{
+    if (n == 18 && cap > 18) {
+        memcpy(out, s, 6);
+        memset(out + 6, '*', 8);
+        memcpy(out + 14, s + 14, 4);
+        out[18] = 0;
+    } else {
+        snprintf(out, cap, "%s", "***");
+    }
+}
+
+static void mask_phone(const char *s, size_t n, char *out, size_t cap)
+{
+    if (n >= 7 && n < cap) {
+        memcpy(out, s, n);
+        for (size_t i = 3; i < n - 4; i++) out[i] = '*';
+        out[n] = 0;
+    } else {
+        snprintf(out, cap, "%s", "***");
+    }
+}
+
+/* ---- values and stamps as JSON ----------------------------------------------------------- */
+
+static json_t *scalar_json(const crdt_scalar *s)
+{
+    switch (s->t) {
+    case CRDT_V_BOOL: return json_boolean(s->b);
+    case CRDT_V_INT: return json_integer(s->i);
+    case CRDT_V_STR: return json_stringn(s->s, s->len);
+    default: return json_null();
+    }
+}
+
+static json_t *val_json(crdt_blob b)
+{
+    crdt_val v;
+    if (!b.n || crdt_val_parse(b, &v)) return json_null();
+    switch (v.t) {
+    case CRDT_V_BOOL: return json_boolean(v.b);
+    case CRDT_V_INT: return json_integer(v.i);
+    case CRDT_V_STR: {
+        json_t *j = json_stringn(v.s, v.len);
+        return j ? j : json_null();
+    }
+    case CRDT_V_MAP: {
+        json_t *o = json_object();
+        for (uint32_t i = 0; i < v.nkv; i++) {
+            char k[64];
+            size_t kl = v.kv[i].klen < sizeof k - 1 ? v.kv[i].klen : sizeof k - 1;
+            memcpy(k, v.kv[i].k, kl);
+            k[kl] = 0;
+            json_t *x = scalar_json(&v.kv[i].v);
+            json_object_set_new(o, k, x ? x : json_null());
+        }
+        return o;
+    }
+    default: return json_null();
+    }
+}
+
+/* Volunteers by device id, cached for one request. */
+typedef struct devcache {
+    size_t n;
+    struct { uint32_t dev; bool found; char volunteer[64]; } e[64];
+} devcache;
+
+static const char *volunteer_of(store_txn *t, devcache *c, uint32_t dev)
+{
+    for (size_t i = 0; i < c->n; i++)
+        if (c->e[i].dev == dev) return c->e[i].found ? c->e[i].volunteer : NULL;
+    store_device d;
+    bool found = dev != API_SERVER_DEV && store_device_get(t, dev, &d) == STORE_OK;
+    if (c->n < 64) {
+        c->e[c->n].dev = dev;
+        c->e[c->n].found = found;
+        snprintf(c->e[c->n].volunteer, sizeof c->e[c->n].volunteer, "%s",
+                 found ? d.volunteer : "");
+        return c->e[c->n++].found ? c->e[c->n - 1].volunteer : NULL;
+    }
+    return NULL;
+}
+
+static const char *staff_of_server_seq(sync_api *api, uint64_t seq)
+{
+    for (size_t i = 0; i < api->n_dots; i++)
+        if (api->dots[i].seq == seq) return api->dots[i].username;
+    return NULL;
+}
+
+static void remember_server_seq(sync_api *api, uint64_t seq, const char *user)
+{
+    if (api->n_dots == api->cap_dots) {
+        size_t nc = api->cap_dots ? api->cap_dots * 2 : 64;
+        if (nc > 65536) { /* keep the newest half */
+            memmove(api->dots, api->dots + api->n_dots / 2,
+                    (api->n_dots - api->n_dots / 2) * sizeof *api->dots);
+            api->n_dots -= api->n_dots / 2;
+        } else {
+            srv_dot *nd = realloc(api->dots, nc * sizeof *nd);
+            if (!nd) return;
+            api->dots = nd;
+            api->cap_dots = nc;
+        }
+    }
+    api->dots[api->n_dots].seq = seq;
+    snprintf(api->dots[api->n_dots].username, sizeof api->dots[api->n_dots].username, "%s", user);
+    api->n_dots++;
+}
+
+/* Provenance of a write: who (volunteer by device, or the server and the
+ * staff member when known), which device, when. */
+static json_t *stamp_json(rq *q, store_txn *t, devcache *dc, crdt_stamp st)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "dev", json_integer(st.dot.dev));
+    json_object_set_new(o, "seq", json_integer((json_int_t)st.dot.seq));
+    json_object_set_new(o, "hlc_ms", json_integer((json_int_t)CRDT_HLC_MS(st.hlc)));
+    json_object_set_new(o, "hlc_ctr", json_integer(CRDT_HLC_CTR(st.hlc)));
+    if (st.dot.dev == API_SERVER_DEV) {
+        json_object_set_new(o, "server", json_true());
+        const char *who = staff_of_server_seq(q->api, st.dot.seq);
+        json_object_set_new(o, "staff", who ? json_string(who) : json_null());
+        json_object_set_new(o, "volunteer", json_null());
+    } else {
+        const char *v = volunteer_of(t, dc, st.dot.dev);
+        json_object_set_new(o, "server", json_false());
+        json_t *vs = v ? json_string(v) : NULL;
+        json_object_set_new(o, "volunteer", vs ? vs : json_null());
+    }
+    return o;
+}
+
+static const char *ftype_name(int t)
+{
+    switch (t) {
+    case CRDT_F_LWW: return "lww";
+    case CRDT_F_MV: return "mv";
+    case CRDT_F_SET: return "set";
+    case CRDT_F_LOG: return "log";
+    case CRDT_F_COUNTER: return "counter";
+    case CRDT_F_STAGE: return "stage";
+    default: return "?";
+    }
+}
+
+/* The display value of an lww/mv field: the entry with the greatest stamp. */
+static const crdt_entry *field_top(const crdt_field *f)
+{
+    const crdt_entry *best = NULL;
+    for (uint32_t i = 0; f && i < f->n; i++)
+        if (!best || crdt_stamp_cmp(f->e[i].st, best->st) > 0) best = &f->e[i];
+    return best;
+}
+
+/* The string value of an unkeyed lww/mv field into buf ("" if none). */
+static const char *field_cstr(const crdt_record *r, const char *name, char *buf, size_t cap)
+{
+    const crdt_entry *e = field_top(crdt_record_field(r, name, (crdt_blob){NULL, 0}));
+    crdt_val v;
+    buf[0] = 0;
+    if (e && !crdt_val_parse(e->v, &v) && v.t == CRDT_V_STR) {
+        size_t n = v.len < cap - 1 ? v.len : cap - 1;
+        memcpy(buf, v.s, n);
+        buf[n] = 0;
+    }
+    return buf;
+}
+
+/* All live values of an unkeyed field, as a JSON array (distinct). */
+static json_t *field_values(const crdt_record *r, const char *name)
+{
+    const crdt_field *f = crdt_record_field(r, name, (crdt_blob){NULL, 0});
+    json_t *a = json_array();
+    for (uint32_t i = 0; f && i < f->n; i++) {
+        bool dup = false;
+        for (uint32_t j = 0; j < i; j++) dup |= !crdt_blob_cmp(f->e[i].v, f->e[j].v);
+        if (!dup) json_array_append_new(a, val_json(f->e[i].v));
+    }
     return a;
 }
 
-void sync_api_free(sync_api *api) { free(api); }
+static json_t *key_json(crdt_blob k) { return k.n ? val_json(k) : json_null(); }
 
-int sync_api_handle(sync_api *api, const sync_http_req *req, uint64_t now_ms,
-                    sync_http_resp *resp)
+/* The campaign year as a field key blob. */
+static crdt_blob year_key(uint32_t year, uint8_t buf[9])
 {
-    static const char msg[] = "{\"error\":\"the staff API is not available in this build yet\"}";
-    (void)api;
-    (void)req;
-    (void)now_ms;
-    resp->status = 503;
-    crdt_buf_append(&resp->body, msg, sizeof msg - 1);
-    return 0;
+    crdt_buf b = {0};
+    crdt_blob out = {buf, 0};
+    if (crdt_val_put_int(&b, year) == 0 && b.n <= 9) {
+        memcpy(buf, b.p, b.n);
+        out.n = (uint32_t)b.n;
+    }
+    crdt_buf_free(&b);
+    return out;
+}
+
+static uint32_t mv_conflicts(const crdt_record *r)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < r->n_fields; i++)
+        if (r->fields[i].type == CRDT_F_MV && r->fields[i].n > 1) n++;
+    return n;
+}
+
+/* A short summary of a person (search results, members, queues). */
+static json_t *person_summary(rq *q, store_txn *t, const crdt_record *p)
+{
+    json_t *o = json_object();
+    char buf[256], m[32];
+    uint8_t kb[9];
+    json_object_set_new(o, "id", json_string(p->id));
+    json_object_set_new(o, "names", field_values(p, "name"));
+    json_t *ids = json_array();
+    const crdt_field *f = crdt_record_field(p, "id_number", (crdt_blob){NULL, 0});
+    for (uint32_t i = 0; f && i < f->n; i++) {
+        crdt_val v;
+        if (crdt_val_parse(f->e[i].v, &v) || v.t != CRDT_V_STR) continue;
+        mask_idnum(v.s, v.len, m, sizeof m);
+        json_array_append_new(ids, json_string(m));
+    }
+    json_object_set_new(o, "id_numbers_masked", ids);
+    json_object_set_new(o, "gender", field_values(p, "gender"));
+    json_object_set_new(o, "birth_date", field_values(p, "birth_date"));
+    field_cstr(p, "relation", buf, sizeof buf);
+    json_object_set_new(o, "relation", json_string(buf));
+    field_cstr(p, "household", buf, sizeof buf);
+    json_object_set_new(o, "household", json_string(buf));
+    json_object_set_new(o, "insurance_type", field_values(p, "insurance_type"));
+    json_object_set_new(o, "life_status", field_values(p, "life_status"));
+    const crdt_field *pay = crdt_record_field(p, "payment",
+                                              year_key(store_campaign_year(q->api->st), kb));
+    json_t *pa = json_array();
+    for (uint32_t i = 0; pay && i < pay->n; i++) json_array_append_new(pa, val_json(pay->e[i].v));
+    json_object_set_new(o, "payment", pa);
+    json_object_set_new(o, "tags", field_values(p, "tags"));
+    const crdt_field *rv = crdt_record_field(p, "review", (crdt_blob){NULL, 0});
+    json_object_set_new(o, "review_ordinal", json_integer(rv ? crdt_field_stage(rv) : -1));
+    json_object_set_new(o, "conflicts", json_integer(mv_conflicts(p)));
+    json_object_set_new(o, "deleted", json_boolean(crdt_record_deleted(p)));
+    (void)t;
+    return o;
+}
+
+/* ---- audit --------------------------------------------------------------------------- */
+
+/* Append one audit entry in its own write txn (growing the map if full). */
+static int audit_write(rq *q, const char *actor, const char *action, const char *detail)
+{
+    for (int tries = 0; tries < API_WRITE_TRIES; tries++) {
+        store_txn *t = NULL;
+        int rc = store_begin(q->api->st, STORE_RW, &t);
+        if (!rc) rc = store_audit_append(t, q->now, actor, action, detail, NULL);
+        if (!rc) {
+            rc = store_commit(t);
+            t = NULL;
+        }
+        store_abort(t);
+        if (rc != STORE_EMAPFULL) return rc;
+        if (store_grow(q->api->st)) return rc;
+    }
+    return STORE_EMAPFULL;
+}
+
+/* ---- sessions -------------------------------------------------------------------------- */
+
+static bool sess_live(const api_sess *s, uint64_t now)
+{
+    return s->used && now < s->seen_ms + API_SESS_IDLE_MS && now < s->created_ms + API_SESS_ABS_MS;
+}
+
+/* The session id from a Cookie header into out (65 bytes); false if none. */
+static bool cookie_sid(const char *cookie, char out[65])
+{
+    const char *p = cookie ? cookie : "";
+    size_t nl = strlen(API_COOKIE);
+    while (*p) {
+        while (*p == ' ' || *p == ';') p++;
+        if (!strncmp(p, API_COOKIE, nl) && p[nl] == '=') {
+            const char *v = p + nl + 1;
+            size_t n = strcspn(v, "; ");
+            if (n != 64) return false;
+            for (size_t i = 0; i < 64; i++)
+                if (!isxdigit((unsigned char)v[i])) return false;
+            memcpy(out, v, 64);
+            out[64] = 0;
+            return true;
+        }
+        p += strcspn(p, ";");
+    }
+    return false;
+}
+
+/* Find (and touch) the live session for a cookie; copy it to *out. */
+static bool sess_find(sync_api *api, const char *cookie, uint64_t now, bool touch, api_sess *out)
+{
+    char sid[65];
+    bool ok = false;
+    if (!cookie_sid(cookie, sid)) return false;
+    pthread_mutex_lock(&api->mu);
+    for (size_t i = 0; i < API_SESS_MAX; i++) {
+        api_sess *s = &api->sess[i];
+        if (!s->used) continue;
+        if (!sess_live(s, now)) {
+            sodium_memzero(s, sizeof *s);
+            continue;
+        }
+        if (sodium_memcmp(s->id, sid, 64) == 0) {
+            if (touch) s->seen_ms = now;
+            if (out) *out = *s;
+            ok = true;
+        }
+    }
+    pthread_mutex_unlock(&api->mu);
+    sodium_memzero(sid, sizeof sid);
+    return ok;
+}
+
+static void sess_create(sync_api *api, const store_staff *st, uint64_t now, api_sess *out)
+{
+    uint8_t rnd[32];
+    api_sess s;
+    memset(&s, 0, sizeof s);
+    s.used = true;
+    randombytes_buf(rnd, sizeof rnd);
+    hex(rnd, 32, s.id);
+    randombytes_buf(rnd, sizeof rnd);
+    hex(rnd, 32, s.csrf);
+    sodium_memzero(rnd, sizeof rnd);
+    snprintf(s.username, sizeof s.username, "%s", st->username);
+    snprintf(s.display, sizeof s.display, "%s", st->display);
+    s.role = st->role;
+    s.created_ms = s.seen_ms = now;
+    pthread_mutex_lock(&api->mu);
+    size_t slot = API_SESS_MAX, oldest = 0;
+    for (size_t i = 0; i < API_SESS_MAX; i++) {
+        if (!api->sess[i].used || !sess_live(&api->sess[i], now)) {
+            slot = i;
+            break;
+        }
+        if (api->sess[i].seen_ms < api->sess[oldest].seen_ms) oldest = i;
+    }
+    if (slot == API_SESS_MAX) slot = oldest; /* table full: the least recently used goes */
+    api->sess[slot] = s;
+    pthread_mutex_unlock(&api->mu);
+    *out = s;
+    sodium_memzero(&s, sizeof s);
+}
+
+static void sess_drop(sync_api *api, const char *id)
+{
+    pthread_mutex_lock(&api->mu);
+    for (size_t i = 0; i < API_SESS_MAX; i++)
+        if (api->sess[i].used && sodium_memcmp(api->sess[i].id, id, 64) == 0)
+            sodium_memzero(&api->sess[i], sizeof api->sess[i]);
+    pthread_mutex_unlock(&api->mu);
 }
 
 bool sync_api_session_ok(sync_api *api, const char *cookie, uint64_t now_ms)
 {
-    (void)api;
-    (void)cookie;
-    (void)now_ms;
-    return false;
+    return api && sess_find(api, cookie, now_ms, false, NULL);
+}
+
+static const char *role_name(uint8_t r)
+{
+    return r == STORE_ROLE_ADMIN ? "admin" : r == STORE_ROLE_STAFF ? "staff" : "unknown";
+}
+
+static json_t *me_json(const api_sess *s)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "username", json_string(s->username));
+    json_t *d = json_string(s->display);
+    json_object_set_new(o, "display", d ? d : json_string(s->username));
+    json_object_set_new(o, "role", json_string(role_name(s->role)));
+    json_object_set_new(o, "csrf", json_string(s->csrf));
+    return o;
+}
+
+/* ---- request bodies ------------------------------------------------------------------------ */
+
+static json_t *body_json(rq *q)
+{
+    const char *ct = q->req->content_type ? q->req->content_type : "";
+    if (strncasecmp(ct, "application/json", 16) != 0) {
+        send_err(q, 400, "bad_content_type",
+                 "the request body must be JSON (Content-Type: application/json)");
+        return NULL;
+    }
+    if (q->req->body_len > SYNC_API_BODY_MAX) {
+        send_err(q, 413, "too_large", "request body larger than %d bytes", SYNC_API_BODY_MAX);
+        return NULL;
+    }
+    json_error_t e;
+    json_t *j = json_loadb((const char *)q->req->body, q->req->body_len,
+                           JSON_REJECT_DUPLICATES, &e);
+    if (!j) {
+        send_err(q, 400, "bad_json", "request body is not valid JSON: %s (line %d, column %d)",
+                 e.text, e.line, e.column);
+        return NULL;
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        send_err(q, 400, "bad_json", "request body must be a JSON object");
+        return NULL;
+    }
+    return j;
+}
+
+/* A required string member; NULL (400 sent) if missing or not a string. */
+static const char *body_str(rq *q, json_t *j, const char *name, size_t maxlen)
+{
+    json_t *v = json_object_get(j, name);
+    if (!v || !json_is_string(v)) {
+        send_err(q, 400, "bad_parameter", "'%s' is required and must be a string", name);
+        return NULL;
+    }
+    if (json_string_length(v) > maxlen || strlen(json_string_value(v)) != json_string_length(v)) {
+        send_err(q, 400, "bad_parameter", "'%s' must be at most %zu bytes without NUL", name,
+                 maxlen);
+        return NULL;
+    }
+    return json_string_value(v);
+}
+
+/* ---- login / logout / me ---------------------------------------------------------------------- */
+
+static bool username_chars_ok(const char *u)
+{
+    size_t n = strlen(u);
+    if (!n || n > STORE_USER_MAX) return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)u[i];
+        if (!(islower(c) || isdigit(c) || c == '_' || c == '.' || c == '-')) return false;
+    }
+    return true;
+}
+
+static int route_login(rq *q)
+{
+    json_t *j = body_json(q);
+    if (!j) return 400;
+    const char *u = body_str(q, j, "username", 256), *pw = u ? body_str(q, j, "password",
+                                                                          STORE_PASSWORD_MAX)
+                                                              : NULL;
+    if (!u || !pw) {
+        json_decref(j);
+        return 400;
+    }
+    char user[STORE_USER_MAX + 1], actor[STORE_AUDIT_ACTOR_MAX + 1];
+    bool valid = username_chars_ok(u);
+    snprintf(user, sizeof user, "%s", valid ? u : "");
+    snprintf(actor, sizeof actor, "staff:%s", valid ? u : "(invalid)");
+    store_staff st;
+    int rc = store_staff_login(q->api->st, valid ? u : "-", pw, q->now, NULL, NULL, &st);
+    json_decref(j); /* the password lived in it */
+    char detail[160];
+    snprintf(detail, sizeof detail, "from %s", q->req->remote ? q->req->remote : "?");
+    if (rc == STORE_OK) {
+        api_sess s;
+        audit_write(q, actor, "staff.login", detail);
+        sess_create(q->api, &st, q->now, &s);
+        snprintf(q->resp->set_cookie, sizeof q->resp->set_cookie,
+                 "%s=%s; Path=/; HttpOnly; SameSite=Strict; Max-Age=%llu%s", API_COOKIE, s.id,
+                 (unsigned long long)(API_SESS_ABS_MS / 1000), q->req->tls ? "; Secure" : "");
+        send_json(q, 200, me_json(&s));
+        sodium_memzero(&s, sizeof s);
+        return 200;
+    }
+    if (rc == STORE_ELOCKED) {
+        audit_write(q, actor, "staff.login_locked", detail);
+        return send_err(q, 429, "locked",
+                        "too many failed logins: the account is locked for a while "
+                        "(账户因多次登录失败已被暂时锁定，请稍后再试或联系管理员)");
+    }
+    if (rc == STORE_EBADPASS || rc == STORE_ENOTFOUND || rc == STORE_EDISABLED ||
+        rc == STORE_EINVAL) {
+        audit_write(q, actor, "staff.login_failed", detail);
+        return send_err(q, 401, "bad_login", "wrong username or password (用户名或密码错误)");
+    }
+    return send_store_err(q, rc, "login");
+}
+
+static int route_logout(rq *q)
+{
+    sess_drop(q->api, q->s.id);
+    audit_write(q, q->actor, "staff.logout", NULL);
+    snprintf(q->resp->set_cookie, sizeof q->resp->set_cookie,
+             "%s=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0%s", API_COOKIE,
+             q->req->tls ? "; Secure" : "");
+    json_t *o = json_object();
+    json_object_set_new(o, "ok", json_true());
+    send_json(q, 200, o);
+    return 200;
+}
+
+/* ---- overview and reports (aggregates only) ------------------------------------------------- */
+
+typedef struct places {
+    size_t n, cap;
+    struct { char c[128], g[128]; } *p;
+} places;
+
+static int place_cb(const char *c, const char *g, void *arg)
+{
+    places *pl = arg;
+    if (pl->n == pl->cap) {
+        size_t nc = pl->cap ? pl->cap * 2 : 32;
+        void *np = realloc(pl->p, nc * sizeof *pl->p);
+        if (!np) return CRDT_ENOMEM;
+        pl->p = np;
+        pl->cap = nc;
+    }
+    snprintf(pl->p[pl->n].c, sizeof pl->p[pl->n].c, "%s", c);
+    snprintf(pl->p[pl->n].g, sizeof pl->p[pl->n].g, "%s", g);
+    pl->n++;
+    return 0;
+}
+
+static json_t *agg_json(rq *q, const store_agg *a)
+{
+    size_t ng = 0;
+    const char *const *names = store_group_names(q->api->st, &ng);
+    json_t *o = json_object();
+    int64_t unenrolled_groups = 0;
+    json_object_set_new(o, "persons", json_integer(a->persons));
+    json_object_set_new(o, "enrolled", json_integer(a->enrolled));
+    json_object_set_new(o, "paid", json_integer(a->paid));
+    json_object_set_new(o, "unpaid", json_integer(a->persons - a->enrolled));
+    json_object_set_new(o, "coverage",
+                        json_real(a->persons ? (double)a->enrolled / (double)a->persons : 0.0));
+    json_object_set_new(o, "visits_week", json_integer(a->visits_week));
+    json_t *g = json_array();
+    for (size_t i = 0; i < ng && i < STORE_MAX_GROUPS; i++) {
+        json_t *x = json_object();
+        json_object_set_new(x, "name", json_string(names[i]));
+        json_object_set_new(x, "persons", json_integer(a->group[i]));
+        json_object_set_new(x, "unenrolled", json_integer(a->group_unenrolled[i]));
+        unenrolled_groups += a->group_unenrolled[i];
+        json_array_append_new(g, x);
+    }
+    json_object_set_new(o, "groups", g);
+    /* A person in two key groups counts once per group here. */
+    json_object_set_new(o, "key_group_unenrolled", json_integer(unenrolled_groups));
+    return o;
+}
+
+/* station, communities with grids; *out_pl receives the places (caller frees). */
+static int build_tree(rq *q, store_txn *t, uint64_t at, json_t **station, json_t **comms)
+{
+    places pl = {0};
+    store_agg a;
+    int rc = store_agg_places(t, place_cb, &pl);
+    if (rc) goto out;
+    if ((rc = store_agg_get(t, NULL, NULL, at, &a))) goto out;
+    *station = agg_json(q, &a);
+    *comms = json_array();
+    for (size_t i = 0; i < pl.n;) {
+        size_t j = i;
+        if ((rc = store_agg_get(t, pl.p[i].c, NULL, at, &a))) goto out;
+        json_t *c = agg_json(q, &a);
+        json_object_set_new(c, "community", json_string(pl.p[i].c));
+        json_t *grids = json_array();
+        for (; j < pl.n && !strcmp(pl.p[j].c, pl.p[i].c); j++) {
+            if ((rc = store_agg_get(t, pl.p[j].c, pl.p[j].g, at, &a))) goto out;
+            json_t *g = agg_json(q, &a);
+            json_object_set_new(g, "grid", json_string(pl.p[j].g));
+            json_array_append_new(grids, g);
+        }
+        json_object_set_new(c, "grids", grids);
+        json_array_append_new(*comms, c);
+        i = j;
+    }
+out:
+    free(pl.p);
+    return rc;
+}
+
+static const char *dev_state_name(uint8_t s)
+{
+    switch (s) {
+    case STORE_DEV_ACTIVE: return "active";
+    case STORE_DEV_FROZEN: return "frozen";
+    case STORE_DEV_REVOKED_SOFT: return "revoked_soft";
+    case STORE_DEV_REVOKED_HARD: return "revoked_hard";
+    default: return "unknown";
+    }
+}
+
+static int route_overview(rq *q)
+{
+    uint64_t stale_days;
+    if (qnum(q, "stale_days", 1, 365, 3, &stale_days)) return 400;
+    store_txn *t = NULL;
+    json_t *station = NULL, *comms = NULL, *o = json_object();
+    int64_t today = local_day(q->now), monday = week_monday(today);
+    char ds[16];
+    int rc = store_begin(q->api->st, STORE_RDONLY, &t);
+    if (!rc) rc = build_tree(q, t, agg_time(today), &station, &comms);
+    if (rc) goto fail;
+    json_object_set_new(o, "campaign_year", json_integer(store_campaign_year(q->api->st)));
+    json_object_set_new(o, "now_ms", json_integer((json_int_t)q->now));
+    day_str(today, ds);
+    json_object_set_new(o, "today", json_string(ds));
+    day_str(monday, ds);
+    json_object_set_new(o, "week_start", json_string(ds));
+    json_object_set_new(o, "station", station);
+    json_object_set_new(o, "communities", comms);
+    station = comms = NULL;
+
+    /* Devices: a walk over device ids (hundreds per station), not records. */
+    uint32_t next_id = 1;
+    if ((rc = store_device_next_id(t, &next_id))) goto fail;
+    json_t *stale = json_array();
+    int64_t total = 0, active = 0, synced_today = 0;
+    uint64_t day_start = (uint64_t)today * API_DAY_MS - API_TZ_OFFSET_MS;
+    for (uint32_t id = 1; id < next_id && id < API_DEVICES_MAX; id++) {
+        store_device d;
+        if (store_device_get(t, id, &d)) continue;
+        total++;
+        if (d.state != STORE_DEV_ACTIVE) continue;
+        active++;
+        if (d.last_sync_ms >= day_start) synced_today++;
+        if (!d.last_sync_ms ||
+            (q->now > d.last_sync_ms && q->now - d.last_sync_ms > stale_days * API_DAY_MS)) {
+            json_t *x = json_object();
+            json_object_set_new(x, "id", json_integer(id));
+            json_t *vs = json_string(d.volunteer);
+            json_object_set_new(x, "volunteer", vs ? vs : json_null());
+            json_object_set_new(x, "last_sync_ms", json_integer((json_int_t)d.last_sync_ms));
+            json_object_set_new(x, "days",
+                                d.last_sync_ms ? json_integer((json_int_t)((q->now - d.last_sync_ms)
+                                                                          / API_DAY_MS))
+                                               : json_null());
+            json_array_append_new(stale, x);
+        }
+    }
+    json_t *dv = json_object();
+    json_object_set_new(dv, "total", json_integer(total));
+    json_object_set_new(dv, "active", json_integer(active));
+    json_object_set_new(dv, "synced_today", json_integer(synced_today));
+    json_object_set_new(dv, "stale_days", json_integer((json_int_t)stale_days));
+    json_object_set_new(dv, "stale", stale);
+    json_object_set_new(o, "devices", dv);
+    uint64_t nq = 0;
+    store_quarantine_count(t, &nq);
+    json_object_set_new(o, "quarantine", json_integer((json_int_t)nq));
+    store_abort(t);
+    send_json(q, 200, o);
+    return 200;
+fail:
+    store_abort(t);
+    json_decref(o);
+    json_decref(station);
+    json_decref(comms);
+    return send_store_err(q, rc, "overview");
+}
+
+/* The report's week: ?week=YYYY-MM-DD (any day of it), default this week. */
+static int report_week(rq *q, int64_t *monday)
+{
+    char b[16];
+    const char *w = qparam(q, "week", b, sizeof b);
+    *monday = week_monday(local_day(q->now));
+    if (!w) return 0;
+    if (crdt_check_date(w, strlen(w))) {
+        send_err(q, 400, "bad_parameter", "'week' must be a date YYYY-MM-DD, got '%s'", w);
+        return -1;
+    }
+    *monday = week_monday(days_from_civil(atoi(w), (unsigned)atoi(w + 5), (unsigned)atoi(w + 8)));
+    return 0;
+}
+
+static int route_weekly(rq *q)
+{
+    int64_t monday;
+    if (report_week(q, &monday)) return 400;
+    store_txn *t = NULL;
+    json_t *station = NULL, *comms = NULL, *o = json_object();
+    char ds[16];
+    int rc = store_begin(q->api->st, STORE_RDONLY, &t);
+    if (!rc) rc = build_tree(q, t, agg_time(monday), &station, &comms);
+    if (rc) goto fail;
+    day_str(monday, ds);
+    json_object_set_new(o, "week_start", json_string(ds));
+    day_str(monday + 6, ds);
+    json_object_set_new(o, "week_end", json_string(ds));
+    json_object_set_new(o, "campaign_year", json_integer(store_campaign_year(q->api->st)));
+    json_object_set_new(o, "generated_ms", json_integer((json_int_t)q->now));
+    json_object_set_new(o, "station", station);
+    json_object_set_new(o, "communities", comms);
+    station = comms = NULL;
+    /* Visits per week over the last 16 weeks (the aggregates keep weeks). */
+    json_t *weeks = json_array();
+    for (int i = 15; i >= 0; i--) {
+        store_agg a;
+        int64_t m = monday - 7 * i;
+        if ((rc = store_agg_get(t, NULL, NULL, agg_time(m), &a))) goto fail;
+        json_t *x = json_object();
+        day_str(m, ds);
+        json_object_set_new(x, "week_start", json_string(ds));
+        json_object_set_new(x, "visits", json_integer(a.visits_week));
+        json_array_append_new(weeks, x);
+    }
+    json_object_set_new(o, "weeks", weeks);
+    json_object_set_new(o, "note",
+                        json_string("参保率为当前值（汇总表只保存当前状态）；走访数按周统计。"
+                                    " Coverage is the current value (aggregates keep the "
+                                    "current state only); visits are per week."));
+    store_abort(t);
+    audit_write(q, q->actor, "report.weekly", ds);
+    send_json(q, 200, o);
+    return 200;
+fail:
+    store_abort(t);
+    json_decref(o);
+    json_decref(station);
+    json_decref(comms);
+    return send_store_err(q, rc, "weekly report");
+}
+
+static int csv_cell(crdt_buf *b, const char *s)
+{
+    bool quote = strpbrk(s, ",\"\r\n") != NULL;
+    /* Cells starting with = + - @ are neutralised for spreadsheets. */
+    bool formula = *s == '=' || *s == '+' || *s == '-' || *s == '@';
+    int rc = 0;
+    if (quote || formula) rc |= crdt_buf_append(b, "\"", 1);
+    if (formula) rc |= crdt_buf_append(b, "'", 1);
+    for (const char *p = s; *p; p++) {
+        if (*p == '"') rc |= crdt_buf_append(b, "\"", 1);
+        rc |= crdt_buf_append(b, p, 1);
+    }
+    if (quote || formula) rc |= crdt_buf_append(b, "\"", 1);
+    return rc;
+}
+
+static int csv_row(crdt_buf *b, const char *c, const char *g, const store_agg *a)
+{
+    char num[256];
+    int64_t kg = 0;
+    for (int i = 0; i < STORE_MAX_GROUPS; i++) kg += a->group_unenrolled[i];
+    int rc = csv_cell(b, c);
+    rc |= crdt_buf_append(b, ",", 1);
+    rc |= csv_cell(b, g);
+    snprintf(num, sizeof num, ",%lld,%lld,%lld,%.2f%%,%lld,%lld,%lld\r\n", (long long)a->persons,
+             (long long)a->enrolled, (long long)a->paid,
+             a->persons ? 100.0 * (double)a->enrolled / (double)a->persons : 0.0,
+             (long long)(a->persons - a->enrolled), (long long)kg, (long long)a->visits_week);
+    rc |= crdt_buf_append(b, num, strlen(num));
+    return rc;
+}
+
+static int route_weekly_csv(rq *q)
+{
+    int64_t monday;
+    if (report_week(q, &monday)) return 400;
+    store_txn *t = NULL;
+    places pl = {0};
+    crdt_buf b = {0};
+    store_agg a;
+    char ds[16];
+    uint64_t at = agg_time(monday);
+    static const char head[] = "\xEF\xBB\xBF" "社区,网格,人数,已参保,已缴费,参保率,未参保/未缴费,"
+                               "重点人群未参保,本周走访\r\n";
+    int rc = store_begin(q->api->st, STORE_RDONLY, &t);
+    if (!rc) rc = store_agg_places(t, place_cb, &pl);
+    if (!rc) rc = crdt_buf_append(&b, head, sizeof head - 1);
+    for (size_t i = 0; !rc && i < pl.n; i++) {
+        if ((rc = store_agg_get(t, pl.p[i].c, pl.p[i].g, at, &a))) break;
+        if (csv_row(&b, pl.p[i].c, pl.p[i].g, &a)) rc = CRDT_ENOMEM;
+        if (!rc && (i + 1 == pl.n || strcmp(pl.p[i + 1].c, pl.p[i].c))) {
+            if (!(rc = store_agg_get(t, pl.p[i].c, NULL, at, &a)) &&
+                csv_row(&b, pl.p[i].c, "合计", &a))
+                rc = CRDT_ENOMEM;
+        }
+    }
+    if (!rc && !(rc = store_agg_get(t, NULL, NULL, at, &a)) && csv_row(&b, "全街道", "合计", &a))
+        rc = CRDT_ENOMEM;
+    store_abort(t);
+    free(pl.p);
+    if (rc) {
+        crdt_buf_free(&b);
+        return send_store_err(q, rc, "weekly report");
+    }
+    day_str(monday, ds);
+    audit_write(q, q->actor, "report.export", ds);
+    q->resp->status = 200;
+    snprintf(q->resp->content_type, sizeof q->resp->content_type, "text/csv; charset=utf-8");
+    snprintf(q->resp->extra_header_name, sizeof q->resp->extra_header_name,
+             "content-disposition:");
+    snprintf(q->resp->extra_header_value, sizeof q->resp->extra_header_value,
+             "attachment; filename=\"weekly-%s.csv\"", ds);
+    crdt_buf_free(&q->resp->body);
+    q->resp->body = b;
+    return 200;
+}
+
+/* ---- search ------------------------------------------------------------------------------- */
+
+static int idnum_problem(rq *q, const char *s, size_t n)
+{
+    if (n != 18)
+        return send_err(q, 400, "bad_idnum",
+                        "身份证号码应为18位（当前%zu位）。An ID number has 18 characters, this one "
+                        "has %zu.", n, n);
+    for (size_t i = 0; i < 17; i++)
+        if (!isdigit((unsigned char)s[i]))
+            return send_err(q, 400, "bad_idnum",
+                            "身份证号码前17位必须是数字（第%zu位不是）。The first 17 characters "
+                            "must be digits (character %zu is not).", i + 1, i + 1);
+    char want = crdt_idnum_check_char(s);
+    if (s[17] != want)
+        return send_err(q, 400, "bad_idnum_checksum",
+                        "身份证号码校验位错误：第18位应为 %c，而不是 %c，请核对号码。Checksum "
+                        "error: the 18th character should be %c, not %c (GB 11643 MOD 11-2); "
+                        "check the number.", want, s[17], want, s[17]);
+    return send_err(q, 400, "bad_idnum",
+                    "身份证号码中的出生日期或地区码无效。The birth date (characters 7-14) or the "
+                    "region code of this ID number is not valid.");
+}
+
+static int route_search(rq *q)
+{
+    char raw[256], v[256];
+    const char *qs = qparam(q, "q", raw, sizeof raw);
+    if (!qs) return send_err(q, 400, "bad_parameter", "parameter 'q' is required");
+    /* Trim spaces; uppercase a trailing x of an ID number. */
+    const char *b = qs;
+    while (*b == ' ' || *b == '\t') b++;
+    size_t n = strlen(b);
+    while (n && (b[n - 1] == ' ' || b[n - 1] == '\t')) n--;
+    if (!n) return send_err(q, 400, "bad_parameter", "parameter 'q' is empty");
+    if (n >= sizeof v - 1)
+        return send_err(q, 400, "bad_parameter", "parameter 'q' is longer than %zu bytes",
+                        sizeof v - 2);
+    memcpy(v, b, n);
+    v[n] = 0;
+    size_t digits = 0;
+    for (size_t i = 0; i < n; i++) digits += isdigit((unsigned char)v[i]) != 0;
+    bool x_last = v[n - 1] == 'x' || v[n - 1] == 'X';
+    bool dash = strchr(v, '-') != NULL;
+    int what;
+    const char *kind;
+    if (digits == n || (x_last && digits == n - 1) || (dash && digits == n - 1)) {
+        /* Digits: an 11-digit mobile or a landline is a phone; 15 or more
+         * characters are an ID number; anything else is neither. */
+        if ((n == 11 && v[0] == '1' && digits == n) || (v[0] == '0' && n <= 13 && !x_last)) {
+            if (crdt_check_phone(v, n))
+                return send_err(q, 400, "bad_phone",
+                                "“%s”不是有效的电话号码（手机11位，1开头；固话区号开头）。Not a "
+                                "valid mobile (11 digits, 1[3-9]…) or landline number.", v);
+            what = STORE_LOOKUP_PHONE;
+            kind = "phone";
+        } else if (n >= 15 && !dash) {
+            if (x_last) v[n - 1] = 'X';
+            if (crdt_check_idnum(v, n)) return idnum_problem(q, v, n);
+            what = STORE_LOOKUP_IDNUM;
+            kind = "idnum";
+        } else {
+            return send_err(q, 400, "bad_parameter",
+                            "“%s”既不是身份证号码（18位）也不是手机号（11位）。Neither an ID "
+                            "number (18 characters) nor a mobile number (11 digits).", v);
+        }
+    } else {
+        if (!crdt_utf8_valid((const uint8_t *)v, n) || n > 64)
+            return send_err(q, 400, "bad_parameter", "a name is 1..64 bytes of UTF-8");
+        what = STORE_LOOKUP_NAME;
+        kind = "name";
+    }
+    store_txn *t = NULL;
+    store_ids ids = {0};
+    json_t *items = json_array();
+    int rc = store_begin(q->api->st, STORE_RDONLY, &t);
+    if (!rc) rc = store_lookup(t, what, v, n, &ids);
+    for (size_t i = 0; !rc && i < ids.n && i < 200; i++) {
+        crdt_record *p = NULL;
+        if (store_get_record(t, "person", ids.id[i], &p)) continue;
+        json_t *s = person_summary(q, t, p);
+        char hb[CRDT_RECID_MAX + 1], tmp[128];
+        field_cstr(p, "household", hb, sizeof hb);
+        crdt_record *hh = NULL;
+        if (*hb && store_get_record(t, "household", hb, &hh) == STORE_OK) {
+            json_object_set_new(s, "community", json_string(field_cstr(hh, "community", tmp,
+                                                                       sizeof tmp)));
+            json_object_set_new(s, "grid", json_string(field_cstr(hh, "grid", tmp, sizeof tmp)));
+            json_t *addr = json_string(field_cstr(hh, "address", tmp, sizeof tmp));
+            json_object_set_new(s, "address", addr ? addr : json_null());
+        }
+        crdt_record_free(hh);
+        crdt_record_free(p);
+        json_array_append_new(items, s);
+    }
+    store_abort(t);
+    if (rc) {
+        store_ids_free(&ids);
+        json_decref(items);
+        return send_store_err(q, rc, "search");
+    }
+    char detail[160], m[64];
+    if (what == STORE_LOOKUP_IDNUM) mask_idnum(v, n, m, sizeof m);
+    else if (what == STORE_LOOKUP_PHONE) mask_phone(v, n, m, sizeof m);
+    else snprintf(m, sizeof m, "(%zu bytes)", n);
+    snprintf(detail, sizeof detail, "%s %s: %zu results", kind, m, ids.n);
+    store_ids_free(&ids);
+    if ((rc = audit_write(q, q->actor, "person.search", detail))) {
+        json_decref(items);
+        return send_store_err(q, rc, "access log");
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "kind", json_string(kind));
+    json_object_set_new(o, "count", json_integer((json_int_t)json_array_size(items)));
+    json_object_set_new(o, "results", items);
+    send_json(q, 200, o);
+    return 200;
+}
+
+/* ---- history: a record's deltas, decoded ------------------------------------------------------- */
+
+typedef struct hist {
+    size_t n, cap;
+    uint64_t *sseq;
+} hist;
+
+static int hist_cb(uint64_t sseq, void *arg)
+{
+    hist *h = arg;
+    if (h->n == h->cap) {
+        size_t nc = h->cap ? h->cap * 2 : 32;
+        uint64_t *np = realloc(h->sseq, nc * sizeof *np);
+        if (!np) return CRDT_ENOMEM;
+        h->sseq = np;
+        h->cap = nc;
+    }
+    h->sseq[h->n++] = sseq;
+    return 0;
+}
+
+/* The record's deltas as JSON (newest last), at most API_HISTORY_MAX (the
+ * newest ones); *truncated says whether older ones were left out. */
+static int history_json(rq *q, store_txn *t, devcache *dc, const char *kind, const char *id,
+                        json_t **out, bool *truncated)
+{
+    hist h = {0};
+    crdt_buf env = {0};
+    crdt_arena *a = crdt_arena_new(0);
+    int rc = a ? store_record_deltas(t, kind, id, 0, SIZE_MAX, hist_cb, &h, NULL) : CRDT_ENOMEM;
+    *out = NULL;
+    *truncated = false;
+    if (rc) goto out;
+    *out = json_array();
+    size_t from = h.n > API_HISTORY_MAX ? h.n - API_HISTORY_MAX : 0;
+    *truncated = from > 0;
+    for (size_t i = from; i < h.n; i++) {
+        const uint8_t *db, *sig;
+        size_t dl;
+        crdt_delta d;
+        int err_op;
+        crdt_arena_reset(a);
+        json_t *x = json_object();
+        json_object_set_new(x, "sseq", json_integer((json_int_t)h.sseq[i]));
+        if ((rc = store_get_envelope(t, h.sseq[i], &env)) ||
+            (rc = wire_envelope_decode(env.p, env.n, &crdt_limits_default, &db, &dl, &sig)) ||
+            (rc = crdt_delta_decode(db, dl, &crdt_limits_default, a, &d, &err_op))) {
+            json_object_set_new(x, "error", json_string(store_strerror(rc)));
+            json_array_append_new(*out, x);
+            rc = 0;
+            continue;
+        }
+        crdt_stamp st = {d.hlc, {d.dev, d.seq}};
+        json_object_set_new(x, "by", stamp_json(q, t, dc, st));
+        json_t *ops = json_array();
+        for (uint32_t k = 0; k < d.n_ops; k++) {
+            const crdt_op *op = &d.ops[k];
+            json_t *o = json_object();
+            json_object_set_new(o, "op", json_string(crdt_opcode_name(op->code)));
+            json_object_set_new(o, "field", op->field ? json_stringn(op->field, op->field_len)
+                                                      : json_null());
+            json_object_set_new(o, "key", key_json(op->key));
+            json_object_set_new(o, "value", op->val.n ? val_json(op->val) : json_null());
+            if (op->n_obs) {
+                json_t *obs = json_array();
+                for (uint32_t m = 0; m < op->n_obs; m++)
+                    json_array_append_new(obs, json_pack("[iI]", (int)op->obs[m].dev,
+                                                         (json_int_t)op->obs[m].seq));
+                json_object_set_new(o, "observed", obs);
+            }
+            json_array_append_new(ops, o);
+        }
+        json_object_set_new(x, "ops", ops);
+        json_array_append_new(*out, x);
+    }
+out:
+    free(h.sseq);
+    crdt_buf_free(&env);
+    crdt_arena_free(a);
+    if (rc) {
+        json_decref(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
+/* ---- person page ------------------------------------------------------------------------------ */
+
+static json_t *entry_json(rq *q, store_txn *t, devcache *dc, const crdt_fspec *fs,
+                          const crdt_entry *e)
+{
+    json_t *o = json_object();
+    if (fs->type == CRDT_F_COUNTER) {
+        json_object_set_new(o, "value", json_integer(e->num));
+    } else if (fs->type == CRDT_F_STAGE) {
+        int i = (int)e->num;
+        json_object_set_new(o, "value", i >= 0 && (uint32_t)i < fs->v.n_enum
+                                            ? json_string(fs->v.enum_values[i])
+                                            : json_integer(e->num));
+    } else {
+        json_object_set_new(o, "value", val_json(e->v));
+    }
+    json_object_set_new(o, "by", stamp_json(q, t, dc, e->st));
+    return o;
+}
+
+/* Ops of the history that touched field (name, key). */
+static json_t *field_history(json_t *hist_j, const char *name, json_t *key)
+{
+    json_t *out = json_array();
+    size_t i, k;
+    json_t *d, *op;
+    json_array_foreach(hist_j, i, d) {
+        json_array_foreach(json_object_get(d, "ops"), k, op) {
+            json_t *f = json_object_get(op, "field");
+            if (!json_is_string(f) || strcmp(json_string_value(f), name)) continue;
+            if (!json_equal(json_object_get(op, "key"), key)) continue;
+            json_t *x = json_object();
+            json_object_set(x, "sseq", json_object_get(d, "sseq"));
+            json_object_set(x, "op", json_object_get(op, "op"));
+            json_object_set(x, "value", json_object_get(op, "value"));
+            json_object_set(x, "by", json_object_get(d, "by"));
+            json_t *obs = json_object_get(op, "observed");
+            if (obs) json_object_set(x, "observed", obs);
+            json_array_append_new(out, x);
+        }
+    }
+    return out;
+}
+
+static json_t *field_json(rq *q, store_txn *t, devcache *dc, const crdt_fspec *fs,
+                          const crdt_field *f, json_t *hist_j)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "name", json_string(fs->name));
+    json_object_set_new(o, "crdt", json_string(ftype_name(fs->type)));
+    json_t *doc = fs->doc ? json_string(fs->doc) : NULL;
+    json_object_set_new(o, "doc", doc ? doc : json_null());
+    json_t *key = f ? key_json(f->key) : json_null();
+    json_object_set_new(o, "key", key);
+    json_object_set_new(o, "keyed", json_boolean(fs->keyed));
+    if (fs->v.vtype == CRDT_VT_ENUM && fs->type != CRDT_F_SET) {
+        json_t *ev = json_array();
+        for (uint32_t i = 0; i < fs->v.n_enum; i++)
+            json_array_append_new(ev, json_string(fs->v.enum_values[i]));
+        json_object_set_new(o, "choices", ev);
+    }
+    json_t *vals = json_array();
+    for (uint32_t i = 0; f && i < f->n; i++)
+        json_array_append_new(vals, entry_json(q, t, dc, fs, &f->e[i]));
+    json_object_set_new(o, "values", vals);
+    if (fs->type == CRDT_F_COUNTER)
+        json_object_set_new(o, "total", json_integer(f ? crdt_field_counter(f) : 0));
+    json_object_set_new(o, "conflict", json_boolean(fs->type == CRDT_F_MV && f && f->n > 1));
+    json_object_set_new(o, "history", field_history(hist_j, fs->name, key));
+    return o;
+}
+
+static int route_person(rq *q, const char *id)
+{
+    store_txn *t = NULL;
+    crdt_record *p = NULL, *hh = NULL;
+    devcache dc = {0};
+    json_t *hist_j = NULL, *o = NULL;
+    bool trunc = false;
+    int rc = store_begin(q->api->st, STORE_RDONLY, &t);
+    if (!rc) rc = store_get_record(t, "person", id, &p);
+    if (rc == STORE_ENOTFOUND) {
+        store_abort(t);
+        return send_err(q, 404, "not_found", "no person '%s'", id);
+    }
+    if (!rc) rc = history_json(q, t, &dc, "person", id, &hist_j, &trunc);
+    if (rc) goto fail;
+    const crdt_kspec *ks = crdt_schema_kind(store_schema(q->api->st), "person", 6);
+    o = json_object();
+    json_object_set_new(o, "id", json_string(p->id));
+    json_object_set_new(o, "kind", json_string("person"));
+    json_object_set_new(o, "deleted", json_boolean(crdt_record_deleted(p)));
+    json_object_set_new(o, "campaign_year", json_integer(store_campaign_year(q->api->st)));
+    json_t *fields = json_array(), *conflicts = json_array();
+    for (uint32_t k = 0; ks && k < ks->n_fields; k++) {
+        const crdt_fspec *fs = &ks->fields[k];
+        bool any = false;
+        for (uint32_t i = 0; i < p->n_fields; i++) {
+            const crdt_field *f = &p->fields[i];
+            if (strcmp(f->name, fs->name)) continue;
+            any = true;
+            json_t *fj = field_json(q, t, &dc, fs, f, hist_j);
+            if (json_is_true(json_object_get(fj, "conflict"))) json_array_append(conflicts, fj);
+            json_array_append_new(fields, fj);
+        }
+        if (!any) json_array_append_new(fields, field_json(q, t, &dc, fs, NULL, hist_j));
+    }
+    json_object_set_new(o, "fields", fields);
+    json_object_set_new(o, "conflicts", conflicts);
+    json_object_set_new(o, "history", hist_j);
+    hist_j = NULL;
+    json_object_set_new(o, "history_truncated", json_boolean(trunc));
+    char hb[CRDT_RECID_MAX + 1], tmp[256];
+    field_cstr(p, "household", hb, sizeof hb);
+    if (*hb && store_get_record(t, "household", hb, &hh) == STORE_OK) {
+        json_t *h = json_object();
+        json_object_set_new(h, "id", json_string(hb));
+        json_t *addr = json_string(field_cstr(hh, "address", tmp, sizeof tmp));
+        json_object_set_new(h, "address", addr ? addr : json_null());
+        json_object_set_new(h, "community", json_string(field_cstr(hh, "community", tmp,
+                                                                   sizeof tmp)));
+        json_object_set_new(h, "grid", json_string(field_cstr(hh, "grid", tmp, sizeof tmp)));
+        json_object_set_new(o, "household", h);
+    } else {
+        json_object_set_new(o, "household", *hb ? json_pack("{ss}", "id", hb) : json_null());
+    }
+    store_abort(t);
+    t = NULL;
+    /* The access log entry comes before the data leaves. */
+    if ((rc = audit_write(q, q->actor, "person.read", id))) {
+        crdt_record_free(p);
+        crdt_record_free(hh);
+        json_decref(o);
+        return send_store_err(q, rc, "access log");
+    }
+    crdt_record_free(p);
+    crdt_record_free(hh);
+    send_json(q, 200, o);
+    return 200;
+fail:
+    store_abort(t);
+    crdt_record_free(p);
+    crdt_record_free(hh);
+    json_decref(hist_j);
+    json_decref(o);
+    return send_store_err(q, rc, "person");
+}
+
+/* ---- household page --------------------------------------------------------------------------- */
+
+static int route_household(rq *q, const char *id)
+{
+    store_txn *t = NULL;
+    crdt_record *hh = NULL;
+    store_ids mem = {0};
+    devcache dc = {0};
+    json_t *o = NULL;
+    int rc = store_begin(q->api->st, STORE_RDONLY, &t);
+    if (!rc) rc = store_get_record(t, "household", id, &hh);
+    if (rc == STORE_ENOTFOUND) {
+        /* A household may have members before its own record arrives. */
+        rc = store_household_members(t, id, &mem);
+        if (!rc && !mem.n) {
+            store_abort(t);
+            return send_err(q, 404, "not_found", "no household '%s'", id);
+        }
+    } else if (!rc) {
+        rc = store_household_members(t, id, &mem);
+    }
+    if (rc) goto fail;
+    o = json_object();
+    json_object_set_new(o, "id", json_string(id));
+    json_object_set_new(o, "known", json_boolean(hh != NULL));
+    const crdt_kspec *ks = crdt_schema_kind(store_schema(q->api->st), "household", 9);
+    json_t *fields = json_array(), *visits = json_array();
+    for (uint32_t k = 0; ks && k < ks->n_fields; k++) {
+        const crdt_fspec *fs = &ks->fields[k];
+        const crdt_field *f = hh ? crdt_record_field(hh, fs->name, (crdt_blob){NULL, 0}) : NULL;
+        if (fs->type == CRDT_F_LOG) {
+            for (uint32_t i = 0; f && i < f->n; i++)
+                json_array_append_new(visits, entry_json(q, t, &dc, fs, &f->e[i]));
+            continue;
+        }
+        json_array_append_new(fields, field_json(q, t, &dc, fs, f, NULL));
+    }
+    json_object_set_new(o, "fields", fields);
+    json_object_set_new(o, "visits", visits);
+    json_t *members = json_array(), *pvisits = json_array();
+    for (size_t i = 0; i < mem.n; i++) {
+        crdt_record *p = NULL;
+        if (store_get_record(t, "person", mem.id[i], &p)) continue;
+        json_array_append_new(members, person_summary(q, t, p));
+        const crdt_field *f = crdt_record_field(p, "visits", (crdt_blob){NULL, 0});
+        const crdt_kspec *pk = crdt_schema_kind(store_schema(q->api->st), "person", 6);
+        const crdt_fspec *vf = pk ? crdt_schema_field(pk, "visits", 6) : NULL;
+        for (uint32_t k = 0; vf && f && k < f->n; k++) {
+            json_t *e = entry_json(q, t, &dc, vf, &f->e[k]);
+            json_object_set_new(e, "person", json_string(p->id));
+            json_array_append_new(pvisits, e);
+        }
+        crdt_record_free(p);
+    }
+    json_object_set_new(o, "members", members);
+    json_object_set_new(o, "person_visits", pvisits);
+    store_abort(t);
+    t = NULL;
+    char detail[128];
+    snprintf(detail, sizeof detail, "%s (%zu members)", id, mem.n);
+    store_ids_free(&mem);
+    crdt_record_free(hh);
+    if ((rc = audit_write(q, q->actor, "household.read", detail))) {
+        json_decref(o);
+        return send_store_err(q, rc, "access log");
+    }
+    send_json(q, 200, o);
+    return 200;
+fail:
+    store_abort(t);
+    store_ids_free(&mem);
+    crdt_record_free(hh);
+    json_decref(o);
+    return send_store_err(q, rc, "household");
+}
+
+/* ---- server-signed writes ------------------------------------------------------------------------ */
+
+typedef struct srv_write {
+    const char *person;
+    crdt_op op;                  /* field, key, val, obs filled by the caller (obs: below) */
+    bool observe_all;            /* mv set: observe every current dot of the instance */
+    const crdt_dot *expect;      /* optional: the dots the staff member saw */
+    size_t n_expect;
+    int stage_min;               /* stage raise: must exceed the current ordinal */
+    const char *action;          /* audit action */
+    char detail[512];
+    /* results */
+    uint64_t seq, sseq;
+    char household[CRDT_RECID_MAX + 1];
+} srv_write;
+
+static int dot_cmp_q(const void *a, const void *b)
+{
+    return crdt_dot_cmp(*(const crdt_dot *)a, *(const crdt_dot *)b);
+}
+
+/* One attempt in one write transaction.  Returns 0 with the HTTP status
+ * already sent for refusals (*sent), or a store error to retry/report. */
+static int srv_write_once(rq *q, srv_write *w, bool *sent)
+{
+    store *st = q->api->st;
+    store_txn *t = NULL;
+    crdt_record *p = NULL;
+    crdt_dot *obs = NULL;
+    crdt_buf bytes = {0}, env = {0};
+    crdt_arena *a = crdt_arena_new(0);
+    uint8_t prev[CRDT_HASH_BYTES], sig[WIRE_SIG_BYTES];
+    uint64_t head = 0;
+    crdt_hlc hwm = 0, hlc;
+    int rc = a ? store_begin(st, STORE_RW, &t) : CRDT_ENOMEM;
+    *sent = false;
+    if (rc) goto out;
+    rc = store_get_record(t, "person", w->person, &p);
+    if (rc == STORE_ENOTFOUND) {
+        send_err(q, 404, "not_found", "no person '%s'", w->person);
+        *sent = true;
+        rc = 0;
+        goto out;
+    }
+    if (rc) goto out;
+    crdt_op op = w->op;
+    char fname[CRDT_NAME_MAX];
+    snprintf(fname, sizeof fname, "%.*s", (int)op.field_len, op.field);
+    const crdt_field *f = NULL;
+    for (uint32_t i = 0; i < p->n_fields; i++)
+        if (!strcmp(p->fields[i].name, fname) && !crdt_blob_cmp(p->fields[i].key, op.key))
+            f = &p->fields[i];
+    if (w->observe_all) {
+        uint32_t n = f ? f->n : 0;
+        if (w->expect) {
+            bool same = n == w->n_expect;
+            for (uint32_t i = 0; same && i < n; i++) {
+                bool found = false;
+                for (size_t j = 0; j < w->n_expect; j++)
+                    found |= !crdt_dot_cmp(f->e[i].st.dot, w->expect[j]);
+                same &= found;
+            }
+            if (!same) {
+                send_err(q, 409, "changed",
+                         "该字段在您查看之后已有新的修改，请刷新后重新处理。The field changed "
+                         "since you loaded it (a device synced meanwhile); reload and resolve "
+                         "again.");
+                *sent = true;
+                rc = 0;
+                goto out;
+            }
+        }
+        if (n) {
+            if (!(obs = calloc(n, sizeof *obs))) {
+                rc = CRDT_ENOMEM;
+                goto out;
+            }
+            for (uint32_t i = 0; i < n; i++) obs[i] = f->e[i].st.dot;
+            qsort(obs, n, sizeof *obs, dot_cmp_q);
+            for (uint32_t i = 0; i < n; i++)
+                if (obs[i].dev == API_SERVER_DEV) {
+                    /* crdt_schema_check_delta refuses observed dots of device 0
+                     * (see the report of issue #7): say so instead of failing. */
+                    send_err(q, 409, "server_dot",
+                             "this value was set by an earlier staff resolution and cannot be "
+                             "superseded yet: observed dots of the server (device 0) are "
+                             "refused by the schema check");
+                    *sent = true;
+                    rc = 0;
+                    goto out;
+                }
+        }
+        op.obs = obs;
+        op.n_obs = n;
+    }
+    if (w->stage_min >= 0) {
+        int cur = f ? crdt_field_stage(f) : -1;
+        if (cur >= w->stage_min) {
+            send_err(q, 409, "stage",
+                     "业务已处于该阶段或之后，不能回退。The item is already at this stage or "
+                     "later; stages only move forward.");
+            *sent = true;
+            rc = 0;
+            goto out;
+        }
+    }
+    /* The server's chain and clock. */
+    if ((rc = store_chain_head(t, API_SERVER_DEV, &head, prev))) goto out;
+    if ((rc = store_hlc_hwm(t, &hwm))) goto out;
+    if ((rc = crdt_hlc_now(&hwm, q->now, &hlc))) goto out;
+    crdt_delta d;
+    memset(&d, 0, sizeof d);
+    d.dev = API_SERVER_DEV;
+    d.epoch = 1;
+    d.seq = head + 1;
+    memcpy(d.prev, prev, sizeof prev);
+    d.hlc = hlc;
+    d.kind = "person";
+    d.kind_len = 6;
+    d.id = w->person;
+    d.id_len = (uint32_t)strlen(w->person);
+    d.ops = &op;
+    d.n_ops = 1;
+    if ((rc = crdt_delta_encode(&d, &bytes))) goto out;
+    if ((rc = store_server_sign_delta(t, bytes.p, bytes.n, sig))) goto out;
+    if ((rc = wire_envelope_encode(bytes.p, bytes.n, sig, &env))) goto out;
+    /* Exactly what store_append_batch does with a device's envelope. */
+    {
+        const uint8_t *db, *sg;
+        size_t dl;
+        crdt_delta dd;
+        int err_op;
+        store_item it;
+        store_outcome oc;
+        if ((rc = wire_envelope_decode(env.p, env.n, &crdt_limits_default, &db, &dl, &sg)) ||
+            (rc = crdt_delta_decode(db, dl, &crdt_limits_default, a, &dd, &err_op)) ||
+            (rc = crdt_schema_check_delta(store_schema(st), &dd, &err_op))) {
+            send_err(q, 400, "bad_value", "the edit does not pass the schema: %s",
+                     crdt_strerror(rc));
+            *sent = true;
+            rc = 0;
+            goto out;
+        }
+        memset(&it, 0, sizeof it);
+        it.env = env.p;
+        it.env_len = env.n;
+        it.delta = &dd;
+        wire_delta_hash(db, dl, it.hash);
+        if ((rc = store_append(t, &it, q->now, q->api->cfg.max_ahead_ms, &oc))) goto out;
+        if (oc.result != STORE_APPLIED) {
+            send_err(q, 409, "not_applied", "the server's delta was not applied (%s: %s)",
+                     oc.result == STORE_REJECTED ? "rejected" : "quarantined",
+                     oc.result == STORE_REJECTED ? store_strerror(oc.code)
+                                                 : store_qreason_name(oc.code));
+            *sent = true;
+            rc = 0;
+            goto out;
+        }
+        w->seq = d.seq;
+        w->sseq = oc.sseq;
+        snprintf(w->household, sizeof w->household, "%s", oc.household);
+    }
+    {
+        char detail[STORE_AUDIT_DETAIL_MAX + 1];
+        snprintf(detail, sizeof detail, "%s; server delta 0:%llu (sseq %llu), observed %u",
+                 w->detail, (unsigned long long)w->seq, (unsigned long long)w->sseq, op.n_obs);
+        if ((rc = store_audit_append(t, q->now, q->actor, w->action, detail, NULL))) goto out;
+    }
+    rc = store_commit(t);
+    t = NULL;
+out:
+    store_abort(t);
+    crdt_record_free(p);
+    free(obs);
+    crdt_buf_free(&bytes);
+    crdt_buf_free(&env);
+    crdt_arena_free(a);
+    sodium_memzero(sig, sizeof sig);
+    return rc;
+}
+
+/* Run the write (growing the map when full); 0 = success, response unsent. */
+static int srv_write_run(rq *q, srv_write *w)
+{
+    for (int tries = 0; tries < API_WRITE_TRIES; tries++) {
+        bool sent = false;
+        int rc = srv_write_once(q, w, &sent);
+        if (sent) return -1;
+        if (!rc) {
+            remember_server_seq(q->api, w->seq, q->s.username);
+            return 0;
+        }
+        if (rc == STORE_EMAPFULL && store_grow(q->api->st) == STORE_OK) continue;
+        send_store_err(q, rc, "write");
+        return -1;
+    }
+    send_store_err(q, STORE_EMAPFULL, "write");
+    return -1;
+}
+
+/* A value for field spec v from JSON, as canonical bytes.  NULL msg = ok. */
+static const char *json_to_val(const crdt_vspec *v, json_t *j, crdt_buf *out)
+{
+    crdt_buf_reset(out);
+    switch (v->vtype) {
+    case CRDT_VT_INT:
+        if (json_is_integer(j)) return crdt_val_put_int(out, json_integer_value(j)) ? "oom" : NULL;
+        if (json_is_string(j)) {
+            char *end;
+            long long x = strtoll(json_string_value(j), &end, 10);
+            if (*json_string_value(j) && !*end) return crdt_val_put_int(out, x) ? "oom" : NULL;
+        }
+        return "must be an integer";
+    case CRDT_VT_BOOL:
+        if (json_is_boolean(j)) return crdt_val_put_bool(out, json_is_true(j)) ? "oom" : NULL;
+        return "must be true or false";
+    case CRDT_VT_ENTRY:
+        return "cannot be set here";
+    default:
+        if (json_is_string(j))
+            return crdt_val_put_str(out, json_string_value(j), json_string_length(j)) ? "oom"
+                                                                                      : NULL;
+        return "must be a string";
+    }
+}
+
+static const char *vcheck_msg(int rc)
+{
+    switch (rc) {
+    case CRDT_EIDNUM:
+        return "不是有效的身份证号码（格式、出生日期或校验位错误）。Not a valid GB 11643 ID "
+               "number (format, birth date or checksum)";
+    case CRDT_EENUM: return "不是允许的取值。Not one of the field's allowed values";
+    case CRDT_EDATE: return "日期应为 YYYY-MM-DD。Not a valid YYYY-MM-DD date";
+    case CRDT_EPHONE: return "不是有效的电话号码。Not a valid phone number";
+    case CRDT_ETEXT: return "文字太长。Text too long for the field";
+    case CRDT_ERANGE: return "超出范围。Out of range";
+    default: return crdt_strerror(rc);
+    }
+}
+
+/* Parse {"field","key"?,"value"} into w->op for person field spec; 400 sent
+ * on failure (returns -1). */
+static int parse_field_value(rq *q, json_t *j, const crdt_fspec **fs_out, crdt_buf *kb,
+                             crdt_buf *vb)
+{
+    const crdt_kspec *ks = crdt_schema_kind(store_schema(q->api->st), "person", 6);
+    const char *field = body_str(q, j, "field", CRDT_NAME_MAX);
+    if (!field) return -1;
+    const crdt_fspec *fs = ks ? crdt_schema_field(ks, field, strlen(field)) : NULL;
+    if (!fs) {
+        send_err(q, 400, "bad_field", "person has no field '%s'", field);
+        return -1;
+    }
+    if (fs->type != CRDT_F_MV) {
+        send_err(q, 400, "bad_field",
+                 "field '%s' is %s: only mv fields hold conflicts to resolve", field,
+                 ftype_name(fs->type));
+        return -1;
+    }
+    json_t *key = json_object_get(j, "key");
+    crdt_val pv;
+    const char *m;
+    if (fs->keyed) {
+        if (!key || json_is_null(key)) {
+            send_err(q, 400, "bad_key", "field '%s' is keyed (e.g. by year): 'key' is required",
+                     field);
+            return -1;
+        }
+        if ((m = json_to_val(&fs->key, key, kb))) {
+            send_err(q, 400, "bad_key", "'key' %s", m);
+            return -1;
+        }
+        int rc = crdt_val_parse((crdt_blob){kb->p, (uint32_t)kb->n}, &pv);
+        if (!rc) rc = crdt_vspec_check(&fs->key, &pv);
+        if (rc) {
+            send_err(q, 400, "bad_key", "'key' for field '%s': %s", field, vcheck_msg(rc));
+            return -1;
+        }
+    } else if (key && !json_is_null(key)) {
+        send_err(q, 400, "bad_key", "field '%s' takes no 'key'", field);
+        return -1;
+    }
+    json_t *val = json_object_get(j, "value");
+    if (!val) {
+        send_err(q, 400, "bad_value", "'value' is required");
+        return -1;
+    }
+    if ((m = json_to_val(&fs->v, val, vb))) {
+        send_err(q, 400, "bad_value", "'value' %s", m);
+        return -1;
+    }
+    int rc = crdt_val_parse((crdt_blob){vb->p, (uint32_t)vb->n}, &pv);
+    if (!rc) rc = crdt_fspec_check_value(fs, &pv);
+    if (rc) {
+        send_err(q, 400, "bad_value", "'value' for field '%s': %s", field, vcheck_msg(rc));
+        return -1;
+    }
+    *fs_out = fs;
+    return 0;
+}
+
+static int route_resolve(rq *q, const char *id)
+{
+    json_t *j = body_json(q);
+    if (!j) return 400;
+    const crdt_fspec *fs = NULL;
+    crdt_buf kb = {0}, vb = {0};
+    crdt_dot *expect = NULL;
+    size_t n_expect = 0;
+    int status = 400;
+    if (parse_field_value(q, j, &fs, &kb, &vb)) goto out;
+    json_t *obs = json_object_get(j, "observed");
+    if (obs && !json_is_null(obs)) {
+        size_t i;
+        json_t *x;
+        if (!json_is_array(obs) || json_array_size(obs) > 1024) {
+            send_err(q, 400, "bad_parameter", "'observed' must be an array of [device, seq]");
+            goto out;
+        }
+        expect = calloc(json_array_size(obs) + 1, sizeof *expect);
+        if (!expect) {
+            status = send_err(q, 500, "internal", "out of memory");
+            goto out;
+        }
+        json_array_foreach(obs, i, x) {
+            json_t *dv = json_array_get(x, 0), *sv = json_array_get(x, 1);
+            if (!json_is_array(x) || json_array_size(x) != 2 || !json_is_integer(dv) ||
+                !json_is_integer(sv) || json_integer_value(dv) < 0 ||
+                json_integer_value(dv) > UINT32_MAX || json_integer_value(sv) < 1) {
+                send_err(q, 400, "bad_parameter",
+                         "'observed' must be an array of [device, seq] pairs");
+                goto out;
+            }
+            expect[n_expect].dev = (uint32_t)json_integer_value(dv);
+            expect[n_expect++].seq = (uint64_t)json_integer_value(sv);
+        }
+    }
+    srv_write w;
+    memset(&w, 0, sizeof w);
+    w.person = id;
+    w.op.code = CRDT_OP_SET;
+    w.op.field = fs->name;
+    w.op.field_len = (uint32_t)strlen(fs->name);
+    w.op.key = (crdt_blob){kb.p, (uint32_t)kb.n};
+    w.op.val = (crdt_blob){vb.p, (uint32_t)vb.n};
+    w.observe_all = true;
+    w.expect = expect;
+    w.n_expect = expect ? n_expect : 0;
+    if (obs && !json_is_null(obs) && !expect) w.expect = (const crdt_dot *)"";
+    w.stage_min = -1;
+    w.action = "person.resolve";
+    {
+        char *vs = json_dumps(json_object_get(j, "value"), JSON_ENCODE_ANY);
+        char *ks = fs->keyed ? json_dumps(json_object_get(j, "key"), JSON_ENCODE_ANY) : NULL;
+        snprintf(w.detail, sizeof w.detail, "person %s field %s%s%s%s = %.200s", id, fs->name,
+                 ks ? "[" : "", ks ? ks : "", ks ? "]" : "", vs ? vs : "?");
+        free(vs);
+        free(ks);
+    }
+    if (srv_write_run(q, &w)) {
+        status = q->resp->status;
+        goto out;
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "ok", json_true());
+    json_object_set_new(o, "person", json_string(id));
+    json_object_set_new(o, "field", json_string(fs->name));
+    json_object_set(o, "key", fs->keyed ? json_object_get(j, "key") : json_null());
+    json_object_set(o, "value", json_object_get(j, "value"));
+    json_t *by = json_object();
+    json_object_set_new(by, "username", json_string(q->s.username));
+    json_t *disp = json_string(q->s.display);
+    json_object_set_new(by, "display", disp ? disp : json_null());
+    json_object_set_new(o, "resolved_by", by);
+    json_object_set_new(o, "delta", json_pack("{sisIsI}", "dev", 0, "seq", (json_int_t)w.seq,
+                                              "sseq", (json_int_t)w.sseq));
+    json_object_set_new(o, "household", *w.household ? json_string(w.household) : json_null());
+    send_json(q, 200, o);
+    status = 200;
+out:
+    json_decref(j);
+    crdt_buf_free(&kb);
+    crdt_buf_free(&vb);
+    free(expect);
+    return status;
+}
+
+static const crdt_fspec *stage_field(rq *q)
+{
+    const crdt_kspec *ks = crdt_schema_kind(store_schema(q->api->st), "person", 6);
+    return ks ? crdt_schema_field(ks, "review", 6) : NULL;
+}
+
+static int route_review_raise(rq *q, const char *id)
+{
+    const crdt_fspec *fs = stage_field(q);
+    if (!fs || fs->type != CRDT_F_STAGE)
+        return send_err(q, 404, "not_found", "the schema has no review stage field");
+    json_t *j = body_json(q);
+    if (!j) return 400;
+    const char *stage = body_str(q, j, "stage", 255);
+    int status = 400;
+    crdt_buf vb = {0};
+    int ord = stage ? crdt_vspec_enum_index(&fs->v, stage, strlen(stage)) : -1;
+    if (!stage) goto out;
+    if (ord < 0) {
+        char list[512] = "";
+        for (uint32_t i = 0; i < fs->v.n_enum; i++) {
+            strncat(list, i ? " < " : "", sizeof list - strlen(list) - 1);
+            strncat(list, fs->v.enum_values[i], sizeof list - strlen(list) - 1);
+        }
+        send_err(q, 400, "bad_stage", "'stage' must be one of: %s", list);
+        goto out;
+    }
+    if (crdt_val_put_str(&vb, stage, strlen(stage))) {
+        status = send_err(q, 500, "internal", "out of memory");
+        goto out;
+    }
+    srv_write w;
+    memset(&w, 0, sizeof w);
+    w.person = id;
+    w.op.code = CRDT_OP_RAISE;
+    w.op.field = fs->name;
+    w.op.field_len = (uint32_t)strlen(fs->name);
+    w.op.val = (crdt_blob){vb.p, (uint32_t)vb.n};
+    w.stage_min = ord;
+    w.action = "person.review";
+    snprintf(w.detail, sizeof w.detail, "person %s review -> %s", id, stage);
+    if (srv_write_run(q, &w)) {
+        status = q->resp->status;
+        goto out;
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "ok", json_true());
+    json_object_set_new(o, "person", json_string(id));
+    json_object_set_new(o, "stage", json_string(stage));
+    json_object_set_new(o, "by", json_string(q->s.username));
+    json_object_set_new(o, "delta", json_pack("{sisIsI}", "dev", 0, "seq", (json_int_t)w.seq,
+                                              "sseq", (json_int_t)w.sseq));
+    json_object_set_new(o, "household", *w.household ? json_string(w.household) : json_null());
+    send_json(q, 200, o);
+    status = 200;
+out:
+    json_decref(j);
+    crdt_buf_free(&vb);
+    return status;
+}
+
+/* ---- queues (bounded scans) ------------------------------------------------------------------------ */
+
+typedef struct qscan {
+    rq *q;
+    store_txn *t;
+    json_t *items;
+    size_t want;
+    int mode;                    /* 0 conflicts, 1 review */
+    int stage;                   /* review: only this ordinal (-2: any open) */
+    int last_stage;
+} qscan;
+
+static int qscan_cb(const crdt_record *r, void *arg)
+{
+    qscan *s = arg;
+    if (crdt_record_deleted(r)) return 0;
+    if (s->mode == 0) {
+        json_t *fl = json_array();
+        for (uint32_t i = 0; i < r->n_fields; i++) {
+            const crdt_field *f = &r->fields[i];
+            if (f->type != CRDT_F_MV || f->n < 2) continue;
+            json_t *x = json_object();
+            json_object_set_new(x, "field", json_string(f->name));
+            json_object_set_new(x, "key", key_json(f->key));
+            json_t *vals = json_array();
+            for (uint32_t k = 0; k < f->n; k++) json_array_append_new(vals, val_json(f->e[k].v));
+            json_object_set_new(x, "values", vals);
+            json_array_append_new(fl, x);
+        }
+        if (!json_array_size(fl)) {
+            json_decref(fl);
+            return 0;
+        }
+        json_t *p = person_summary(s->q, s->t, r);
+        json_object_set_new(p, "conflict_fields", fl);
+        json_array_append_new(s->items, p);
+    } else {
+        const crdt_field *f = crdt_record_field(r, "review", (crdt_blob){NULL, 0});
+        int st = f ? crdt_field_stage(f) : -1;
+        if (st < 0 || st >= s->last_stage) return 0;
+        if (s->stage != -2 && st != s->stage) return 0;
+        json_t *p = person_summary(s->q, s->t, r);
+        json_array_append_new(s->items, p);
+    }
+    return json_array_size(s->items) >= s->want ? 1 : 0;
+}
+
+static int route_queue(rq *q, int mode)
+{
+    char after[CRDT_RECID_MAX + 2], sb[256], next[CRDT_RECID_MAX + 1];
+    const char *af = qparam(q, "after", after, sizeof after);
+    uint64_t limit;
+    if (af && *af && !recid_ok(af, strlen(af)))
+        return send_err(q, 400, "bad_parameter", "'after' must be a record id");
+    if (qnum(q, "limit", 1, 200, 50, &limit)) return 400;
+    qscan s = {q, NULL, json_array(), (size_t)limit, mode, -2, 0};
+    const crdt_fspec *rf = stage_field(q);
+    if (mode == 1) {
+        if (!rf) {
+            json_decref(s.items);
+            return send_err(q, 404, "not_found", "the schema has no review stage field");
+        }
+        s.last_stage = (int)rf->v.n_enum - 1;
+        const char *sv = qparam(q, "stage", sb, sizeof sb);
+        if (sv && *sv) {
+            s.stage = crdt_vspec_enum_index(&rf->v, sv, strlen(sv));
+            if (s.stage < 0 || s.stage >= s.last_stage) {
+                json_decref(s.items);
+                return send_err(q, 400, "bad_parameter",
+                                "'stage' must be an open review stage (not the last one)");
+            }
+        }
+    }
+    int rc = store_begin(q->api->st, STORE_RDONLY, &s.t);
+    if (!rc) {
+        rc = store_records_page(s.t, "person", af ? af : "", API_SCAN_BUDGET, qscan_cb, &s, next);
+        if (rc == 1) rc = 0;
+    }
+    store_abort(s.t);
+    if (rc) {
+        json_decref(s.items);
+        return send_store_err(q, rc, "queue");
+    }
+    /* Complete when the walk ended before both the budget and the page. */
+    json_t *o = json_object();
+    size_t got = json_array_size(s.items);
+    json_object_set_new(o, "items", s.items);
+    json_object_set_new(o, "scan_budget", json_integer(API_SCAN_BUDGET));
+    json_object_set_new(o, "next", *next ? json_string(next) : json_null());
+    json_object_set_new(o, "note",
+                        json_string("bounded scan: each page reads at most scan_budget person "
+                                    "records; pass next as ?after= to continue"));
+    (void)got;
+    if (mode == 1 && rf) {
+        json_t *st = json_array();
+        for (uint32_t i = 0; i < rf->v.n_enum; i++)
+            json_array_append_new(st, json_string(rf->v.enum_values[i]));
+        json_object_set_new(o, "stages", st);
+    }
+    audit_write(q, q->actor, mode ? "queue.review" : "queue.conflicts", NULL);
+    send_json(q, 200, o);
+    return 200;
+}
+
+/* ---- admin: quarantine, devices, staff ------------------------------------------------------------- */
+
+typedef struct qlist {
+    rq *q;
+    store_txn *t;
+    devcache dc;
+    json_t *items;
+} qlist;
+
+static int qlist_cb(const store_qentry *e, const store_qreview *rv, void *arg)
+{
+    qlist *l = arg;
+    json_t *x = json_object();
+    json_object_set_new(x, "qid", json_integer((json_int_t)e->qid));
+    json_object_set_new(x, "reason", json_string(store_qreason_name(e->reason)));
+    json_object_set_new(x, "dev", json_integer(e->dev));
+    json_object_set_new(x, "seq", json_integer((json_int_t)e->seq));
+    json_object_set_new(x, "at_ms", json_integer((json_int_t)e->at_ms));
+    const char *v = volunteer_of(l->t, &l->dc, e->dev);
+    json_t *vs = v ? json_string(v) : NULL;
+    json_object_set_new(x, "volunteer", vs ? vs : json_null());
+    json_object_set_new(x, "state", json_string(store_qstate_name(rv->state)));
+    if (rv->state != STORE_QSTATE_PENDING) {
+        json_t *ac = json_string(rv->actor), *nt = json_string(rv->note);
+        json_object_set_new(x, "decided_by", ac ? ac : json_null());
+        json_object_set_new(x, "decided_ms", json_integer((json_int_t)rv->decided_ms));
+        json_object_set_new(x, "note", nt ? nt : json_null());
+    }
+    const uint8_t *db, *sig;
+    size_t dl;
+    crdt_delta d;
+    int err_op;
+    crdt_arena *a = crdt_arena_new(0);
+    int rc = a ? wire_envelope_decode(e->env.p, e->env.n, &crdt_limits_default, &db, &dl, &sig)
+               : CRDT_ENOMEM;
+    if (!rc) rc = crdt_delta_decode(db, dl, &crdt_limits_default, a, &d, &err_op);
+    if (!rc) {
+        json_object_set_new(x, "kind", json_stringn(d.kind, d.kind_len));
+        json_object_set_new(x, "record", json_stringn(d.id, d.id_len));
+        json_object_set_new(x, "hlc_ms", json_integer((json_int_t)CRDT_HLC_MS(d.hlc)));
+        json_t *ops = json_array();
+        for (uint32_t k = 0; k < d.n_ops; k++) {
+            const crdt_op *op = &d.ops[k];
+            json_t *o = json_object();
+            json_object_set_new(o, "op", json_string(crdt_opcode_name(op->code)));
+            json_object_set_new(o, "field", op->field ? json_stringn(op->field, op->field_len)
+                                                      : json_null());
+            json_object_set_new(o, "key", key_json(op->key));
+            json_object_set_new(o, "value", op->val.n ? val_json(op->val) : json_null());
+            json_array_append_new(ops, o);
+        }
+        json_object_set_new(x, "ops", ops);
+    } else {
+        json_object_set_new(x, "decode_error", json_string(store_strerror(rc)));
+    }
+    crdt_arena_free(a);
+    json_array_append_new(l->items, x);
+    return 0;
+}
+
+static int route_quarantine(rq *q)
+{
+    uint64_t after, limit, next = 0, total = 0;
+    char sb[32];
+    int state = STORE_QSTATE_PENDING;
+    if (qnum(q, "after", 0, UINT64_MAX - 1, 0, &after) ||
+        qnum(q, "limit", 1, 500, 100, &limit))
+        return 400;
+    const char *sv = qparam(q, "state", sb, sizeof sb);
+    if (sv) {
+        if (!strcmp(sv, "pending")) state = STORE_QSTATE_PENDING;
+        else if (!strcmp(sv, "accepted")) state = STORE_QSTATE_ACCEPTED;
+        else if (!strcmp(sv, "rejected")) state = STORE_QSTATE_REJECTED;
+        else if (!strcmp(sv, "all")) state = 0;
+        else
+            return send_err(q, 400, "bad_parameter",
+                            "'state' must be pending, accepted, rejected or all");
+    }
+    qlist l;
+    memset(&l, 0, sizeof l);
+    l.q = q;
+    l.items = json_array();
+    int rc = store_begin(q->api->st, STORE_RDONLY, &l.t);
+    if (!rc) rc = store_quarantine_count(l.t, &total);
+    if (!rc) rc = store_quarantine_list(l.t, after, (size_t)limit, state, qlist_cb, &l, &next);
+    store_abort(l.t);
+    if (rc) {
+        json_decref(l.items);
+        return send_store_err(q, rc, "quarantine");
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "total", json_integer((json_int_t)total));
+    json_object_set_new(o, "items", l.items);
+    json_object_set_new(o, "next", json_integer((json_int_t)next));
+    send_json(q, 200, o);
+    return 200;
+}
+
+/* POST /api/quarantine/{qid}/accept|reject {"note"?}. */
+static int route_quarantine_decide(rq *q, const char *qs, bool accept)
+{
+    char *end;
+    unsigned long long qid = strtoull(qs, &end, 10);
+    const char *note = NULL;
+    json_t *j = NULL;
+    if (!*qs || *end || !qid)
+        return send_err(q, 400, "bad_parameter", "quarantine id must be a positive integer");
+    if (q->req->body_len) {
+        if (!(j = body_json(q))) return 400;
+        json_t *n = json_object_get(j, "note");
+        if (n && !json_is_string(n)) {
+            json_decref(j);
+            return send_err(q, 400, "bad_parameter", "'note' must be a string");
+        }
+        note = n ? json_string_value(n) : NULL;
+    }
+    store_qreview rv;
+    int rc = 0;
+    for (int tries = 0; tries < API_WRITE_TRIES; tries++) {
+        store_txn *t = NULL;
+        rc = store_begin(q->api->st, STORE_RW, &t);
+        if (!rc) rc = accept ? store_quarantine_accept(t, qid, q->now, q->actor, &rv)
+                             : store_quarantine_reject(t, qid, q->now, q->actor, note, &rv);
+        if (!rc) {
+            rc = store_commit(t);
+            t = NULL;
+        }
+        store_abort(t);
+        if (rc == STORE_EMAPFULL && store_grow(q->api->st) == STORE_OK) continue;
+        break;
+    }
+    json_decref(j);
+    if (rc == STORE_ENOTFOUND) return send_err(q, 404, "not_found", "no quarantine entry %llu", qid);
+    if (rc == STORE_EINVAL)
+        return send_err(q, 409, "decided",
+                        "entry %llu is already decided (or the note is not 1..%d bytes of UTF-8)",
+                        qid, STORE_QNOTE_MAX);
+    if (rc < 0 && rc > -200)
+        return send_err(q, 409, "not_mergeable", "the kept delta cannot be merged: %s",
+                        store_strerror(rc));
+    if (rc) return send_store_err(q, rc, "quarantine");
+    json_t *o = json_object();
+    json_object_set_new(o, "ok", json_true());
+    json_object_set_new(o, "qid", json_integer((json_int_t)qid));
+    json_object_set_new(o, "state", json_string(store_qstate_name(rv.state)));
+    json_object_set_new(o, "sseq", json_integer((json_int_t)rv.sseq));
+    send_json(q, 200, o);
+    return 200;
+}
+
+typedef struct dlist {
+    store_txn *t;
+    json_t *items;
+} dlist;
+
+static int dlist_cb(const store_device *d, size_t scope_n, void *arg)
+{
+    dlist *l = arg;
+    uint64_t head = 0;
+    uint8_t h[CRDT_HASH_BYTES];
+    store_chain_head(l->t, d->id, &head, h);
+    json_t *x = json_object();
+    json_object_set_new(x, "id", json_integer(d->id));
+    json_t *vs = json_string(d->volunteer);
+    json_object_set_new(x, "volunteer", vs ? vs : json_null());
+    json_object_set_new(x, "state", json_string(dev_state_name(d->state)));
+    json_object_set_new(x, "epoch", json_integer(d->epoch));
+    json_object_set_new(x, "created_ms", json_integer((json_int_t)d->created_ms));
+    json_object_set_new(x, "last_sync_ms", json_integer((json_int_t)d->last_sync_ms));
+    json_object_set_new(x, "last_seq", json_integer((json_int_t)head));
+    json_object_set_new(x, "revoked_at_seq", json_integer((json_int_t)d->revoked_at_seq));
+    json_object_set_new(x, "rotate_required", json_boolean(d->flags & STORE_DEVF_ROTATE_REQUIRED));
+    json_object_set_new(x, "scope_households", json_integer((json_int_t)scope_n));
+    return json_array_append_new(l->items, x) ? CRDT_ENOMEM : 0;
+}
+
+static int route_devices(rq *q)
+{
+    dlist l = {NULL, json_array()};
+    int rc = store_begin(q->api->st, STORE_RDONLY, &l.t);
+    if (!rc) rc = store_device_list(l.t, dlist_cb, &l);
+    store_abort(l.t);
+    if (rc) {
+        json_decref(l.items);
+        return send_store_err(q, rc, "devices");
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "items", l.items);
+    json_object_set_new(o, "now_ms", json_integer((json_int_t)q->now));
+    send_json(q, 200, o);
+    return 200;
+}
+
+/* POST /api/devices/{id}/revoke {"mode":"soft"|"hard"} and /rotate. */
+static int route_device_action(rq *q, const char *ids, const char *action)
+{
+    char *end;
+    unsigned long id = strtoul(ids, &end, 10);
+    if (!*ids || *end || id == 0 || id > UINT32_MAX)
+        return send_err(q, 400, "bad_parameter", "device id must be a positive integer");
+    bool revoke = !strcmp(action, "revoke");
+    int how = STORE_REVOKE_SOFT;
+    if (revoke) {
+        json_t *j = body_json(q);
+        if (!j) return 400;
+        json_t *m = json_object_get(j, "mode");
+        const char *mode = json_is_string(m) ? json_string_value(m) : m ? "" : "soft";
+        if (!strcmp(mode, "hard")) how = STORE_REVOKE_HARD;
+        else if (strcmp(mode, "soft")) {
+            json_decref(j);
+            return send_err(q, 400, "bad_parameter", "'mode' must be \"soft\" or \"hard\"");
+        }
+        json_decref(j);
+    }
+    store_device d;
+    int rc = 0;
+    for (int tries = 0; tries < API_WRITE_TRIES; tries++) {
+        store_txn *t = NULL;
+        rc = store_begin(q->api->st, STORE_RW, &t);
+        if (!rc) rc = revoke ? store_device_revoke(t, (uint32_t)id, how, q->now, q->actor)
+                             : store_device_require_rotation(t, (uint32_t)id, true, q->now,
+                                                             q->actor);
+        if (!rc) rc = store_device_get(t, (uint32_t)id, &d);
+        if (!rc) {
+            rc = store_commit(t);
+            t = NULL;
+        }
+        store_abort(t);
+        if (rc == STORE_EMAPFULL && store_grow(q->api->st) == STORE_OK) continue;
+        break;
+    }
+    if (rc == STORE_ENOTFOUND) return send_err(q, 404, "not_found", "no device %lu", id);
+    if (rc == STORE_EINVAL)
+        return send_err(q, 409, "state",
+                        revoke ? "device %lu is hard-revoked: it cannot go back to soft"
+                               : "device %lu is revoked: no rotation to require", id);
+    if (rc) return send_store_err(q, rc, "device");
+    json_t *o = json_object();
+    json_object_set_new(o, "ok", json_true());
+    json_object_set_new(o, "id", json_integer((json_int_t)id));
+    json_object_set_new(o, "state", json_string(dev_state_name(d.state)));
+    json_object_set_new(o, "revoked_at_seq", json_integer((json_int_t)d.revoked_at_seq));
+    json_object_set_new(o, "rotate_required", json_boolean(d.flags & STORE_DEVF_ROTATE_REQUIRED));
+    send_json(q, 200, o);
+    return 200;
+}
+
+static int staff_list_cb(const store_staff *s, void *arg)
+{
+    json_t *x = json_object();
+    json_object_set_new(x, "username", json_string(s->username));
+    json_t *d = json_string(s->display);
+    json_object_set_new(x, "display", d ? d : json_null());
+    json_object_set_new(x, "role", json_string(role_name(s->role)));
+    json_object_set_new(x, "disabled", json_boolean(s->disabled));
+    json_object_set_new(x, "locked_until_ms", json_integer((json_int_t)s->locked_until_ms));
+    json_object_set_new(x, "last_login_ms", json_integer((json_int_t)s->last_login_ms));
+    json_object_set_new(x, "created_ms", json_integer((json_int_t)s->created_ms));
+    return json_array_append_new(arg, x) ? CRDT_ENOMEM : 0;
+}
+
+static int route_staff_list(rq *q)
+{
+    store_txn *t = NULL;
+    json_t *items = json_array();
+    int rc = store_begin(q->api->st, STORE_RDONLY, &t);
+    if (!rc) rc = store_staff_list(t, staff_list_cb, items);
+    store_abort(t);
+    if (rc) {
+        json_decref(items);
+        return send_store_err(q, rc, "staff");
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "items", items);
+    send_json(q, 200, o);
+    return 200;
+}
+
+static int route_staff_create(rq *q)
+{
+    json_t *j = body_json(q);
+    if (!j) return 400;
+    const char *u = body_str(q, j, "username", STORE_USER_MAX);
+    const char *disp = u ? body_str(q, j, "display", STORE_DISPLAY_MAX) : NULL;
+    const char *role = disp ? body_str(q, j, "role", 16) : NULL;
+    const char *pw = role ? body_str(q, j, "password", STORE_PASSWORD_MAX) : NULL;
+    int status = 400, rc = 0;
+    if (!pw) goto out;
+    uint8_t r = !strcmp(role, "admin") ? STORE_ROLE_ADMIN : !strcmp(role, "staff")
+                                                                ? STORE_ROLE_STAFF : 0;
+    if (!username_chars_ok(u)) {
+        send_err(q, 400, "bad_parameter", "'username' must be 1..32 of [a-z0-9_.-]");
+        goto out;
+    }
+    if (!r) {
+        send_err(q, 400, "bad_parameter", "'role' must be \"staff\" or \"admin\"");
+        goto out;
+    }
+    if (strlen(pw) < STORE_PASSWORD_MIN) {
+        send_err(q, 400, "bad_parameter", "'password' must have at least %d bytes",
+                 STORE_PASSWORD_MIN);
+        goto out;
+    }
+    for (int tries = 0; tries < API_WRITE_TRIES; tries++) {
+        store_txn *t = NULL;
+        rc = store_begin(q->api->st, STORE_RW, &t);
+        if (!rc) rc = store_staff_create(t, u, disp, r, pw, q->now, NULL);
+        if (!rc) rc = store_audit_append(t, q->now, q->actor, "staff.create", u, NULL);
+        if (!rc) {
+            rc = store_commit(t);
+            t = NULL;
+        }
+        store_abort(t);
+        if (rc == STORE_EMAPFULL && store_grow(q->api->st) == STORE_OK) continue;
+        break;
+    }
+    if (rc == STORE_EEXIST) {
+        status = send_err(q, 409, "exists", "an account '%s' already exists", u);
+    } else if (rc == STORE_EINVAL) {
+        status = send_err(q, 400, "bad_parameter",
+                          "invalid account: display name 1..127 bytes of UTF-8, password "
+                          "%d..%d bytes", STORE_PASSWORD_MIN, STORE_PASSWORD_MAX);
+    } else if (rc) {
+        status = send_store_err(q, rc, "staff");
+    } else {
+        json_t *o = json_object();
+        json_object_set_new(o, "ok", json_true());
+        json_object_set_new(o, "username", json_string(u));
+        send_json(q, 201, o);
+        status = 201;
+    }
+out:
+    json_decref(j);
+    return status;
+}
+
+/* ---- routing ------------------------------------------------------------------------------------------ */
+
+static bool seg_is(const rq *q, size_t i, const char *s)
+{
+    return i < q->nseg && strlen(s) == q->seg_len[i] && !memcmp(q->seg[i], s, q->seg_len[i]);
+}
+
+/* Split the path after "/api/" into NUL-terminated segments. */
+static int split_path(rq *q)
+{
+    const char *p = q->req->path ? q->req->path : "";
+    if (strncmp(p, "/api/", 5)) return -1;
+    p += 5;
+    size_t n = strlen(p);
+    if (n >= sizeof q->segbuf) return -1;
+    memcpy(q->segbuf, p, n + 1);
+    char *s = q->segbuf;
+    while (*s) {
+        if (q->nseg == 6) return -1;
+        char *slash = strchr(s, '/');
+        if (slash) *slash = 0;
+        q->seg[q->nseg] = s;
+        q->seg_len[q->nseg] = strlen(s);
+        q->nseg++;
+        if (!slash) break;
+        s = slash + 1;
+        if (!*s) break; /* trailing slash */
+    }
+    return 0;
+}
+
+static int need_admin(rq *q)
+{
+    if (q->s.role == STORE_ROLE_ADMIN) return 0;
+    send_err(q, 403, "forbidden", "administrators only (仅限管理员)");
+    return -1;
+}
+
+static int method_not_allowed(rq *q)
+{
+    return send_err(q, 405, "method", "%s is not allowed on %s", q->req->method, q->req->path);
+}
+
+static int dispatch(rq *q)
+{
+    const char *m = q->req->method ? q->req->method : "";
+    bool get = !strcmp(m, "GET"), post = !strcmp(m, "POST");
+    if (seg_is(q, 0, "me") && q->nseg == 1) {
+        if (!get) return method_not_allowed(q);
+        send_json(q, 200, me_json(&q->s));
+        return 200;
+    }
+    if (seg_is(q, 0, "logout") && q->nseg == 1)
+        return post ? route_logout(q) : method_not_allowed(q);
+    if (seg_is(q, 0, "overview") && q->nseg == 1)
+        return get ? route_overview(q) : method_not_allowed(q);
+    if (seg_is(q, 0, "search") && q->nseg == 1)
+        return get ? route_search(q) : method_not_allowed(q);
+    if (seg_is(q, 0, "households") && q->nseg == 2) {
+        if (!recid_ok(q->seg[1], q->seg_len[1]))
+            return send_err(q, 400, "bad_parameter", "not a household id");
+        return get ? route_household(q, q->seg[1]) : method_not_allowed(q);
+    }
+    if (seg_is(q, 0, "persons") && (q->nseg == 2 || q->nseg == 3)) {
+        if (!recid_ok(q->seg[1], q->seg_len[1]))
+            return send_err(q, 400, "bad_parameter",
+                            "not a person id (1..64 of A-Z a-z 0-9 _ . -)");
+        if (q->nseg == 2) return get ? route_person(q, q->seg[1]) : method_not_allowed(q);
+        if (seg_is(q, 2, "resolve")) return post ? route_resolve(q, q->seg[1])
+                                                 : method_not_allowed(q);
+        if (seg_is(q, 2, "review")) return post ? route_review_raise(q, q->seg[1])
+                                                : method_not_allowed(q);
+    }
+    if (seg_is(q, 0, "queues") && q->nseg == 2) {
+        if (!get) return method_not_allowed(q);
+        if (seg_is(q, 1, "conflicts")) return route_queue(q, 0);
+        if (seg_is(q, 1, "review")) return route_queue(q, 1);
+    }
+    if (seg_is(q, 0, "report") && q->nseg == 2) {
+        if (!get) return method_not_allowed(q);
+        if (seg_is(q, 1, "weekly")) return route_weekly(q);
+        if (seg_is(q, 1, "weekly.csv")) return route_weekly_csv(q);
+    }
+    if (seg_is(q, 0, "quarantine")) {
+        if (need_admin(q)) return 403;
+        if (q->nseg == 1) return get ? route_quarantine(q) : method_not_allowed(q);
+        if (q->nseg == 3 && (seg_is(q, 2, "accept") || seg_is(q, 2, "reject")))
+            return post ? route_quarantine_decide(q, q->seg[1], seg_is(q, 2, "accept"))
+                        : method_not_allowed(q);
+    }
+    if (seg_is(q, 0, "devices")) {
+        if (need_admin(q)) return 403;
+        if (q->nseg == 1) return get ? route_devices(q) : method_not_allowed(q);
+        if (q->nseg == 3 && (seg_is(q, 2, "revoke") || seg_is(q, 2, "rotate")))
+            return post ? route_device_action(q, q->seg[1], q->seg[2]) : method_not_allowed(q);
+    }
+    if (seg_is(q, 0, "staff") && q->nseg == 1) {
+        if (need_admin(q)) return 403;
+        if (get) return route_staff_list(q);
+        if (post) return route_staff_create(q);
+        return method_not_allowed(q);
+    }
+    return send_err(q, 404, "not_found", "no route %s %s", m, q->req->path);
+}
+
+int sync_api_handle(sync_api *api, const sync_http_req *req, uint64_t now_ms,
+                    sync_http_resp *resp)
+{
+    rq q;
+    memset(&q, 0, sizeof q);
+    q.api = api;
+    q.req = req;
+    q.resp = resp;
+    q.now = now_ms;
+    resp->status = 500;
+    resp->set_cookie[0] = 0;
+    resp->extra_header_name[0] = resp->extra_header_value[0] = 0;
+    const char *m = req->method ? req->method : "";
+    bool is_get = !strcmp(m, "GET") || !strcmp(m, "HEAD");
+
+    if (split_path(&q)) {
+        send_err(&q, 404, "not_found", "no such API path");
+        return 0;
+    }
+    if (seg_is(&q, 0, "login") && q.nseg == 1) {
+        if (strcmp(m, "POST")) method_not_allowed(&q);
+        else route_login(&q);
+        return 0;
+    }
+    if (!sess_find(api, req->cookie, now_ms, true, &q.s)) {
+        send_err(&q, 401, "unauthenticated", "please log in (请先登录)");
+        return 0;
+    }
+    q.authed = true;
+    snprintf(q.actor, sizeof q.actor, "staff:%s", q.s.username);
+    if (!is_get) {
+        const char *tok = req->csrf ? req->csrf : "";
+        if (strlen(tok) != 64 || sodium_memcmp(tok, q.s.csrf, 64) != 0) {
+            send_err(&q, 403, "csrf",
+                     "missing or wrong X-CSRF-Token header (use the csrf value from login)");
+            sodium_memzero(&q.s, sizeof q.s);
+            return 0;
+        }
+    }
+    dispatch(&q);
+    sodium_memzero(&q.s, sizeof q.s);
+    return 0;
+}
+
+/* ---- lifetime --------------------------------------------------------------------------------------- */
+
+/* The staff behind earlier server deltas, from the audit log (the newest
+ * API_AUDIT_WARM entries), so provenance names them after a restart. */
+#define API_AUDIT_WARM 200000u
+
+static int warm_cb(const store_audit *e, void *arg)
+{
+    sync_api *api = arg;
+    const char *p;
+    if (strcmp(e->action, "person.resolve") && strcmp(e->action, "person.review")) return 0;
+    if (strncmp(e->actor, "staff:", 6) || !(p = strstr(e->detail, "server delta 0:"))) return 0;
+    unsigned long long seq = strtoull(p + 15, NULL, 10);
+    if (seq) remember_server_seq(api, seq, e->actor + 6);
+    return 0;
+}
+
+static int count_cb(const store_audit *e, void *arg)
+{
+    (void)e;
+    (void)arg;
+    return 0;
+}
+
+static void warm_staff_cache(sync_api *api)
+{
+    store_txn *t = NULL;
+    uint64_t lo = 0, hi = 1, next;
+    if (store_begin(api->st, STORE_RDONLY, &t)) return;
+    /* The last aseq, by exponential then binary search (entries are 1..N). */
+    while (store_audit_read(t, hi - 1, 1, count_cb, NULL, &next) == 0 && next == hi &&
+           hi < (UINT64_C(1) << 62)) {
+        lo = hi;
+        hi *= 2;
+    }
+    while (hi - lo > 1) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        if (store_audit_read(t, mid - 1, 1, count_cb, NULL, &next) == 0 && next == mid) lo = mid;
+        else hi = mid;
+    }
+    uint64_t from = lo > API_AUDIT_WARM ? lo - API_AUDIT_WARM : 0;
+    store_audit_read(t, from, API_AUDIT_WARM, warm_cb, api, &next);
+    store_abort(t);
+}
+
+sync_api *sync_api_new(store *st, const sync_config *cfg)
+{
+    sync_api *api = calloc(1, sizeof *api);
+    if (!api) return NULL;
+    api->sess = calloc(API_SESS_MAX, sizeof *api->sess);
+    if (!api->sess || pthread_mutex_init(&api->mu, NULL)) {
+        free(api->sess);
+        free(api);
+        return NULL;
+    }
+    api->st = st;
+    api->cfg = cfg ? *cfg : sync_config_default;
+    warm_staff_cache(api);
+    return api;
+}
+
+void sync_api_free(sync_api *api)
+{
+    if (!api) return;
+    sodium_memzero(api->sess, API_SESS_MAX * sizeof *api->sess);
+    free(api->sess);
+    free(api->dots);
+    pthread_mutex_destroy(&api->mu);
+    free(api);
 }

@@ -945,6 +945,172 @@ bool sync_session_wants(const sync_session *s, char (*touched)[CRDT_RECID_MAX + 
     return false;
 }
 
+
+/* ---- snapshot bootstrap --------------------------------------------------------------- */
+
+/*
+ * A fresh device may ask for the merged records of its scope instead of the
+ * whole history.  Everything is read in ONE read transaction, so the records
+ * and the cursor agree: the device merges the records, then pulls from the
+ * cursor.  The answer is split into pages (page_bytes each); every page is
+ * signed by the server:
+ *   Ed25519(server key, "doorstep/v1/snapshot" 0 || dev BE32 || cursor BE64
+ *           || page BE32 || more (1 byte) || BLAKE2b-256(for each record:
+ *           len BE32 || record bytes))
+ */
+typedef struct snap_page {
+    crdt_buf packed;            /* the records as msgpack bin values */
+    crypto_generichash_state h;
+    uint32_t n;
+} snap_page;
+
+static int snap_flush(sync_session *s, uint64_t id, uint64_t cursor, uint32_t pageno, bool more,
+                      store_txn *t, snap_page *sp, sync_out *out)
+{
+    uint8_t digest[32], msg[sizeof SYNC_DOMAIN_SNAPSHOT + 4 + 8 + 4 + 1 + 32], *p = msg, sig[64];
+    crypto_generichash_final(&sp->h, digest, sizeof digest);
+    memcpy(p, SYNC_DOMAIN_SNAPSHOT, sizeof SYNC_DOMAIN_SNAPSHOT);
+    p += sizeof SYNC_DOMAIN_SNAPSHOT;
+    be32p(&p, s->dev);
+    be32p(&p, (uint32_t)(cursor >> 32));
+    be32p(&p, (uint32_t)cursor);
+    be32p(&p, pageno);
+    *p++ = more ? 1 : 0;
+    memcpy(p, digest, 32);
+    int rc = store_server_sign(t, msg, sizeof msg, sig);
+    if (rc) return rc;
+    crdt_buf b = {0};
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, buf_write);
+    /* g, id, more, n, p, r, t */
+    msgpack_pack_map(&pk, 7);
+    pk_str(&pk, "g");
+    msgpack_pack_bin_with_body(&pk, sig, 64);
+    pk_str(&pk, "id");
+    msgpack_pack_uint64(&pk, id);
+    pk_str(&pk, "more");
+    if (more) msgpack_pack_true(&pk);
+    else msgpack_pack_false(&pk);
+    pk_str(&pk, "n");
+    msgpack_pack_uint64(&pk, cursor);
+    pk_str(&pk, "p");
+    msgpack_pack_uint32(&pk, pageno);
+    pk_str(&pk, "r");
+    msgpack_pack_array(&pk, sp->n);
+    crdt_buf_append(&b, sp->packed.p, sp->packed.n);
+    pk_str(&pk, "t");
+    pk_str(&pk, "snapshot");
+    sync_frame *f = frame_of(&b);
+    if (!f) return CRDT_ENOMEM;
+    sync_out_append(out, f);
+    crdt_buf_reset(&sp->packed);
+    crypto_generichash_init(&sp->h, NULL, 0, 32);
+    sp->n = 0;
+    return SYNC_OK;
+}
+
+static int snap_add(snap_page *sp, const crdt_record *r, crdt_buf *tmp)
+{
+    uint8_t len[4];
+    crdt_buf_reset(tmp);
+    int rc = crdt_record_encode(r, tmp);
+    if (rc) return rc;
+    uint8_t *p = len;
+    be32p(&p, (uint32_t)tmp->n);
+    crypto_generichash_update(&sp->h, len, 4);
+    crypto_generichash_update(&sp->h, tmp->p, tmp->n);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sp->packed, buf_write);
+    if (msgpack_pack_bin_with_body(&pk, tmp->p, tmp->n)) return CRDT_ENOMEM;
+    sp->n++;
+    return SYNC_OK;
+}
+
+static int on_snapshot(sync_session *s, const msgpack_object *m, sync_out *out)
+{
+    static const char *const keys[] = {"id"};
+    uint64_t id = 0, cursor = 0;
+    store_txn *t = NULL;
+    snap_page sp;
+    crdt_buf tmp = {0};
+    uint32_t pageno = 0;
+    size_t total = 0;
+    int rc;
+    get_u64(m, "id", &id);
+    if (s->restricted) {
+        fail(out, s->restricted, id, 0);
+        return SYNC_OK;
+    }
+    if (!only_keys(m, keys, 1) || id == 0) {
+        fail(out, SYNC_EPROTO, id, 0);
+        return SYNC_OK;
+    }
+    memset(&sp, 0, sizeof sp);
+    crypto_generichash_init(&sp.h, NULL, 0, 32);
+    sync_out pages;
+    sync_out_init(&pages);
+    if ((rc = store_begin(s->st, STORE_RDONLY, &t))) goto fail;
+    if ((rc = store_last_sseq(t, &cursor))) goto fail;
+    for (size_t i = 0; i < s->scope.n; i++) {
+        store_ids members = {0};
+        crdt_record *r = NULL;
+        rc = store_get_record(t, "household", s->scope.id[i], &r);
+        if (rc == STORE_OK) {
+            rc = snap_add(&sp, r, &tmp);
+            total += tmp.n;
+            crdt_record_free(r);
+        } else if (rc == STORE_ENOTFOUND) {
+            rc = STORE_OK;
+        }
+        if (!rc) rc = store_household_members(t, s->scope.id[i], &members);
+        for (size_t k = 0; !rc && k < members.n; k++) {
+            rc = store_get_record(t, "person", members.id[k], &r);
+            if (rc == STORE_ENOTFOUND) {
+                rc = STORE_OK;
+                continue;
+            }
+            if (!rc) {
+                rc = snap_add(&sp, r, &tmp);
+                total += tmp.n;
+                crdt_record_free(r);
+            }
+        }
+        store_ids_free(&members);
+        if (rc) goto fail;
+        if (total > SYNC_SNAPSHOT_MAX) {
+            store_abort(t);
+            sync_frames_free(pages.frames);
+            crdt_buf_free(&sp.packed);
+            crdt_buf_free(&tmp);
+            sync_out_append(out, sync_frame_error(SYNC_ETOOMANY,
+                                                  "scope too large for a snapshot; pull instead", id));
+            return SYNC_OK;
+        }
+        if (sp.packed.n >= s->cfg->page_bytes && (rc = snap_flush(s, id, cursor, pageno++, true, t,
+                                                                  &sp, &pages)))
+            goto fail;
+    }
+    if ((rc = snap_flush(s, id, cursor, pageno, false, t, &sp, &pages))) goto fail;
+    store_abort(t);
+    crdt_buf_free(&sp.packed);
+    crdt_buf_free(&tmp);
+    /* Hand the pages over in order. */
+    for (sync_frame *f = pages.frames; f;) {
+        sync_frame *next = f->next;
+        sync_out_append(out, f);
+        f = next;
+    }
+    return SYNC_OK;
+fail:
+    store_abort(t);
+    sync_frames_free(pages.frames);
+    crdt_buf_free(&sp.packed);
+    crdt_buf_free(&tmp);
+    if (rc == CRDT_ENOMEM) return rc;
+    fail(out, SYNC_EUNAVAILABLE, id, 0);
+    return SYNC_OK;
+}
+
 /* ---- dispatch -------------------------------------------------------------------- */
 
 int sync_session_input(sync_session *s, const uint8_t *msg, size_t n, uint64_t now_ms,
@@ -982,7 +1148,7 @@ int sync_session_input(sync_session *s, const uint8_t *msg, size_t n, uint64_t n
         rc = on_enroll(s, &up.data, now_ms, out);
     } else if (s->state != ST_READY &&
                (!strcmp(type, "push") || !strcmp(type, "pull") || !strcmp(type, "subscribe") ||
-                !strcmp(type, "rotate"))) {
+                !strcmp(type, "rotate") || !strcmp(type, "snapshot"))) {
         fail(out, SYNC_ESTATE, 0, 1008);
     } else if (!strcmp(type, "push")) {
         rc = on_push(s, &up.data, out);
@@ -992,6 +1158,8 @@ int sync_session_input(sync_session *s, const uint8_t *msg, size_t n, uint64_t n
         rc = on_subscribe(s, &up.data, out);
     } else if (!strcmp(type, "rotate")) {
         rc = on_rotate(s, &up.data, now_ms, out);
+    } else if (!strcmp(type, "snapshot")) {
+        rc = on_snapshot(s, &up.data, out);
     } else {
         fail(out, SYNC_EFRAME, 0, s->state == ST_READY ? 0 : 1008);
     }

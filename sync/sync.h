@@ -56,6 +56,8 @@ bool sync_retryable(int code);
 #define SYNC_DOMAIN_AUTH "doorstep/v1/auth"
 #define SYNC_DOMAIN_ENROLL "doorstep/v1/enroll"
 #define SYNC_DOMAIN_ROTATE "doorstep/v1/rotate"
+#define SYNC_DOMAIN_SNAPSHOT "doorstep/v1/snapshot"
+#define SYNC_SNAPSHOT_MAX (16u << 20)  /* bytes of records in one snapshot */
 #define SYNC_NONCE_BYTES 32
 
 /* Limits and knobs (DESIGN.md §7), defaults in sync_config_default. */
