@@ -300,7 +300,7 @@ int store_quarantine_review(store_txn *t, uint64_t qid, store_qreview *out)
 }
 
 int store_quarantine_list(store_txn *t, uint64_t after, size_t limit, int state,
-                          store_qentry_cb cb, void *arg, uint64_t *next)
+                          store_qreview_cb cb, void *arg, uint64_t *next)
 {
     MDB_cursor *c;
     MDB_val k, v;
@@ -395,6 +395,7 @@ int store_quarantine_accept(store_txn *t, uint64_t qid, uint64_t now_ms, const c
         (rc = crdt_delta_decode(db, dl, &crdt_limits_default, a, &d, &err_op)) ||
         (rc = crdt_schema_check_delta(t->s->schema, &d, &err_op)))
         goto out;
+    memset(&it, 0, sizeof it);
     it.env = q.env.p;
     it.env_len = q.env.n;
     it.delta = &d;
