@@ -535,10 +535,9 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
                  store_outcome *out)
 {
     const crdt_delta *d = it->delta;
-    crdt_record *rec = NULL, *before = NULL;
     store_device dev;
     uint8_t dk[12], hash[CRDT_HASH_BYTES], dv[8 + CRDT_HASH_BYTES];
-    uint64_t head = 0, sseq = 0;
+    uint64_t head = 0;
     MDB_val v;
     int rc;
     memset(out, 0, sizeof *out);
@@ -629,51 +628,15 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
         return STORE_OK;
     }
 
-    /* 5. Server seq, envelope verbatim, dot, head. */
-    if ((rc = store_last_sseq(t, &sseq))) return rc;
-    sseq++;
-    {
-        uint8_t sk[8];
-        be64(sk, sseq);
-        if ((rc = store_put_sealed(t, DB_DELTAS, sk, 8, it->env, it->env_len))) return rc;
-        t->last_sseq = sseq;
-        t->have_last_sseq = true;
-    }
-    be64(dv, sseq);
+    /* 5-6. Server seq, envelope verbatim, merge, indexes, aggregates (the
+     *      merge half, shared with accepted quarantine entries); then the
+     *      dot and the chain head, in the same transaction. */
+    if ((rc = store_merge_reviewed(t, it, out))) return rc;
+    be64(dv, out->sseq);
     if ((rc = store_put(t, DB_DOTS, dk, 12, dv, sizeof dv))) return rc;
     be64(dv, d->seq);
     if ((rc = store_put(t, DB_HEADS, dk, 4, dv, sizeof dv))) return rc;
-
-    /* 6. Merge into the record; indexes and aggregates from before/after. */
-    rc = load_or_new(t, d->kind, d->kind_len, d->id, d->id_len, &rec);
-    if (rc) goto done;
-    if (rec->n_fields || rec->tomb.n) {
-        before = crdt_record_dup(rec);
-        if (!before) {
-            rc = CRDT_ENOMEM;
-            goto done;
-        }
-    }
-    if ((rc = crdt_record_apply(rec, t->s->schema, d))) goto done;
-    if ((rc = put_record(t, rec))) goto done;
-    if ((rc = rdeltas_put(t, rec, sseq))) goto done;
-    if (!strcmp(rec->kind, "household")) {
-        rc = index_household(t, before, rec, sseq);
-        snprintf(out->household, sizeof out->household, "%s", rec->id);
-    } else if (!strcmp(rec->kind, "person")) {
-        rc = index_person(t, before, rec, sseq);
-        field_cstr(rec, t->s->model.p_household, out->household, sizeof out->household);
-    }
-    if (rc) goto done;
-    /* The HLC high-water mark: the greatest stamp merged so far (written
-     * once per transaction, by store_commit). */
-    if (d->hlc > t->hwm) t->hwm = d->hlc;
-    out->result = STORE_APPLIED;
-    out->sseq = sseq;
-done:
-    crdt_record_free(before);
-    crdt_record_free(rec);
-    return rc;
+    return STORE_OK;
 
 quarantine_only:
     if ((rc = quarantine(t, (uint8_t)(dev.state == STORE_DEV_FROZEN ? STORE_Q_FROZEN
@@ -694,7 +657,7 @@ quarantine_only:
  * mark.  review.c decides what becomes of the device's chain.  The caller
  * has decoded and schema-checked it->delta.  Fills out->sseq and
  * out->household (result STORE_APPLIED); errors abort the caller's txn.
- * Kept beside store_append so the two merge paths stay identical. */
+ * store_append calls it too: there is one merge path. */
 int store_merge_reviewed(store_txn *t, const store_item *it, store_outcome *out)
 {
     const crdt_delta *d = it->delta;
