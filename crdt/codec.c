@@ -45,7 +45,7 @@ static int opcode_from(const char *s, size_t n)
     return 0;
 }
 
-static bool recid_ok(const char *s, size_t n)
+bool crdt_recid_valid(const char *s, size_t n)
 {
     if (!s || n == 0 || n > CRDT_RECID_MAX) return false;
     for (size_t i = 0; i < n; i++) {
@@ -58,7 +58,7 @@ static bool recid_ok(const char *s, size_t n)
 }
 
 /* Kind and field names: 1..31 bytes of [a-z0-9_]. */
-static bool name_ok(const char *s, size_t n)
+bool crdt_name_valid(const char *s, size_t n)
 {
     if (!s || n == 0 || n >= CRDT_NAME_MAX) return false;
     for (size_t i = 0; i < n; i++) {
@@ -93,7 +93,7 @@ static int check_op_shape(const crdt_op *o)
         if (o->n_obs) return CRDT_EOBS;
         return CRDT_OK;
     }
-    if (!o->field || !name_ok(o->field, o->field_len)) return o->field ? CRDT_EFIELD
+    if (!o->field || !crdt_name_valid(o->field, o->field_len)) return o->field ? CRDT_EFIELD
                                                                        : CRDT_EMISSING;
     if (o->val.n == 0) return CRDT_EMISSING;
     if (o->n_obs && o->code != CRDT_OP_SET && o->code != CRDT_OP_REM) return CRDT_EOBS;
@@ -109,8 +109,8 @@ static int delta_check_struct(const crdt_delta *d, const crdt_limits *lim,
 {
     *err_op = -1;
     if (d->epoch == 0 || d->seq == 0) return CRDT_ERANGE;
-    if (!name_ok(d->kind, d->kind_len)) return CRDT_EKIND;
-    if (!recid_ok(d->id, d->id_len)) return CRDT_ERECID;
+    if (!crdt_name_valid(d->kind, d->kind_len)) return CRDT_EKIND;
+    if (!crdt_recid_valid(d->id, d->id_len)) return CRDT_ERECID;
     if (d->n_ops == 0) return CRDT_ENOOPS;
     if (d->n_ops > lim->max_ops) return CRDT_ETOOMANYOPS;
     if (d->seq == 1) {
@@ -308,7 +308,7 @@ static int decode_op(dec *dc, const msgpack_object *o, crdt_op *op)
         switch (kv->key.via.str.ptr[0]) {
         case 'f':
             if (v->type != MSGPACK_OBJECT_STR) return CRDT_ETYPE;
-            if (!name_ok(v->via.str.ptr, v->via.str.size)) return CRDT_EFIELD;
+            if (!crdt_name_valid(v->via.str.ptr, v->via.str.size)) return CRDT_EFIELD;
             op->field = arena_str(dc->a, v->via.str.ptr, v->via.str.size);
             if (!op->field) return CRDT_ENOMEM;
             op->field_len = v->via.str.size;
@@ -372,7 +372,7 @@ static int decode_obj(dec *dc, const msgpack_object *root, const crdt_limits *li
             break;
         case 'i':
             if (v->type != MSGPACK_OBJECT_STR) return CRDT_ETYPE;
-            if (!recid_ok(v->via.str.ptr, v->via.str.size)) return CRDT_ERECID;
+            if (!crdt_recid_valid(v->via.str.ptr, v->via.str.size)) return CRDT_ERECID;
             d->id = arena_str(dc->a, v->via.str.ptr, v->via.str.size);
             if (!d->id) return CRDT_ENOMEM;
             d->id_len = v->via.str.size;
@@ -380,7 +380,7 @@ static int decode_obj(dec *dc, const msgpack_object *root, const crdt_limits *li
             break;
         case 'k':
             if (v->type != MSGPACK_OBJECT_STR) return CRDT_ETYPE;
-            if (!name_ok(v->via.str.ptr, v->via.str.size)) return CRDT_EKIND;
+            if (!crdt_name_valid(v->via.str.ptr, v->via.str.size)) return CRDT_EKIND;
             d->kind = arena_str(dc->a, v->via.str.ptr, v->via.str.size);
             if (!d->kind) return CRDT_ENOMEM;
             d->kind_len = v->via.str.size;

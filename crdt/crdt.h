@@ -118,6 +118,11 @@ typedef struct crdt_limits {
 extern const crdt_limits crdt_limits_default;
 
 #define CRDT_RECID_MAX 64      /* record ids: 1..64 bytes of [A-Za-z0-9_.-] */
+
+/* Is s[0..n) a valid record id (1..CRDT_RECID_MAX bytes of [A-Za-z0-9_.-])? */
+bool crdt_recid_valid(const char *s, size_t n);
+/* Is s[0..n) a valid kind or field name (1..CRDT_NAME_MAX-1 bytes of [a-z0-9_])? */
+bool crdt_name_valid(const char *s, size_t n);
 #define CRDT_NAME_MAX 32       /* kind and field names */
 #define CRDT_HASH_BYTES 32     /* previous-delta hash */
 

@@ -253,31 +253,10 @@ fail:
 
 /* ---- records ------------------------------------------------------------- */
 
-static bool kind_ok(const char *s, size_t n)
-{
-    if (!s || n == 0 || n >= CRDT_NAME_MAX) return false;
-    for (size_t i = 0; i < n; i++)
-        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
-            return false;
-    return true;
-}
-
-static bool id_ok(const char *s, size_t n)
-{
-    if (!s || n == 0 || n > CRDT_RECID_MAX) return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '_' || c == '.' || c == '-'))
-            return false;
-    }
-    return true;
-}
-
 crdt_record *crdt_record_new(const char *kind, size_t kind_len, const char *id,
                              size_t id_len)
 {
-    if (!kind_ok(kind, kind_len) || !id_ok(id, id_len)) return NULL;
+    if (!crdt_name_valid(kind, kind_len) || !crdt_recid_valid(id, id_len)) return NULL;
     crdt_record *r = calloc(1, sizeof(*r));
     if (!r) return NULL;
     memcpy(r->kind, kind, kind_len);
@@ -606,7 +585,7 @@ static bool field_invariant_ok(const crdt_field *f)
 
 bool crdt_record_invariant_ok(const crdt_record *r)
 {
-    if (!r || !kind_ok(r->kind, strlen(r->kind)) || !id_ok(r->id, strlen(r->id)))
+    if (!r || !crdt_name_valid(r->kind, strlen(r->kind)) || !crdt_recid_valid(r->id, strlen(r->id)))
         return false;
     if (r->tomb.type != CRDT_F_LWW || !field_invariant_ok(&r->tomb)) return false;
     for (uint32_t i = 0; i < r->n_fields; i++) {
@@ -760,7 +739,7 @@ static int decode_field(const msgpack_object *o, crdt_buf *scratch, crdt_field *
     memset(f, 0, sizeof(*f));
     if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 5) return CRDT_ECORRUPT;
     const msgpack_object *a = o->via.array.ptr;
-    if (a[0].type != MSGPACK_OBJECT_STR || !kind_ok(a[0].via.str.ptr, a[0].via.str.size))
+    if (a[0].type != MSGPACK_OBJECT_STR || !crdt_name_valid(a[0].via.str.ptr, a[0].via.str.size))
         return CRDT_ECORRUPT;
     memcpy(f->name, a[0].via.str.ptr, a[0].via.str.size);
     if (!obj_u64(&a[2], &type) || type < CRDT_F_LWW || type > CRDT_F_STAGE)

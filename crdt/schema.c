@@ -102,17 +102,6 @@ int crdt_vspec_enum_index(const crdt_vspec *v, const char *s, size_t len)
 
 /* ---- value checks ------------------------------------------------------------- */
 
-static bool recid_ok(const char *s, size_t n)
-{
-    if (!s || n == 0 || n > CRDT_RECID_MAX) return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-              (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-'))
-            return false;
-    }
-    return true;
-}
 
 /* Control characters: C0 other than \t and \n, DEL, and C1 (U+0080..U+009F,
  * UTF-8 C2 80..C2 9F).  The input is valid UTF-8. */
@@ -148,7 +137,7 @@ int crdt_vspec_check(const crdt_vspec *v, const crdt_val *val)
         return crdt_vspec_enum_index(v, val->s, val->len) < 0 ? CRDT_EENUM : CRDT_OK;
     case CRDT_VT_IDNUM: return crdt_check_idnum(val->s, val->len);
     case CRDT_VT_PHONE: return crdt_check_phone(val->s, val->len);
-    case CRDT_VT_REF: return recid_ok(val->s, val->len) ? CRDT_OK : CRDT_ERECID;
+    case CRDT_VT_REF: return crdt_recid_valid(val->s, val->len) ? CRDT_OK : CRDT_ERECID;
     default: return CRDT_EINVAL;
     }
 }

@@ -110,11 +110,8 @@ int store_device_scope_set(store_txn *t, uint32_t dev, const char *const *househ
     uint8_t key[4 + CRDT_RECID_MAX];
     int rc;
     if (!t->rw) return STORE_EREADONLY;
-    for (size_t i = 0; i < n; i++) {
-        crdt_record *probe = crdt_record_new("household", 9, households[i], strlen(households[i]));
-        if (!probe) return STORE_EINVAL;
-        crdt_record_free(probe);
-    }
+    for (size_t i = 0; i < n; i++)
+        if (!crdt_recid_valid(households[i], strlen(households[i]))) return STORE_EINVAL;
     be32(key, dev);
     if ((rc = store_lmdb_err(mdb_cursor_open(t->txn, t->s->dbi[DB_DEVICES], &c)))) return rc;
     k.mv_data = key;

@@ -661,6 +661,17 @@ fail:
     return rc;
 }
 
+char *store_default_key_file(const char *dir)
+{
+    size_t n = strlen(dir);
+    while (n > 1 && dir[n - 1] == '/') n--;
+    char *p = malloc(n + 5);
+    if (!p) return NULL;
+    memcpy(p, dir, n);
+    strcpy(p + n, ".key");
+    return p;
+}
+
 void store_close(store *s)
 {
     if (!s) return;

@@ -97,6 +97,10 @@ int store_init(const char *dir, const char *key_file, const char *schema_path,
  */
 int store_open(const char *dir, const char *key_file, const store_opts *opts,
                store **out, char *err, size_t errlen);
+
+/* The default data key file for a data directory: DIR.key, beside it (never
+ * inside it).  Returns a malloc'd string, or NULL on ENOMEM. */
+char *store_default_key_file(const char *dir);
 void store_close(store *s);
 
 const crdt_schema *store_schema(const store *s);

@@ -40,16 +40,6 @@ static void usage(FILE *f)
             "  --init            initialise DIR first if it is not a store yet\n");
 }
 
-static char *default_key_file(const char *dir)
-{
-    size_t n = strlen(dir);
-    while (n > 1 && dir[n - 1] == '/') n--;
-    char *p = malloc(n + 5);
-    if (!p) return NULL;
-    memcpy(p, dir, n);
-    strcpy(p + n, ".key");
-    return p;
-}
 
 int main(int argc, char **argv)
 {
@@ -102,7 +92,7 @@ int main(int argc, char **argv)
         return 2;
     }
     char *key_alloc = NULL;
-    if (!key) key = key_alloc = default_key_file(data);
+    if (!key) key = key_alloc = store_default_key_file(data);
     char host[256];
     int port;
     const char *colon = strrchr(listen, ':');

@@ -2175,16 +2175,6 @@ static int cmd_notimpl(int argc, char **argv)
     return EXIT_NOTIMPL;
 }
 
-static char *default_key_file(const char *dir)
-{
-    size_t n = strlen(dir);
-    while (n > 1 && dir[n - 1] == '/') n--;
-    char *p = malloc(n + 5);
-    if (!p) return NULL;
-    memcpy(p, dir, n);
-    strcpy(p + n, ".key");
-    return p;
-}
 
 int main(int argc, char **argv)
 {
@@ -2220,7 +2210,7 @@ int main(int argc, char **argv)
         return EXIT_USAGE;
     }
     char *kf = NULL;
-    if (!key_file && data_dir) key_file = kf = default_key_file(data_dir);
+    if (!key_file && data_dir) key_file = kf = store_default_key_file(data_dir);
     if (sodium_init() < 0) return EXIT_FAIL;
     int rc;
     if (!strcmp(cmd, "init")) rc = cmd_init(sub_argc, sub_argv);
