@@ -28,6 +28,7 @@
 #define DOORSTEP_STORE_INTERNAL_H
 
 #include <lmdb.h>
+#include <pthread.h>
 #include <sodium.h>
 
 #include "store.h"
@@ -64,6 +65,10 @@ struct store {
     uint8_t server_pk[32];
     uint32_t campaign_year;
     size_t map_size, map_max;
+    /* Held shared by every open transaction of this process and exclusively
+     * while the map is resized: LMDB requires that no transaction is active
+     * in the process during mdb_env_set_mapsize (the map is remapped). */
+    pthread_rwlock_t resize_lock;
 };
 
 struct store_txn {

@@ -298,6 +298,7 @@ int store_begin(store *s, int mode, store_txn **out)
 
 static void txn_free(store_txn *t)
 {
+    pthread_rwlock_unlock(&t->s->resize_lock);
     crdt_buf_free(&t->scratch);
     crdt_buf_free(&t->scratch2);
     free(t);
@@ -337,15 +338,23 @@ void store_abort(store_txn *t)
 int store_grow(store *s)
 {
     MDB_envinfo info;
+    int rc = STORE_OK;
+    /* Waits until no other thread of this process has a transaction open
+     * (the caller must not hold one either). */
+    pthread_rwlock_wrlock(&s->resize_lock);
     if (mdb_env_info(s->env, &info) == 0 && info.me_mapsize > s->map_size)
         s->map_size = info.me_mapsize; /* someone else grew it already */
-    if (s->map_size >= s->map_max) return STORE_EMAPFULL;
-    size_t want = s->map_size * 2;
-    if (want > s->map_max || want < s->map_size) want = s->map_max;
-    int rc = mdb_env_set_mapsize(s->env, want);
-    if (rc) return store_lmdb_err(rc);
-    s->map_size = want;
-    return STORE_OK;
+    if (s->map_size >= s->map_max) {
+        rc = STORE_EMAPFULL;
+    } else {
+        size_t want = s->map_size * 2;
+        if (want > s->map_max || want < s->map_size) want = s->map_max;
+        int lrc = mdb_env_set_mapsize(s->env, want);
+        if (lrc) rc = store_lmdb_err(lrc);
+        else s->map_size = want;
+    }
+    pthread_rwlock_unlock(&s->resize_lock);
+    return rc;
 }
 
 int store_server_sign(store_txn *t, const uint8_t *msg, size_t n, uint8_t sig[64])
@@ -376,7 +385,9 @@ static int env_open(store *s, const char *dir, const store_opts *o, char *err, s
 {
     int rc = mdb_env_create(&s->env);
     if (rc) goto fail;
-    s->map_size = o && o->map_initial ? o->map_initial : (size_t)64 << 20;
+    /* The map is address space, not disk: the file grows only as used, so
+     * start large and resize rarely. */
+    s->map_size = o && o->map_initial ? o->map_initial : (size_t)1 << 30;
     s->map_max = o && o->map_max ? o->map_max : (size_t)1 << 40;
     if (s->map_max < s->map_size) s->map_max = s->map_size;
     if ((rc = mdb_env_set_maxdbs(s->env, DB_COUNT + 2))) goto fail;
@@ -398,17 +409,26 @@ fail:
     return store_lmdb_err(rc);
 }
 
-/* mdb_txn_begin, adopting a map another process grew in the meantime. */
+/*
+ * mdb_txn_begin under the shared resize lock (released by txn_free, or
+ * here on failure), adopting a map another process grew in the meantime:
+ * adopting remaps, so it takes the lock exclusively first.
+ */
 static int txn_begin_adopting(store *s, unsigned flags, MDB_txn **txn)
 {
-    int rc;
+    int rc = MDB_MAP_RESIZED;
     for (int tries = 0; tries < 8; tries++) {
+        pthread_rwlock_rdlock(&s->resize_lock);
         rc = mdb_txn_begin(s->env, NULL, flags, txn);
+        if (rc == MDB_SUCCESS) return rc; /* lock held until the txn ends */
+        pthread_rwlock_unlock(&s->resize_lock);
         if (rc != MDB_MAP_RESIZED) return rc;
+        pthread_rwlock_wrlock(&s->resize_lock);
         mdb_env_set_mapsize(s->env, 0);
         MDB_envinfo info;
         if (mdb_env_info(s->env, &info) == 0) s->map_size = info.me_mapsize;
         if (s->map_max < s->map_size) s->map_max = s->map_size;
+        pthread_rwlock_unlock(&s->resize_lock);
     }
     return rc;
 }
@@ -418,6 +438,7 @@ static int open_dbs(store *s, bool create)
     MDB_txn *txn;
     int rc = txn_begin_adopting(s, create ? 0 : MDB_RDONLY, &txn);
     if (rc) return store_lmdb_err(rc);
+    pthread_rwlock_unlock(&s->resize_lock); /* single-threaded here: open */
     for (int i = 0; i < DB_COUNT; i++) {
         rc = mdb_dbi_open(txn, store_db_names[i], create ? MDB_CREATE : 0, &s->dbi[i]);
         if (rc) {
@@ -497,6 +518,7 @@ int store_init(const char *dir, const char *key_file, const char *schema_path,
     MDB_txn *txn = NULL;
     int rc;
     memset(&s, 0, sizeof s);
+    pthread_rwlock_init(&s.resize_lock, NULL);
     if (wire_init()) return WIRE_EINIT;
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
         set_err(err, errlen, "%s: cannot create directory: %s", dir, strerror(errno));
@@ -573,6 +595,7 @@ out:
     sodium_memzero(s.seal_key, sizeof s.seal_key);
     sodium_memzero(s.lookup_key, sizeof s.lookup_key);
     if (s.env) mdb_env_close(s.env);
+    pthread_rwlock_destroy(&s.resize_lock);
     crdt_schema_free(s.schema);
     crdt_buf_free(&sealed);
     free(json);
@@ -607,6 +630,7 @@ int store_open(const char *dir, const char *key_file, const store_opts *opts, st
         rc = CRDT_ENOMEM;
         goto fail;
     }
+    pthread_rwlock_init(&s->resize_lock, NULL);
     derive_keys(s, master);
     sodium_memzero(master, sizeof master);
     s->dir = strdup(dir);
@@ -680,6 +704,7 @@ void store_close(store *s)
     sodium_memzero(s->seal_key, sizeof s->seal_key);
     sodium_memzero(s->lookup_key, sizeof s->lookup_key);
     free(s->dir);
+    pthread_rwlock_destroy(&s->resize_lock);
     free(s);
 }
 

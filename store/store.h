@@ -70,7 +70,8 @@ typedef struct store store;
 typedef struct store_txn store_txn;
 
 typedef struct store_opts {
-    size_t map_initial;        /* bytes; default 64 MiB (rounded to pages) */
+    size_t map_initial;        /* bytes; default 1 GiB of address space (the
+                                  file grows only as used) */
     size_t map_max;            /* bytes; default 1 TiB */
     uint32_t campaign_year;    /* the year aggregates count; default: from meta */
     bool no_sync;              /* tests only: MDB_NOSYNC */
@@ -121,8 +122,10 @@ int store_commit(store_txn *t);
 void store_abort(store_txn *t);
 
 /*
- * store_grow — after STORE_EMAPFULL (with no transaction open in this
- * process), double the map up to opts.map_max.  Returns 0, STORE_EMAPFULL
+ * store_grow — after STORE_EMAPFULL, double the map up to opts.map_max.
+ * Waits until no thread of this process has a transaction open (every
+ * transaction holds a shared lock that resizing takes exclusively), so the
+ * calling thread must not hold one.  Returns 0, STORE_EMAPFULL
  * (already at the maximum) or STORE_ELMDB.
  */
 int store_grow(store *s);

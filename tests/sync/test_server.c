@@ -51,6 +51,8 @@ static void *run_thread(void *arg)
     return NULL;
 }
 
+static store_opts *next_opts; /* for the next fresh server (NULL: defaults) */
+
 static void srv_start_on(srv *s, bool fresh)
 {
     char err[256];
@@ -58,7 +60,7 @@ static void srv_start_on(srv *s, bool fresh)
                           .log_level = 0};
     if (fresh) {
         su_dir_make(&s->d, "server");
-        s->st = su_store_new(&s->d, NULL);
+        s->st = su_store_new(&s->d, next_opts);
         s->cfg = sync_config_default;
         s->cfg.auth_timeout_s = 2;
     } else {
@@ -1026,6 +1028,64 @@ static void test_snapshot_bootstrap(void **state)
     srv_stop(&s);
 }
 
+/* The map grows (doubling from 256 KiB) while workers verify, sessions
+ * read and the writer commits: resizing waits for every transaction of the
+ * process (a remap under a live read transaction would crash). */
+static void *puller_thread(void *arg)
+{
+    dev_run *r = arg;
+    wsc c;
+    crdt_buf f = {0}, m = {0};
+    if (device_connect(&c, r->port, r->dev.id, 1, r->dev.sk, NULL) != 0) return NULL;
+    for (int i = 0; i < 200; i++) {
+        frame_pull(&f, (uint64_t)i + 1, 0, 500);
+        if (wsc_send(&c, f.p, f.n)) break;
+        int cc;
+        if (wsc_recv(&c, 10000, &m, &cc) != WSC_BINARY) break;
+        r->ok++;
+    }
+    crdt_buf_free(&f);
+    crdt_buf_free(&m);
+    wsc_close(&c);
+    return NULL;
+}
+
+static void test_map_growth_under_load(void **state)
+{
+    (void)state;
+    srv s;
+    store_opts small = {.map_initial = 256 * 1024, .map_max = 1u << 30};
+    next_opts = &small;
+    srv_start_on(&s, true);
+    next_opts = NULL;
+    enum { N = 16 };
+    dev_run *runs = calloc(2 * N, sizeof *runs);
+    pthread_t th[2 * N];
+    for (int i = 0; i < N; i++) {
+        snprintf(runs[i].hh, sizeof runs[i].hh, "H%d", i);
+        const char *scope[] = {runs[i].hh};
+        add_device(&s, &runs[i].dev, (uint32_t)i + 1, scope, 1, STORE_DEV_ACTIVE);
+        runs[i].port = s.port;
+        runs[i].n = 20;
+        /* a reader per household */
+        snprintf(runs[N + i].hh, sizeof runs[N + i].hh, "H%d", i);
+        add_device(&s, &runs[N + i].dev, (uint32_t)(N + i) + 1, scope, 1, STORE_DEV_ACTIVE);
+        runs[N + i].port = s.port;
+    }
+    for (int i = 0; i < 2 * N; i++)
+        pthread_create(&th[i], NULL, i < N ? device_thread : puller_thread, &runs[i]);
+    for (int i = 0; i < 2 * N; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < N; i++)
+        if (runs[i].ok != 20) fail_msg("device %d: %d of 20 applied", i + 1, runs[i].ok);
+    size_t used, size;
+    store_map_usage(s.st, &used, &size);
+    assert_true(size > 256 * 1024);
+    uint64_t problems;
+    assert_int_equal(store_verify(s.st, NULL, NULL, &problems), 0);
+    free(runs);
+    srv_stop(&s);
+}
+
 int main(void)
 {
     wire_init();
@@ -1038,6 +1098,7 @@ int main(void)
         cmocka_unit_test(test_enroll_rotate_revoke),
         cmocka_unit_test(test_scope_and_quarantine_rules),
         cmocka_unit_test(test_snapshot_bootstrap),
+        cmocka_unit_test(test_map_growth_under_load),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

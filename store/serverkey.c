@@ -1,0 +1,165 @@
+/*
+ * serverkey.c — what the staff dashboard (sync/api.c, issue #7) needs from
+ * the store beyond store.c/append.c: signing with the server's key, and
+ * walks over indexes that have no public reader elsewhere.
+ *
+ *   store_server_sign_delta   the server's own deltas (device id 0)
+ *   store_record_deltas       a record's history (rdeltas: kind 0 id 0 sseq)
+ *   store_agg_places          the (community, grid) pairs with aggregates
+ *   store_records_page        a bounded walk over one kind's records
+ *
+ * Invariants:
+ *   - The server's secret key exists in plaintext only inside
+ *     store_server_sign_delta, in a buffer wiped before it returns (also on
+ *     every failure path); the store object never holds it.
+ *   - Every function runs in the caller's transaction and writes nothing.
+ *   - Borrowed results (record, entry, strings) live only for the callback.
+ */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int store_server_sign_delta(store_txn *t, const uint8_t *delta, size_t n,
+                            uint8_t sig[WIRE_SIG_BYTES])
+{
+    crdt_buf sk = {0};
+    int rc;
+    memset(sig, 0, WIRE_SIG_BYTES);
+    if (!t || (!delta && n)) return STORE_EINVAL;
+    /* store_unseal decrypts straight into one fresh allocation, so no
+     * realloc leaves a stray copy of the key behind. */
+    rc = store_get_sealed(t, DB_META, "server_sk", 9, &sk);
+    if (rc) goto out;
+    if (sk.n != WIRE_SK_BYTES) {
+        rc = STORE_ECORRUPT;
+        goto out;
+    }
+    rc = wire_delta_sign(delta, n, sk.p, sig);
+    if (rc) memset(sig, 0, WIRE_SIG_BYTES);
+out:
+    if (sk.p) sodium_memzero(sk.p, sk.cap);
+    crdt_buf_free(&sk);
+    return rc;
+}
+
+int store_record_deltas(store_txn *t, const char *kind, const char *id, uint64_t after,
+                        size_t limit, store_sseq_cb cb, void *arg, uint64_t *next)
+{
+    uint8_t prefix[CRDT_NAME_MAX + CRDT_RECID_MAX + 2 + 8];
+    size_t kl, il, pn;
+    MDB_cursor *c;
+    MDB_val k, v;
+    size_t delivered = 0;
+    int rc = STORE_OK, mrc;
+    if (next) *next = after;
+    if (!t || !kind || !id || !cb) return STORE_EINVAL;
+    kl = strlen(kind);
+    il = strlen(id);
+    if (!kl || kl >= CRDT_NAME_MAX || !il || il > CRDT_RECID_MAX) return STORE_EINVAL;
+    memcpy(prefix, kind, kl);
+    prefix[kl] = 0;
+    memcpy(prefix + kl + 1, id, il);
+    prefix[kl + 1 + il] = 0;
+    pn = kl + il + 2;
+    if (after == UINT64_MAX || !limit) return STORE_OK;
+    be64(prefix + pn, after + 1);
+    if ((mrc = mdb_cursor_open(t->txn, t->s->dbi[DB_RDELTAS], &c))) return store_lmdb_err(mrc);
+    k.mv_data = prefix;
+    k.mv_size = pn + 8;
+    mrc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    while (mrc == 0 && delivered < limit) {
+        if (k.mv_size != pn + 8 || memcmp(k.mv_data, prefix, pn) != 0) break;
+        uint64_t sseq = rd64((const uint8_t *)k.mv_data + pn);
+        if ((rc = cb(sseq, arg))) goto out;
+        if (next) *next = sseq;
+        delivered++;
+        mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+    }
+    if (mrc && mrc != MDB_NOTFOUND) rc = store_lmdb_err(mrc);
+out:
+    mdb_cursor_close(c);
+    return rc;
+}
+
+int store_agg_places(store_txn *t, store_place_cb cb, void *arg)
+{
+    MDB_cursor *c;
+    MDB_val k, v;
+    int rc = STORE_OK, mrc;
+    if (!t || !cb) return STORE_EINVAL;
+    if ((mrc = mdb_cursor_open(t->txn, t->s->dbi[DB_AGG], &c))) return store_lmdb_err(mrc);
+    for (mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == 0;
+         mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        char cm[128], gr[128];
+        const uint8_t *p = k.mv_data;
+        const uint8_t *z = memchr(p, 0, k.mv_size);
+        if (!z) continue;
+        size_t cl = (size_t)(z - p), gl = k.mv_size - cl - 1;
+        if (cl >= sizeof cm || gl >= sizeof gr || memchr(z + 1, 0, gl)) continue;
+        memcpy(cm, p, cl);
+        cm[cl] = 0;
+        memcpy(gr, z + 1, gl);
+        gr[gl] = 0;
+        if ((rc = cb(cm, gr, arg))) break;
+    }
+    if (!rc && mrc && mrc != MDB_NOTFOUND) rc = store_lmdb_err(mrc);
+    mdb_cursor_close(c);
+    return rc;
+}
+
+int store_records_page(store_txn *t, const char *kind, const char *after, size_t limit,
+                       store_record_cb cb, void *arg, char next[CRDT_RECID_MAX + 1])
+{
+    uint8_t start[CRDT_NAME_MAX + CRDT_RECID_MAX + 3];
+    size_t kl, al, visited = 0;
+    MDB_cursor *c;
+    MDB_val k, v;
+    crdt_buf plain = {0};
+    int rc = STORE_OK, mrc;
+    next[0] = 0;
+    if (!t || !kind || !cb) return STORE_EINVAL;
+    if (!after) after = "";
+    kl = strlen(kind);
+    al = strlen(after);
+    if (!kl || kl >= CRDT_NAME_MAX || al > CRDT_RECID_MAX) return STORE_EINVAL;
+    memcpy(start, kind, kl);
+    start[kl] = 0;
+    memcpy(start + kl + 1, after, al);
+    /* Keys are "kind 0 id": the first id greater than `after` starts at
+     * "kind 0 after 0" (ids never contain 0x00). */
+    size_t sn = kl + 1 + al;
+    if (al) start[sn++] = 0;
+    if ((mrc = mdb_cursor_open(t->txn, t->s->dbi[DB_RECORDS], &c))) return store_lmdb_err(mrc);
+    k.mv_data = start;
+    k.mv_size = sn;
+    mrc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    while (mrc == 0 && visited < limit) {
+        const uint8_t *kp = k.mv_data;
+        if (k.mv_size <= kl + 1 || memcmp(kp, kind, kl) != 0 || kp[kl] != 0) break;
+        size_t il = k.mv_size - kl - 1;
+        if (il > CRDT_RECID_MAX) {
+            rc = STORE_ECORRUPT;
+            break;
+        }
+        crdt_record *r = NULL;
+        rc = store_unseal(t->s, DB_RECORDS, &k, v.mv_data, v.mv_size, &plain);
+        if (!rc) {
+            rc = crdt_record_decode(plain.p, plain.n, &r);
+            if (rc && rc != CRDT_ENOMEM) rc = STORE_ECORRUPT;
+        }
+        if (rc) break;
+        memcpy(next, kp + kl + 1, il);
+        next[il] = 0;
+        visited++;
+        rc = cb(r, arg);
+        crdt_record_free(r);
+        if (rc) break;
+        mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+    }
+    if (!rc && mrc && mrc != MDB_NOTFOUND) rc = store_lmdb_err(mrc);
+    mdb_cursor_close(c);
+    if (plain.p) sodium_memzero(plain.p, plain.cap);
+    crdt_buf_free(&plain);
+    return rc;
+}
