@@ -89,6 +89,10 @@ int dsd_global_init(void);
 int dsd_open(const char *dir, const char *schema_path, dsd **out, char *err, size_t errlen);
 /* Close the handle (NULL is a no-op). */
 void dsd_close(dsd *h);
+/* Simulators and tests only: durable=false skips fsync at commit
+ * (MDB_NOSYNC), trading crash durability for speed.  A phone keeps the
+ * default (durable).  0 or DSD_ELMDB. */
+int dsd_set_durable(dsd *h, bool durable);
 
 /* The message of the last failure on this handle ("" if none). */
 const char *dsd_errmsg(const dsd *h);

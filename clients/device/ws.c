@@ -13,6 +13,7 @@
  *     cannot make us allocate without bound.
  *   - Pings are answered inline; pongs ignored.
  */
+#define _GNU_SOURCE
 #include "internal.h"
 
 #include <errno.h>
