@@ -215,6 +215,7 @@ const char *store_qreason_name(int reason)
     case STORE_Q_REVOKED: return "device_revoked";
     case STORE_Q_SEALED: return "key_sealed";
     case STORE_Q_FORK: return "chain_fork";
+    case STORE_Q_SCOPE: return "out_of_scope";
     default: return "unknown";
     }
 }
@@ -584,7 +585,7 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
             reason = STORE_Q_REVOKED;
         if (reason) goto quarantine_only;
     }
-    if (it->quarantine) {
+    if (it->quarantine && it->quarantine != STORE_Q_SCOPE) {
         rc = quarantine(t, it->quarantine, d->dev, d->seq, now_ms, it->env, it->env_len);
         if (rc) return rc;
         out->result = STORE_QUARANTINED;
@@ -613,15 +614,16 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
      *    the device's later deltas are not blocked by one held back. */
     be64(dv, 0);
     memcpy(dv + 8, it->hash, CRDT_HASH_BYTES);
-    if (CRDT_HLC_MS(d->hlc) > now_ms + max_ahead_ms) {
+    int held = it->quarantine == STORE_Q_SCOPE ? STORE_Q_SCOPE
+             : CRDT_HLC_MS(d->hlc) > now_ms + max_ahead_ms ? STORE_Q_CLOCK_AHEAD : 0;
+    if (held) {
         if ((rc = store_put(t, DB_DOTS, dk, 12, dv, sizeof dv))) return rc;
         be64(dv, d->seq);
         if ((rc = store_put(t, DB_HEADS, dk, 4, dv, sizeof dv))) return rc;
-        if ((rc = quarantine(t, STORE_Q_CLOCK_AHEAD, d->dev, d->seq, now_ms, it->env,
-                             it->env_len)))
+        if ((rc = quarantine(t, (uint8_t)held, d->dev, d->seq, now_ms, it->env, it->env_len)))
             return rc;
         out->result = STORE_QUARANTINED;
-        out->code = STORE_Q_CLOCK_AHEAD;
+        out->code = held;
         return STORE_OK;
     }
 

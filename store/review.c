@@ -24,9 +24,10 @@
  *     if its exact bytes were already applied, the existing one) and in its
  *     record's rdeltas, through store_merge_reviewed — the same merge and
  *     index code as store_append — so store_verify holds after an accept.
- *   - Device chains (dots, heads) only change in one case: a clock-ahead
- *     delta's dot (seq in the chain, server seq 0, same hash) is linked to
- *     the server seq its acceptance assigned.  Chains stay contiguous.
+ *   - Device chains (dots, heads) only change in one case: a delta held in
+ *     the chain (clock ahead, or out of scope: seq in the chain, server seq
+ *     0, same hash) has its dot linked to the server seq its acceptance
+ *     assigned.  Chains stay contiguous.
  *   - Revocation is monotonic: ACTIVE/FROZEN -> REVOKED_SOFT -> REVOKED_HARD.
  *   - Nothing here reads a clock: times are the caller's now_ms.
  */

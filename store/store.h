@@ -153,7 +153,8 @@ enum {  /* quarantine reasons */
     STORE_Q_FROZEN = 3,       /* device frozen (after a clone) */
     STORE_Q_REVOKED = 4,      /* device revoked (soft: beyond held seq; hard) */
     STORE_Q_SEALED = 5,       /* old key beyond its sealed seq */
-    STORE_Q_FORK = 6          /* prev hash does not match the chain head */
+    STORE_Q_FORK = 6,         /* prev hash does not match the chain head */
+    STORE_Q_SCOPE = 7         /* outside the device's scope when it arrived */
 };
 const char *store_qreason_name(int reason);
 
@@ -173,7 +174,11 @@ typedef struct store_item {
     size_t env_len;
     const crdt_delta *delta;  /* decoded from the envelope's delta bytes */
     uint8_t hash[CRDT_HASH_BYTES]; /* wire_delta_hash of the delta bytes */
-    uint8_t quarantine;       /* 0, or a STORE_Q_* reason: hold it back */
+    uint8_t quarantine;       /* 0, or a STORE_Q_* reason: hold it back.
+                               * STORE_Q_SCOPE holds it after the chain
+                               * checks and advances the chain (like a clock
+                               * ahead): the delta is authentic and in order,
+                               * only its content is outside policy. */
 } store_item;
 
 /*

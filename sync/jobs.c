@@ -159,13 +159,11 @@ static int commit_once(store *st, const sync_config *cfg, sync_job *jobs, uint64
             store_item si = {it->env, it->env_len, &it->delta, {0}, it->quarantine};
             memcpy(si.hash, it->hash, CRDT_HASH_BYTES);
             if (!it->quarantine) {
+                /* Out of scope: kept in quarantine (not dropped), and the
+                 * device's chain moves on past it. */
                 rc = delta_scope_ok(t, &j->scope, &it->delta);
-                if (rc == SYNC_ESCOPE) {
-                    it->out.result = STORE_REJECTED;
-                    it->out.code = SYNC_ESCOPE;
-                    continue;
-                }
-                if (rc) {
+                if (rc == SYNC_ESCOPE) si.quarantine = STORE_Q_SCOPE;
+                else if (rc) {
                     store_abort(t);
                     return rc;
                 }

@@ -1572,6 +1572,7 @@ static const char *reason_text(int reason)
     case STORE_Q_REVOKED: return "the device was revoked";
     case STORE_Q_SEALED: return "signed with a retired key beyond its sealed seq";
     case STORE_Q_FORK: return "its previous hash did not match the device's chain";
+    case STORE_Q_SCOPE: return "its record was outside the device's households when it arrived";
     default: return "unknown reason";
     }
 }

@@ -444,13 +444,13 @@ static void test_bad_input(void **state)
     frame_push(&f, 4, e, 5);
     assert_int_equal(wsc_send(&c, f.p, f.n), 0);
     expect_frame(&c, &m, "ack");
-    static const int want[5] = {SYNC_ESCOPE, SYNC_EDEVICE, WIRE_EBADSIG, CRDT_ELENGTH,
+    static const int want[5] = {STORE_Q_SCOPE, SYNC_EDEVICE, WIRE_EBADSIG, CRDT_ELENGTH,
                                 CRDT_EPHONE};
     for (int i = 0; i < 5; i++) {
         char r[32];
         int64_t code;
         assert_true(ack_entry(m.p, m.n, (size_t)i, r, sizeof r, &code, NULL, NULL));
-        assert_string_equal(r, "rejected");
+        assert_string_equal(r, i == 0 ? "quarantined" : "rejected");
         if (code != want[i]) fail_msg("entry %d: code %lld, want %d", i, (long long)code, want[i]);
     }
     /* Nothing of that was stored. */
@@ -865,8 +865,8 @@ static void test_scope_and_quarantine_rules(void **state)
     char r[32];
     int64_t code;
     assert_true(ack_entry(m.p, m.n, 0, r, sizeof r, &code, NULL, NULL));
-    assert_string_equal(r, "rejected");
-    assert_int_equal(code, SYNC_ESCOPE);
+    assert_string_equal(r, "quarantined"); /* kept, not merged; B's chain moves on */
+    assert_int_equal(code, STORE_Q_SCOPE);
     wsc_close(&cb);
 
     /* Subscribing sends the backlog at once. */
