@@ -1026,9 +1026,26 @@ static int snap_add(snap_page *sp, const crdt_record *r, crdt_buf *tmp)
     return SYNC_OK;
 }
 
+/* Is person record r currently in one of the session's households? */
+static bool person_in_scope(const sync_session *s, const crdt_record *r)
+{
+    const crdt_field *f = crdt_record_field(r, "household", (crdt_blob){NULL, 0});
+    for (uint32_t i = 0; f && i < f->n; i++) {
+        crdt_val v;
+        if (crdt_val_parse(f->e[i].v, &v) || v.t != CRDT_V_STR) continue;
+        char h[CRDT_RECID_MAX + 1];
+        if (v.len > CRDT_RECID_MAX) continue;
+        memcpy(h, v.s, v.len);
+        h[v.len] = 0;
+        for (size_t k = 0; k < s->scope.n; k++)
+            if (!strcmp(s->scope.id[k], h)) return true;
+    }
+    return false;
+}
+
 static int on_snapshot(sync_session *s, const msgpack_object *m, sync_out *out)
 {
-    static const char *const keys[] = {"id"};
+    static const char *const keys[] = {"id", "k"};
     uint64_t id = 0, cursor = 0;
     store_txn *t = NULL;
     snap_page sp;
@@ -1041,17 +1058,42 @@ static int on_snapshot(sync_session *s, const msgpack_object *m, sync_out *out)
         fail(out, s->restricted, id, 0);
         return SYNC_OK;
     }
-    if (!only_keys(m, keys, 1) || id == 0) {
+    const msgpack_object *want = get(m, "k"); /* optional: these persons only */
+    if (!only_keys(m, keys, 2) || id == 0 ||
+        (want && (want->type != MSGPACK_OBJECT_ARRAY || want->via.array.size > 500))) {
         fail(out, SYNC_EPROTO, id, 0);
         return SYNC_OK;
     }
+    for (uint32_t i = 0; want && i < want->via.array.size; i++)
+        if (want->via.array.ptr[i].type != MSGPACK_OBJECT_STR ||
+            !crdt_recid_valid(want->via.array.ptr[i].via.str.ptr,
+                              want->via.array.ptr[i].via.str.size)) {
+            fail(out, SYNC_EPROTO, id, 0);
+            return SYNC_OK;
+        }
     memset(&sp, 0, sizeof sp);
     crypto_generichash_init(&sp.h, NULL, 0, 32);
     sync_out pages;
     sync_out_init(&pages);
     if ((rc = store_begin(s->st, STORE_RDONLY, &t))) goto fail;
     if ((rc = store_last_sseq(t, &cursor))) goto fail;
-    for (size_t i = 0; i < s->scope.n; i++) {
+    /* Selected persons (e.g. one that moved into the device's households,
+     * whose earlier history the device never received). */
+    for (uint32_t i = 0; want && i < want->via.array.size; i++) {
+        char pid[CRDT_RECID_MAX + 1];
+        crdt_record *r = NULL;
+        memcpy(pid, want->via.array.ptr[i].via.str.ptr, want->via.array.ptr[i].via.str.size);
+        pid[want->via.array.ptr[i].via.str.size] = 0;
+        rc = store_get_record(t, "person", pid, &r);
+        if (rc == STORE_ENOTFOUND) {
+            rc = STORE_OK;
+            continue;
+        }
+        if (!rc && person_in_scope(s, r)) rc = snap_add(&sp, r, &tmp);
+        crdt_record_free(r);
+        if (rc) goto fail;
+    }
+    for (size_t i = 0; !want && i < s->scope.n; i++) {
         store_ids members = {0};
         crdt_record *r = NULL;
         rc = store_get_record(t, "household", s->scope.id[i], &r);

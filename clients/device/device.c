@@ -492,7 +492,8 @@ static bool rec_in_scope(dsd *h, MDB_txn *t, const crdt_record *r)
     return !hh[0] || dsd_in_scope(h, t, hh, strlen(hh));
 }
 
-int dsd_apply_remote(dsd *h, MDB_txn *t, const uint8_t *env, size_t n, uint64_t *purged)
+int dsd_apply_remote(dsd *h, MDB_txn *t, const uint8_t *env, size_t n, uint64_t *purged,
+                     bool *fresh)
 {
     const uint8_t *db, *sig;
     size_t dl;
@@ -519,6 +520,9 @@ int dsd_apply_remote(dsd *h, MDB_txn *t, const uint8_t *env, size_t n, uint64_t 
     memcpy(id, d.id, d.id_len);
     id[d.id_len] = 0;
     if ((rc = rec_load(h, t, kind, id, &r))) goto out;
+    /* A person this device has never seen may have moved in with history
+     * it never received: the caller fetches its merged record. */
+    if (fresh) *fresh = !r && !strcmp(kind, "person");
     if (!r && !(r = crdt_record_new(kind, d.kind_len, id, d.id_len))) {
         rc = dsd_fail(h, DSD_ENOMEM, "out of memory");
         goto out;
@@ -543,6 +547,26 @@ int dsd_apply_remote(dsd *h, MDB_txn *t, const uint8_t *env, size_t n, uint64_t 
 out:
     crdt_record_free(r);
     crdt_arena_free(a);
+    return rc;
+}
+
+int dsd_merge_record(dsd *h, MDB_txn *t, const uint8_t *p, size_t n)
+{
+    crdt_record *in = NULL, *r = NULL;
+    int rc = crdt_record_decode(p, n, &in);
+    if (rc) return dsd_fail(h, DSD_EPROTO, "server sent a record that does not decode");
+    if ((rc = rec_load(h, t, in->kind, in->id, &r))) goto out;
+    if (!r) {
+        r = in;
+        in = NULL;
+    } else if ((rc = crdt_record_merge(r, in))) {
+        rc = dsd_fail(h, DSD_EPROTO, "cannot merge %s/%s: %s", r->kind, r->id, crdt_strerror(rc));
+        goto out;
+    }
+    if (rec_in_scope(h, t, r)) rc = rec_store(h, t, r);
+out:
+    crdt_record_free(in);
+    crdt_record_free(r);
     return rc;
 }
 

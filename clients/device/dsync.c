@@ -48,7 +48,11 @@ typedef struct conn {
     msgpack_unpacked up;
     bool have_up;
     char type[16];
+    char (*fresh)[CRDT_RECID_MAX + 1]; /* persons to fetch whole (moved in) */
+    uint32_t nfresh;
 } conn;
+
+#define FETCH_MAX 500
 
 /* ---- frames ---------------------------------------------------------------------- */
 
@@ -175,6 +179,9 @@ static int conn_open(dsd *h, conn *c, const char *url, const dsd_sync_opts *o)
 
 static void conn_close(conn *c, bool abort)
 {
+    free(c->fresh);
+    c->fresh = NULL;
+    c->nfresh = 0;
     conn_free_up(c);
     if (abort) dsd_ws_abort(&c->ws);
     else dsd_ws_close(&c->ws);
@@ -818,15 +825,141 @@ static int on_changes(conn *c, dsd_sync_report *rep, bool *more)
             rc = dsd_fail(h, DSD_EPROTO, "changes entry is not bin");
             goto fail;
         }
+        bool fresh = false;
         if ((rc = dsd_apply_remote(h, t, (const uint8_t *)b->via.bin.ptr, b->via.bin.size,
-                                   rep ? &rep->purged : NULL)))
+                                   rep ? &rep->purged : NULL, &fresh)))
             goto fail;
         if (rep) rep->pulled++;
+        if (fresh && c->nfresh < FETCH_MAX) {
+            if (!c->fresh && !(c->fresh = calloc(FETCH_MAX, sizeof *c->fresh))) {
+                rc = dsd_fail(h, DSD_ENOMEM, "out of memory");
+                goto fail;
+            }
+            /* the envelope's record id, from the delta */
+            const uint8_t *db, *sig;
+            size_t dl;
+            crdt_arena *a = crdt_arena_new(0);
+            crdt_delta d;
+            int eo;
+            if (a && !wire_envelope_decode((const uint8_t *)b->via.bin.ptr, b->via.bin.size,
+                                           &crdt_limits_default, &db, &dl, &sig) &&
+                !crdt_delta_decode(db, dl, &crdt_limits_default, a, &d, &eo) &&
+                d.id_len <= CRDT_RECID_MAX) {
+                memcpy(c->fresh[c->nfresh], d.id, d.id_len);
+                c->fresh[c->nfresh][d.id_len] = 0;
+                c->nfresh++;
+            }
+            crdt_arena_free(a);
+        }
     }
     if (n > cursor && (rc = dsd_meta_put_u64(h, t, "cursor", n))) goto fail;
     return dsd_lmdb(h, mdb_txn_commit(t), "commit");
 fail:
     mdb_txn_abort(t);
+    return rc;
+}
+
+
+/*
+ * Fetch the merged records of persons this device had never seen (a person
+ * who moved into its households arrives with history it never received:
+ * the feed only carries deltas from the move on).  Uses the snapshot frame
+ * with a list of ids; every page is checked against the server key from
+ * hello before it is merged.  Live changes arriving meanwhile are applied.
+ */
+static int do_fetch(conn *c, dsd_sync_report *rep)
+{
+    dsd *h = c->h;
+    crdt_buf f = {0};
+    int rc = 0;
+    uint64_t dev = 0;
+    if (!c->nfresh) return 0;
+    {
+        MDB_txn *t;
+        if ((rc = dsd_txn_begin(h, false, &t))) return rc;
+        rc = dsd_meta_u64(h, t, "dev", &dev);
+        mdb_txn_abort(t);
+        if (rc) return rc;
+    }
+    while (c->nfresh && !rc) {
+        uint64_t id = c->next_id++;
+        msgpack_packer pk;
+        crdt_buf_reset(&f);
+        msgpack_packer_init(&pk, &f, bw);
+        msgpack_pack_map(&pk, 3);
+        pstr(&pk, "id");
+        msgpack_pack_uint64(&pk, id);
+        pstr(&pk, "k");
+        msgpack_pack_array(&pk, c->nfresh);
+        for (uint32_t i = 0; i < c->nfresh; i++) pstr(&pk, c->fresh[i]);
+        pstr(&pk, "t");
+        pstr(&pk, "snapshot");
+        c->nfresh = 0;
+        if (!f.p) return dsd_fail(h, DSD_ENOMEM, "out of memory");
+        if ((rc = conn_send(c, &f))) break;
+        for (bool more = true; more && !rc;) {
+            if ((rc = conn_recv(c, c->timeout_ms))) break;
+            uint64_t rid = 0;
+            get_u64(&c->up.data, "id", &rid);
+            if (!strcmp(c->type, "changes")) {
+                rc = on_changes(c, rep, NULL);
+                continue;
+            }
+            if (!strcmp(c->type, "error") && rid == id) {
+                const msgpack_object *code = get(&c->up.data, "c");
+                rc = code ? (int)code->via.i64 : DSD_EPROTO;
+                break;
+            }
+            if (strcmp(c->type, "snapshot") || rid != id) continue;
+            const msgpack_object *r = get(&c->up.data, "r"), *m = get(&c->up.data, "more");
+            uint64_t n = 0, pg = 0;
+            uint8_t sig[64];
+            if (!r || r->type != MSGPACK_OBJECT_ARRAY || !get_u64(&c->up.data, "n", &n) ||
+                !get_u64(&c->up.data, "p", &pg) || !get_bin(&c->up.data, "g", sig, 64)) {
+                rc = dsd_fail(h, DSD_EPROTO, "snapshot page lacks r, n, p or g");
+                break;
+            }
+            more = m && m->type == MSGPACK_OBJECT_BOOLEAN && m->via.boolean;
+            /* Check the server's signature over the page. */
+            crypto_generichash_state hs;
+            uint8_t digest[32], msg[sizeof "doorstep/v1/snapshot" + 49], *q = msg;
+            crypto_generichash_init(&hs, NULL, 0, 32);
+            for (uint32_t i = 0; i < r->via.array.size; i++) {
+                const msgpack_object *b = &r->via.array.ptr[i];
+                uint8_t len[4];
+                uint8_t *lp = len;
+                if (b->type != MSGPACK_OBJECT_BIN) {
+                    rc = dsd_fail(h, DSD_EPROTO, "snapshot record is not bin");
+                    break;
+                }
+                be32w(&lp, b->via.bin.size);
+                crypto_generichash_update(&hs, len, 4);
+                crypto_generichash_update(&hs, (const uint8_t *)b->via.bin.ptr, b->via.bin.size);
+            }
+            if (rc) break;
+            crypto_generichash_final(&hs, digest, 32);
+            memcpy(q, "doorstep/v1/snapshot", sizeof "doorstep/v1/snapshot");
+            q += sizeof "doorstep/v1/snapshot";
+            be32w(&q, (uint32_t)dev);
+            be32w(&q, (uint32_t)(n >> 32));
+            be32w(&q, (uint32_t)n);
+            be32w(&q, (uint32_t)pg);
+            *q++ = more ? 1 : 0;
+            memcpy(q, digest, 32);
+            if (crypto_sign_verify_detached(sig, msg, sizeof msg, c->srvpk) != 0) {
+                rc = dsd_fail(h, DSD_EPROTO, "snapshot page signature does not verify");
+                break;
+            }
+            MDB_txn *t;
+            if ((rc = dsd_txn_begin(h, true, &t))) break;
+            for (uint32_t i = 0; i < r->via.array.size && !rc; i++)
+                rc = dsd_merge_record(h, t, (const uint8_t *)r->via.array.ptr[i].via.bin.ptr,
+                                      r->via.array.ptr[i].via.bin.size);
+            if (rc) mdb_txn_abort(t);
+            else rc = dsd_lmdb(h, mdb_txn_commit(t), "commit");
+        }
+    }
+    crdt_buf_free(&f);
     return rc;
 }
 
@@ -877,6 +1010,7 @@ static int do_pull(conn *c, dsd_sync_report *rep)
             }
         }
         if ((rc = on_changes(c, rep, &more))) break;
+        if ((rc = do_fetch(c, rep))) break;
         if (!more) break;
     }
 out:
@@ -913,6 +1047,7 @@ static int do_live(conn *c, int live_ms, dsd_sync_report *rep)
         if (rc == DSD_ETIMEOUT) return 0;
         if (rc) return rc;
         if (!strcmp(c->type, "changes") && (rc = on_changes(c, rep, NULL))) return rc;
+        if ((rc = do_fetch(c, rep))) return rc;
     }
 }
 

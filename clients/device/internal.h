@@ -60,7 +60,12 @@ uint64_t dsd_wall_ms(void);
  * decode, schema-check, merge into the local record, merge its HLC into
  * ours; purge the record if it is a person whose household left the scope.
  * *purged is incremented for a purge.  Undecodable envelopes: DSD_EPROTO. */
-int dsd_apply_remote(dsd *h, MDB_txn *t, const uint8_t *env, size_t n, uint64_t *purged);
+/* Apply a remote envelope; *fresh (may be NULL) says the record is a person
+ * this device did not hold (its earlier history may be missing). */
+int dsd_apply_remote(dsd *h, MDB_txn *t, const uint8_t *env, size_t n, uint64_t *purged,
+                     bool *fresh);
+/* Merge a merged record the server sent (snapshot) into the local store. */
+int dsd_merge_record(dsd *h, MDB_txn *t, const uint8_t *p, size_t n);
 /* Drop records outside the current scope (in txn t); count in *purged. */
 int dsd_purge_out_of_scope(dsd *h, MDB_txn *t, uint64_t *purged);
 /* Is household id in the scope table? */

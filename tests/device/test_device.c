@@ -581,6 +581,41 @@ static void test_live(void **state)
     srv_stop(&s);
 }
 
+/* A person moves from one volunteer's household into another's: the
+ * receiving phone never got the person's earlier history (the feed of its
+ * household only has deltas from the move on), so it fetches the merged
+ * record and ends up equal to the server. */
+static void test_person_moves_in(void **state)
+{
+    (void)state;
+    srv s;
+    srv_start(&s);
+    const char *sa[] = {"H1"}, *sb[] = {"H2"};
+    dsd *a = dev_enroll(&s, "move-a", sa, 1);
+    dsd *b = dev_enroll(&s, "move-b", sb, 1);
+    make_household(a, "H1", "C01", "G01");
+    make_household(b, "H2", "C01", "G02");
+    make_person(a, "P7", "H1", 7);
+    must(a, dsd_tag_add(a, "P7", "低保"), "tag");
+    must(a, dsd_visit_append(a, "person", "P7", "2026-09-21", "上门走访", NULL, NULL, NULL), "visit");
+    dsd_sync_report rep;
+    sync_ok(a, &s, &rep);
+    sync_ok(b, &s, &rep);
+    /* A moves P7 to H2 (moving out of A's scope is allowed). */
+    must(a, dsd_set(a, "person", "P7", "household", NULL, "H2"), "move");
+    sync_ok(a, &s, &rep);
+    sync_ok(b, &s, &rep);
+    dsd *devs[] = {a, b};
+    check_converged(&s, devs, 2); /* byte-identical to the server, history included */
+    uint8_t *p = NULL;
+    size_t n = 0;
+    must(b, dsd_record_get(b, "person", "P7", &p, &n), "record on b");
+    dsd_free(p);
+    dsd_close(a);
+    dsd_close(b);
+    srv_stop(&s);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -590,7 +625,7 @@ int main(void)
         cmocka_unit_test(test_sim_converges),    cmocka_unit_test(test_drop_during_push),
         cmocka_unit_test(test_killed_during_push), cmocka_unit_test(test_offline_days),
         cmocka_unit_test(test_scope_reassignment), cmocka_unit_test(test_rotation),
-        cmocka_unit_test(test_live),
+        cmocka_unit_test(test_live), cmocka_unit_test(test_person_moves_in),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
