@@ -442,7 +442,9 @@ static int check_op(const crdt_kspec *k, const crdt_op *o)
     if (o->n_obs && !obs_ok) return CRDT_EOBS;
     if (o->n_obs && !o->obs) return CRDT_EINVAL;
     for (uint32_t i = 0; i < o->n_obs; i++)
-        if (o->obs[i].dev < 1 || o->obs[i].seq < 1) return CRDT_EOBS;
+        /* Device 0 is the server itself (staff edits): its dots may be
+         * observed like any phone's.  Seqs start at 1. */
+        if (o->obs[i].seq < 1) return CRDT_EOBS;
 
     if (o->val.n == 0) return CRDT_EVALUE;
     if ((rc = crdt_val_parse(o->val, &v))) return rc;

@@ -454,11 +454,21 @@ static crdt_blob year_key(uint32_t year, uint8_t buf[9])
     return out;
 }
 
+/* An mv field is in conflict when its live writes hold more than one
+ * distinct value (two phones writing the same value agree). */
+static bool mv_conflict(const crdt_field *f)
+{
+    if (!f || f->type != CRDT_F_MV) return false;
+    for (uint32_t i = 1; i < f->n; i++)
+        if (crdt_blob_cmp(f->e[i].v, f->e[0].v)) return true;
+    return false;
+}
+
 static uint32_t mv_conflicts(const crdt_record *r)
 {
     uint32_t n = 0;
     for (uint32_t i = 0; i < r->n_fields; i++)
-        if (r->fields[i].type == CRDT_F_MV && r->fields[i].n > 1) n++;
+        if (mv_conflict(&r->fields[i])) n++;
     return n;
 }
 
@@ -1327,7 +1337,7 @@ static json_t *field_json(rq *q, store_txn *t, devcache *dc, const crdt_fspec *f
     json_object_set_new(o, "values", vals);
     if (fs->type == CRDT_F_COUNTER)
         json_object_set_new(o, "total", json_integer(f ? crdt_field_counter(f) : 0));
-    json_object_set_new(o, "conflict", json_boolean(fs->type == CRDT_F_MV && f && f->n > 1));
+    json_object_set_new(o, "conflict", json_boolean(mv_conflict(f)));
     json_object_set_new(o, "history", field_history(hist_j, fs->name, key));
     return o;
 }
@@ -1862,6 +1872,7 @@ static int route_resolve(rq *q, const char *id)
     json_object_set_new(o, "delta", json_pack("{sisIsI}", "dev", 0, "seq", (json_int_t)w.seq,
                                               "sseq", (json_int_t)w.sseq));
     json_object_set_new(o, "household", *w.household ? json_string(w.household) : json_null());
+    snprintf(q->resp->changed_household, sizeof q->resp->changed_household, "%s", w.household);
     send_json(q, 200, o);
     status = 200;
 out:
@@ -1925,6 +1936,7 @@ static int route_review_raise(rq *q, const char *id)
     json_object_set_new(o, "delta", json_pack("{sisIsI}", "dev", 0, "seq", (json_int_t)w.seq,
                                               "sseq", (json_int_t)w.sseq));
     json_object_set_new(o, "household", *w.household ? json_string(w.household) : json_null());
+    snprintf(q->resp->changed_household, sizeof q->resp->changed_household, "%s", w.household);
     send_json(q, 200, o);
     status = 200;
 out:
@@ -1953,7 +1965,7 @@ static int qscan_cb(const crdt_record *r, void *arg)
         json_t *fl = json_array();
         for (uint32_t i = 0; i < r->n_fields; i++) {
             const crdt_field *f = &r->fields[i];
-            if (f->type != CRDT_F_MV || f->n < 2) continue;
+            if (!mv_conflict(f)) continue;
             json_t *x = json_object();
             json_object_set_new(x, "field", json_string(f->name));
             json_object_set_new(x, "key", key_json(f->key));

@@ -222,6 +222,50 @@ static void *writer_main(void *arg)
         }
         pthread_mutex_unlock(&sv->mu);
 
+#ifdef DOORSTEP_TEST_ACK_BEFORE_COMMIT
+        /* TEST-ONLY negative control (target doorstepd-ackfirst, issue #9):
+         * ack every verified delta as "applied" BEFORE committing, then
+         * commit copies of the jobs after a pause.  tests/crash must catch
+         * this build losing acknowledged deltas.  Never in doorstepd. */
+        {
+            sync_job *copies = NULL, **ct = &copies;
+            for (sync_job *j = batch; j; j = j->next) {
+                sync_job *k = calloc(1, sizeof *k);
+                if (!k) abort();
+                k->dev = j->dev, k->epoch = j->epoch, k->n = j->n, k->push_id = j->push_id;
+                k->items = calloc(j->n ? j->n : 1, sizeof *k->items);
+                k->arena = crdt_arena_new(0);
+                if (!k->items || !k->arena) abort();
+                for (uint32_t i = 0; i < j->n; i++) {
+                    k->items[i].env = malloc(j->items[i].env_len + 1);
+                    if (!k->items[i].env) abort();
+                    memcpy(k->items[i].env, j->items[i].env, j->items[i].env_len);
+                    k->items[i].env_len = j->items[i].env_len;
+                    if (!j->items[i].code) j->items[i].out.result = STORE_APPLIED;
+                }
+                sync_job_verify(sv->st, sv->cfg, k);
+                *ct = k;
+                ct = &k->next;
+            }
+            pthread_mutex_lock(&sv->mu);
+            *sv->done_tail = batch;
+            while (*sv->done_tail) sv->done_tail = &(*sv->done_tail)->next;
+            pthread_mutex_unlock(&sv->mu);
+            lws_cancel_service(sv->ctx);
+            usleep(20 * 1000);
+            char (*tch)[CRDT_RECID_MAX + 1] = NULL;
+            size_t ntch = 0;
+            sync_jobs_commit(sv->st, sv->cfg, copies, now_ms(), &tch, &ntch);
+            free(tch);
+            while (copies) {
+                sync_job *k = copies;
+                copies = k->next;
+                sync_job_free(k);
+            }
+            pthread_mutex_lock(&sv->mu);
+            continue;
+        }
+#endif
         char (*touched)[CRDT_RECID_MAX + 1] = NULL;
         size_t nt = 0;
         struct timespec a, z;
@@ -646,6 +690,17 @@ static void drain_api(sync_server *sv)
         http_pss *h = NULL;
         for (http_pss *x = sv->api_pending; x; x = x->next_pending)
             if (x == j->pss && x->serial == j->serial) h = x;
+        if (j->resp.changed_household[0]) {
+            /* A staff write (server-signed delta): wake live devices and
+             * dashboards as a device commit would. */
+            char (*one)[CRDT_RECID_MAX + 1] = &j->resp.changed_household;
+            dash_notify(sv, one, 1);
+            for (conn *c = sv->conns; c; c = c->next)
+                if (sync_session_wants(c->sess, one, 1)) {
+                    c->live_pending = true;
+                    lws_callback_on_writable(c->wsi);
+                }
+        }
         if (h) {
             api_forget(sv, h);
             crdt_buf_free(&h->resp.body);
@@ -751,10 +806,19 @@ static void custom_copy(struct lws *wsi, char *dst, size_t cap, const char *name
 /* Write an /api/ response: status, headers, body (from the writeable callback). */
 static int api_write(struct lws *wsi, http_pss *h)
 {
-    sync_http_resp *r = &h->resp;
+    /* lws_write(HTTP_FINAL) and lws_http_transaction_completed may free the
+     * connection's pss: take the response out of it first, touch h no more
+     * after writing. */
+    sync_http_resp resp = h->resp, *r = &resp;
+    memset(&h->resp, 0, sizeof h->resp);
+    h->resp_ready = false;
+    h->is_api = false;
     size_t hdr_cap = LWS_PRE + 2048;
     uint8_t *buf = malloc(hdr_cap + r->body.n);
-    if (!buf) return -1;
+    if (!buf) {
+        crdt_buf_free(&r->body);
+        return -1;
+    }
     uint8_t *start = buf + LWS_PRE, *p = start, *end = buf + hdr_cap - 1;
     const char *ct = r->content_type[0] ? r->content_type : "application/json; charset=utf-8";
     int rc = -1;
@@ -781,8 +845,6 @@ static int api_write(struct lws *wsi, http_pss *h)
 out:
     free(buf);
     crdt_buf_free(&r->body);
-    h->resp_ready = false;
-    h->is_api = false;
     return rc;
 }
 
@@ -873,14 +935,15 @@ static int http_callback(struct lws *wsi, enum lws_callback_reasons reason, void
     case LWS_CALLBACK_HTTP_WRITEABLE: {
         if (h->is_api) return h->resp_ready ? api_write(wsi, h) : 0;
         if (!h->body) return -1;
-        uint8_t *buf = malloc(LWS_PRE + h->len);
+        size_t blen = h->len;
+        uint8_t *buf = malloc(LWS_PRE + blen);
         if (!buf) return -1;
-        memcpy(buf + LWS_PRE, h->body, h->len);
-        int n = lws_write(wsi, buf + LWS_PRE, h->len, LWS_WRITE_HTTP_FINAL);
-        free(buf);
-        free(h->body);
+        memcpy(buf + LWS_PRE, h->body, blen);
+        free(h->body); /* before writing: the write may free h */
         h->body = NULL;
-        if (n < (int)h->len) return -1;
+        int n = lws_write(wsi, buf + LWS_PRE, blen, LWS_WRITE_HTTP_FINAL);
+        free(buf);
+        if (n < (int)blen) return -1;
         if (lws_http_transaction_completed(wsi)) return -1;
         return 0;
     }

@@ -234,6 +234,8 @@ typedef struct sync_http_resp {
     char set_cookie[512];       /* a Set-Cookie header value, or "" */
     char extra_header_name[64]; /* one more header (e.g. "content-disposition:"), or "" */
     char extra_header_value[256];
+    char changed_household[CRDT_RECID_MAX + 1]; /* a write touched this household:
+                                 * the server wakes live devices and pages */
     crdt_buf body;              /* owned; freed by the server */
 } sync_http_resp;
 

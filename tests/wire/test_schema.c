@@ -563,7 +563,7 @@ static void test_check_delta_table(void **state)
         /* mv: obs allowed */
         {P, CRDT_OP_SET, "name", V_STR, "张三", 0, V_NONE, 0, 0, 0, 0},
         {P, CRDT_OP_SET, "name", V_STR, "张三", 0, V_NONE, 0, 0, 4, 0},
-        {P, CRDT_OP_SET, "name", V_STR, "张三", 0, V_NONE, 0, 0, -1, CRDT_EOBS},
+        {P, CRDT_OP_SET, "name", V_STR, "张三", 0, V_NONE, 0, 0, -1, 0}, /* the server's dot */
         {P, CRDT_OP_SET, "name", V_STR, "张三", 0, V_NONE, 0, 0, -2, CRDT_EOBS},
         {P, CRDT_OP_REM, "name", V_STR, "张三", 0, V_NONE, 0, 0, 1, CRDT_EOP},
         {P, CRDT_OP_SET, "id_number", V_STR, ID_OK, 0, V_NONE, 0, 0, 1, 0},
@@ -596,7 +596,7 @@ static void test_check_delta_table(void **state)
         {P, CRDT_OP_ADD, "tags", V_NONE, NULL, 0, V_NONE, 0, 0, 0, CRDT_EVALUE},
         {P, CRDT_OP_REM, "tags", V_STR, "低保", 0, V_NONE, 0, 0, 2, 0},
         {P, CRDT_OP_REM, "tags", V_STR, "低保", 0, V_NONE, 0, 0, 0, 0},
-        {P, CRDT_OP_REM, "tags", V_STR, "低保", 0, V_NONE, 0, 0, -1, CRDT_EOBS},
+        {P, CRDT_OP_REM, "tags", V_STR, "低保", 0, V_NONE, 0, 0, -1, 0}, /* the server's dot */
         {P, CRDT_OP_REM, "tags", V_STR, "富人", 0, V_NONE, 0, 0, 1, CRDT_EENUM},
         {P, CRDT_OP_SET, "tags", V_STR, "低保", 0, V_NONE, 0, 0, 0, CRDT_EOP},
         {P, CRDT_OP_ADD, "tags", V_STR, "低保", 0, V_INT, 0, 2026, 0, CRDT_EKEY},

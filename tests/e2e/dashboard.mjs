@@ -1,0 +1,279 @@
+// dashboard.mjs BUILD_DIR [ARTIFACT_DIR] — the staff dashboard in a real browser.
+//
+// Debian's headless Chromium (driven by playwright-core over CDP) against a
+// doorstepd built in BUILD_DIR, serving clients/dashboard, on a fresh store
+// (doorstepctl init) filled by doorstep-sim (a street whose phones made
+// concurrent edits, so there are conflicts).  As a staff member would: log
+// in, read the 日调度 overview (numbers equal the API's and doorstepctl
+// stats'), find a conflict in the queue, search the person by name (and a
+// mistyped ID number gets the checksum message), open the person page
+// (provenance: volunteer, device, time), resolve the conflict and see the
+// converged, server-signed value; doorstepctl verify still passes; revoke a
+// device; open the weekly report (SVG charts, CSV); switch to English.
+// Screenshots go to ARTIFACT_DIR (default BUILD_DIR/e2e-artifacts).
+//
+// Exit codes: 0 pass, 1 fail, 77 skip (only when Debian's chromium is absent).
+import { spawn, execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const CHROMIUM = '/usr/bin/chromium';
+const here = dirname(fileURLToPath(import.meta.url));
+const repo = resolve(here, '..', '..');
+const build = resolve(process.argv[2] || join(repo, 'build'));
+const artifacts = resolve(process.argv[3] || join(build, 'e2e-artifacts'));
+const PASSWORD = 'e2e-admin-password';
+
+if (!existsSync(CHROMIUM)) {
+  console.log(`SKIP: ${CHROMIUM} not found (scripts/install-deps installs Debian's chromium)`);
+  process.exit(77);
+}
+let chromium;
+try {
+  ({ chromium } = await import('playwright-core'));
+} catch (e) {
+  console.error('FAIL: playwright-core is not installed: run scripts/install-deps (npm ci)');
+  process.exit(1);
+}
+for (const b of ['doorstepd', 'doorstepctl', 'doorstep-sim']) {
+  if (!existsSync(join(build, b))) {
+    console.error(`FAIL: ${join(build, b)} not built`);
+    process.exit(1);
+  }
+}
+
+const tmp = mkdtempSync(join(tmpdir(), 'doorstep-e2e-'));
+const data = join(tmp, 'data');
+mkdirSync(artifacts, { recursive: true });
+let server = null, context = null, serverErr = '';
+let step = 'start';
+
+function ctl(...args) {
+  return execFileSync(join(build, 'doorstepctl'), ['--data', data, ...args],
+    { env: { ...process.env, DOORSTEP_ADMIN_PASSWORD: PASSWORD }, encoding: 'utf8' });
+}
+function check(cond, what) {
+  if (!cond) throw new Error(`check failed: ${what}`);
+}
+
+async function startServer() {
+  server = spawn(join(build, 'doorstepd'), ['--data', data, '--listen', '127.0.0.1:0',
+    '--static', join(repo, 'clients', 'dashboard'), '--log-level', '1'],
+    { stdio: ['ignore', 'pipe', 'pipe'] });
+  server.stderr.on('data', (d) => { serverErr += d; });
+  return await new Promise((ok, fail) => {
+    let out = '';
+    const timer = setTimeout(() => fail(new Error('doorstepd did not start: ' + out + serverErr)), 20000);
+    server.stdout.on('data', (d) => {
+      out += d;
+      const m = /ws:\/\/127\.0\.0\.1:(\d+)\/sync/.exec(out);
+      if (m) { clearTimeout(timer); ok(Number(m[1])); }
+    });
+    server.on('exit', (c) => { clearTimeout(timer); fail(new Error(`doorstepd exited ${c}: ${serverErr}`)); });
+  });
+}
+
+async function stopServer() {
+  if (!server || server.exitCode !== null) return;
+  const done = new Promise((ok) => server.on('exit', ok));
+  server.kill('SIGTERM');
+  await Promise.race([done, new Promise((ok) => setTimeout(ok, 10000))]);
+  if (server.exitCode === null) server.kill('SIGKILL');
+}
+
+// page.waitForFunction evaluates a string in the page, which the server's
+// CSP (script-src 'self', no unsafe-eval) rightly refuses: poll instead.
+async function until(page, fn, arg, what, ms = 15000) {
+  const end = Date.now() + ms;
+  for (;;) {
+    if (await page.evaluate(fn, arg)) return;
+    if (Date.now() > end) throw new Error('timed out waiting for ' + what);
+    await new Promise((ok) => setTimeout(ok, 100));
+  }
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: join(artifacts, name + '.png'), fullPage: true });
+}
+
+async function main() {
+  step = 'init';
+  const year = new Date().getUTCFullYear();
+  const init = ctl('init', '--campaign-year', String(year));
+  check(/admin login: admin/.test(init), 'doorstepctl init printed the admin login');
+  step = 'doorstepd';
+  const port = await startServer();
+  const base = `http://127.0.0.1:${port}`;
+  step = 'doorstep-sim';
+  const sim = execFileSync(join(build, 'doorstep-sim'), ['--server', `ws://127.0.0.1:${port}`,
+    '--data', data, '--volunteers', '6', '--households', '40', '--days', '5', '--seed', '3'],
+  { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  const conflicts = Number((/conflicts=(\d+)/.exec(sim) || [])[1] || 0);
+  check(conflicts > 0, 'the simulated street has conflicts: ' + sim.trim().split('\n').pop());
+
+  step = 'browser';
+  context = await chromium.launchPersistentContext(join(tmp, 'profile'), {
+    executablePath: CHROMIUM, headless: true, locale: 'zh-CN', timezoneId: 'Asia/Shanghai',
+    viewport: { width: 1280, height: 900 },
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  const page = context.pages()[0] || await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  // Expected refusals (401 before login or for a wrong password, 400 for a
+  // mistyped ID number) show up as failed loads; anything else is an error.
+  page.on('console', (m) => {
+    if (m.type() === 'error' && !/status of 40[01] /.test(m.text())) errors.push(m.text());
+  });
+  page.on('dialog', (d) => d.accept());
+  page.setDefaultTimeout(15000);
+
+  // Log in (a wrong password first).
+  step = 'login';
+  await page.goto(base + '/');
+  await page.waitForSelector('#login:not([hidden])');
+  await page.fill('#login-user', 'admin');
+  await page.fill('#login-password', 'not-the-password');
+  await page.click('#login-form button[type=submit]');
+  await until(page, () => document.querySelector('#login-error').textContent.length > 0, null, 'login error');
+  check((await page.textContent('#login-error')).includes('用户名或密码错误'), 'wrong password message');
+  await page.fill('#login-password', PASSWORD);
+  await page.click('#login-form button[type=submit]');
+  await page.waitForSelector('#nav:not([hidden])');
+
+  // Overview: the numbers the page shows are the API's, and the quarantine
+  // count is doorstepctl stats'.
+  step = 'overview';
+  await page.waitForSelector('[data-testid=kpi-persons]');
+  const api = (path) => page.evaluate(async (p) => (await fetch(p)).json(), path);
+  const ov = await api('/api/overview');
+  const kpi = async (id) => (await page.textContent(`[data-testid=${id}] .kpi-v`)).trim();
+  check(Number(await kpi('kpi-persons')) === ov.station.persons && ov.station.persons > 0,
+    `persons on the page (${await kpi('kpi-persons')}) = API (${ov.station.persons})`);
+  check(Number(await kpi('kpi-paid')) === ov.station.paid, 'paid on the page = API');
+  check(Number(await kpi('kpi-unpaid')) === ov.station.unpaid, 'unpaid on the page = API');
+  const stats = ctl('stats');
+  const quar = Number((/^quarantine: (\d+)$/m.exec(stats) || [])[1]);
+  check(Number(await kpi('kpi-quarantine')) === quar, `quarantine on the page = doorstepctl stats (${quar})`);
+  const rows = await page.$$eval('[data-testid=overview-table] tbody tr', (r) => r.length);
+  check(rows >= 2, 'overview lists communities and grids');
+  await until(page, () => document.querySelector('#live').classList.contains('on'), null, 'live updates connected');
+  await shot(page, '01-overview');
+
+  // The conflicts queue names a person with a conflict.
+  step = 'queue';
+  await page.click('a[href="#/queues/conflicts"]');
+  await page.waitForSelector('[data-testid=queue] tbody tr');
+  const first = await page.$('[data-testid=queue] tbody tr a.person-link');
+  const personHref = await first.getAttribute('href');
+  const personId = decodeURIComponent(personHref.split('/').pop());
+  const personName = (await first.textContent()).split(' / ')[0];
+  await shot(page, '02-conflicts');
+
+  // Search: by name finds the person; a mistyped ID number says why.
+  step = 'search';
+  await page.click('a[href="#/search"]');
+  await page.fill('#search-q', personName);
+  await page.press('#search-q', 'Enter');
+  await page.waitForSelector('[data-testid=search-results]');
+  check(await page.$(`[data-testid=search-results] a[href="${personHref}"]`) !== null,
+    `search for ${personName} lists ${personId}`);
+  await shot(page, '03-search');
+  await page.fill('#search-q', '110105194901010010');
+  await page.press('#search-q', 'Enter');
+  await page.waitForSelector('[data-testid=search-error]');
+  const err = await page.textContent('[data-testid=search-error]');
+  check(err.includes('校验位') && err.includes('3'), 'wrong ID checksum explained: ' + err);
+
+  // The person: every field with provenance, and the conflict side by side.
+  step = 'person';
+  await page.goto(base + '/' + personHref);
+  await page.waitForSelector('[data-testid=conflicts] .conflict');
+  const card = await page.$('[data-testid=conflicts] .conflict');
+  const field = await card.getAttribute('data-field');
+  const sides = await card.$$('.side');
+  check(sides.length >= 2, 'the conflict shows its values side by side');
+  const provText = await card.textContent();
+  check(/设备 \d+/.test(provText), 'provenance names the device: ' + provText);
+  const fieldsShown = await page.$$eval('[data-testid=fields] tbody tr', (r) => r.length);
+  check(fieldsShown >= 12, 'the person page lists every field');
+  await shot(page, '04-person-conflict');
+
+  // Resolve: take the first side; the page shows one server-signed value.
+  step = 'resolve';
+  const chosen = (await sides[0].$eval('.side-v', (e) => e.textContent)).trim();
+  await sides[0].$eval('button.resolve', (b) => b.click());
+  await until(page, (f) => !document.querySelector(`[data-testid=conflict-${f}]`), field, 'the conflict to go');
+  const cell = (await page.textContent(`tr[data-field="${field}"] td.val`)).trim();
+  check(cell.startsWith(chosen) && !cell.includes('≠'), `converged value shown (${cell} vs ${chosen})`);
+  const rowText = await page.textContent(`tr[data-field="${field}"]`);
+  check(rowText.includes('工作人员 admin') && rowText.includes('服务器签名'),
+    'provenance names the staff member and the server signature: ' + rowText);
+  const person = await api('/api/persons/' + encodeURIComponent(personId));
+  const f = person.fields.find((x) => x.name === field && !x.conflict);
+  check(f && f.values.every((v) => v.by.server), 'the API shows the server-signed value');
+  await shot(page, '05-person-resolved');
+  const verify = ctl('verify');
+  check(/verify: ok/.test(verify), 'doorstepctl verify after the resolution: ' + verify);
+
+  // Devices (admin): revoke one.
+  step = 'devices';
+  await page.click('a[href="#/devices"]');
+  await page.waitForSelector('[data-testid=devices] tbody tr');
+  // A locator, not an element handle: live updates may re-render the table.
+  await page.locator('[data-testid=devices] tbody tr[data-device="1"] button.revoke').click();
+  await until(page, () => {
+    const c = document.querySelector('[data-testid=devices] tr[data-device="1"] .dev-state');
+    return c && c.textContent.includes('revoked_soft');
+  }, null, 'device 1 revoked');
+  await shot(page, '06-devices');
+
+  // The weekly report: charts, table, CSV.
+  step = 'report';
+  await page.click('a[href="#/report"]');
+  await page.waitForSelector('[data-testid=report-table]');
+  check((await page.$$('svg.chart')).length === 2, 'two SVG charts');
+  const csvHref = await page.getAttribute('[data-testid=csv-link]', 'href');
+  const csv = await page.evaluate(async (p) => {
+    const r = await fetch(p);
+    return { cd: r.headers.get('content-disposition'), text: await r.text() };
+  }, csvHref);
+  check(/attachment; filename="weekly-/.test(csv.cd || ''), 'CSV is a download: ' + csv.cd);
+  check(csv.text.includes('社区,网格,人数'), 'CSV header');
+  await shot(page, '07-report');
+
+  // English.
+  step = 'english';
+  await page.click('#lang');
+  await until(page, () => document.querySelector('a[href="#/overview"]').textContent === 'Daily dispatch', null, 'English nav');
+  await page.click('a[href="#/overview"]');
+  await page.waitForSelector('[data-testid=kpi-persons]');
+  await shot(page, '08-overview-en');
+  await page.click('#lang');
+
+  check(errors.length === 0, 'no errors in the page: ' + errors.join(' | '));
+  step = 'done';
+}
+
+let code = 0;
+try {
+  await main();
+  console.log('dashboard e2e: ok (screenshots in ' + artifacts + ')');
+} catch (e) {
+  console.error(`FAIL at ${step}: ${e.stack || e}`);
+  code = 1;
+} finally {
+  if (context) await context.close().catch(() => {});
+  await stopServer();
+  if (/ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:/.test(serverErr)) {
+    console.error('FAIL: doorstepd sanitizer report:\n' + serverErr);
+    code = 1;
+  } else if (code) {
+    console.error('doorstepd stderr:\n' + serverErr.slice(-4000));
+  }
+  rmSync(tmp, { recursive: true, force: true });
+}
+process.exit(code);
