@@ -69,6 +69,7 @@ struct store {
      * while the map is resized: LMDB requires that no transaction is active
      * in the process during mdb_env_set_mapsize (the map is remapped). */
     pthread_rwlock_t resize_lock;
+    store_opts opts;            /* as opened (for store_reopen) */
 };
 
 struct store_txn {

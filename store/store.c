@@ -433,12 +433,23 @@ static int txn_begin_adopting(store *s, unsigned flags, MDB_txn **txn)
     return rc;
 }
 
+/* Open every named database.  Only called while no other transaction of
+ * this process can exist (open, init, or reopen under the exclusive resize
+ * lock), so it adopts a map grown by another process without locking. */
 static int open_dbs(store *s, bool create)
 {
-    MDB_txn *txn;
-    int rc = txn_begin_adopting(s, create ? 0 : MDB_RDONLY, &txn);
+    MDB_txn *txn = NULL;
+    int rc = MDB_MAP_RESIZED;
+    for (int tries = 0; tries < 8 && rc == MDB_MAP_RESIZED; tries++) {
+        rc = mdb_txn_begin(s->env, NULL, create ? 0 : MDB_RDONLY, &txn);
+        if (rc == MDB_MAP_RESIZED) {
+            mdb_env_set_mapsize(s->env, 0);
+            MDB_envinfo info;
+            if (mdb_env_info(s->env, &info) == 0) s->map_size = info.me_mapsize;
+            if (s->map_max < s->map_size) s->map_max = s->map_size;
+        }
+    }
     if (rc) return store_lmdb_err(rc);
-    pthread_rwlock_unlock(&s->resize_lock); /* single-threaded here: open */
     for (int i = 0; i < DB_COUNT; i++) {
         rc = mdb_dbi_open(txn, store_db_names[i], create ? MDB_CREATE : 0, &s->dbi[i]);
         if (rc) {
@@ -634,6 +645,7 @@ int store_open(const char *dir, const char *key_file, const store_opts *opts, st
     derive_keys(s, master);
     sodium_memzero(master, sizeof master);
     s->dir = strdup(dir);
+    if (opts) s->opts = *opts;
     if ((rc = env_open(s, dir, opts, err, errlen))) goto fail;
     if ((rc = open_dbs(s, false))) {
         set_err(err, errlen, "%s: store is incomplete (%s)", dir, store_strerror(rc));
@@ -682,6 +694,22 @@ fail:
     store_abort(t);
     crdt_buf_free(&plain);
     store_close(s);
+    return rc;
+}
+
+int store_reopen(store *s, char *err, size_t errlen)
+{
+    /* Exclusive: no transaction of this process is open while the
+     * environment is closed and opened again. */
+    pthread_rwlock_wrlock(&s->resize_lock);
+    store_opts o = s->opts;
+    o.map_initial = s->map_size;
+    o.map_max = s->map_max;
+    mdb_env_close(s->env);
+    s->env = NULL;
+    int rc = env_open(s, s->dir, &o, err, errlen);
+    if (!rc) rc = open_dbs(s, false);
+    pthread_rwlock_unlock(&s->resize_lock);
     return rc;
 }
 

@@ -135,6 +135,16 @@ int store_grow(store *s);
  * Returns 0, STORE_ECORRUPT, or an LMDB error; sig zeroed on failure. */
 int store_server_sign(store_txn *t, const uint8_t *msg, size_t n, uint8_t sig[64]);
 
+/*
+ * store_reopen — close and reopen the LMDB environment (after a failed
+ * fsync: the kernel may have dropped pages LMDB believes written, so its
+ * in-memory state is not trusted; reopening reads the last durable meta
+ * page back from disk).  Waits until no other transaction of this process
+ * is open; the caller holds none.  Returns 0 or an open error (err set);
+ * on failure the store must not be used for writes until a reopen works.
+ */
+int store_reopen(store *s, char *err, size_t errlen);
+
 /* Map use for /metrics: bytes in used pages and the current map size. */
 void store_map_usage(store *s, size_t *used, size_t *size);
 

@@ -61,7 +61,10 @@ typedef struct conn {
     bool live_pending;
     bool paused;
     uint64_t since_ms;          /* monotonic time of connect (auth timeout) */
+    uint64_t rx_since_ms;       /* monotonic time the unfinished message began */
 } conn;
+
+#define PARTIAL_MSG_TIMEOUT_MS 30000 /* a message must finish within this */
 
 /* Metrics (atomic counters, read by /metrics). */
 #define LAT_BUCKETS 12
@@ -73,7 +76,7 @@ static const unsigned batch_bounds[BATCH_BUCKETS] = {1, 10, 50, 100, 500, 1000, 
 typedef struct metrics {
     uint64_t connections, connections_total, auth_ok, auth_failed;
     uint64_t deltas_in, applied, duplicate, quarantined, rejected;
-    uint64_t commits, commit_failures;
+    uint64_t commits, commit_failures, reopens;
     uint64_t lat_count[LAT_BUCKETS + 1], batch_count[BATCH_BUCKETS + 1];
     double lat_sum_ms;
     uint64_t batch_sum;
@@ -114,6 +117,7 @@ struct sync_server {
     struct lws_http_mount mounts[4];
 
     lws_sorted_usec_list_t admin_sul;  /* polls store_admin_gen */
+    volatile bool write_failed;       /* writer thread: reopen before committing */
     uint64_t admin_gen;
 
     volatile sig_atomic_t stop_requested;
@@ -270,7 +274,32 @@ static void *writer_main(void *arg)
         size_t nt = 0;
         struct timespec a, z;
         clock_gettime(CLOCK_MONOTONIC, &a);
-        int rc = sync_jobs_commit(sv->st, sv->cfg, batch, now_ms(), &touched, &nt);
+        int rc;
+        if (sv->write_failed) {
+            /* After a failed fsync nothing is committed until the store was
+             * reopened from disk; try that first. */
+            char err[256] = "";
+            if (store_reopen(sv->st, err, sizeof err) == STORE_OK) {
+                sv->write_failed = false;
+                ADD(reopens, 1);
+                lwsl_user("store reopened after a failed write; accepting pushes again\n");
+            } else {
+                lwsl_user("store reopen failed: %s (refusing writes)\n", err);
+            }
+        }
+        if (sv->write_failed) {
+            rc = STORE_EIO;
+            for (sync_job *j = batch; j; j = j->next) j->commit_rc = rc;
+        } else {
+            rc = sync_jobs_commit(sv->st, sv->cfg, batch, now_ms(), &touched, &nt);
+        }
+        if (rc == STORE_EIO && !sv->write_failed) {
+            /* Never pretend a retry succeeded: LMDB's view of the file may be
+             * wrong after a failed fsync.  Reopen before the next commit. */
+            sv->write_failed = true;
+            lwsl_user("commit failed with an I/O error: the store will be reopened from "
+                      "disk before any further write\n");
+        }
         clock_gettime(CLOCK_MONOTONIC, &z);
         double ms = (double)(z.tv_sec - a.tv_sec) * 1e3 + (double)(z.tv_nsec - a.tv_nsec) / 1e6;
         record_commit_metrics(sv, batch, ms, rc);
@@ -409,6 +438,15 @@ static void admin_poll(lws_sorted_usec_list_t *sul)
     }
     uint64_t mono = mono_ms();
     for (conn *c = sv->conns; c; c = c->next) {
+        if (!c->close_code && c->rx.n && mono - c->rx_since_ms > PARTIAL_MSG_TIMEOUT_MS) {
+            /* Fragments that never finish hold a connection slot: close. */
+            sync_out out;
+            sync_out_init(&out);
+            sync_out_append(&out, sync_frame_error(SYNC_EPROTO, "message left unfinished", 0));
+            out.close_code = LWS_CLOSE_STATUS_POLICY_VIOLATION;
+            conn_queue(c, &out);
+            continue;
+        }
         if (c->close_code || sync_session_authed(c->sess) ||
             mono - c->since_ms < (uint64_t)sv->cfg->auth_timeout_s * 1000)
             continue;
@@ -480,6 +518,7 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
                              (unsigned char *)"message too large", 17);
             return -1;
         }
+        if (c->rx.n == 0) c->rx_since_ms = mono_ms();
         if (crdt_buf_append(&c->rx, in, len)) return -1;
         if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi)) return 0;
         sync_out out;
@@ -745,6 +784,11 @@ static char *metrics_text(sync_server *sv, size_t *len)
          (unsigned long long)GET(commits));
     EMIT("# TYPE doorstep_commit_failures_total counter\ndoorstep_commit_failures_total %llu\n",
          (unsigned long long)GET(commit_failures));
+    EMIT("# HELP doorstep_store_write_failed 1 while writes are refused after an I/O error.\n"
+         "# TYPE doorstep_store_write_failed gauge\ndoorstep_store_write_failed %d\n",
+         sv->write_failed ? 1 : 0);
+    EMIT("# TYPE doorstep_store_reopens_total counter\ndoorstep_store_reopens_total %llu\n",
+         (unsigned long long)GET(reopens));
     EMIT("# HELP doorstep_commit_seconds Group-commit latency.\n"
          "# TYPE doorstep_commit_seconds histogram\n");
     uint64_t cum = 0;
