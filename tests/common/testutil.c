@@ -66,6 +66,18 @@ bool tu_long_mode(void)
     return e && *e && strcmp(e, "0") != 0;
 }
 
+bool tu_memcheck(void)
+{
+    const char *e = getenv("DOORSTEP_MEMCHECK");
+    return e && *e && strcmp(e, "0") != 0;
+}
+
+uint64_t tu_scaled(uint64_t n)
+{
+    if (!tu_memcheck()) return n;
+    return n / 20 ? n / 20 : 1;
+}
+
 void tu_hex(const uint8_t *p, size_t n, char *out)
 {
     static const char d[] = "0123456789abcdef";

@@ -20,6 +20,11 @@ void tu_rng_init(tu_rng *r, uint64_t seed);
 uint64_t tu_next(tu_rng *r);
 uint64_t tu_below(tu_rng *r, uint64_t n);   /* uniform in [0, n), n > 0 */
 bool tu_long_mode(void);
+/* Under valgrind (make memcheck sets DOORSTEP_MEMCHECK=1) randomized and
+ * exhaustive tests check memory safety, not coverage: tu_scaled(n) is n/20
+ * (at least 1) there and n otherwise; tu_memcheck() says which. */
+bool tu_memcheck(void);
+uint64_t tu_scaled(uint64_t n);
 
 /* Hex helpers: tu_hex writes 2n+1 chars to out. tu_unhex returns bytes
  * written or -1. */

@@ -442,7 +442,7 @@ static void test_roundtrip_and_mutations(void **state)
         assert_memory_equal(re.p, enc.p, enc.n);
         /* Random mutations: decode either fails with a code or yields a delta
          * whose re-encoding is byte-identical to the mutated input. */
-        for (int it = 0; it < 20000; it++) {
+        for (int it = 0; it < (int)tu_scaled(20000); it++) {
             uint8_t m[512];
             size_t n = enc.n;
             memcpy(m, enc.p, n);

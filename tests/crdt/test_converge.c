@@ -370,7 +370,7 @@ static void test_convergence(void **state)
     tu_rng_init(&rng, seed);
     history *h = calloc(1, sizeof *h);
     opbuf *ob = calloc(1, sizeof *ob);
-    uint32_t runs = tu_long_mode() ? 40000 : 2000;
+    uint32_t runs = (uint32_t)tu_scaled(tu_long_mode() ? 40000 : 2000);
 #ifdef DOORSTEP_SANITIZED
     runs /= 4;
 #endif
@@ -422,7 +422,7 @@ static void test_merge_laws(void **state)
     tu_rng_init(&rng, seed);
     history *h = calloc(1, sizeof *h);
     opbuf *ob = calloc(1, sizeof *ob);
-    uint32_t runs = tu_long_mode() ? 20000 : 1000;
+    uint32_t runs = (uint32_t)tu_scaled(tu_long_mode() ? 20000 : 1000);
 #ifdef DOORSTEP_SANITIZED
     runs /= 4;
 #endif

@@ -366,7 +366,7 @@ static void test_accepted_is_canonical(void **state)
                                     0xc0, 0xc2, 0xc3, 0xcc, 0xcd, 0xce, 0xcf, 0xd0, 0xd1,
                                     0xd2, 0xd3, 0xd9, 0xde, 0xe0, 0xff, 0x61, 0x62};
     long accepted = 0;
-    for (int it = 0; it < 300000; it++) {
+    for (int it = 0; it < (int)tu_scaled(300000); it++) {
         uint8_t buf[24];
         size_t n = 1 + tu_below(&r, sizeof buf);
         for (size_t i = 0; i < n; i++)

@@ -86,7 +86,7 @@ static void test_idnum_random_and_every_wrong_check(void **state)
     tu_rng_init(&r, tu_seed("idnum"));
     static const char cand[] = "0123456789X";
     int n_x = 0;
-    for (int it = 0; it < 20000; it++) {
+    for (int it = 0; it < (int)tu_scaled(20000); it++) {
         char region[7], id[19];
         int y = 1900 + (int)tu_below(&r, 201), m = 1 + (int)tu_below(&r, 12);
         int d = 1 + (int)tu_below(&r, 28);
