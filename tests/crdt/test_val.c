@@ -387,7 +387,7 @@ static void test_accepted_is_canonical(void **state)
         crdt_buf_free(&out);
     next:;
     }
-    assert_true(accepted > tu_scaled(1000));
+    assert_true(accepted > (long)tu_scaled(1000));
 }
 
 /* ---- order --------------------------------------------------------------------- */
