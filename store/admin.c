@@ -12,8 +12,9 @@
  *                              failures(4) locked_until(8) created_ms(8)
  *                              last_login_ms(8) pw_changed_ms(8)
  *                              hlen(1) pwhash dlen(1) display
- *   audit   aseq(8)         -> sealed: layout(1)=1 at_ms(8) alen(1) actor
- *                              nlen(1) action dlen(2) detail
+ *   audit   aseq(8)         -> sealed: layout(1)=2 prev_hash(32) at_ms(8)
+ *                              alen(1) actor nlen(1) action dlen(2) detail
+ *   meta "audit_head"       -> aseq(8) hash(32): the hash chain's head
  *
  * Invariants
  *   - An enrollment token's secret is never stored: tokens is keyed by
@@ -851,7 +852,35 @@ int store_staff_list(store_txn *t, store_staff_cb cb, void *arg)
 
 /* ---- audit log ------------------------------------------------------------------- */
 
-#define AUDIT_LAYOUT 1
+#define AUDIT_LAYOUT 2
+#define AUDIT_DOMAIN "doorstep/v1/audit"
+
+/* Chain hash of entry aseq with plaintext p[0..n) (which holds prev). */
+static void audit_hash(uint64_t aseq, const uint8_t *p, size_t n, uint8_t out[32])
+{
+    crypto_generichash_state st;
+    uint8_t k[8];
+    be64(k, aseq);
+    crypto_generichash_init(&st, NULL, 0, 32);
+    crypto_generichash_update(&st, (const uint8_t *)AUDIT_DOMAIN, sizeof AUDIT_DOMAIN);
+    crypto_generichash_update(&st, k, 8);
+    crypto_generichash_update(&st, p, n);
+    crypto_generichash_final(&st, out, 32);
+}
+
+static int audit_head(store_txn *t, uint64_t *aseq, uint8_t hash[32])
+{
+    MDB_val v;
+    *aseq = 0;
+    memset(hash, 0, 32);
+    int rc = store_get(t, DB_META, "audit_head", 10, &v);
+    if (rc == STORE_ENOTFOUND) return STORE_OK;
+    if (rc) return rc;
+    if (v.mv_size != 40) return STORE_ECORRUPT;
+    *aseq = rd64(v.mv_data);
+    memcpy(hash, (uint8_t *)v.mv_data + 8, 32);
+    return STORE_OK;
+}
 
 static bool action_ok(const char *a)
 {
@@ -891,12 +920,24 @@ int store_audit_append(store_txn *t, uint64_t at_ms, const char *actor, const ch
         return store_lmdb_err(rc);
     }
     be64(key, next);
-    if ((rc = put_u8(&plain, AUDIT_LAYOUT)) || (rc = put_u64(&plain, at_ms)) ||
+    uint64_t head_seq;
+    uint8_t prev[32], hash[32], head[40];
+    if ((rc = audit_head(t, &head_seq, prev))) goto out;
+    if (head_seq != next - 1) {
+        rc = STORE_ECORRUPT; /* the chain's head is not the last entry */
+        goto out;
+    }
+    if ((rc = put_u8(&plain, AUDIT_LAYOUT)) || (rc = crdt_buf_append(&plain, prev, 32)) ||
+        (rc = put_u64(&plain, at_ms)) ||
         (rc = put_str8(&plain, actor, strlen(actor))) ||
         (rc = put_str8(&plain, action, strlen(action))) || (rc = put_u16(&plain, (uint16_t)dl)) ||
         (rc = crdt_buf_append(&plain, detail, dl)))
         goto out;
     if ((rc = store_put_sealed(t, DB_AUDIT, key, 8, plain.p, plain.n))) goto out;
+    audit_hash(next, plain.p, plain.n, hash);
+    be64(head, next);
+    memcpy(head + 8, hash, 32);
+    if ((rc = store_put(t, DB_META, "audit_head", 10, head, sizeof head))) goto out;
     if (aseq) *aseq = next;
 out:
     if (plain.p) sodium_memzero(plain.p, plain.cap);
@@ -908,8 +949,11 @@ static int audit_decode(const MDB_val *k, const uint8_t *p, size_t n, store_audi
 {
     rdr r = {p, n, false};
     memset(out, 0, sizeof *out);
-    if (k->mv_size != 8 || get_u8(&r) != AUDIT_LAYOUT) return STORE_ECORRUPT;
+    if (k->mv_size != 8 || n < 33 || get_u8(&r) != AUDIT_LAYOUT) return STORE_ECORRUPT;
     out->aseq = rd64(k->mv_data);
+    r.p += 32; /* the previous hash: checked by store_audit_verify */
+    r.n -= 32;
+    audit_hash(out->aseq, p, n, out->hash);
     out->at_ms = get_u64(&r);
     get_str(&r, get_u8(&r), out->actor, sizeof out->actor);
     get_str(&r, get_u8(&r), out->action, sizeof out->action);
@@ -956,5 +1000,47 @@ out:
     if (t->scratch2.p) sodium_memzero(t->scratch2.p, t->scratch2.cap);
     sodium_memzero(e, sizeof *e);
     free(e);
+    return rc;
+}
+
+int store_audit_verify(store_txn *t, uint64_t *bad)
+{
+    MDB_cursor *c;
+    MDB_val k, v;
+    uint8_t prev[32], head_hash[32];
+    uint64_t expect = 1, head_seq;
+    int rc, mrc;
+    *bad = 0;
+    memset(prev, 0, sizeof prev);
+    if ((rc = audit_head(t, &head_seq, head_hash))) return rc;
+    if ((mrc = mdb_cursor_open(t->txn, t->s->dbi[DB_AUDIT], &c))) return store_lmdb_err(mrc);
+    for (mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == 0;
+         mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        uint64_t aseq = k.mv_size == 8 ? rd64(k.mv_data) : 0;
+        rc = store_unseal(t->s, DB_AUDIT, &k, v.mv_data, v.mv_size, &t->scratch2);
+        if (rc || aseq != expect || t->scratch2.n < 33 || t->scratch2.p[0] != AUDIT_LAYOUT ||
+            memcmp(t->scratch2.p + 1, prev, 32) != 0) {
+            *bad = aseq ? aseq : expect;
+            rc = STORE_EVERIFY;
+            goto out;
+        }
+        audit_hash(aseq, t->scratch2.p, t->scratch2.n, prev);
+        expect++;
+    }
+    if (mrc != MDB_NOTFOUND) {
+        rc = store_lmdb_err(mrc);
+        goto out;
+    }
+    /* The head names the last entry and its hash (entries cut off the end
+     * would leave the head pointing past them). */
+    if (head_seq != expect - 1 || memcmp(head_hash, prev, 32) != 0) {
+        *bad = 0;
+        rc = STORE_EVERIFY;
+        goto out;
+    }
+    rc = STORE_OK;
+out:
+    mdb_cursor_close(c);
+    if (t->scratch2.p) sodium_memzero(t->scratch2.p, t->scratch2.cap);
     return rc;
 }

@@ -570,7 +570,20 @@ typedef struct store_audit {
     char actor[STORE_AUDIT_ACTOR_MAX + 1];
     char action[STORE_AUDIT_ACTION_MAX + 1];
     char detail[STORE_AUDIT_DETAIL_MAX + 1];
+    uint8_t hash[32];            /* chain hash of this entry (see below) */
 } store_audit;
+
+/*
+ * The audit log is hash-chained: entry n stores the chain hash of entry
+ * n-1, and its own hash is BLAKE2b-256("doorstep/v1/audit" 0 || aseq BE64
+ * || the entry's plaintext, previous hash included).  The head (last aseq
+ * and hash) is kept in meta, so deleting, editing or reordering entries —
+ * even by someone holding the data key — breaks the chain.
+ * store_audit_verify walks the whole log; returns 0, STORE_EVERIFY with
+ * *bad = the first aseq that does not chain (0: the head does not match),
+ * or an error.
+ */
+int store_audit_verify(store_txn *t, uint64_t *bad);
 
 /* Append an entry in the caller's write txn; *aseq (may be NULL) receives
  * its number.  detail may be NULL ("").  Returns 0, STORE_EINVAL (empty or

@@ -458,6 +458,18 @@ int store_verify(store *s, store_report_fn report, void *arg, uint64_t *problems
     if ((rc = store_begin(s, STORE_RDONLY, &v.t))) goto out;
     if ((rc = check_chains(&v))) goto out;
     if ((rc = check_records(&v))) goto out;
+    {
+        uint64_t bad = 0;
+        int arc = store_audit_verify(v.t, &bad);
+        if (arc == STORE_EVERIFY) {
+            if (bad) problem(&v, "audit log: entry %llu does not chain to the one before",
+                             (unsigned long long)bad);
+            else problem(&v, "audit log: the chain head does not match the last entry");
+        } else if (arc) {
+            rc = arc;
+            goto out;
+        }
+    }
     *problems = v.problems;
     rc = v.problems ? STORE_EVERIFY : STORE_OK;
 out:

@@ -906,6 +906,66 @@ static void test_backup_verify_and_corruption(void **state)
     su_dir_remove(&d);
 }
 
+/* The audit log is hash-chained: removing, editing or truncating entries is
+ * caught (even with the data key in hand). */
+static void test_audit_chain(void **state)
+{
+    (void)state;
+    su_dir d;
+    su_dir_make(&d, "audit");
+    store *s = su_store_new(&d, NULL);
+    store_txn *t;
+    uint64_t bad = 99;
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    for (int i = 0; i < 5; i++) {
+        char detail[32];
+        snprintf(detail, sizeof detail, "entry %d", i);
+        assert_int_equal(store_audit_append(t, NOW + (uint64_t)i, "admin:alice", "test.entry",
+                                            detail, NULL), 0);
+    }
+    assert_int_equal(store_commit(t), 0);
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_audit_verify(t, &bad), 0);
+    store_abort(t);
+    assert_int_equal(verify_problems(s), 0);
+
+    /* Edit entry 3: re-sealed with the right key, but the chain breaks at 4. */
+    uint8_t k3[8];
+    be64(k3, 3);
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    crdt_buf plain = {0};
+    assert_int_equal(store_get_sealed(t, DB_AUDIT, k3, 8, &plain), 0);
+    plain.p[plain.n - 1] ^= 1; /* the last byte of the detail */
+    crdt_buf copy = {0};
+    crdt_buf_append(&copy, plain.p, plain.n);
+    assert_int_equal(store_put_sealed(t, DB_AUDIT, k3, 8, copy.p, copy.n), 0);
+    assert_int_equal(store_audit_verify(t, &bad), STORE_EVERIFY);
+    assert_int_equal(bad, 4);
+    store_abort(t);
+
+    /* Remove entry 2: the chain breaks at 3 (its number, then its hash). */
+    uint8_t k2[8];
+    be64(k2, 2);
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_del(t, DB_AUDIT, k2, 8), 0);
+    assert_int_equal(store_audit_verify(t, &bad), STORE_EVERIFY);
+    assert_int_equal(bad, 3);
+    store_abort(t);
+
+    /* Cut the last entry: the head no longer matches. */
+    uint8_t k5[8];
+    be64(k5, 5);
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_del(t, DB_AUDIT, k5, 8), 0);
+    assert_int_equal(store_audit_verify(t, &bad), STORE_EVERIFY);
+    assert_int_equal(bad, 0);
+    store_abort(t);
+    crdt_buf_free(&plain);
+    crdt_buf_free(&copy);
+    store_close(s);
+    su_dir_remove(&d);
+}
+
 int main(void)
 {
     wire_init();
@@ -922,6 +982,7 @@ int main(void)
         cmocka_unit_test(test_two_processes),
         cmocka_unit_test(test_privacy_canary),
         cmocka_unit_test(test_backup_verify_and_corruption),
+        cmocka_unit_test(test_audit_chain),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
