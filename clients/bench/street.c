@@ -48,13 +48,10 @@
 
 /* ---- the layout: household sizes, devices' slices --------------------------- */
 
-typedef struct layout {
-    uint64_t persons, households;
-    uint32_t *first;       /* first person index of household h; first[H] = persons */
-    uint64_t seed;
-} layout;
+typedef bench_gen layout;   /* first[h]: first person of household h; first[H] = persons */
 
-static int layout_make(layout *l, uint64_t persons, uint64_t seed)
+static int layout_make(layout *l, uint64_t persons, uint64_t seed, unsigned n_dev,
+                       uint64_t now_ms)
 {
     /* 1..6 persons, percent weights 15 28 25 17 9 6. */
     static const unsigned cum[6] = {15, 43, 68, 85, 94, 100};
@@ -74,6 +71,8 @@ static int layout_make(layout *l, uint64_t persons, uint64_t seed)
     l->households = h;
     l->persons = persons;
     l->seed = seed;
+    l->n_dev = n_dev;
+    l->now_ms = now_ms;
     return 0;
 }
 
@@ -254,22 +253,10 @@ static void add_visit(ops *o, const char *date, const char *method, const char *
 
 /* ---- a device and its envelopes ---------------------------------------------------- */
 
-typedef struct device {
-    uint32_t id;
-    uint8_t pk[32], sk[64];
-    uint64_t seq;
-    uint8_t prev[CRDT_HASH_BYTES];
-    crdt_hlc clock;
-    uint64_t wall;
-    uint64_t h_lo, h_hi;      /* households [h_lo, h_hi) */
-    crdt_buf envs;            /* all envelopes, concatenated */
-    size_t *off;              /* envelope i at envs.p + off[i], length off[i+1]-off[i] */
-    size_t n, cap;
-    size_t fed;               /* ingest cursor */
-    int err;
-} device;
+typedef bench_dev device;
 
-static int dev_emit(device *d, const char *kind, const char *id, ops *o, crdt_buf *bytes)
+static int dev_emit(device *d, const char *kind, const char *id, uint64_t h, ops *o,
+                    crdt_buf *bytes)
 {
     crdt_delta dl;
     uint8_t sig[64];
@@ -298,29 +285,42 @@ static int dev_emit(device *d, const char *kind, const char *id, ops *o, crdt_bu
         size_t *no = realloc(d->off, nc * sizeof *no);
         if (!no) return CRDT_ENOMEM;
         d->off = no;
+        uint32_t *nh = realloc(d->hh, nc * sizeof *nh);
+        if (!nh) return CRDT_ENOMEM;
+        d->hh = nh;
         d->cap = nc;
     }
     if (d->n == 0) d->off[0] = 0;
     if ((rc = wire_envelope_encode(bytes->p, bytes->n, sig, &d->envs))) return rc;
+    d->hh[d->n] = (uint32_t)h;
     d->off[++d->n] = d->envs.n;
     return wire_delta_hash(bytes->p, bytes->n, d->prev);
+}
+
+/* The household of person p (within device d's slice). */
+static uint64_t hh_of_person(const layout *l, const device *d, uint64_t p)
+{
+    uint64_t lo = d->h_lo, hi = d->h_hi;   /* first[lo] <= p < first[hi] */
+    while (hi - lo > 1) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        if (l->first[mid] <= p) lo = mid;
+        else hi = mid;
+    }
+    return lo;
 }
 
 static int dev_generate(const layout *l, device *d, crdt_buf *bytes)
 {
     uint64_t rng = l->seed * 0x9e3779b97f4a7c15ULL + d->id;
-    uint8_t seed[32] = {0};
     char id[24], hid[24], cc[16], gc[24], buf[256], idn[19], birth[11], phone[12], name[32];
     char today[11];
     int y, m, dd, rc = 0;
     ops o;
     uint64_t *pseq = NULL;    /* seq of each of the device's person-create deltas */
     memset(&o, 0, sizeof o);
-    for (int i = 0; i < 8; i++) seed[i] = (uint8_t)(l->seed >> (8 * i));
-    memcpy(seed + 8, &d->id, sizeof d->id);
-    crypto_sign_seed_keypair(d->pk, d->sk, seed);
-    d->wall = NOW_MS - 20ull * 86400000ull + d->id * 997ull;
-    civil_from_days((int64_t)(NOW_MS / 86400000ull), &y, &m, &dd);
+    bench_dev_keypair(l->seed, d->id, d->pk, d->sk);
+    d->wall = l->now_ms - 20ull * 86400000ull + d->id * 997ull;
+    civil_from_days((int64_t)(l->now_ms / 86400000ull), &y, &m, &dd);
     snprintf(today, sizeof today, "%04d-%02d-%02d", y, m, dd);
     uint64_t p_lo = l->first[d->h_lo], p_hi = l->first[d->h_hi];
     pseq = calloc(p_hi - p_lo + 1, sizeof *pseq);
@@ -344,7 +344,7 @@ static int dev_generate(const layout *l, device *d, crdt_buf *bytes)
             phone_of(&rng, phone);
             set_str(&o, "phone", phone);
         }
-        if ((rc = dev_emit(d, "household", hid, &o, bytes))) break;
+        if ((rc = dev_emit(d, "household", hid, h, &o, bytes))) break;
         for (uint64_t p = l->first[h]; p < l->first[h + 1]; p++) {
             uint64_t r = bench_below(&rng, 100);
             ops_reset(&o);
@@ -377,7 +377,7 @@ static int dev_generate(const layout *l, device *d, crdt_buf *bytes)
                 for (unsigned k = 0; k < nt; k++)
                     add_elem(&o, "tags", tag_names[(t0 + k * 3) % NELEM(tag_names)]);
             }
-            if ((rc = dev_emit(d, "person", id, &o, bytes))) break;
+            if ((rc = dev_emit(d, "person", id, h, &o, bytes))) break;
             pseq[p - p_lo] = !strcmp(pay, "未缴费") ? d->seq : 0;
         }
     }
@@ -390,7 +390,7 @@ static int dev_generate(const layout *l, device *d, crdt_buf *bytes)
         ops_reset(&o);
         add_visit(&o, today, methods[bench_below(&rng, 2)],
                   bench_below(&rng, 100) < 80 ? "已完成" : "无人在家", NULL);
-        rc = dev_emit(d, "household", hid, &o, bytes);
+        rc = dev_emit(d, "household", hid, h, &o, bytes);
     }
     for (uint64_t p = p_lo; p < p_hi && !rc; p++) {
         if (bench_below(&rng, 100) >= 30) continue;
@@ -405,7 +405,7 @@ static int dev_generate(const layout *l, device *d, crdt_buf *bytes)
             add_visit(&o, today, methods[bench_below(&rng, NELEM(methods))], "已完成",
                       bench_below(&rng, 100) < 30 ? "信息变更" : NULL);
         }
-        rc = dev_emit(d, "person", id, &o, bytes);
+        rc = dev_emit(d, "person", id, hh_of_person(l, d, p), &o, bytes);
     }
     ops_free(&o);
     free(pseq);
@@ -429,7 +429,7 @@ static void *gen_thread(void *arg)
     crdt_buf bytes = {0};
     for (;;) {
         unsigned i = atomic_fetch_add(w->next, 1);
-        if (i >= N_DEVICES) break;
+        if (i >= w->l->n_dev) break;
         int rc = dev_generate(w->l, &w->dev[i], &bytes);
         if (rc) {
             fprintf(stderr, "doorstep-bench: device %u: generating deltas failed: %s\n", i + 1,
@@ -453,10 +453,11 @@ static int generate(const layout *l, device *dev)
     atomic_ullong done = 0;
     atomic_int exited = 0;
     if (!w) return -1;
-    for (unsigned i = 0; i < N_DEVICES; i++) {
+    unsigned nd = l->n_dev;
+    for (unsigned i = 0; i < nd; i++) {
         dev[i].id = i + 1;
-        dev[i].h_lo = l->households * i / N_DEVICES;
-        dev[i].h_hi = l->households * (i + 1) / N_DEVICES;
+        dev[i].h_lo = l->households * i / nd;
+        dev[i].h_hi = l->households * (i + 1) / nd;
     }
     int started = 0;
     for (int i = 0; i < nt; i++) {
@@ -480,8 +481,7 @@ static int generate(const layout *l, device *dev)
         if (bench_now() - last >= 5) {
             bench_progress("street: %llu deltas signed (%u of %d devices started)",
                            (unsigned long long)atomic_load(&done),
-                           atomic_load(&next) > N_DEVICES ? N_DEVICES : atomic_load(&next),
-                           N_DEVICES);
+                           atomic_load(&next) > nd ? nd : atomic_load(&next), nd);
             last = bench_now();
         }
     }
@@ -734,7 +734,7 @@ int bench_street_run(const bench_street_opts *o, bench_street *out)
         fprintf(stderr, "doorstep-bench: --persons must be 1..20000000\n");
         return -1;
     }
-    if (layout_make(&l, o->persons, o->seed)) {
+    if (layout_make(&l, o->persons, o->seed, N_DEVICES, NOW_MS)) {
         fprintf(stderr, "doorstep-bench: out of memory\n");
         return -1;
     }
@@ -772,7 +772,9 @@ int bench_street_run(const bench_street_opts *o, bench_street *out)
     for (unsigned i = 0; i < N_DEVICES; i++) {
         crdt_buf_free(&dev[i].envs);
         free(dev[i].off);
+        free(dev[i].hh);
         dev[i].off = NULL;
+        dev[i].hh = NULL;
     }
     if (out->rejected)
         fprintf(stderr, "doorstep-bench: warning: %llu deltas were not applied\n",
@@ -798,8 +800,65 @@ done:
         for (unsigned i = 0; i < N_DEVICES; i++) {
             crdt_buf_free(&dev[i].envs);
             free(dev[i].off);
+            free(dev[i].hh);
         }
     free(dev);
     free(l.first);
     return rc;
+}
+
+/* ---- the generator as the network sections use it ----------------------------- */
+
+void bench_dev_keypair(uint64_t seed, uint32_t id, uint8_t pk[32], uint8_t sk[64])
+{
+    uint8_t s32[32] = {0};
+    for (int i = 0; i < 8; i++) s32[i] = (uint8_t)(seed >> (8 * i));
+    memcpy(s32 + 8, &id, sizeof id);
+    crypto_sign_seed_keypair(pk, sk, s32);
+    sodium_memzero(s32, sizeof s32);
+}
+
+void bench_hh_id(uint64_t h, char out[24]) { snprintf(out, 24, "H%07u", (unsigned)h); }
+
+int bench_gen_make(bench_gen *g, uint64_t persons, unsigned n_dev, uint64_t seed,
+                   uint64_t now_ms)
+{
+    if (persons < 1 || persons > 20000000 || n_dev < 1) return -1;
+    if (layout_make(g, persons, seed, n_dev, now_ms)) {
+        fprintf(stderr, "doorstep-bench: out of memory\n");
+        return -1;
+    }
+    if (g->households < n_dev) {
+        fprintf(stderr, "doorstep-bench: %llu households for %u devices: too few\n",
+                (unsigned long long)g->households, n_dev);
+        bench_gen_free(g);
+        return -1;
+    }
+    g->dev = calloc(n_dev, sizeof *g->dev);
+    if (!g->dev) {
+        bench_gen_free(g);
+        return -1;
+    }
+    double t0 = bench_now();
+    if (generate(g, g->dev)) {
+        bench_gen_free(g);
+        return -1;
+    }
+    g->gen_s = bench_now() - t0;
+    g->deltas = 0;
+    for (unsigned i = 0; i < n_dev; i++) g->deltas += g->dev[i].n;
+    return 0;
+}
+
+void bench_gen_free(bench_gen *g)
+{
+    if (g->dev)
+        for (unsigned i = 0; i < g->n_dev; i++) {
+            crdt_buf_free(&g->dev[i].envs);
+            free(g->dev[i].off);
+            free(g->dev[i].hh);
+        }
+    free(g->dev);
+    free(g->first);
+    memset(g, 0, sizeof *g);
 }
