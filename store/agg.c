@@ -413,3 +413,67 @@ int store_agg_get(store_txn *t, const char *community, const char *grid, uint64_
     }
     return STORE_OK;
 }
+
+/* ---- daily history of coverage ---------------------------------------------- */
+
+static int hist_put(store_txn *t, uint32_t day, const char *community, const store_agg *a)
+{
+    uint8_t k[4 + 128];
+    size_t cl = strlen(community);
+    int64_t v[3] = {a->persons, a->enrolled, a->paid};
+    if (cl > 127) return STORE_EINVAL;
+    be32(k, day);
+    memcpy(k + 4, community, cl);
+    return store_put(t, DB_AGGHIST, k, 4 + cl, v, sizeof v);
+}
+
+typedef struct snap_ctx {
+    store_txn *t;
+    uint64_t now_ms;
+    uint32_t day;
+    char last[128];
+    int rc;
+} snap_ctx;
+
+static int snap_place(const char *community, const char *grid, void *arg)
+{
+    snap_ctx *c = arg;
+    store_agg a;
+    (void)grid;
+    if (!strcmp(c->last, community)) return 0; /* places come sorted: once per community */
+    snprintf(c->last, sizeof c->last, "%s", community);
+    if ((c->rc = store_agg_get(c->t, community, NULL, c->now_ms, &a))) return c->rc;
+    return c->rc = hist_put(c->t, c->day, community, &a);
+}
+
+int store_agg_snapshot(store_txn *t, uint64_t now_ms)
+{
+    store_agg a;
+    snap_ctx c = {t, now_ms, (uint32_t)(now_ms / 86400000ull), "", 0};
+    if (!t->rw) return STORE_EREADONLY;
+    int rc = store_agg_get(t, NULL, NULL, now_ms, &a);
+    if (!rc) rc = hist_put(t, c.day, "", &a);
+    if (!rc) rc = store_agg_places(t, snap_place, &c);
+    return rc ? rc : c.rc;
+}
+
+int store_agg_history(store_txn *t, const char *community, uint32_t from_day, uint32_t to_day,
+                      store_hist_cb cb, void *arg)
+{
+    size_t cl = strlen(community);
+    if (cl > 127) return STORE_EINVAL;
+    for (uint32_t day = from_day; day <= to_day && day >= from_day; day++) {
+        uint8_t k[4 + 128];
+        MDB_val v;
+        be32(k, day);
+        memcpy(k + 4, community, cl);
+        int rc = store_get(t, DB_AGGHIST, k, 4 + cl, &v);
+        if (rc == STORE_ENOTFOUND) continue;
+        if (rc) return rc;
+        if (v.mv_size != 24) return STORE_ECORRUPT;
+        int64_t x[3];
+        memcpy(x, v.mv_data, sizeof x);
+        if ((rc = cb(day, x[0], x[1], x[2], arg))) return rc;
+    }
+    return STORE_OK;
+}

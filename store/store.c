@@ -26,7 +26,7 @@
 const char *const store_db_names[DB_COUNT] = {
     "meta", "deltas", "dots", "heads", "records", "rdeltas", "feed", "members",
     "grid", "lookup", "agg", "aggw", "devices", "quar", "audit", "keys", "tokens", "staff",
-    "place"
+    "place", "agghist"
 };
 
 #define MASTER_KEY_BYTES crypto_kdf_KEYBYTES

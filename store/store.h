@@ -348,6 +348,21 @@ const char *const *store_group_names(const store *s, size_t *n);
 int store_agg_get(store_txn *t, const char *community, const char *grid,
                   uint64_t now_ms, store_agg *out);
 
+/*
+ * Coverage over the campaign.  Aggregates hold the current state only, so
+ * the server snapshots them (store_agg_snapshot, from its timer) into a
+ * daily history: for the day of now_ms, the station ("" community) and each
+ * community: persons, enrolled, paid (a later snapshot the same day
+ * replaces the earlier one).  store_agg_history calls cb for each stored
+ * day in [from_day, to_day] (days since 1970-01-01, UTC) of one community
+ * ("" for the station), in day order.  Both read aggregates, never records.
+ */
+int store_agg_snapshot(store_txn *t, uint64_t now_ms);
+typedef int (*store_hist_cb)(uint32_t day, int64_t persons, int64_t enrolled, int64_t paid,
+                             void *arg);
+int store_agg_history(store_txn *t, const char *community, uint32_t from_day, uint32_t to_day,
+                      store_hist_cb cb, void *arg);
+
 /* ---- backup and verify ---------------------------------------------------- */
 
 /* Hot, compacting copy of the environment into the new directory dest

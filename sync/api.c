@@ -940,6 +940,36 @@ static int report_week(rq *q, int64_t *monday)
     return 0;
 }
 
+/* Days since 1970-01-01 for a civil date. */
+static int64_t days_from_ymd(int y, unsigned m, unsigned d)
+{
+    y -= m <= 2;
+    const int64_t era = (y >= 0 ? y : y - 399) / 400;
+    const unsigned yoe = (unsigned)(y - era * 400);
+    const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (int64_t)doe - 719468;
+}
+
+typedef struct hist_ctx {
+    json_t *arr;
+} hist_ctx;
+
+static int hist_add(uint32_t day, int64_t persons, int64_t enrolled, int64_t paid, void *arg)
+{
+    hist_ctx *h = arg;
+    char ds[16];
+    json_t *x = json_object();
+    day_str((int64_t)day, ds);
+    json_object_set_new(x, "day", json_string(ds));
+    json_object_set_new(x, "persons", json_integer(persons));
+    json_object_set_new(x, "enrolled", json_integer(enrolled));
+    json_object_set_new(x, "paid", json_integer(paid));
+    json_object_set_new(x, "coverage", json_real(persons ? (double)enrolled / (double)persons : 0.0));
+    json_array_append_new(h->arr, x);
+    return 0;
+}
+
 static int route_weekly(rq *q)
 {
     int64_t monday;
@@ -972,10 +1002,26 @@ static int route_weekly(rq *q)
         json_array_append_new(weeks, x);
     }
     json_object_set_new(o, "weeks", weeks);
+    /* Coverage over the campaign: the server's daily snapshots of the
+     * station's aggregates, from September 1 of the campaign year (or 120
+     * days back) to the end of this week. */
+    {
+        json_t *hist = json_array();
+        int64_t sept1 = days_from_ymd((int)store_campaign_year(q->api->st), 9, 1);
+        int64_t from = monday - 120 > sept1 ? monday - 120 : sept1;
+        if (from > monday + 6) from = monday - 120;
+        hist_ctx hc = {hist};
+        if ((rc = store_agg_history(t, "", (uint32_t)(from < 0 ? 0 : from), (uint32_t)(monday + 6),
+                                    hist_add, &hc))) {
+            json_decref(hist);
+            goto fail;
+        }
+        json_object_set_new(o, "coverage_history", hist);
+    }
     json_object_set_new(o, "note",
-                        json_string("参保率为当前值（汇总表只保存当前状态）；走访数按周统计。"
-                                    " Coverage is the current value (aggregates keep the "
-                                    "current state only); visits are per week."));
+                        json_string("参保率曲线来自服务器每日快照；走访数按周统计。"
+                                    " The coverage curve comes from the server's daily "
+                                    "snapshots; visits are per week."));
     store_abort(t);
     audit_write(q, q->actor, "report.weekly", ds);
     send_json(q, 200, o);

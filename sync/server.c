@@ -118,6 +118,7 @@ struct sync_server {
 
     lws_sorted_usec_list_t admin_sul;  /* polls store_admin_gen */
     volatile bool write_failed;       /* writer thread: reopen before committing */
+    uint64_t last_snapshot_mono;      /* coverage history: snapshot every 10 min */
     uint64_t admin_gen;
 
     volatile sig_atomic_t stop_requested;
@@ -437,6 +438,15 @@ static void admin_poll(lws_sorted_usec_list_t *sul)
         store_abort(t);
     }
     uint64_t mono = mono_ms();
+    if (!sv->last_snapshot_mono || mono - sv->last_snapshot_mono > 10 * 60 * 1000) {
+        /* The day's coverage for the campaign chart (a short write txn). */
+        store_txn *w;
+        sv->last_snapshot_mono = mono;
+        if (store_begin(sv->st, STORE_RW, &w) == 0) {
+            if (store_agg_snapshot(w, now_ms()) == 0) store_commit(w);
+            else store_abort(w);
+        }
+    }
     for (conn *c = sv->conns; c; c = c->next) {
         if (!c->close_code && c->rx.n && mono - c->rx_since_ms > PARTIAL_MSG_TIMEOUT_MS) {
             /* Fragments that never finish hold a connection slot: close. */

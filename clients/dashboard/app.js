@@ -586,13 +586,13 @@
           h('svg:text', {x: left + w + 6, y: y + bh * 0.7, class: 'value'}, pct(it.value))];
       }));
   }
-  function lineChart(points) { // [{label, value}]
+  function lineChart(points, label) { // [{label, value}]
     const W = 640, H = 200, l = 40, b = 30, top = 10;
     const max = Math.max(1, ...points.map(p => p.value));
     const x = i => l + i * (W - l - 30) / Math.max(1, points.length - 1);
     const y = v => top + (H - top - b) * (1 - v / max);
     const path = points.map((p, i) => (i ? 'L' : 'M') + x(i).toFixed(1) + ' ' + y(p.value).toFixed(1)).join(' ');
-    return h('svg:svg', {viewBox: '0 0 ' + W + ' ' + H, class: 'chart', role: 'img', 'aria-label': t('rep.chart_visits')},
+    return h('svg:svg', {viewBox: '0 0 ' + W + ' ' + H, class: 'chart', role: 'img', 'aria-label': label || t('rep.chart_visits')},
       [0, 0.5, 1].map(f => [h('svg:line', {x1: l, x2: W - 10, y1: y(max * f), y2: y(max * f), class: 'gridline'}),
         h('svg:text', {x: l - 4, y: y(max * f) + 4, class: 'axis', 'text-anchor': 'end'}, Math.round(max * f))]),
       h('svg:path', {d: path, class: 'line'}),
@@ -625,6 +625,10 @@
           h('div', {class: 'kpi'}, h('div', {class: 'kpi-v'}, r.station.visits_week), h('div', {class: 'kpi-l'}, t('ov.visits')))),
         h('div', {class: 'card'}, h('h2', {}, t('rep.chart_cov')),
           barChart(r.communities.map(c => ({label: c.community, value: c.coverage})).concat([{label: t('ov.station'), value: r.station.coverage}]))),
+        h('div', {class: 'card', 'data-testid': 'coverage-history'}, h('h2', {}, t('rep.chart_cov_hist')),
+          (r.coverage_history || []).length
+            ? lineChart(r.coverage_history.map(d => ({label: d.day, value: Math.round(d.coverage * 1000) / 10})), t('rep.chart_cov_hist'))
+            : h('p', {class: 'muted small'}, t('rep.no_history'))),
         h('div', {class: 'card'}, h('h2', {}, t('rep.chart_visits')),
           lineChart(r.weeks.map(w => ({label: w.week_start, value: w.visits})))),
         h('div', {class: 'card'}, h('table', {class: 'data', 'data-testid': 'report-table'},

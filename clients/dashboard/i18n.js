@@ -141,6 +141,8 @@ window.DS_I18N = {
   'rep.print': ['打印', 'Print'],
   'rep.csv': ['下载 CSV', 'Download CSV'],
   'rep.chart_cov': ['各社区参保率', 'Coverage by community'],
+  'rep.chart_cov_hist': ['本年度参保率变化（%）', 'Coverage over the campaign (%)'],
+  'rep.no_history': ['尚无每日快照（服务器每 10 分钟记录一次）。', 'No daily snapshots yet (the server records one every 10 minutes).'],
   'rep.chart_visits': ['每周走访次数（近16周）', 'Visits per week (last 16 weeks)'],
   'rep.generated': ['生成时间', 'Generated'],
   'rep.total': ['合计', 'Total']

@@ -235,7 +235,8 @@ async function main() {
   step = 'report';
   await page.click('a[href="#/report"]');
   await page.waitForSelector('[data-testid=report-table]');
-  check((await page.$$('svg.chart')).length === 2, 'two SVG charts');
+  check((await page.$$('svg.chart')).length === 3, 'three SVG charts (coverage by community, over the campaign, visits per week)');
+  check(await page.$('[data-testid=coverage-history] svg.chart') !== null, 'coverage over the campaign is drawn');
   const csvHref = await page.getAttribute('[data-testid=csv-link]', 'href');
   const csv = await page.evaluate(async (p) => {
     const r = await fetch(p);

@@ -472,6 +472,25 @@ static void test_feed_bruteforce(void **state)
 
 /* ---- aggregates --------------------------------------------------------------- */
 
+typedef struct hist {
+    uint32_t day[8];
+    int64_t persons[8], enrolled[8];
+    int n;
+} hist;
+
+static int hist_cb(uint32_t day, int64_t persons, int64_t enrolled, int64_t paid, void *arg)
+{
+    hist *h = arg;
+    (void)paid;
+    if (h->n < 8) {
+        h->day[h->n] = day;
+        h->persons[h->n] = persons;
+        h->enrolled[h->n] = enrolled;
+        h->n++;
+    }
+    return 0;
+}
+
 static void test_aggregates(void **state)
 {
     (void)state;
@@ -550,6 +569,24 @@ static void test_aggregates(void **state)
     assert_int_equal(a.visits_week, 1); /* the visit happened; still counted */
     store_abort(t);
     assert_int_equal(verify_problems(s), 0);
+
+    /* Daily snapshots make coverage over the campaign. */
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_agg_snapshot(t, NOW), 0);
+    assert_int_equal(store_agg_snapshot(t, NOW + 86400000ull), 0);
+    assert_int_equal(store_commit(t), 0);
+    hist h = {0};
+    uint32_t day = (uint32_t)(NOW / 86400000ull);
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_agg_history(t, "", day - 5, day + 5, hist_cb, &h), 0);
+    assert_int_equal(h.n, 2);
+    assert_int_equal(h.day[0], day);
+    assert_int_equal(h.persons[0], 2);  /* P1, P2 alive (P3 deceased) */
+    assert_int_equal(h.enrolled[0], 1);
+    h.n = 0;
+    assert_int_equal(store_agg_history(t, "C01", day, day, hist_cb, &h), 0);
+    assert_int_equal(h.n, 1);
+    store_abort(t);
     su_ops_free(&o);
     crdt_buf_free(&env);
     store_close(s);
