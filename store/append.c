@@ -445,10 +445,15 @@ static int freeze(store_txn *t, uint32_t dev, uint64_t seq, uint64_t now_ms, con
     } else if (rc) {
         return rc;
     }
-    d.state = STORE_DEV_FROZEN;
-    if ((rc = store_device_put(t, &d))) return rc;
-    snprintf(detail, sizeof detail, "reason=%s dev=%u seq=%llu", why, (unsigned)dev,
-             (unsigned long long)seq);
+    /* Revocation is one-way: a revoked device stays revoked (its later
+     * deltas are quarantined as revoked); only the audit records the clone. */
+    bool revoked = d.state == STORE_DEV_REVOKED_SOFT || d.state == STORE_DEV_REVOKED_HARD;
+    if (!revoked) {
+        d.state = STORE_DEV_FROZEN;
+        if ((rc = store_device_put(t, &d))) return rc;
+    }
+    snprintf(detail, sizeof detail, "reason=%s dev=%u seq=%llu%s", why, (unsigned)dev,
+             (unsigned long long)seq, revoked ? " (device stays revoked)" : "");
     return store_audit_append(t, now_ms, "server", "device.freeze", detail, NULL);
 }
 

@@ -294,8 +294,12 @@ static int on_auth(sync_session *s, const msgpack_object *m, uint64_t now_ms, sy
      * are accepted (beyond the seq held at revocation they go to quarantine)
      * and nothing is sent to it. */
     if (!code) {
+        /* A soft revocation also revokes the phone's key; it may still sign
+         * in with it (restricted mode) to hand in its offline work. */
         rc = store_key_get(t, (uint32_t)dev, (uint32_t)epoch, &key);
-        if (rc || key.state != STORE_KEY_ACTIVE) code = SYNC_EEPOCH;
+        bool soft = dv.state == STORE_DEV_REVOKED_SOFT && epoch == dv.epoch &&
+                    key.state == STORE_KEY_REVOKED;
+        if (rc || (key.state != STORE_KEY_ACTIVE && !soft)) code = SYNC_EEPOCH;
     }
     if (!code) {
         /* signed: domain 0 || server pk || server nonce || client nonce || dev || epoch */
