@@ -1619,18 +1619,8 @@ static int srv_write_once(rq *q, srv_write *w, bool *sent)
             }
             for (uint32_t i = 0; i < n; i++) obs[i] = f->e[i].st.dot;
             qsort(obs, n, sizeof *obs, dot_cmp_q);
-            for (uint32_t i = 0; i < n; i++)
-                if (obs[i].dev == API_SERVER_DEV) {
-                    /* crdt_schema_check_delta refuses observed dots of device 0
-                     * (see the report of issue #7): say so instead of failing. */
-                    send_err(q, 409, "server_dot",
-                             "this value was set by an earlier staff resolution and cannot be "
-                             "superseded yet: observed dots of the server (device 0) are "
-                             "refused by the schema check");
-                    *sent = true;
-                    rc = 0;
-                    goto out;
-                }
+            /* Values set by an earlier staff resolution (device 0) are
+             * observed like any phone's. */
         }
         op.obs = obs;
         op.n_obs = n;

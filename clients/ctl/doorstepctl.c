@@ -11,12 +11,12 @@
  * revocation closes the phone's live session within a second.
  *
  * Commands (docs/ADMIN.md has every one with an example):
- *   init, verify, backup DEST, stats
+ *   init, verify, backup DEST, stats [--json]
  *   device enroll|list|show|scope|rotate|revoke|tokens
  *   quarantine list|show|accept|reject
  *   staff add|list|passwd|role|disable|enable
  *   audit list
- *   import, export        not implemented yet (exit 3)
+ *   import --csv FILE, export --csv FILE   CSV ledgers (one row per person)
  *
  * Invariants
  *   - Every state-changing command writes its audit entry in the same write
@@ -25,8 +25,7 @@
  *     authentication: doorstepctl's authority is access to the data
  *     directory and the data key file.
  *   - Every subcommand parses its options with getopt_long and has --help.
- *   - Exit codes: 0 ok, 1 failure (message on stderr), 2 usage, 3 not
- *     implemented.  Nothing is printed to stdout before a failure is known,
+ *   - Exit codes: 0 ok, 1 failure (message on stderr), 2 usage.  Nothing is printed to stdout before a failure is known,
  *     except what a command has already committed.
  *   - Passwords and enrollment tokens are wiped (sodium_memzero) after use;
  *     a token is shown once and never stored in clear (the PNG, if asked
@@ -37,6 +36,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <iconv.h>
 #include <jansson.h>
 #include <png.h>
 #include <pwd.h>
@@ -46,12 +46,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
-enum { EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOTIMPL = 3 };
+enum { EXIT_FAIL = 1, EXIT_USAGE = 2 };
 
 static const char *data_dir, *key_file;
 
@@ -59,7 +60,7 @@ static const char usage_text[] =
     "usage: doorstepctl [--data DIR] [--key-file F] COMMAND [ARGS]\n"
     "commands:\n"
     "  init [--schema F] [--campaign-year Y] [--admin NAME]\n"
-    "  verify | backup DEST | stats\n"
+    "  verify | backup DEST | stats [--json]\n"
     "  device enroll --volunteer NAME (--households IDS | --grids C/G,...) [--expires D]\n"
     "                [--server URL] [--png FILE] [--no-qr] [--qr-invert]\n"
     "  device list [--json] | device show ID | device tokens [--json]\n"
@@ -72,12 +73,13 @@ static const char usage_text[] =
     "  staff list [--json] | passwd USERNAME [--password-stdin]\n"
     "  staff role USERNAME staff|admin | disable USERNAME | enable USERNAME\n"
     "  audit list [--after N] [--limit N] [--json]\n"
-    "  import, export   not implemented yet (exit code 3)\n"
+    "  import --csv FILE [--encoding utf-8|gbk] [--dry-run]\n"
+    "  export --csv FILE [--headers en|zh]\n"
     "state-changing commands take --as USERNAME (default $USER), recorded in the audit log.\n"
     "every command and subcommand takes --help.\n"
     "environment: DOORSTEP_DATA, DOORSTEP_KEY_FILE, DOORSTEP_ADMIN_PASSWORD (init),\n"
     "  DOORSTEP_PASSWORD (staff add/passwd), DOORSTEP_SERVER (enrollment URI), USER\n"
-    "exit codes: 0 ok, 1 failure, 2 usage, 3 not implemented\n";
+    "exit codes: 0 ok, 1 failure, 2 usage\n";
 
 static void usage(FILE *f) { fputs(usage_text, f); }
 
@@ -633,19 +635,152 @@ static int count_pending(const store_qentry *q, const store_qreview *r, void *ar
     return 0;
 }
 
+/* ---- stats: coverage per community and grid, from the aggregates -------------------- */
+
+#define DAY_MS (24ull * 3600 * 1000)
+#define TZ_OFFSET_MS (8ull * 3600 * 1000) /* China Standard Time, as the dashboard */
+
+/* The instant the dashboard asks the aggregates about: noon of today's local
+ * (CST) day, so the "visits this week" figures agree with its overview. */
+static uint64_t agg_instant(uint64_t now)
+{
+    uint64_t day = (now + TZ_OFFSET_MS) / DAY_MS;
+    return day * DAY_MS + DAY_MS / 2;
+}
+
+typedef struct place_list {
+    size_t n, cap;
+    struct place { char c[128], g[128]; } *p;
+} place_list;
+
+static int collect_place(const char *c, const char *g, void *arg)
+{
+    place_list *pl = arg;
+    if (pl->n == pl->cap) {
+        size_t nc = pl->cap ? pl->cap * 2 : 32;
+        void *np = realloc(pl->p, nc * sizeof *pl->p);
+        if (!np) return CRDT_ENOMEM;
+        pl->p = np;
+        pl->cap = nc;
+    }
+    snprintf(pl->p[pl->n].c, sizeof pl->p[pl->n].c, "%s", c);
+    snprintf(pl->p[pl->n].g, sizeof pl->p[pl->n].g, "%s", g);
+    pl->n++;
+    return 0;
+}
+
+/* One aggregate as JSON: the same members as the dashboard's /api/overview
+ * (persons, enrolled, paid, unpaid = persons - enrolled, coverage as a
+ * fraction, visits_week, groups, key_group_unenrolled). */
+static json_t *agg_to_json(store *s, const store_agg *a)
+{
+    size_t ng = 0;
+    const char *const *names = store_group_names(s, &ng);
+    int64_t key_unenrolled = 0;
+    json_t *g = json_array();
+    for (size_t i = 0; g && i < ng && i < STORE_MAX_GROUPS; i++) {
+        json_array_append_new(g, json_pack("{s:s, s:I, s:I}", "name", names[i], "persons",
+                                           (json_int_t)a->group[i], "unenrolled",
+                                           (json_int_t)a->group_unenrolled[i]));
+        key_unenrolled += a->group_unenrolled[i];
+    }
+    return json_pack("{s:I, s:I, s:f, s:I, s:I, s:I, s:I, s:o*}", "persons",
+                     (json_int_t)a->persons, "enrolled", (json_int_t)a->enrolled, "coverage",
+                     a->persons ? (double)a->enrolled / (double)a->persons : 0.0, "paid",
+                     (json_int_t)a->paid, "unpaid", (json_int_t)(a->persons - a->enrolled),
+                     "key_group_unenrolled", (json_int_t)key_unenrolled, "visits_week",
+                     (json_int_t)a->visits_week, "groups", g);
+}
+
+static void agg_line(const char *c, const char *g, const store_agg *a)
+{
+    int64_t key_unenrolled = 0;
+    for (size_t i = 0; i < STORE_MAX_GROUPS; i++) key_unenrolled += a->group_unenrolled[i];
+    printf("%-12s %-14s %8lld %8lld %8.1f%% %8lld %8lld %8lld %8lld\n", c, g,
+           (long long)a->persons, (long long)a->enrolled,
+           a->persons ? 100.0 * (double)a->enrolled / (double)a->persons : 0.0,
+           (long long)a->paid, (long long)(a->persons - a->enrolled), (long long)key_unenrolled,
+           (long long)a->visits_week);
+}
+
+/* Station, then each community followed by its grids: text lines, or into
+ * j ("station", "communities": [{community, ..., grids: [{grid, ...}]}]). */
+static int stats_coverage(store *s, store_txn *t, uint64_t at, json_t *j)
+{
+    place_list pl = {0};
+    store_agg a;
+    int rc = store_agg_places(t, collect_place, &pl);
+    if (!rc) rc = store_agg_get(t, NULL, NULL, at, &a);
+    if (rc) goto out;
+    json_t *comms = NULL;
+    if (j) {
+        json_object_set_new(j, "station", agg_to_json(s, &a));
+        comms = json_array();
+        json_object_set_new(j, "communities", comms);
+    } else {
+        printf("\ncoverage, campaign year %u (payment recorded for the year; visits: this week)\n",
+               store_campaign_year(s));
+        printf("%-12s %-14s %8s %8s %9s %8s %8s %8s %8s\n", "COMMUNITY", "GRID", "PERSONS",
+               "ENROLLED", "COVERAGE", "PAID", "UNPAID", "KEY-UNEN", "VISITS");
+        agg_line("(station)", "(all)", &a);
+    }
+    for (size_t i = 0; i < pl.n;) {
+        size_t k = i;
+        if ((rc = store_agg_get(t, pl.p[i].c, NULL, at, &a))) goto out;
+        json_t *c = NULL, *grids = NULL;
+        if (j) {
+            c = agg_to_json(s, &a);
+            grids = json_array();
+            json_object_set_new(c, "community", json_string(pl.p[i].c));
+            json_object_set_new(c, "grids", grids);
+            json_array_append_new(comms, c);
+        } else {
+            agg_line(pl.p[i].c, "(all)", &a);
+        }
+        for (; k < pl.n && !strcmp(pl.p[k].c, pl.p[i].c); k++) {
+            if ((rc = store_agg_get(t, pl.p[k].c, pl.p[k].g, at, &a))) goto out;
+            if (j) {
+                json_t *g = agg_to_json(s, &a);
+                json_object_set_new(g, "grid", json_string(pl.p[k].g));
+                json_array_append_new(grids, g);
+            } else {
+                agg_line(pl.p[k].c, pl.p[k].g, &a);
+            }
+        }
+        i = k;
+    }
+out:
+    free(pl.p);
+    return rc;
+}
+
 static int cmd_stats(int argc, char **argv)
 {
-    int xrc;
-    if (!no_options("stats", argc, argv, 0,
-                    "usage: doorstepctl stats\ncounts: deltas, quarantine (pending), HLC "
-                    "high-water mark, map use\n",
-                    &xrc))
-        return xrc;
+    static const struct option opts[] = {{"json", no_argument, NULL, 'j'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    bool json = false;
+    int c;
+    getopt_reset();
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c == 'j') json = true;
+        else if (c == 'h') {
+            printf("usage: doorstepctl stats [--json]\n"
+                   "counts (deltas, quarantine and pending, HLC high-water mark, map use), then\n"
+                   "coverage from the aggregates for the station, each community and each grid:\n"
+                   "persons, enrolled, coverage %%, paid, unpaid, key-group persons not enrolled,\n"
+                   "visits this week.  --json: the same as one JSON object\n");
+            return 0;
+        } else return usage_err("stats", "bad option");
+    }
+    if (optind < argc) return usage_err("stats", "unexpected argument %s", argv[optind]);
     store *s = open_store();
     if (!s) return 1;
     store_txn *t;
     uint64_t last = 0, quar = 0, pending = 0, next;
     crdt_hlc hwm = 0;
+    size_t used, size;
+    json_t *j = json ? json_object() : NULL;
     int rc = store_begin(s, STORE_RDONLY, &t);
     if (!rc) {
         store_last_sseq(t, &last);
@@ -653,20 +788,32 @@ static int cmd_stats(int argc, char **argv)
         store_hlc_hwm(t, &hwm);
         rc = store_quarantine_list(t, 0, SIZE_MAX, STORE_QSTATE_PENDING, count_pending, &pending,
                                    &next);
+        store_map_usage(s, &used, &size);
+        if (!rc && j) {
+            json_object_set_new(j, "deltas", json_integer((json_int_t)last));
+            json_object_set_new(j, "quarantine", json_integer((json_int_t)quar));
+            json_object_set_new(j, "quarantine_pending", json_integer((json_int_t)pending));
+            json_object_set_new(j, "hlc_high_water_ms",
+                                json_integer((json_int_t)CRDT_HLC_MS(hwm)));
+            json_object_set_new(j, "map_used_bytes", json_integer((json_int_t)used));
+            json_object_set_new(j, "map_size_bytes", json_integer((json_int_t)size));
+            json_object_set_new(j, "campaign_year", json_integer(store_campaign_year(s)));
+        } else if (!rc) {
+            printf("deltas: %llu\nquarantine: %llu\nquarantine_pending: %llu\n"
+                   "hlc_high_water_ms: %llu\nmap_used_bytes: %zu\nmap_size_bytes: %zu\n",
+                   (unsigned long long)last, (unsigned long long)quar,
+                   (unsigned long long)pending, (unsigned long long)CRDT_HLC_MS(hwm), used, size);
+        }
+        if (!rc) rc = stats_coverage(s, t, agg_instant(now_ms()), j);
         store_abort(t);
     }
-    size_t used, size;
-    store_map_usage(s, &used, &size);
     store_close(s);
     if (rc) {
+        json_decref(j);
         fprintf(stderr, "doorstepctl stats: %s\n", store_strerror(rc));
         return 1;
     }
-    printf("deltas: %llu\nquarantine: %llu\nquarantine_pending: %llu\nhlc_high_water_ms: %llu\n"
-           "map_used_bytes: %zu\nmap_size_bytes: %zu\n",
-           (unsigned long long)last, (unsigned long long)quar, (unsigned long long)pending,
-           (unsigned long long)CRDT_HLC_MS(hwm), used, size);
-    return 0;
+    return j ? print_json(j) : 0;
 }
 
 /* ---- QR codes: terminal and PNG --------------------------------------------------- */
@@ -2120,6 +2267,1548 @@ static int cmd_audit(int argc, char **argv)
     return json ? print_json(l.arr) : 0;
 }
 
+/* ---- CSV ledgers: import and export (issue #6) ------------------------------------------------
+ *
+ * A ledger has one row per person; the household's columns (community,
+ * grid, address) repeat on each of its rows.  Headers are English field
+ * names or the station's Chinese ones (LEDGER_COLS).  Import reads the
+ * whole file, converts it to UTF-8, parses RFC 4180 CSV, and checks every
+ * row (every op it would write goes through crdt_schema_check_delta, plus
+ * cross-row rules) before anything is written; then, in ONE write
+ * transaction, it signs the deltas as the server (device 0, the chain the
+ * dashboard's staff edits use) and appends them, with the audit entry.
+ * Any bad row: every problem is reported, nothing is written.
+ */
+
+enum {
+    L_PID, L_HH, L_COMM, L_GRID, L_ADDR, L_NAME, L_IDNUM, L_GENDER, L_BIRTH, L_PHONE, L_REL,
+    L_INS, L_PAY, L_TAGS, L_LIFE, L_NOTE, L_CONFLICT, L_BY, L_DEV, L_AT, L_NCOLS
+};
+/* Export writes L_PID..L_AT in this order; import reads L_PID..L_NOTE and
+ * ignores the provenance columns (L_BY..L_AT); a non-empty L_CONFLICT is an
+ * error.  kind: 'h' household field, 'p' person field, 0 none. */
+static const struct ledger_col {
+    const char *en, *zh, *zh2;
+    char kind;
+    const char *field;
+} LEDGER_COLS[L_NCOLS] = {
+    [L_PID] = {"person_id", "人员编号", NULL, 0, NULL},
+    [L_HH] = {"household_id", "户编号", "户号", 'p', "household"},
+    [L_COMM] = {"community", "所属社区", "社区", 'h', "community"},
+    [L_GRID] = {"grid", "网格", NULL, 'h', "grid"},
+    [L_ADDR] = {"address", "住址", "地址", 'h', "address"},
+    [L_NAME] = {"name", "姓名", NULL, 'p', "name"},
+    [L_IDNUM] = {"id_number", "公民身份号码", "身份证号码", 'p', "id_number"},
+    [L_GENDER] = {"gender", "性别", NULL, 'p', "gender"},
+    [L_BIRTH] = {"birth_date", "出生日期", NULL, 'p', "birth_date"},
+    [L_PHONE] = {"phone", "联系电话", NULL, 'p', "phone"},
+    [L_REL] = {"relation", "与户主关系", NULL, 'p', "relation"},
+    [L_INS] = {"insurance_type", "参保类型", NULL, 'p', "insurance_type"},
+    [L_PAY] = {"payment", "缴费状态", NULL, 'p', "payment"},
+    [L_TAGS] = {"tags", "重点人群标签", "标签", 'p', "tags"},
+    [L_LIFE] = {"life_status", "人员状态", NULL, 'p', "life_status"},
+    [L_NOTE] = {"note", "备注", NULL, 'p', "note"},
+    [L_CONFLICT] = {"conflict", "冲突字段", NULL, 0, NULL},
+    [L_BY] = {"last_changed_by", "最后修改人", NULL, 0, NULL},
+    [L_DEV] = {"last_changed_device", "最后修改设备", NULL, 0, NULL},
+    [L_AT] = {"last_changed_at", "最后修改时间", NULL, 0, NULL},
+};
+
+#define LEDGER_MAX_BYTES (512u << 20)   /* a station's ledger is a few MB */
+#define IMPORT_MAX_AHEAD_MS (24ull * 3600 * 1000)
+#define IMPORT_MAX_OPS 40
+enum { IMPORT_BAD_ROWS = 1, IMPORT_DRY_RUN = 2 };  /* positive: abort the txn, not errors */
+
+typedef struct csv_row {
+    size_t line;                 /* physical line the row starts on (1-based) */
+    size_t n;
+    char **f;                    /* owned, NUL-terminated */
+} csv_row;
+
+typedef struct csv_doc {
+    csv_row *r;
+    size_t n, cap;
+} csv_doc;
+
+static void csv_free(csv_doc *d)
+{
+    for (size_t i = 0; i < d->n; i++) {
+        for (size_t k = 0; k < d->r[i].n; k++) free(d->r[i].f[k]);
+        free(d->r[i].f);
+    }
+    free(d->r);
+    memset(d, 0, sizeof *d);
+}
+
+/* Push field b (trimmed of ASCII blanks) onto the row being built. */
+static bool csv_push_field(csv_row *row, size_t *cap, const crdt_buf *b)
+{
+    const char *p = b->n ? (const char *)b->p : "";
+    size_t n = b->n;
+    while (n && (*p == ' ' || *p == '\t')) p++, n--;
+    while (n && (p[n - 1] == ' ' || p[n - 1] == '\t')) n--;
+    if (row->n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 16;
+        char **nf = realloc(row->f, nc * sizeof *nf);
+        if (!nf) return false;
+        row->f = nf;
+        *cap = nc;
+    }
+    char *c = malloc(n + 1);
+    if (!c) return false;
+    memcpy(c, p, n);
+    c[n] = 0;
+    row->f[row->n++] = c;
+    return true;
+}
+
+/*
+ * RFC 4180 with the usual tolerances: fields separated by commas; a field
+ * starting with '"' is quoted, may hold commas, newlines and "" (one
+ * quote); records end with LF, CRLF or CR; CRLF inside a quoted field
+ * becomes LF; blanks around fields are trimmed; rows whose fields are all
+ * empty are skipped.  0, or -1 with *bad_line and *why set (or ENOMEM).
+ */
+static int csv_parse(const char *p, size_t n, csv_doc *d, size_t *bad_line, const char **why)
+{
+    size_t i = 0, line = 1;
+    crdt_buf b = {0};
+    csv_row row = {0};
+    size_t cap = 0;
+    *why = "out of memory";
+    *bad_line = 0;
+    while (i < n) {
+        memset(&row, 0, sizeof row);
+        cap = 0;
+        row.line = line;
+        for (;;) {
+            crdt_buf_reset(&b);
+            if (i < n && p[i] == '"') {
+                size_t open_line = line;
+                i++;
+                for (;;) {
+                    if (i >= n) {
+                        *bad_line = open_line;
+                        *why = "a quoted field is never closed (a '\"' is missing)";
+                        goto fail;
+                    }
+                    char ch = p[i];
+                    if (ch == '"') {
+                        if (i + 1 < n && p[i + 1] == '"') {
+                            if (crdt_buf_append(&b, "\"", 1)) goto fail;
+                            i += 2;
+                            continue;
+                        }
+                        i++;
+                        break;
+                    }
+                    if (ch == '\r' && i + 1 < n && p[i + 1] == '\n') {
+                        i++;
+                        continue;
+                    }
+                    if (ch == '\n' || ch == '\r') {
+                        line++;
+                        ch = '\n';
+                    }
+                    if (crdt_buf_append(&b, &ch, 1)) goto fail;
+                    i++;
+                }
+                while (i < n && (p[i] == ' ' || p[i] == '\t')) i++;
+                if (i < n && p[i] != ',' && p[i] != '\n' && p[i] != '\r') {
+                    *bad_line = line;
+                    *why = "text after the closing '\"' of a quoted field (write \"\" for a "
+                           "quote inside one)";
+                    goto fail;
+                }
+            } else {
+                size_t s0 = i;
+                while (i < n && p[i] != ',' && p[i] != '\n' && p[i] != '\r') i++;
+                if (crdt_buf_append(&b, p + s0, i - s0)) goto fail;
+            }
+            if (!csv_push_field(&row, &cap, &b)) goto fail;
+            if (i < n && p[i] == ',') {
+                i++;
+                continue;
+            }
+            if (i < n && p[i] == '\r') {
+                i++;
+                if (i < n && p[i] == '\n') i++;
+                line++;
+            } else if (i < n && p[i] == '\n') {
+                i++;
+                line++;
+            }
+            break;
+        }
+        bool blank = true;
+        for (size_t k = 0; k < row.n; k++) blank &= !row.f[k][0];
+        if (blank) {
+            for (size_t k = 0; k < row.n; k++) free(row.f[k]);
+            free(row.f);
+            continue;
+        }
+        if (d->n == d->cap) {
+            size_t nc = d->cap ? d->cap * 2 : 256;
+            csv_row *nr = realloc(d->r, nc * sizeof *nr);
+            if (!nr) goto fail;
+            d->r = nr;
+            d->cap = nc;
+        }
+        d->r[d->n++] = row;
+    }
+    memset(&row, 0, sizeof row);
+    crdt_buf_free(&b);
+    return 0;
+fail:
+    for (size_t k = 0; k < row.n; k++) free(row.f[k]);
+    free(row.f);
+    crdt_buf_free(&b);
+    return -1;
+}
+
+/* One CSV field, quoted when it needs to be. */
+static void csv_put(FILE *f, const char *s, bool first)
+{
+    if (!first) fputc(',', f);
+    if (!strpbrk(s, ",\"\r\n") && s[0] != ' ' && s[0] != '\t') {
+        fputs(s, f);
+        return;
+    }
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"') fputc('"', f);
+        fputc(*s, f);
+    }
+    fputc('"', f);
+}
+
+/* ---- reading the file: BOM, UTF-8 or GBK ---------------------------------------------------- */
+
+static size_t line_of(const char *p, size_t off)
+{
+    size_t line = 1;
+    for (size_t i = 0; i < off; i++) line += p[i] == '\n';
+    return line;
+}
+
+/* The first invalid UTF-8 byte's offset, or n if all valid. */
+static size_t utf8_bad_at(const uint8_t *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        size_t len = p[i] < 0x80 ? 1 : (p[i] & 0xe0) == 0xc0 ? 2 : (p[i] & 0xf0) == 0xe0 ? 3
+                   : (p[i] & 0xf8) == 0xf0 ? 4 : 0;
+        if (!len || i + len > n || !crdt_utf8_valid(p + i, len)) return i;
+        i += len;
+    }
+    return n;
+}
+
+/* GBK (read as GB 18030, its superset) to UTF-8 with iconv(3).  0, or 1
+ * with a message (the line of the first byte that is not GBK). */
+static int gbk_to_utf8(const char *cmd, const char *path, char *in, size_t n, char **out,
+                       size_t *out_n)
+{
+    iconv_t cd = iconv_open("UTF-8", "GB18030");
+    if (cd == (iconv_t)-1)
+        return fail(cmd, "iconv cannot convert from GB18030 here: %s", strerror(errno));
+    size_t cap = n * 2 + 16, left_in = n, left_out = cap;
+    char *buf = malloc(cap + 1), *ip = in, *op = buf;
+    if (!buf) {
+        iconv_close(cd);
+        return fail(cmd, "out of memory");
+    }
+    while (left_in) {
+        if (iconv(cd, &ip, &left_in, &op, &left_out) != (size_t)-1) break;
+        if (errno == E2BIG) {
+            size_t used = (size_t)(op - buf);
+            char *nb = realloc(buf, cap * 2 + 1);
+            if (!nb) break;
+            buf = nb;
+            op = buf + used;
+            left_out += cap;
+            cap *= 2;
+            continue;
+        }
+        size_t off = (size_t)(ip - in);
+        iconv_close(cd);
+        free(buf);
+        return fail(cmd, "%s:%zu: byte 0x%02x at offset %zu is not GBK (is the file UTF-8? "
+                         "try --encoding utf-8)",
+                    path, line_of(in, off), (unsigned)(uint8_t)in[off], off);
+    }
+    iconv_close(cd);
+    if (left_in) {
+        free(buf);
+        return fail(cmd, "out of memory");
+    }
+    *out_n = (size_t)(op - buf);
+    buf[*out_n] = 0;
+    *out = buf;
+    return 0;
+}
+
+/* The ledger's text as UTF-8 without a BOM (*text malloc'd).  enc: NULL
+ * (auto: a BOM or valid UTF-8 means UTF-8, else GBK), "utf-8" or "gbk".
+ * *used receives the encoding read. */
+static int read_ledger(const char *cmd, const char *path, const char *enc, char **text,
+                       size_t *len, const char **used)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return fail(cmd, "cannot open %s: %s", path, strerror(errno));
+    crdt_buf b = {0};
+    char chunk[65536];
+    size_t k;
+    while ((k = fread(chunk, 1, sizeof chunk, f)) > 0) {
+        if (b.n + k > LEDGER_MAX_BYTES || crdt_buf_append(&b, chunk, k)) {
+            fclose(f);
+            crdt_buf_free(&b);
+            return fail(cmd, "%s: larger than %u MiB or out of memory", path,
+                        LEDGER_MAX_BYTES >> 20);
+        }
+    }
+    bool rerr = ferror(f);
+    fclose(f);
+    if (rerr) {
+        crdt_buf_free(&b);
+        return fail(cmd, "cannot read %s", path);
+    }
+    if (crdt_buf_append(&b, "", 1)) {
+        crdt_buf_free(&b);
+        return fail(cmd, "out of memory");
+    }
+    b.n--;
+    char *p = (char *)b.p;
+    size_t n = b.n, off = 0;
+    bool bom = n >= 3 && !memcmp(p, "\xef\xbb\xbf", 3);
+    if (bom) off = 3;
+    if (memchr(p, 0, n)) {
+        size_t z = (size_t)((char *)memchr(p, 0, n) - p);
+        crdt_buf_free(&b);
+        return fail(cmd, "%s: a NUL byte at offset %zu: not a text file (UTF-16 is not "
+                         "supported: save as UTF-8 or GBK)", path, z);
+    }
+    size_t bad = utf8_bad_at((const uint8_t *)p + off, n - off) + off;
+    if (!enc) enc = bom || bad == n ? "utf-8" : "gbk";
+    *used = enc;
+    if (!strcmp(enc, "utf-8")) {
+        if (bad != n) {
+            int x = fail(cmd, "%s:%zu: invalid UTF-8 (byte 0x%02x at offset %zu); for a GBK "
+                              "file give --encoding gbk",
+                         path, line_of(p, bad), (unsigned)(uint8_t)p[bad], bad);
+            crdt_buf_free(&b);
+            return x;
+        }
+        memmove(p, p + off, n - off + 1);
+        *text = p;
+        *len = n - off;
+        return 0;
+    }
+    int x = gbk_to_utf8(cmd, path, p, n, text, len);
+    crdt_buf_free(&b);
+    return x;
+}
+
+/* ---- checking rows -------------------------------------------------------------------------- */
+
+typedef struct problems {
+    strlist l;
+} problems;
+
+static void problem(problems *pr, const char *path, size_t line, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void problem(problems *pr, const char *path, size_t line, const char *fmt, ...)
+{
+    char buf[1024];
+    int k = snprintf(buf, sizeof buf, "%s:%zu: ", path, line);
+    if (k < 0) k = 0;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf + k, sizeof buf - (size_t)k, fmt, ap);
+    va_end(ap);
+    strlist_push(&pr->l, buf, strlen(buf));
+}
+
+/* A field value as canonical bytes (ints parsed for INT fields). */
+static int val_bytes(const crdt_vspec *v, const char *s, crdt_buf *out)
+{
+    crdt_buf_reset(out);
+    if (v->vtype == CRDT_VT_INT) {
+        char *end;
+        errno = 0;
+        long long x = strtoll(s, &end, 10);
+        if (!*s || *end || errno) return CRDT_EVALUE;
+        return crdt_val_put_int(out, x);
+    }
+    return crdt_val_put_str(out, s, strlen(s));
+}
+
+/* Why value s fails its column, in words (after the schema said rc). */
+static void reason(const crdt_schema *sc, int rc, int col, const char *s, char *buf, size_t cap)
+{
+    const struct ledger_col *lc = &LEDGER_COLS[col];
+    if (rc == CRDT_EENUM && lc->field) {
+        const char *kind = lc->kind == 'h' ? "household" : "person";
+        const crdt_kspec *k = crdt_schema_kind(sc, kind, strlen(kind));
+        const crdt_fspec *f = k ? crdt_schema_field(k, lc->field, strlen(lc->field)) : NULL;
+        if (f && f->v.vtype == CRDT_VT_ENUM) {
+            size_t n = (size_t)snprintf(buf, cap, "not one of");
+            for (uint32_t i = 0; i < f->v.n_enum && n < cap; i++)
+                n += (size_t)snprintf(buf + n, cap - n, " %s", f->v.enum_values[i]);
+            return;
+        }
+    }
+    if (col == L_IDNUM && strlen(s) == 18) {
+        char c = crdt_idnum_check_char(s);
+        if (c && c != s[17]) {
+            snprintf(buf, cap, "wrong check character '%c' (the GB 11643 checksum gives '%c')",
+                     s[17], c);
+            return;
+        }
+    }
+    snprintf(buf, cap, "%s", crdt_strerror(rc));
+}
+
+/* Check one op against the schema as a one-op delta; 0 or a CRDT code. */
+static int check_op(const crdt_schema *sc, const char *kind, const char *id, const crdt_op *op)
+{
+    crdt_delta d;
+    memset(&d, 0, sizeof d);
+    d.dev = 1;
+    d.epoch = 1;
+    d.seq = 1;
+    d.hlc = CRDT_HLC_MAKE(1, 0);
+    d.kind = kind;
+    d.kind_len = (uint32_t)strlen(kind);
+    d.id = id;
+    d.id_len = (uint32_t)strlen(id);
+    d.ops = op;
+    d.n_ops = 1;
+    int err_op = -1;
+    return crdt_schema_check_delta(sc, &d, &err_op);
+}
+
+/* "1990/3/1", "1990.3.1", "19900301" -> "1990-03-01"; anything else as is. */
+static char *norm_date(const char *s)
+{
+    unsigned y, m, dd;
+    char sep[2], tail;
+    size_t n = strlen(s);
+    if (n == 8 && strspn(s, "0123456789") == 8 && sscanf(s, "%4u%2u%2u", &y, &m, &dd) == 3) {
+    } else if (sscanf(s, "%4u%1[/.]%2u%1[/.]%2u%c", &y, sep, &m, sep, &dd, &tail) == 5 &&
+               s[4] == sep[0]) {
+    } else {
+        return strdup(s);
+    }
+    char *o = malloc(16);
+    if (o) snprintf(o, 16, "%04u-%02u-%02u", y % 10000, m % 100, dd % 100);
+    return o;
+}
+
+typedef struct ihh {               /* a household named in the file */
+    const char *id;
+    size_t line;                   /* its first row */
+    const char *v[3];              /* community, grid, address (first non-empty) */
+    size_t vline[3];
+    size_t rows;
+} ihh;
+
+typedef struct irow {
+    size_t line;
+    const char *v[L_NCOLS];        /* the row's cells ("" if absent), borrowed from the doc */
+    size_t hh;                     /* index into the households */
+    size_t index;                  /* 1-based row number within its household */
+    char pid[CRDT_RECID_MAX + 1];  /* resolved person id */
+} irow;
+
+typedef struct import_ctx {
+    const char *cmd, *path, *shown, *enc, *actor;
+    const crdt_schema *sc;
+    store *s;
+    uint32_t year;
+    bool dry;
+    irow *rows;
+    size_t n_rows;
+    ihh *hh;
+    size_t n_hh;
+    problems pr;
+    uint64_t now;
+    /* results (reset on each try) */
+    crdt_hlc clock;
+    size_t deltas, persons_new, hh_new, ops;
+    uint64_t first_seq, last_seq, aseq;
+} import_ctx;
+
+/* Split a tags cell on ';', '；', '、' or '|' into l. */
+static bool split_tags(const char *s, strlist *l)
+{
+    const char *p = s;
+    while (*p) {
+        size_t n = 0;
+        size_t skip = 0;
+        while (p[n]) {
+            if (p[n] == ';' || p[n] == '|') { skip = 1; break; }
+            if (!strncmp(p + n, "；", 3) || !strncmp(p + n, "、", 3)) { skip = 3; break; }
+            n++;
+        }
+        const char *q = p;
+        size_t m = n;
+        while (m && (*q == ' ')) q++, m--;
+        while (m && q[m - 1] == ' ') m--;
+        if (m && !strlist_push(l, q, m)) return false;
+        p += n + skip;
+        if (!skip) break;
+    }
+    return true;
+}
+
+/* The ops a cell writes to field `name` of kind (without observed dots,
+ * which phase two adds): one set for lww/mv (keyed by the campaign year if
+ * the field is keyed), one add per element for a set field.  Values are
+ * appended to vals (one crdt_buf each); *n ops filled.  0, or a CRDT code
+ * with *bad naming the element. */
+typedef struct opbuf {
+    crdt_op op[IMPORT_MAX_OPS];
+    crdt_buf val[IMPORT_MAX_OPS], key[IMPORT_MAX_OPS];
+    crdt_dot *obs[IMPORT_MAX_OPS];
+    size_t n;
+} opbuf;
+
+static void opbuf_reset(opbuf *o)
+{
+    for (size_t i = 0; i < IMPORT_MAX_OPS; i++) {
+        crdt_buf_reset(&o->val[i]);
+        crdt_buf_reset(&o->key[i]);
+        free(o->obs[i]);
+        o->obs[i] = NULL;
+    }
+    memset(o->op, 0, sizeof o->op);
+    o->n = 0;
+}
+
+static void opbuf_free(opbuf *o)
+{
+    opbuf_reset(o);
+    for (size_t i = 0; i < IMPORT_MAX_OPS; i++) {
+        crdt_buf_free(&o->val[i]);
+        crdt_buf_free(&o->key[i]);
+    }
+}
+
+/* Add the op(s) for one cell.  0, CRDT_EFIELD (no such field), a value
+ * error, or CRDT_ENOMEM / CRDT_ETOOMANYOPS. */
+static int cell_ops(const crdt_schema *sc, const char *kind, const char *field, const char *val,
+                    uint32_t year, opbuf *o)
+{
+    const crdt_kspec *k = crdt_schema_kind(sc, kind, strlen(kind));
+    const crdt_fspec *f = k ? crdt_schema_field(k, field, strlen(field)) : NULL;
+    if (!f) return CRDT_EFIELD;
+    strlist els = {0};
+    int rc = 0;
+    if (f->type == CRDT_F_SET) {
+        if (!split_tags(val, &els)) return CRDT_ENOMEM;
+    } else if (f->type == CRDT_F_LWW || f->type == CRDT_F_MV) {
+        if (!strlist_push(&els, val, strlen(val))) return CRDT_ENOMEM;
+    } else {
+        return CRDT_EOP;
+    }
+    for (size_t i = 0; i < els.n && !rc; i++) {
+        if (o->n == IMPORT_MAX_OPS) {
+            rc = CRDT_ETOOMANYOPS;
+            break;
+        }
+        crdt_op *op = &o->op[o->n];
+        memset(op, 0, sizeof *op);
+        op->code = f->type == CRDT_F_SET ? CRDT_OP_ADD : CRDT_OP_SET;
+        op->field = f->name;
+        op->field_len = (uint32_t)strlen(f->name);
+        if ((rc = val_bytes(&f->v, els.v[i], &o->val[o->n]))) break;
+        op->val = (crdt_blob){o->val[o->n].p, (uint32_t)o->val[o->n].n};
+        if (f->keyed) {
+            crdt_buf_reset(&o->key[o->n]);
+            rc = f->key.vtype == CRDT_VT_INT ? crdt_val_put_int(&o->key[o->n], year)
+                                             : CRDT_EKEY;
+            if (rc) break;
+            op->key = (crdt_blob){o->key[o->n].p, (uint32_t)o->key[o->n].n};
+        }
+        o->n++;
+    }
+    strlist_free(&els);
+    return rc;
+}
+
+static const char *col_label(int col, const char *const *hdr)
+{
+    return hdr && hdr[col] ? hdr[col] : LEDGER_COLS[col].en;
+}
+
+/* Households by id: open addressing over indexes into c->hh. */
+typedef struct hh_table {
+    size_t *slot, cap;           /* slot: index + 1, 0 = empty */
+} hh_table;
+
+static int hh_table_init(hh_table *t, size_t n)
+{
+    t->cap = 16;
+    while (t->cap < 2 * n) t->cap *= 2;
+    t->slot = calloc(t->cap, sizeof *t->slot);
+    return t->slot ? 0 : CRDT_ENOMEM;
+}
+
+/* The index of household id in c->hh, or c->n_hh after reserving its slot
+ * (the caller appends it there). */
+static size_t hh_find(hh_table *t, const import_ctx *c, const char *id)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (const char *p = id; *p; p++) h = (h ^ (uint8_t)*p) * 1099511628211ull;
+    for (size_t i = (size_t)h & (t->cap - 1);; i = (i + 1) & (t->cap - 1)) {
+        if (!t->slot[i]) {
+            t->slot[i] = c->n_hh + 1;
+            return c->n_hh;
+        }
+        if (!strcmp(c->hh[t->slot[i] - 1].id, id)) return t->slot[i] - 1;
+    }
+}
+
+static int dup_col;
+static int cmp_row_col(const void *a, const void *b)
+{
+    const irow *x = *(const irow *const *)a, *y = *(const irow *const *)b;
+    int d = strcmp(x->v[dup_col], y->v[dup_col]);
+    return d ? d : (x->line > y->line) - (x->line < y->line);
+}
+
+static int dup_check(import_ctx *c, int col, const char *const *hdr, const char *why)
+{
+    const irow **v = malloc((c->n_rows + 1) * sizeof *v);
+    size_t n = 0;
+    if (!v) return CRDT_ENOMEM;
+    for (size_t i = 0; i < c->n_rows; i++)
+        if (*c->rows[i].v[col]) v[n++] = &c->rows[i];
+    dup_col = col;
+    qsort(v, n, sizeof *v, cmp_row_col);
+    for (size_t i = 1; i < n; i++) {
+        size_t first = i - 1;
+        while (first > 0 && !strcmp(v[first - 1]->v[col], v[i]->v[col])) first--;
+        if (!strcmp(v[i - 1]->v[col], v[i]->v[col]))
+            problem(&c->pr, c->path, v[i]->line, "%s: %s is already on line %zu (%s)",
+                    col_label(col, hdr), v[i]->v[col], v[first]->line, why);
+    }
+    free(v);
+    return 0;
+}
+
+/* Phase one: headers, cells, schema checks, cross-row rules.  Fills c->rows
+ * and c->hh; problems go to c->pr. */
+static int check_rows(import_ctx *c, csv_doc *doc)
+{
+    const char *hdr[L_NCOLS] = {0};
+    int map[256];
+    csv_row *h = &doc->r[0];
+    if (h->n > 256) {
+        problem(&c->pr, c->path, h->line, "more than 256 columns");
+        return 0;
+    }
+    for (size_t k = 0; k < h->n; k++) {
+        map[k] = -1;
+        const char *name = h->f[k];
+        for (int col = 0; col < L_NCOLS; col++) {
+            const struct ledger_col *lc = &LEDGER_COLS[col];
+            if (strcasecmp(name, lc->en) && strcmp(name, lc->zh) && (!lc->zh2 || strcmp(name, lc->zh2)))
+                continue;
+            if (hdr[col]) {
+                problem(&c->pr, c->path, h->line, "column \"%s\" appears twice (as \"%s\" too)",
+                        name, hdr[col]);
+            } else {
+                hdr[col] = name;
+                map[k] = col;
+            }
+        }
+        if (map[k] < 0 && name[0])
+            fprintf(stderr, "doorstepctl %s: %s:%zu: column %zu \"%s\" is not a ledger column: "
+                            "ignored\n", c->cmd, c->path, h->line, k + 1, name);
+    }
+    if (!hdr[L_HH] || !hdr[L_NAME]) {
+        problem(&c->pr, c->path, h->line, "the header needs the columns household_id (户编号) and "
+                                         "name (姓名)%s",
+                h->n == 1 && strchr(h->f[0], ';') ? "; is the file separated by ';'? it must be "
+                                                   "comma-separated" : "");
+        return 0;
+    }
+    c->rows = calloc(doc->n, sizeof *c->rows);
+    c->hh = calloc(doc->n, sizeof *c->hh);
+    if (!c->rows || !c->hh) return CRDT_ENOMEM;
+    opbuf o;
+    memset(&o, 0, sizeof o);
+    hh_table ht = {0};
+    int rc = hh_table_init(&ht, doc->n);
+    for (size_t r = 1; r < doc->n && !rc; r++) {
+        csv_row *row = &doc->r[r];
+        irow *ir = &c->rows[c->n_rows++];
+        ir->line = row->line;
+        for (int col = 0; col < L_NCOLS; col++) ir->v[col] = "";
+        if (row->n > h->n)
+            problem(&c->pr, c->path, row->line, "%zu cells, but the header has %zu columns "
+                                                "(an unquoted comma in a cell?)", row->n, h->n);
+        for (size_t k = 0; k < row->n && k < h->n; k++) {
+            if (map[k] < 0) continue;
+            int col = map[k];
+            if (col == L_IDNUM)
+                for (char *q = row->f[k]; *q; q++)
+                    if (*q == 'x') *q = 'X';
+            if (col == L_BIRTH && row->f[k][0]) {
+                char *nd = norm_date(row->f[k]);
+                if (!nd) return CRDT_ENOMEM;
+                free(row->f[k]);
+                row->f[k] = nd;
+            }
+            ir->v[col] = row->f[k];
+        }
+        const char *hid = ir->v[L_HH];
+        if (!*hid) {
+            problem(&c->pr, c->path, row->line, "%s: empty (every row names its household)",
+                    col_label(L_HH, hdr));
+            continue;
+        }
+        if (!crdt_recid_valid(hid, strlen(hid))) {
+            problem(&c->pr, c->path, row->line, "%s: \"%s\" is not a valid record id (1..64 of "
+                                                "A-Z a-z 0-9 _ . -)", col_label(L_HH, hdr), hid);
+            continue;
+        }
+        if (!*ir->v[L_NAME])
+            problem(&c->pr, c->path, row->line, "%s: empty", col_label(L_NAME, hdr));
+        if (*ir->v[L_PID] && !crdt_recid_valid(ir->v[L_PID], strlen(ir->v[L_PID])))
+            problem(&c->pr, c->path, row->line, "%s: \"%s\" is not a valid record id",
+                    col_label(L_PID, hdr), ir->v[L_PID]);
+        if (*ir->v[L_CONFLICT])
+            problem(&c->pr, c->path, row->line, "%s: \"%s\": the exported row has unresolved "
+                                                "conflicts; resolve them (dashboard) first",
+                    col_label(L_CONFLICT, hdr), ir->v[L_CONFLICT]);
+        /* Household: its fields must agree across its rows. */
+        size_t hi = hh_find(&ht, c, hid);
+        if (hi == c->n_hh) {
+            c->hh[hi].id = hid;
+            c->hh[hi].line = row->line;
+            c->n_hh++;
+        }
+        ir->hh = hi;
+        ir->index = ++c->hh[hi].rows;
+        static const int hcols[3] = {L_COMM, L_GRID, L_ADDR};
+        for (int j = 0; j < 3; j++) {
+            const char *v = ir->v[hcols[j]];
+            if (!*v) continue;
+            if (!c->hh[hi].v[j]) {
+                c->hh[hi].v[j] = v;
+                c->hh[hi].vline[j] = row->line;
+            } else if (strcmp(c->hh[hi].v[j], v)) {
+                problem(&c->pr, c->path, row->line, "%s: \"%s\" differs from \"%s\" on line %zu "
+                                                    "for household %s",
+                        col_label(hcols[j], hdr), v, c->hh[hi].v[j], c->hh[hi].vline[j], hid);
+            }
+        }
+        /* Every cell through the schema. */
+        for (int col = 0; col < L_NCOLS; col++) {
+            const struct ledger_col *lc = &LEDGER_COLS[col];
+            const char *v = ir->v[col];
+            if (!lc->kind || !*v) continue;
+            opbuf_reset(&o);
+            const char *kind = lc->kind == 'h' ? "household" : "person";
+            int x = cell_ops(c->sc, kind, lc->field, v, c->year, &o);
+            for (size_t i = 0; !x && i < o.n; i++) x = check_op(c->sc, kind, hid, &o.op[i]);
+            if (x == CRDT_ENOMEM) {
+                rc = x;
+                break;
+            }
+            if (x) {
+                char why[512];
+                reason(c->sc, x, col, v, why, sizeof why);
+                problem(&c->pr, c->path, row->line, "%s: \"%s\": %s", col_label(col, hdr), v,
+                        x == CRDT_EFIELD ? "the store's schema has no such field" : why);
+            }
+        }
+        /* Cross-field: birth date and gender must agree with the ID number. */
+        const char *idn = ir->v[L_IDNUM];
+        if (strlen(idn) == 18 && !crdt_check_idnum(idn, 18)) {
+            char bd[11];
+            snprintf(bd, sizeof bd, "%.4s-%.2s-%.2s", idn + 6, idn + 10, idn + 12);
+            if (*ir->v[L_BIRTH] && !crdt_check_date(ir->v[L_BIRTH], strlen(ir->v[L_BIRTH])) &&
+                strcmp(bd, ir->v[L_BIRTH]))
+                problem(&c->pr, c->path, row->line, "%s: \"%s\" does not match the ID number's "
+                                                    "birth date %s",
+                        col_label(L_BIRTH, hdr), ir->v[L_BIRTH], bd);
+            const char *g = (idn[16] - '0') % 2 ? "男" : "女";
+            if ((!strcmp(ir->v[L_GENDER], "男") || !strcmp(ir->v[L_GENDER], "女")) &&
+                strcmp(g, ir->v[L_GENDER]))
+                problem(&c->pr, c->path, row->line, "%s: \"%s\" does not match the ID number "
+                                                    "(its 17th digit says %s)",
+                        col_label(L_GENDER, hdr), ir->v[L_GENDER], g);
+        }
+    }
+    opbuf_free(&o);
+    free(ht.slot);
+    /* The same person twice in the file (sorted, so n log n). */
+    if (!rc) rc = dup_check(c, L_IDNUM, hdr, "one row per person");
+    if (!rc) rc = dup_check(c, L_PID, hdr, "one row per person");
+    return rc;
+}
+
+/* ---- phase two: one write transaction ------------------------------------------------------- */
+
+/* The current live values of a field instance equal exactly {val}? */
+static bool field_is(const crdt_field *f, crdt_blob val)
+{
+    if (!f || !f->n) return false;
+    for (uint32_t i = 0; i < f->n; i++)
+        if (crdt_blob_cmp(f->e[i].v, val)) return false;
+    return true;
+}
+
+/* Keep only the ops that change something in r (NULL: a new record); an mv
+ * set observes every live dot of its instance, so the ledger's value
+ * supersedes what the record held (a later, concurrent phone edit still
+ * shows as a conflict).  A set element already present is dropped. */
+static int prune_ops(const crdt_record *r, opbuf *o)
+{
+    size_t w = 0;
+    for (size_t i = 0; i < o->n; i++) {
+        crdt_op *op = &o->op[i];
+        char name[CRDT_NAME_MAX];
+        snprintf(name, sizeof name, "%.*s", (int)op->field_len, op->field);
+        const crdt_field *f = r ? crdt_record_field(r, name, op->key) : NULL;
+        bool keep = true;
+        if (op->code == CRDT_OP_ADD) {
+            for (uint32_t k = 0; f && k < f->n && keep; k++)
+                keep = crdt_blob_cmp(f->e[k].v, op->val) != 0;
+        } else {
+            keep = !field_is(f, op->val);
+            if (keep && f && f->type == CRDT_F_MV && f->n) {
+                crdt_dot *obs = calloc(f->n, sizeof *obs);
+                if (!obs) return CRDT_ENOMEM;
+                for (uint32_t k = 0; k < f->n; k++) obs[k] = f->e[k].st.dot;
+                free(o->obs[i]);
+                o->obs[i] = obs;
+                op->obs = obs;
+                op->n_obs = f->n;
+            }
+        }
+        if (!keep) continue;
+        if (w != i) {
+            /* move op i (and the buffers its blobs point into) to slot w */
+            crdt_buf tv = o->val[w], tk = o->key[w];
+            crdt_dot *to = o->obs[w];
+            o->val[w] = o->val[i];
+            o->key[w] = o->key[i];
+            o->obs[w] = o->obs[i];
+            o->val[i] = tv;
+            o->key[i] = tk;
+            o->obs[i] = to;
+            o->op[w] = *op;
+        }
+        w++;
+    }
+    o->n = w;
+    return 0;
+}
+
+/* Sign ops on kind/id as the server (device 0: its chain, its clock) and
+ * append them in t.  0, 1 (a problem recorded), or a store/CRDT error. */
+static int server_append(store_txn *t, import_ctx *c, const char *kind, const char *id,
+                         const opbuf *o, size_t line)
+{
+    uint64_t head = 0;
+    uint8_t prev[CRDT_HASH_BYTES], sig[WIRE_SIG_BYTES];
+    crdt_hlc hlc;
+    crdt_buf bytes = {0}, env = {0};
+    crdt_arena *a = crdt_arena_new(0);
+    int rc = a ? store_chain_head(t, 0, &head, prev) : CRDT_ENOMEM;
+    if (!rc) rc = crdt_hlc_now(&c->clock, c->now, &hlc);
+    if (rc) goto out;
+    crdt_delta d;
+    memset(&d, 0, sizeof d);
+    d.dev = 0;
+    d.epoch = 1;
+    d.seq = head + 1;
+    memcpy(d.prev, prev, sizeof prev);
+    d.hlc = hlc;
+    d.kind = kind;
+    d.kind_len = (uint32_t)strlen(kind);
+    d.id = id;
+    d.id_len = (uint32_t)strlen(id);
+    d.ops = o->op;
+    d.n_ops = (uint32_t)o->n;
+    if ((rc = crdt_delta_encode(&d, &bytes)) ||
+        (rc = store_server_sign_delta(t, bytes.p, bytes.n, sig)) ||
+        (rc = wire_envelope_encode(bytes.p, bytes.n, sig, &env)))
+        goto out;
+    {
+        /* Exactly what the append path does with a phone's envelope. */
+        const uint8_t *db, *sg;
+        size_t dl;
+        crdt_delta dd;
+        int err_op = -1;
+        store_item it;
+        store_outcome oc;
+        if ((rc = wire_envelope_decode(env.p, env.n, &crdt_limits_default, &db, &dl, &sg)) ||
+            (rc = crdt_delta_decode(db, dl, &crdt_limits_default, a, &dd, &err_op)) ||
+            (rc = crdt_schema_check_delta(c->sc, &dd, &err_op))) {
+            problem(&c->pr, c->path, line, "%s %s: the delta does not pass the schema: %s", kind,
+                    id, crdt_strerror(rc));
+            rc = 1;
+            goto out;
+        }
+        memset(&it, 0, sizeof it);
+        it.env = env.p;
+        it.env_len = env.n;
+        it.delta = &dd;
+        if ((rc = wire_delta_hash(db, dl, it.hash))) goto out;
+        if ((rc = store_append(t, &it, c->now, IMPORT_MAX_AHEAD_MS, &oc))) goto out;
+        if (oc.result != STORE_APPLIED) {
+            problem(&c->pr, c->path, line, "%s %s: the server's delta was not applied (%s: %s)",
+                    kind, id, oc.result == STORE_REJECTED ? "rejected" : "quarantined",
+                    oc.result == STORE_REJECTED ? store_strerror(oc.code)
+                                                : store_qreason_name(oc.code));
+            rc = 1;
+            goto out;
+        }
+    }
+    if (!c->first_seq) c->first_seq = d.seq;
+    c->last_seq = d.seq;
+    c->deltas++;
+    c->ops += o->n;
+out:
+    crdt_buf_free(&bytes);
+    crdt_buf_free(&env);
+    crdt_arena_free(a);
+    sodium_memzero(sig, sizeof sig);
+    return rc;
+}
+
+/* The person id of row ir: person_id, else the one person whose ID number it
+ * is, else "P" + household id + "-" + its row number in the household
+ * (two digits or more).  0, 1 (problem recorded), or an error. */
+static int resolve_pid(store_txn *t, import_ctx *c, irow *ir)
+{
+    if (*ir->v[L_PID]) {
+        snprintf(ir->pid, sizeof ir->pid, "%s", ir->v[L_PID]);
+        return 0;
+    }
+    const char *idn = ir->v[L_IDNUM];
+    if (*idn) {
+        store_ids ids = {0};
+        int rc = store_lookup(t, STORE_LOOKUP_IDNUM, idn, strlen(idn), &ids);
+        if (rc) return rc;
+        if (ids.n > 1) {
+            problem(&c->pr, c->path, ir->line, "id_number %s is held by %zu persons (%s, %s%s): "
+                                               "give person_id",
+                    idn, ids.n, ids.id[0], ids.id[1], ids.n > 2 ? ", ..." : "");
+            store_ids_free(&ids);
+            return 1;
+        }
+        if (ids.n == 1) snprintf(ir->pid, sizeof ir->pid, "%s", ids.id[0]);
+        store_ids_free(&ids);
+        if (ids.n == 1) return 0;
+    }
+    const char *hid = c->hh[ir->hh].id;
+    int k = snprintf(ir->pid, sizeof ir->pid, "P%s-%02zu", hid, ir->index);
+    if (k < 0 || (size_t)k >= sizeof ir->pid) {
+        problem(&c->pr, c->path, ir->line, "household id %s is too long to derive a person id "
+                                           "from: give person_id", hid);
+        return 1;
+    }
+    /* A derived id that already names someone else is not this person. */
+    crdt_record *r = NULL;
+    int rc = store_get_record(t, "person", ir->pid, &r);
+    if (rc == STORE_ENOTFOUND) return 0;
+    if (rc) return rc;
+    const crdt_field *f = crdt_record_field(r, "id_number", (crdt_blob){NULL, 0});
+    bool other = false;
+    for (uint32_t i = 0; f && i < f->n; i++) {
+        crdt_val v;
+        if (!crdt_val_parse(f->e[i].v, &v) && v.t == CRDT_V_STR &&
+            (!*idn || v.len != strlen(idn) || memcmp(v.s, idn, v.len)))
+            other = true;
+    }
+    crdt_record_free(r);
+    if (other) {
+        problem(&c->pr, c->path, ir->line, "the derived person id %s already belongs to a "
+                                           "person with another ID number: give person_id",
+                ir->pid);
+        return 1;
+    }
+    return 0;
+}
+
+static int cmp_row_pid(const void *a, const void *b)
+{
+    const irow *x = *(const irow *const *)a, *y = *(const irow *const *)b;
+    int d = strcmp(x->pid, y->pid);
+    return d ? d : (x->line > y->line) - (x->line < y->line);
+}
+
+/* Two rows that resolved to the same person (say an ID number already on
+ * file under a person_id another row names). */
+static int pid_dups(import_ctx *c)
+{
+    const irow **v = malloc((c->n_rows + 1) * sizeof *v);
+    if (!v) return CRDT_ENOMEM;
+    for (size_t i = 0; i < c->n_rows; i++) v[i] = &c->rows[i];
+    qsort(v, c->n_rows, sizeof *v, cmp_row_pid);
+    for (size_t i = 1; i < c->n_rows; i++) {
+        size_t first = i - 1;
+        while (first > 0 && !strcmp(v[first - 1]->pid, v[i]->pid)) first--;
+        if (!strcmp(v[i - 1]->pid, v[i]->pid))
+            problem(&c->pr, c->path, v[i]->line, "person %s is also on line %zu (same person_id, "
+                                                 "or an ID number already on file as that person)",
+                    v[i]->pid, v[first]->line);
+    }
+    free(v);
+    return 0;
+}
+
+static int import_txn(store_txn *t, void *arg)
+{
+    import_ctx *c = arg;
+    opbuf o;
+    crdt_record *r = NULL;
+    int rc;
+    c->deltas = c->persons_new = c->hh_new = c->ops = 0;
+    c->first_seq = c->last_seq = c->aseq = 0;
+    strlist_free(&c->pr.l);
+    memset(&o, 0, sizeof o);
+    if ((rc = store_hlc_hwm(t, &c->clock))) return rc;
+    /* Person ids first (lookups see the store as it was), then the
+     * rows naming the same person twice through different columns. */
+    for (size_t i = 0; i < c->n_rows; i++)
+        if ((rc = resolve_pid(t, c, &c->rows[i])) < 0) goto out;
+    if ((rc = pid_dups(c))) goto out;
+    if (c->pr.l.n) {
+        rc = IMPORT_BAD_ROWS;
+        goto out;
+    }
+    /* Households: community, grid, address, once each. */
+    for (size_t h = 0; h < c->n_hh; h++) {
+        static const char *const hf[3] = {"community", "grid", "address"};
+        opbuf_reset(&o);
+        for (int j = 0; j < 3; j++)
+            if (c->hh[h].v[j] &&
+                (rc = cell_ops(c->sc, "household", hf[j], c->hh[h].v[j], c->year, &o)))
+                goto out;
+        rc = store_get_record(t, "household", c->hh[h].id, &r);
+        if (rc == STORE_ENOTFOUND) c->hh_new++;
+        else if (rc) goto out;
+        if ((rc = prune_ops(r, &o))) goto out;
+        crdt_record_free(r);
+        r = NULL;
+        if (o.n && (rc = server_append(t, c, "household", c->hh[h].id, &o, c->hh[h].line)))
+            goto out;
+    }
+    /* Persons, in file order. */
+    for (size_t i = 0; i < c->n_rows; i++) {
+        irow *ir = &c->rows[i];
+        opbuf_reset(&o);
+        for (int col = 0; col < L_NCOLS; col++) {
+            const struct ledger_col *lc = &LEDGER_COLS[col];
+            if (lc->kind != 'p' || !*ir->v[col]) continue;
+            if ((rc = cell_ops(c->sc, "person", lc->field, ir->v[col], c->year, &o))) goto out;
+        }
+        rc = store_get_record(t, "person", ir->pid, &r);
+        if (rc == STORE_ENOTFOUND) c->persons_new++;
+        else if (rc) goto out;
+        if ((rc = prune_ops(r, &o))) goto out;
+        crdt_record_free(r);
+        r = NULL;
+        if (o.n && (rc = server_append(t, c, "person", ir->pid, &o, ir->line))) goto out;
+    }
+    if (c->dry) {
+        rc = IMPORT_DRY_RUN;
+        goto out;
+    }
+    char detail[STORE_AUDIT_DETAIL_MAX + 1];
+    int dn = snprintf(detail, sizeof detail,
+                      "file %s (%s): %zu rows, %zu households (%zu new), %zu persons (%zu new); "
+                      "%zu deltas, %zu ops",
+                      c->shown, c->enc, c->n_rows, c->n_hh, c->hh_new, c->n_rows,
+                      c->persons_new, c->deltas, c->ops);
+    if (c->deltas && dn > 0 && (size_t)dn < sizeof detail)
+        snprintf(detail + dn, sizeof detail - (size_t)dn, ", server device 0 seq %llu..%llu",
+                 (unsigned long long)c->first_seq, (unsigned long long)c->last_seq);
+    rc = store_audit_append(t, c->now, c->actor, "import.csv", detail, &c->aseq);
+out:
+    crdt_record_free(r);
+    opbuf_free(&o);
+    if (rc == 1 && c->pr.l.n) rc = IMPORT_BAD_ROWS;
+    return rc;
+}
+
+/* A file name fit for the audit log: UTF-8, at most 400 bytes. */
+static void shown_name(const char *path, char *out, size_t cap)
+{
+    size_t n = strlen(path);
+    if (!crdt_utf8_valid((const uint8_t *)path, n)) {
+        snprintf(out, cap, "(a file name that is not UTF-8)");
+        return;
+    }
+    if (n > 400) {
+        path += n - 400;
+        while ((*path & 0xc0) == 0x80) path++;
+        snprintf(out, cap, "...%s", path);
+        return;
+    }
+    snprintf(out, cap, "%s", path);
+}
+
+static int cmp_pline(const void *a, const void *b)
+{
+    const size_t *x = a, *y = b;  /* {line, index} */
+    if (x[0] != y[0]) return x[0] < y[0] ? -1 : 1;
+    return (x[1] > y[1]) - (x[1] < y[1]);
+}
+
+static const char import_help[] =
+    "usage: doorstepctl import --csv FILE [--encoding utf-8|gbk] [--dry-run] [--as USER]\n"
+    "imports a household and person ledger, one row per person (docs/ADMIN.md):\n"
+    "  headers 户编号 所属社区 网格 住址 姓名 公民身份号码 性别 出生日期 联系电话 与户主关系\n"
+    "  or household_id community grid address name id_number gender birth_date phone relation;\n"
+    "  optional: person_id (人员编号), insurance_type, payment (campaign year), tags, life_status,\n"
+    "  note.  UTF-8 (with or without BOM) or GBK; auto-detected unless --encoding is given.\n"
+    "every row is checked first; any bad row is reported with its line number and nothing is\n"
+    "written (exit 1).  Otherwise all rows are written in one transaction as deltas signed by\n"
+    "the server (device 0).  --dry-run checks and counts, writes nothing.\n";
+
+static int cmd_import(int argc, char **argv)
+{
+    static const struct option opts[] = {{"csv", required_argument, NULL, 'c'},
+                                         {"encoding", required_argument, NULL, 'e'},
+                                         {"dry-run", no_argument, NULL, 'n'},
+                                         {"as", required_argument, NULL, 'a'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    const char *cmd = "import", *path = NULL, *enc = NULL, *as = NULL;
+    bool dry = false;
+    int opt;
+    getopt_reset();
+    while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'c': path = optarg; break;
+        case 'e':
+            if (!strcasecmp(optarg, "utf-8") || !strcasecmp(optarg, "utf8")) enc = "utf-8";
+            else if (!strcasecmp(optarg, "gbk") || !strcasecmp(optarg, "gb18030") ||
+                     !strcasecmp(optarg, "gb2312"))
+                enc = "gbk";
+            else return usage_err(cmd, "--encoding must be utf-8 or gbk");
+            break;
+        case 'n': dry = true; break;
+        case 'a': as = optarg; break;
+        case 'h': fputs(import_help, stdout); return 0;
+        default: return usage_err(cmd, "bad option");
+        }
+    }
+    if (optind < argc) return usage_err(cmd, "unexpected argument %s", argv[optind]);
+    if (!path) return usage_err(cmd, "--csv FILE is required");
+    char actor[STORE_AUDIT_ACTOR_MAX + 1];
+    if (!make_actor(cmd, as, actor)) return EXIT_USAGE;
+    char *text = NULL;
+    size_t len = 0;
+    const char *used = NULL;
+    int xrc = read_ledger(cmd, path, enc, &text, &len, &used);
+    if (xrc) return xrc;
+    csv_doc doc = {0};
+    size_t bad_line;
+    const char *why;
+    if (csv_parse(text, len, &doc, &bad_line, &why)) {
+        free(text);
+        csv_free(&doc);
+        return bad_line ? fail(cmd, "%s:%zu: %s; nothing imported", path, bad_line, why)
+                        : fail(cmd, "%s", why);
+    }
+    free(text);
+    if (doc.n < 2) {
+        csv_free(&doc);
+        return fail(cmd, "%s: no rows (a header line and one row per person are expected)",
+                    path);
+    }
+    store *s = open_store();
+    if (!s) {
+        csv_free(&doc);
+        return EXIT_FAIL;
+    }
+    char shown[512];
+    shown_name(path, shown, sizeof shown);
+    import_ctx c;
+    memset(&c, 0, sizeof c);
+    c.cmd = cmd;
+    c.path = path;
+    c.shown = shown;
+    c.enc = used;
+    c.actor = actor;
+    c.sc = store_schema(s);
+    c.s = s;
+    c.year = store_campaign_year(s);
+    c.dry = dry;
+    c.now = now_ms();
+    int rc = check_rows(&c, &doc);
+    if (!rc && !c.pr.l.n) rc = run_rw(s, import_txn, &c);
+    store_close(s);
+    if (rc < 0) xrc = fail(cmd, "%s", store_strerror(rc));
+    else if (c.pr.l.n) {
+        /* In line order (the checks run in passes); count the lines. */
+        size_t n = c.pr.l.n, rows = 0, plen = strlen(path) + 1;
+        struct pline { size_t line, i; } *pl = malloc(n * sizeof *pl);
+        for (size_t i = 0; pl && i < n; i++) {
+            pl[i].line = strtoul(c.pr.l.v[i] + plen, NULL, 10);
+            pl[i].i = i;
+        }
+        if (pl) qsort(pl, n, sizeof *pl, cmp_pline);
+        for (size_t i = 0; i < n; i++) {
+            fprintf(stderr, "%s\n", c.pr.l.v[pl ? pl[i].i : i]);
+            rows += pl && (!i || pl[i].line != pl[i - 1].line);
+        }
+        free(pl);
+        xrc = fail(cmd, "%s: %zu problem(s) on %zu line(s); nothing imported", path, c.pr.l.n,
+                   rows);
+    } else if (dry) {
+        printf("dry run: %s (%s): %zu rows, %zu households (%zu new), %zu persons (%zu new); "
+               "would write %zu deltas (%zu ops); nothing written\n",
+               path, used, c.n_rows, c.n_hh, c.hh_new, c.n_rows, c.persons_new, c.deltas, c.ops);
+        xrc = 0;
+    } else {
+        printf("imported %s (%s): %zu rows, %zu households (%zu new), %zu persons (%zu new); "
+               "%zu deltas (%zu ops) signed by the server",
+               path, used, c.n_rows, c.n_hh, c.hh_new, c.n_rows, c.persons_new, c.deltas, c.ops);
+        if (c.deltas)
+            printf(", device 0 seq %llu..%llu", (unsigned long long)c.first_seq,
+                   (unsigned long long)c.last_seq);
+        printf("; audit entry %llu\n", (unsigned long long)c.aseq);
+        xrc = 0;
+    }
+    strlist_free(&c.pr.l);
+    free(c.rows);
+    free(c.hh);
+    csv_free(&doc);
+    return xrc;
+}
+
+/* ---- export ------------------------------------------------------------------------------- */
+
+typedef struct export_ctx {
+    const char *cmd;
+    store_txn *t;
+    store *s;
+    FILE *f;
+    uint32_t year;
+    size_t persons, conflicts;
+    char cur_hh[CRDT_RECID_MAX + 1];   /* household cache */
+    crdt_record *hh;
+    crdt_blob year_key;                /* payment's key: the campaign year */
+    uint32_t cur_dev;                  /* device cache (UINT32_MAX: none) */
+    char volunteer[STORE_VOLUNTEER_MAX + 1];
+} export_ctx;
+
+/* The live elements of an enum set field in the schema's order, joined by
+ * ";" (so the export does not depend on how the set stores them). */
+static bool set_text(const crdt_field *f, const crdt_fspec *fs, char *out, size_t cap)
+{
+    size_t k = 0;
+    out[0] = 0;
+    for (uint32_t e = 0; e < fs->v.n_enum; e++) {
+        const char *name = fs->v.enum_values[e];
+        size_t nl = strlen(name);
+        bool in = false;
+        for (uint32_t i = 0; i < f->n && !in; i++) {
+            crdt_val v;
+            in = !crdt_val_parse(f->e[i].v, &v) && v.t == CRDT_V_STR && v.len == nl &&
+                 !memcmp(v.s, name, nl);
+        }
+        if (!in) continue;
+        int w = snprintf(out + k, cap - k, "%s%s", k ? ";" : "", name);
+        if (w < 0 || (size_t)w >= cap - k) return false;
+        k += (size_t)w;
+    }
+    return true;
+}
+
+/* The live values of a field instance as text: distinct values joined by
+ * " | " (more than one: a conflict); set elements joined by ";". */
+static bool field_text(const crdt_field *f, char *out, size_t cap, bool *conflict)
+{
+    size_t k = 0, distinct = 0;
+    out[0] = 0;
+    *conflict = false;
+    if (!f) return true;
+    for (uint32_t i = 0; i < f->n; i++) {
+        bool dup = false;
+        for (uint32_t j = 0; j < i && !dup; j++) dup = !crdt_blob_cmp(f->e[j].v, f->e[i].v);
+        if (dup) continue;
+        crdt_val v;
+        char one[4200];                /* text fields hold at most 4096 bytes */
+        if (crdt_val_parse(f->e[i].v, &v)) continue;
+        if (v.t == CRDT_V_STR) snprintf(one, sizeof one, "%.*s", (int)v.len, v.s);
+        else if (v.t == CRDT_V_INT) snprintf(one, sizeof one, "%lld", (long long)v.i);
+        else if (v.t == CRDT_V_BOOL) snprintf(one, sizeof one, "%s", v.b ? "true" : "false");
+        else continue;
+        const char *sep = !distinct ? "" : f->type == CRDT_F_SET ? ";" : " | ";
+        int w = snprintf(out + k, cap - k, "%s%s", sep, one);
+        if (w < 0 || (size_t)w >= cap - k) return false;
+        k += (size_t)w;
+        distinct++;
+    }
+    *conflict = f->type != CRDT_F_SET && distinct > 1;
+    return true;
+}
+
+/* The latest stamp of any live value of r (the tombstone too). */
+static crdt_stamp last_change(const crdt_record *r)
+{
+    crdt_stamp best = {0, {0, 0}};
+    for (uint32_t i = 0; i < r->n_fields; i++)
+        for (uint32_t k = 0; k < r->fields[i].n; k++)
+            if (crdt_stamp_cmp(r->fields[i].e[k].st, best) > 0) best = r->fields[i].e[k].st;
+    for (uint32_t k = 0; k < r->tomb.n; k++)
+        if (crdt_stamp_cmp(r->tomb.e[k].st, best) > 0) best = r->tomb.e[k].st;
+    return best;
+}
+
+/* HLC milliseconds as ISO 8601 UTC ("2026-11-24T01:32:02.123Z"). */
+static void iso_time(uint64_t ms, char out[32])
+{
+    time_t sec = (time_t)(ms / 1000);
+    struct tm tm;
+    if (!ms || !gmtime_r(&sec, &tm)) {
+        out[0] = 0;
+        return;
+    }
+    size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out + n, 32 - n, ".%03uZ", (unsigned)(ms % 1000));
+}
+
+static int export_person(const crdt_record *p, void *arg)
+{
+    export_ctx *x = arg;
+    if (crdt_record_deleted(p)) return 0;
+    const crdt_blob nokey = {NULL, 0};
+    char hid[CRDT_RECID_MAX + 1] = "";
+    bool conflict;
+    char buf[16384];
+    const crdt_field *hf = crdt_record_field(p, "household", nokey);
+    if (!field_text(hf, buf, sizeof buf, &conflict)) return CRDT_ENOMEM;
+    if (!conflict && strlen(buf) < sizeof hid) memcpy(hid, buf, strlen(buf) + 1);
+    if (strcmp(hid, x->cur_hh)) {
+        crdt_record_free(x->hh);
+        x->hh = NULL;
+        snprintf(x->cur_hh, sizeof x->cur_hh, "%s", hid);
+        if (*hid) {
+            int rc = store_get_record(x->t, "household", hid, &x->hh);
+            if (rc && rc != STORE_ENOTFOUND) return rc;
+        }
+    }
+    char conflicts[512] = "";
+    for (int col = 0; col < L_NCOLS; col++) {
+        const struct ledger_col *lc = &LEDGER_COLS[col];
+        const crdt_field *f = NULL;
+        buf[0] = 0;
+        conflict = false;
+        if (col == L_PID) {
+            snprintf(buf, sizeof buf, "%s", p->id);
+        } else if (col == L_HH) {
+            snprintf(buf, sizeof buf, "%s", hid);
+        } else if (lc->kind == 'h') {
+            f = x->hh ? crdt_record_field(x->hh, lc->field, nokey) : NULL;
+        } else if (lc->kind == 'p') {
+            f = crdt_record_field(p, lc->field, col == L_PAY ? x->year_key : nokey);
+        } else if (col == L_CONFLICT) {
+            snprintf(buf, sizeof buf, "%s", conflicts);
+            if (*conflicts) x->conflicts++;
+        } else if (col == L_BY || col == L_DEV || col == L_AT) {
+            crdt_stamp st = last_change(p);
+            if (col == L_AT) {
+                char iso[32];
+                iso_time(CRDT_HLC_MS(st.hlc), iso);
+                snprintf(buf, sizeof buf, "%s", iso);
+            } else if (col == L_DEV) {
+                snprintf(buf, sizeof buf, "%u", (unsigned)st.dot.dev);
+            } else if (!st.dot.seq) {
+                buf[0] = 0;
+            } else if (st.dot.dev == 0) {
+                snprintf(buf, sizeof buf, "server");
+            } else {
+                if (st.dot.dev != x->cur_dev) {
+                    store_device d;
+                    int rc = store_device_get(x->t, st.dot.dev, &d);
+                    if (rc && rc != STORE_ENOTFOUND) return rc;
+                    snprintf(x->volunteer, sizeof x->volunteer, "%s", rc ? "" : d.volunteer);
+                    x->cur_dev = st.dot.dev;
+                }
+                snprintf(buf, sizeof buf, "%s", x->volunteer);
+            }
+        }
+        const crdt_fspec *fs = NULL;
+        if (f && f->type == CRDT_F_SET) {
+            const crdt_kspec *k = crdt_schema_kind(store_schema(x->s), "person", 6);
+            fs = k ? crdt_schema_field(k, f->name, strlen(f->name)) : NULL;
+        }
+        if (fs && fs->v.vtype == CRDT_VT_ENUM) {
+            if (!set_text(f, fs, buf, sizeof buf)) return CRDT_ENOMEM;
+        } else if (f && !field_text(f, buf, sizeof buf, &conflict)) {
+            return CRDT_ENOMEM;
+        }
+        if (conflict) {
+            size_t n = strlen(conflicts);
+            snprintf(conflicts + n, sizeof conflicts - n, "%s%s", n ? ";" : "", lc->field);
+        }
+        csv_put(x->f, buf, col == 0);
+    }
+    fputs("\r\n", x->f);
+    x->persons++;
+    return ferror(x->f) ? STORE_EIO : 0;
+}
+
+static const char export_help[] =
+    "usage: doorstepctl export --csv FILE [--headers en|zh] [--as USER]\n"
+    "writes the 一人一档 ledger: one row per person (deleted records left out), UTF-8 with a\n"
+    "BOM, CRLF line ends, created 0600 (it holds ID numbers).  Columns: person_id household_id\n"
+    "community grid address name id_number gender birth_date phone relation insurance_type\n"
+    "payment (for the campaign year) tags (;-separated) life_status note conflict (the fields\n"
+    "with conflicting values, written \"a | b\") last_changed_by (volunteer, or server)\n"
+    "last_changed_device last_changed_at (ISO 8601 UTC, from the HLC).  FILE - is standard\n"
+    "output.  --headers zh writes the Chinese column names.  Audited as export.csv.\n";
+
+static int export_txn(store_txn *t, void *arg)
+{
+    export_ctx *x = arg;
+    char after[CRDT_RECID_MAX + 1] = "", next[CRDT_RECID_MAX + 1];
+    x->t = t;
+    for (;;) {
+        next[0] = 0;
+        int rc = store_records_page(t, "person", after, 500, export_person, x, next);
+        if (rc) return rc;
+        if (!next[0] || !strcmp(next, after)) return 0;
+        snprintf(after, sizeof after, "%s", next);
+    }
+}
+
+typedef struct audit_ctx {
+    const char *actor, *action, *detail;
+    uint64_t now;
+} audit_ctx;
+
+static int audit_only_txn(store_txn *t, void *arg)
+{
+    const audit_ctx *a = arg;
+    return store_audit_append(t, a->now, a->actor, a->action, a->detail, NULL);
+}
+
+static int cmd_export(int argc, char **argv)
+{
+    static const struct option opts[] = {{"csv", required_argument, NULL, 'c'},
+                                         {"headers", required_argument, NULL, 'H'},
+                                         {"as", required_argument, NULL, 'a'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    const char *cmd = "export", *path = NULL, *as = NULL;
+    bool zh = false;
+    int opt;
+    getopt_reset();
+    while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'c': path = optarg; break;
+        case 'H':
+            if (!strcmp(optarg, "zh")) zh = true;
+            else if (strcmp(optarg, "en")) return usage_err(cmd, "--headers must be en or zh");
+            break;
+        case 'a': as = optarg; break;
+        case 'h': fputs(export_help, stdout); return 0;
+        default: return usage_err(cmd, "bad option");
+        }
+    }
+    if (optind < argc) return usage_err(cmd, "unexpected argument %s", argv[optind]);
+    if (!path) return usage_err(cmd, "--csv FILE is required (- for standard output)");
+    char actor[STORE_AUDIT_ACTOR_MAX + 1];
+    if (!make_actor(cmd, as, actor)) return EXIT_USAGE;
+    store *s = open_store();
+    if (!s) return EXIT_FAIL;
+    bool to_stdout = !strcmp(path, "-");
+    char *tmp = NULL;
+    FILE *f = stdout;
+    if (!to_stdout) {
+        size_t n = strlen(path) + 16;
+        tmp = malloc(n);
+        if (!tmp) {
+            store_close(s);
+            return fail(cmd, "out of memory");
+        }
+        snprintf(tmp, n, "%s.tmp%ld", path, (long)getpid());
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0 || !(f = fdopen(fd, "w"))) {
+            int e = errno;
+            if (fd >= 0) close(fd);
+            store_close(s);
+            int xr = fail(cmd, "cannot create %s: %s", tmp, strerror(e));
+            free(tmp);
+            return xr;
+        }
+    }
+    export_ctx x;
+    memset(&x, 0, sizeof x);
+    x.cmd = cmd;
+    x.s = s;
+    x.f = f;
+    x.year = store_campaign_year(s);
+    x.cur_dev = UINT32_MAX;
+    crdt_buf yk = {0};
+    if (crdt_val_put_int(&yk, x.year)) {
+        store_close(s);
+        return fail(cmd, "out of memory");
+    }
+    x.year_key = (crdt_blob){yk.p, (uint32_t)yk.n};
+    fputs("\xef\xbb\xbf", f);
+    for (int col = 0; col < L_NCOLS; col++)
+        csv_put(f, zh ? LEDGER_COLS[col].zh : LEDGER_COLS[col].en, col == 0);
+    fputs("\r\n", f);
+    /* One read transaction: a consistent snapshot of every person. */
+    store_txn *t;
+    int rc = store_begin(s, STORE_RDONLY, &t);
+    if (!rc) {
+        rc = export_txn(t, &x);
+        store_abort(t);
+    }
+    crdt_record_free(x.hh);
+    crdt_buf_free(&yk);
+    bool werr = fflush(f) != 0 || ferror(f);
+    if (!to_stdout) {
+        if (!werr) werr = fsync(fileno(f)) != 0;
+        werr |= fclose(f) != 0;
+    }
+    if (!rc && werr) rc = STORE_EIO;
+    /* The audit entry before the file takes its name: an export that is not
+     * in the audit log never appears. */
+    if (!rc) {
+        char shown[512], detail[STORE_AUDIT_DETAIL_MAX + 1];
+        shown_name(to_stdout ? "(standard output)" : path, shown, sizeof shown);
+        snprintf(detail, sizeof detail,
+                 "file %s: %zu persons (%zu with conflicts), campaign year %u", shown, x.persons,
+                 x.conflicts, x.year);
+        audit_ctx ac = {actor, "export.csv", detail, now_ms()};
+        rc = run_rw(s, audit_only_txn, &ac);
+    }
+    store_close(s);
+    if (rc) {
+        if (!to_stdout) unlink(tmp);
+        free(tmp);
+        return fail(cmd, "%s%s; nothing exported", store_strerror(rc),
+                    werr ? " (writing the file)" : "");
+    }
+    if (!to_stdout && rename(tmp, path) != 0) {
+        int xr = fail(cmd, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
+        unlink(tmp);
+        free(tmp);
+        return xr;
+    }
+    free(tmp);
+    fprintf(to_stdout ? stderr : stdout, "exported %zu persons (%zu with conflicts) to %s\n",
+            x.persons, x.conflicts, to_stdout ? "standard output" : path);
+    return 0;
+}
+
 /* ---- dispatch ------------------------------------------------------------------------------- */
 
 typedef struct subcmd {
@@ -2165,18 +3854,6 @@ static int dispatch(const char *cmd, const subcmd *tab, int argc, char **argv)
     return EXIT_USAGE;
 }
 
-static int cmd_notimpl(int argc, char **argv)
-{
-    if (argc >= 2 && !strcmp(argv[1], "--help")) {
-        printf("doorstepctl %s: not implemented yet (CSV %s arrives with issue #6's second part)\n",
-               argv[0], !strcmp(argv[0], "import") ? "import" : "export");
-        return 0;
-    }
-    fprintf(stderr, "doorstepctl %s: not implemented yet\n", argv[0]);
-    return EXIT_NOTIMPL;
-}
-
-
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {{"data", required_argument, NULL, 'd'},
@@ -2205,7 +3882,6 @@ int main(int argc, char **argv)
     bool wants_help = false;
     for (int i = 1; i < sub_argc; i++)
         if (!strcmp(sub_argv[i], "--help") || !strcmp(sub_argv[i], "-h")) wants_help = true;
-    if (!strcmp(cmd, "import") || !strcmp(cmd, "export")) return cmd_notimpl(sub_argc, sub_argv);
     if (!wants_help && (!data_dir || !*data_dir)) {
         fprintf(stderr, "doorstepctl: --data DIR (or DOORSTEP_DATA) is required\n");
         return EXIT_USAGE;
@@ -2222,6 +3898,8 @@ int main(int argc, char **argv)
     else if (!strcmp(cmd, "quarantine")) rc = dispatch(cmd, quarantine_cmds, sub_argc, sub_argv);
     else if (!strcmp(cmd, "staff")) rc = dispatch(cmd, staff_cmds, sub_argc, sub_argv);
     else if (!strcmp(cmd, "audit")) rc = cmd_audit(sub_argc, sub_argv);
+    else if (!strcmp(cmd, "import")) rc = cmd_import(sub_argc, sub_argv);
+    else if (!strcmp(cmd, "export")) rc = cmd_export(sub_argc, sub_argv);
     else {
         fprintf(stderr, "doorstepctl: unknown command \"%s\"\n", cmd);
         usage(stderr);

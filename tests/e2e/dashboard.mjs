@@ -4,9 +4,10 @@
 // doorstepd built in BUILD_DIR, serving clients/dashboard, on a fresh store
 // (doorstepctl init) filled by doorstep-sim (a street whose phones made
 // concurrent edits, so there are conflicts).  As a staff member would: log
-// in, read the 日调度 overview (numbers equal the API's and doorstepctl
-// stats'), find a conflict in the queue, search the person by name (and a
-// mistyped ID number gets the checksum message), open the person page
+// in, read the 日调度 overview (numbers equal the API's, and the station's
+// and every community's persons/enrolled/paid/unpaid/coverage equal
+// doorstepctl stats --json), find a conflict in the queue, search the
+// person by name (and a mistyped ID number gets the checksum message), open the person page
 // (provenance: volunteer, device, time), resolve the conflict and see the
 // converged, server-signed value; doorstepctl verify still passes; revoke a
 // device; open the weekly report (SVG charts, CSV); switch to English.
@@ -155,9 +156,26 @@ async function main() {
     `persons on the page (${await kpi('kpi-persons')}) = API (${ov.station.persons})`);
   check(Number(await kpi('kpi-paid')) === ov.station.paid, 'paid on the page = API');
   check(Number(await kpi('kpi-unpaid')) === ov.station.unpaid, 'unpaid on the page = API');
-  const stats = ctl('stats');
-  const quar = Number((/^quarantine: (\d+)$/m.exec(stats) || [])[1]);
-  check(Number(await kpi('kpi-quarantine')) === quar, `quarantine on the page = doorstepctl stats (${quar})`);
+  // doorstepctl stats --json reads the same aggregates: the station's and
+  // every community's persons, enrolled and coverage must be the overview's.
+  const stats = JSON.parse(ctl('stats', '--json'));
+  check(Number(await kpi('kpi-quarantine')) === stats.quarantine,
+    `quarantine on the page = doorstepctl stats (${stats.quarantine})`);
+  const same = (a, b, where) => {
+    for (const k of ['persons', 'enrolled', 'paid', 'unpaid']) {
+      check(a[k] === b[k], `${where} ${k}: overview ${a[k]} = doorstepctl stats ${b[k]}`);
+    }
+    check(Math.abs(a.coverage - b.coverage) < 1e-9,
+      `${where} coverage: overview ${a.coverage} = doorstepctl stats ${b.coverage}`);
+  };
+  same(ov.station, stats.station, 'station');
+  check(ov.communities.length === stats.communities.length && ov.communities.length > 0,
+    `communities: overview ${ov.communities.length} = doorstepctl stats ${stats.communities.length}`);
+  for (const c of ov.communities) {
+    const sc = stats.communities.find((x) => x.community === c.community);
+    check(sc, `community ${c.community} is in doorstepctl stats`);
+    same(c, sc, `community ${c.community}`);
+  }
   const rows = await page.$$eval('[data-testid=overview-table] tbody tr', (r) => r.length);
   check(rows >= 2, 'overview lists communities and grids');
   await until(page, () => document.querySelector('#live').classList.contains('on'), null, 'live updates connected');
