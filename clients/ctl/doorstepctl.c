@@ -2196,15 +2196,18 @@ static int list_audit(const store_audit *e, void *arg)
 {
     list_ctx *l = arg;
     char when[40];
+    char hash[65];
+    sodium_bin2hex(hash, sizeof hash, e->hash, sizeof e->hash);
     l->n++;
     if (l->arr) {
-        json_t *o = json_pack("{s:I, s:I, s:s, s:s, s:s}", "aseq", (json_int_t)e->aseq, "at_ms",
-                              (json_int_t)e->at_ms, "actor", e->actor, "action", e->action,
-                              "detail", e->detail);
+        json_t *o = json_pack("{s:I, s:I, s:s, s:s, s:s, s:s}", "aseq", (json_int_t)e->aseq,
+                              "at_ms", (json_int_t)e->at_ms, "actor", e->actor, "action",
+                              e->action, "detail", e->detail, "hash", hash);
         return o ? json_array_append_new(l->arr, o) : CRDT_ENOMEM;
     }
-    printf("%-6llu %s  %-22s %-22s %s\n", (unsigned long long)e->aseq, fmt_time(e->at_ms, when),
-           e->actor, e->action, e->detail);
+    hash[12] = 0; /* a prefix of the chain hash */
+    printf("%-6llu %s  %s  %-22s %-22s %s\n", (unsigned long long)e->aseq,
+           fmt_time(e->at_ms, when), hash, e->actor, e->action, e->detail);
     return 0;
 }
 
@@ -2220,15 +2223,43 @@ static int cmd_audit(int argc, char **argv)
     bool json = false;
     int c;
     static const char help[] = "usage: doorstepctl audit list [--after N] [--limit N] [--json]\n"
-                               "the append-only audit log, oldest first: number, time, actor, "
-                               "action, detail\n";
-    if (argc < 2) return usage_err("audit", "expected a subcommand: list");
+                               "       doorstepctl audit verify\n"
+                               "list: the append-only audit log, oldest first: number, time, "
+                               "chain hash (prefix), actor, action, detail\n"
+                               "verify: check the hash chain (each entry names the hash of the "
+                               "one before; the head is kept apart): a removed, edited or "
+                               "reordered entry is reported\n";
+    if (argc < 2) return usage_err("audit", "expected a subcommand: list or verify");
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         fputs(help, stdout);
         return 0;
     }
+    if (!strcmp(argv[1], "verify")) {
+        if (argc != 2) return usage_err("audit verify", "unexpected argument %s", argv[2]);
+        store *s = open_store();
+        if (!s) return EXIT_FAIL;
+        store_txn *t;
+        uint64_t bad = 0;
+        int rc = store_begin(s, STORE_RDONLY, &t);
+        if (!rc) {
+            rc = store_audit_verify(t, &bad);
+            store_abort(t);
+        }
+        store_close(s);
+        if (rc == STORE_OK) {
+            printf("audit verify: ok (the hash chain is intact)\n");
+            return 0;
+        }
+        if (rc == STORE_EVERIFY) {
+            if (bad) printf("audit verify: entry %llu does not chain to the entry before it\n",
+                            (unsigned long long)bad);
+            else printf("audit verify: the chain's head does not match the last entry\n");
+            return EXIT_FAIL;
+        }
+        return fail("audit verify", "%s", store_strerror(rc));
+    }
     if (strcmp(argv[1], "list"))
-        return usage_err("audit", "unknown subcommand \"%s\"; the only one is list", argv[1]);
+        return usage_err("audit", "unknown subcommand \"%s\"; use list or verify", argv[1]);
     argc--;
     argv++;
     getopt_reset();
