@@ -35,6 +35,7 @@
 
 #include <ctype.h>
 #include <jansson.h>
+#include <qrencode.h>
 #include <pthread.h>
 #include <sodium.h>
 #include <stdarg.h>
@@ -2332,6 +2333,117 @@ static int route_device_action(rq *q, const char *ids, const char *action)
     return 200;
 }
 
+
+/*
+ * POST /api/devices/enroll (admin): a one-time enrollment token for a
+ * volunteer and a scope, shown once as text, as the enrollment URI
+ * (doorstep://enroll?token=..&spk=.., as doorstepctl prints it) and as a QR
+ * code matrix the page draws.  Body: {"volunteer", "scope": ["H001",
+ * "C01/G03", ...], "expires_days"?: 1..90 (default 7)}.
+ */
+static int route_device_enroll(rq *q)
+{
+    json_t *j = body_json(q);
+    if (!j) return 400;
+    const char *vol = body_str(q, j, "volunteer", STORE_VOLUNTEER_MAX);
+    json_t *sc = json_object_get(j, "scope"), *ex = json_object_get(j, "expires_days");
+    const char **scope = NULL;
+    size_t ns = 0;
+    int status = 400;
+    if (!vol) goto out;
+    if (!*vol) {
+        send_err(q, 400, "bad_parameter", "'volunteer' must not be empty");
+        goto out;
+    }
+    if (!json_is_array(sc) || json_array_size(sc) == 0 || json_array_size(sc) > STORE_SCOPE_MAX) {
+        send_err(q, 400, "bad_parameter",
+                 "'scope' must be a list of 1..%d household ids or community/grid entries",
+                 STORE_SCOPE_MAX);
+        goto out;
+    }
+    json_int_t days = 7;
+    if (ex && (!json_is_integer(ex) || json_integer_value(ex) < 1 || json_integer_value(ex) > 90)) {
+        send_err(q, 400, "bad_parameter", "'expires_days' must be 1..90");
+        goto out;
+    }
+    if (ex) days = json_integer_value(ex);
+    ns = json_array_size(sc);
+    scope = calloc(ns, sizeof *scope);
+    if (!scope) {
+        status = send_store_err(q, CRDT_ENOMEM, "enroll");
+        goto out;
+    }
+    for (size_t i = 0; i < ns; i++) {
+        json_t *e = json_array_get(sc, i);
+        if (!json_is_string(e) || json_string_length(e) == 0 ||
+            json_string_length(e) > STORE_SCOPE_ITEM_MAX) {
+            send_err(q, 400, "bad_parameter", "scope entry %zu must be a non-empty string", i + 1);
+            goto out;
+        }
+        scope[i] = json_string_value(e);
+    }
+    char tok[STORE_TOKEN_TEXT_LEN + 1];
+    int rc = 0;
+    for (int tries = 0; tries < API_WRITE_TRIES; tries++) {
+        store_txn *t = NULL;
+        char detail[200];
+        rc = store_begin(q->api->st, STORE_RW, &t);
+        if (!rc) rc = store_token_create(t, vol, scope, ns, q->now,
+                                         q->now + (uint64_t)days * 86400000ull, tok);
+        snprintf(detail, sizeof detail, "enrollment token for %s, %zu scope entries, %lld days",
+                 vol, ns, (long long)days);
+        if (!rc) rc = store_audit_append(t, q->now, q->actor, "token.create", detail, NULL);
+        if (!rc) {
+            rc = store_commit(t);
+            t = NULL;
+        }
+        store_abort(t);
+        if (rc == STORE_EMAPFULL && store_grow(q->api->st) == STORE_OK) continue;
+        break;
+    }
+    if (rc == STORE_EINVAL) {
+        send_err(q, 400, "bad_parameter", "volunteer name or scope entries are not valid UTF-8 "
+                                          "of the allowed lengths");
+        goto out;
+    }
+    if (rc) {
+        status = send_store_err(q, rc, "enroll");
+        goto out;
+    }
+    char spk[65], uri[200];
+    sodium_bin2hex(spk, sizeof spk, store_server_pk(q->api->st), 32);
+    snprintf(uri, sizeof uri, "doorstep://enroll?token=%s&spk=%s", tok, spk);
+    QRcode *qr = QRcode_encodeString(uri, 0, QR_ECLEVEL_M, QR_MODE_8, 1);
+    json_t *o = json_object();
+    json_object_set_new(o, "token", json_string(tok));
+    json_object_set_new(o, "uri", json_string(uri));
+    json_object_set_new(o, "volunteer", json_string(vol));
+    json_object_set_new(o, "expires_ms", json_integer((json_int_t)(q->now + (uint64_t)days * 86400000ull)));
+    if (qr) {
+        /* The matrix as rows of '0'/'1' (dark = '1'); the page draws it. */
+        json_t *rows = json_array();
+        char *line = malloc((size_t)qr->width + 1);
+        for (int y = 0; line && y < qr->width; y++) {
+            for (int x = 0; x < qr->width; x++)
+                line[x] = (qr->data[y * qr->width + x] & 1) ? '1' : '0';
+            line[qr->width] = 0;
+            json_array_append_new(rows, json_string(line));
+        }
+        free(line);
+        json_object_set_new(o, "qr", json_pack("{s:i, s:o}", "size", qr->width, "rows", rows));
+        QRcode_free(qr);
+    } else {
+        json_object_set_new(o, "qr", json_null());
+    }
+    sodium_memzero(tok, sizeof tok);
+    send_json(q, 200, o);
+    status = 200;
+out:
+    free(scope);
+    json_decref(j);
+    return status;
+}
+
 static int staff_list_cb(const store_staff *s, void *arg)
 {
     json_t *x = json_object();
@@ -2514,6 +2626,8 @@ static int dispatch(rq *q)
     if (seg_is(q, 0, "devices")) {
         if (need_admin(q)) return 403;
         if (q->nseg == 1) return get ? route_devices(q) : method_not_allowed(q);
+        if (q->nseg == 2 && seg_is(q, 1, "enroll"))
+            return post ? route_device_enroll(q) : method_not_allowed(q);
         if (q->nseg == 3 && (seg_is(q, 2, "revoke") || seg_is(q, 2, "rotate")))
             return post ? route_device_action(q, q->seg[1], q->seg[2]) : method_not_allowed(q);
     }

@@ -542,10 +542,35 @@
           h('button', {type: 'button', class: 'danger revoke', onclick: () => act(d, 'revoke', {mode: 'soft'})}, t('dev.revoke')), ' ',
           h('button', {type: 'button', class: 'danger', onclick: () => act(d, 'revoke', {mode: 'hard'})}, t('dev.revoke_hard'))]
           : d.state === 'revoked_soft' ? h('button', {type: 'button', class: 'danger', onclick: () => act(d, 'revoke', {mode: 'hard'})}, t('dev.revoke_hard')) : null)));
+      // Enroll a phone: a one-time token, shown once as text and as a QR code.
+      const vol = h('input', {required: true, placeholder: t('dev.volunteer'), 'data-testid': 'enroll-volunteer'});
+      const scope = h('input', {required: true, placeholder: 'H001, C01/G03', 'data-testid': 'enroll-scope'});
+      const days = h('input', {type: 'number', min: '1', max: '90', value: '7'});
+      const out = h('div', {'data-testid': 'enroll-result'});
+      const qrSvg = (qr) => {
+        const n = qr.size, q = 4, sz = n + 2 * q;
+        const rects = [];
+        qr.rows.forEach((row, y) => { for (let x = 0; x < n; x++) if (row[x] === '1') rects.push(h('svg:rect', {x: x + q, y: y + q, width: 1, height: 1})); });
+        return h('svg:svg', {viewBox: '0 0 ' + sz + ' ' + sz, width: '220', height: '220', class: 'qr', role: 'img', 'aria-label': 'QR'},
+          h('svg:rect', {x: 0, y: 0, width: sz, height: sz, fill: '#fff'}), h('svg:g', {fill: '#000'}, rects));
+      };
+      const form = h('form', {class: 'inline', onsubmit: async (ev) => {
+        ev.preventDefault();
+        try {
+          const list = scope.value.split(/[,，\s]+/).filter(Boolean);
+          const r2 = await api('POST', '/api/devices/enroll', {volunteer: vol.value, scope: list, expires_days: Number(days.value) || 7});
+          out.replaceChildren(h('div', {class: 'card'},
+            h('p', {}, t('dev.enroll_token') + ' ', h('code', {'data-testid': 'enroll-token'}, r2.token)),
+            r2.qr ? qrSvg(r2.qr) : null,
+            h('p', {class: 'muted small'}, r2.uri),
+            h('p', {class: 'muted small'}, t('dev.enroll_once'))));
+        } catch (e) { toast(e.message, true); }
+      }}, vol, scope, days, h('button', {type: 'submit'}, t('dev.enroll')));
       return h('div', {}, h('h1', {}, t('dev.title')),
         h('div', {class: 'card'}, h('table', {class: 'data', 'data-testid': 'devices'},
           h('thead', {}, h('tr', {}, [t('dev.id'), t('dev.volunteer'), t('dev.state'), t('dev.last_sync'), t('dev.last_seq'), t('dev.scope'), ''].map(x => h('th', {}, x)))),
-          h('tbody', {}, rows)), h('p', {class: 'muted small'}, t('dev.enroll_hint'))));
+          h('tbody', {}, rows))),
+        h('div', {class: 'card'}, h('h2', {}, t('dev.enroll')), form, out));
     });
   }
   function viewStaff(view) {

@@ -247,6 +247,14 @@ async function main() {
     const c = document.querySelector('[data-testid=devices] tr[data-device="1"] .dev-state');
     return c && c.textContent.includes('revoked_soft');
   }, null, 'device 1 revoked');
+  // Enroll a phone from the page: a one-time token and its QR code on screen.
+  await page.locator('[data-testid=enroll-volunteer]').fill('王志愿');
+  await page.locator('[data-testid=enroll-scope]').fill('H0001, C01/G01');
+  await page.locator('[data-testid=enroll-result]').evaluate((e) => e.closest('.card').querySelector('button[type=submit]').click());
+  await page.waitForSelector('[data-testid=enroll-token]');
+  const tokText = (await page.textContent('[data-testid=enroll-token]')).trim();
+  check(/^[a-z2-7]{26}$/.test(tokText), 'an enrollment token is shown: ' + tokText);
+  check(await page.$('[data-testid=enroll-result] svg.qr rect') !== null, 'its QR code is drawn');
   await shot(page, '06-devices');
 
   // The weekly report: charts, table, CSV.

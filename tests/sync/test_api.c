@@ -771,6 +771,36 @@ static void t_roles(void **state)
     r = call("POST", "/api/devices/9/revoke", NULL, true, "{}");
     assert_int_equal(r.status, 404);
     reply_free(&r);
+
+    /* Enrolling a phone from the page: a one-time token, its URI and a QR
+     * matrix; staff may not; bad input says what is wrong. */
+    r = call("POST", "/api/devices/enroll", NULL, false, "{\"volunteer\":\"王五\",\"scope\":[\"H1\"]}");
+    assert_int_equal(r.status, 403);
+    reply_free(&r);
+    r = call("POST", "/api/devices/enroll", NULL, true, "{\"volunteer\":\"王五\",\"scope\":[]}");
+    assert_int_equal(r.status, 400);
+    reply_free(&r);
+    r = call("POST", "/api/devices/enroll", NULL, true,
+             "{\"volunteer\":\"王五\",\"scope\":[\"H1\",\"C01/G01\"],\"expires_days\":3}");
+    assert_int_equal(r.status, 200);
+    const char *tok = jstr(r.j, "token");
+    assert_int_equal(strlen(tok), STORE_TOKEN_TEXT_LEN);
+    assert_non_null(strstr(jstr(r.j, "uri"), tok));
+    json_t *qr = json_object_get(r.j, "qr");
+    assert_true(jint(qr, "size") >= 21);
+    assert_int_equal(json_array_size(json_object_get(qr, "rows")), (size_t)jint(qr, "size"));
+    {
+        store_txn *tt;
+        store_token got;
+        assert_int_equal(store_begin(W.st, STORE_RW, &tt), 0);
+        assert_int_equal(store_token_redeem(tt, tok, W.now, 77, &got), 0);
+        assert_string_equal(got.volunteer, "王五");
+        assert_int_equal(got.n_scope, 2);
+        store_token_free(&got);
+        store_abort(tt); /* leave it unredeemed */
+    }
+    assert_true(audit_count(NULL, "token.create", "王五") >= 1);
+    reply_free(&r);
     store_txn *t;
     store_device d;
     assert_int_equal(store_begin(W.st, STORE_RDONLY, &t), 0);
