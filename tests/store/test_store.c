@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <signal.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -1003,6 +1004,74 @@ static void test_audit_chain(void **state)
     su_dir_remove(&d);
 }
 
+/* A writer process (doorstepctl, say) killed in the middle of a big write
+ * transaction leaves the store consistent: nothing of that transaction,
+ * verify passes, and the next writer carries on. */
+static void test_killed_writer(void **state)
+{
+    (void)state;
+    su_dir d;
+    su_dir_make(&d, "killed");
+    store *s = su_store_new(&d, NULL);
+    su_dev dev;
+    su_dev_init(&dev, 1);
+    seed_household(s, &dev, "H1", "C01", "G01", NOW);
+    uint64_t before;
+    store_txn *t;
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_last_sseq(t, &before), 0);
+    store_abort(t);
+    store_close(s);
+    for (int round = 0; round < 3; round++) {
+        int pfd[2];
+        assert_int_equal(pipe(pfd), 0);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            /* The child: one long write transaction, killed before it commits. */
+            char err[256];
+            store *cs = NULL;
+            store_opts o = {0}; /* durable, like doorstepctl */
+            if (store_open(d.data, d.key, &o, &cs, err, sizeof err)) _exit(1);
+            store_txn *w;
+            if (store_begin(cs, STORE_RW, &w)) _exit(1);
+            for (int i = 0;; i++) {
+                char detail[64];
+                snprintf(detail, sizeof detail, "entry %d", i);
+                if (store_audit_append(w, NOW, "doorstepctl", "test.bulk", detail, NULL)) _exit(1);
+                if (i == 2000 && write(pfd[1], "x", 1) != 1) _exit(1);
+            }
+        }
+        char c;
+        close(pfd[1]);
+        assert_int_equal(read(pfd[0], &c, 1), 1); /* mid-transaction */
+        close(pfd[0]);
+        kill(pid, SIGKILL);
+        int status;
+        waitpid(pid, &status, 0);
+        assert_true(WIFSIGNALED(status));
+    }
+    char err[256];
+    assert_int_equal(store_open(d.data, d.key, NULL, &s, err, sizeof err), 0);
+    assert_int_equal(verify_problems(s), 0);
+    uint64_t after, bad;
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_last_sseq(t, &after), 0);
+    assert_int_equal(store_audit_verify(t, &bad), 0);
+    store_abort(t);
+    assert_int_equal(after, before);
+    /* and writing goes on */
+    su_ops o2 = {0};
+    crdt_buf env = {0};
+    su_set_str(&o2, "note", "after the crash");
+    su_make(&dev, "household", "H1", &o2, NOW + 5, &env, NULL);
+    assert_int_equal(su_push(s, &env, NOW).result, STORE_APPLIED);
+    su_ops_free(&o2);
+    crdt_buf_free(&env);
+    store_close(s);
+    su_dir_remove(&d);
+}
+
 int main(void)
 {
     wire_init();
@@ -1020,6 +1089,7 @@ int main(void)
         cmocka_unit_test(test_privacy_canary),
         cmocka_unit_test(test_backup_verify_and_corruption),
         cmocka_unit_test(test_audit_chain),
+        cmocka_unit_test(test_killed_writer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
