@@ -4,6 +4,7 @@
  * walks over indexes that have no public reader elsewhere.
  *
  *   store_server_sign_delta   the server's own deltas (device id 0)
+ *   store_server_append       ... built, signed and appended in one call
  *   store_record_deltas       a record's history (rdeltas: kind 0 id 0 sseq)
  *   store_agg_places          the (community, grid) pairs with aggregates
  *   store_records_page        a bounded walk over one kind's records
@@ -12,7 +13,8 @@
  *   - The server's secret key exists in plaintext only inside
  *     store_server_sign_delta, in a buffer wiped before it returns (also on
  *     every failure path); the store object never holds it.
- *   - Every function runs in the caller's transaction and writes nothing.
+ *   - Every function runs in the caller's transaction; only
+ *     store_server_append writes (through store_append, like a phone).
  *   - Borrowed results (record, entry, strings) live only for the callback.
  */
 #include "internal.h"
@@ -40,6 +42,68 @@ int store_server_sign_delta(store_txn *t, const uint8_t *delta, size_t n,
 out:
     if (sk.p) sodium_memzero(sk.p, sk.cap);
     crdt_buf_free(&sk);
+    return rc;
+}
+
+int store_server_append(store_txn *t, const char *kind, const char *id, const crdt_op *ops,
+                        uint32_t n_ops, uint64_t now_ms, uint64_t max_ahead_ms,
+                        store_server_delta *out)
+{
+    uint8_t prev[CRDT_HASH_BYTES], sig[WIRE_SIG_BYTES];
+    uint64_t head = 0;
+    crdt_hlc hwm = 0;
+    crdt_buf bytes = {0}, env = {0};
+    crdt_arena *a = NULL;
+    crdt_delta d, dd;
+    store_item it;
+    const uint8_t *db, *sg;
+    size_t dl;
+    int rc, v;
+    if (!out) return STORE_EINVAL;
+    memset(out, 0, sizeof *out);
+    out->err_op = -1;
+    if (!t || !kind || !id || (!ops && n_ops)) return STORE_EINVAL;
+    if (!(a = crdt_arena_new(0))) return CRDT_ENOMEM;
+    memset(&d, 0, sizeof d);
+    if ((rc = store_chain_head(t, 0, &head, prev)) || (rc = store_hlc_hwm(t, &hwm)) ||
+        (rc = crdt_hlc_now(&hwm, now_ms, &d.hlc)))
+        goto out;
+    d.dev = 0;
+    d.epoch = 1;
+    d.seq = head + 1;
+    memcpy(d.prev, prev, sizeof prev);
+    d.kind = kind;
+    d.kind_len = (uint32_t)strlen(kind);
+    d.id = id;
+    d.id_len = (uint32_t)strlen(id);
+    d.ops = ops;
+    d.n_ops = n_ops;
+    if ((rc = crdt_delta_encode(&d, &bytes)) ||
+        (rc = store_server_sign_delta(t, bytes.p, bytes.n, sig)) ||
+        (rc = wire_envelope_encode(bytes.p, bytes.n, sig, &env)))
+        goto out;
+    /* From here on, exactly what store_append_batch does with a phone's
+     * envelope: the server gets no shortcut past decoding or the schema. */
+    v = wire_envelope_decode(env.p, env.n, &crdt_limits_default, &db, &dl, &sg);
+    if (!v) v = crdt_delta_decode(db, dl, &crdt_limits_default, a, &dd, &out->err_op);
+    if (!v) v = crdt_schema_check_delta(t->s->schema, &dd, &out->err_op);
+    if (v) {
+        out->invalid = v;
+        goto out;
+    }
+    memset(&it, 0, sizeof it);
+    it.env = env.p;
+    it.env_len = env.n;
+    it.delta = &dd;
+    if ((rc = wire_delta_hash(db, dl, it.hash)) ||
+        (rc = store_append(t, &it, now_ms, max_ahead_ms, &out->oc)))
+        goto out;
+    out->seq = d.seq;
+out:
+    crdt_buf_free(&bytes);
+    crdt_buf_free(&env);
+    crdt_arena_free(a);
+    sodium_memzero(sig, sizeof sig);
     return rc;
 }
 

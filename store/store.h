@@ -732,6 +732,34 @@ int store_server_sign_delta(store_txn *t, const uint8_t *delta, size_t n,
                             uint8_t sig[WIRE_SIG_BYTES]);
 
 /*
+ * store_server_append — write a delta as the server itself (device id 0):
+ * ops on record kind/id, on the server's own chain (next seq after its
+ * head, prev = its head hash), stamped with an HLC past every HLC stored
+ * (store_hlc_hwm, including this transaction's appends), signed with
+ * store_server_sign_delta, then decoded, schema-checked and appended by
+ * store_append exactly as a phone's envelope would be.  Used by the
+ * dashboard (conflict resolution, review stages) and doorstepctl import.
+ *
+ * Returns 0 with *out filled, or a store/CRDT error (abort the txn).  On 0:
+ *   out->invalid != 0  the delta did not pass decoding or the schema
+ *                      (a CRDT_E/WIRE_E code; out->err_op names the op, or
+ *                      -1); nothing was appended;
+ *   else               out->oc is store_append's outcome (APPLIED,
+ *                      REJECTED or QUARANTINED) and out->seq the server
+ *                      chain seq the delta carries.
+ */
+typedef struct store_server_delta {
+    uint64_t seq;
+    int invalid;
+    int err_op;
+    store_outcome oc;
+} store_server_delta;
+
+int store_server_append(store_txn *t, const char *kind, const char *id, const crdt_op *ops,
+                        uint32_t n_ops, uint64_t now_ms, uint64_t max_ahead_ms,
+                        store_server_delta *out);
+
+/*
  * store_record_deltas — the server seqs of the deltas merged into record
  * kind/id (the rdeltas index), ascending, those > after, at most limit:
  * cb(sseq, arg) for each.  *next (may be NULL) receives the last sseq

@@ -1570,12 +1570,7 @@ static int srv_write_once(rq *q, srv_write *w, bool *sent)
     store_txn *t = NULL;
     crdt_record *p = NULL;
     crdt_dot *obs = NULL;
-    crdt_buf bytes = {0}, env = {0};
-    crdt_arena *a = crdt_arena_new(0);
-    uint8_t prev[CRDT_HASH_BYTES], sig[WIRE_SIG_BYTES];
-    uint64_t head = 0;
-    crdt_hlc hwm = 0, hlc;
-    int rc = a ? store_begin(st, STORE_RW, &t) : CRDT_ENOMEM;
+    int rc = store_begin(st, STORE_RW, &t);
     *sent = false;
     if (rc) goto out;
     rc = store_get_record(t, "person", w->person, &p);
@@ -1637,62 +1632,28 @@ static int srv_write_once(rq *q, srv_write *w, bool *sent)
             goto out;
         }
     }
-    /* The server's chain and clock. */
-    if ((rc = store_chain_head(t, API_SERVER_DEV, &head, prev))) goto out;
-    if ((rc = store_hlc_hwm(t, &hwm))) goto out;
-    if ((rc = crdt_hlc_now(&hwm, q->now, &hlc))) goto out;
-    crdt_delta d;
-    memset(&d, 0, sizeof d);
-    d.dev = API_SERVER_DEV;
-    d.epoch = 1;
-    d.seq = head + 1;
-    memcpy(d.prev, prev, sizeof prev);
-    d.hlc = hlc;
-    d.kind = "person";
-    d.kind_len = 6;
-    d.id = w->person;
-    d.id_len = (uint32_t)strlen(w->person);
-    d.ops = &op;
-    d.n_ops = 1;
-    if ((rc = crdt_delta_encode(&d, &bytes))) goto out;
-    if ((rc = store_server_sign_delta(t, bytes.p, bytes.n, sig))) goto out;
-    if ((rc = wire_envelope_encode(bytes.p, bytes.n, sig, &env))) goto out;
-    /* Exactly what store_append_batch does with a device's envelope. */
-    {
-        const uint8_t *db, *sg;
-        size_t dl;
-        crdt_delta dd;
-        int err_op;
-        store_item it;
-        store_outcome oc;
-        if ((rc = wire_envelope_decode(env.p, env.n, &crdt_limits_default, &db, &dl, &sg)) ||
-            (rc = crdt_delta_decode(db, dl, &crdt_limits_default, a, &dd, &err_op)) ||
-            (rc = crdt_schema_check_delta(store_schema(st), &dd, &err_op))) {
-            send_err(q, 400, "bad_value", "the edit does not pass the schema: %s",
-                     crdt_strerror(rc));
-            *sent = true;
-            rc = 0;
-            goto out;
-        }
-        memset(&it, 0, sizeof it);
-        it.env = env.p;
-        it.env_len = env.n;
-        it.delta = &dd;
-        wire_delta_hash(db, dl, it.hash);
-        if ((rc = store_append(t, &it, q->now, q->api->cfg.max_ahead_ms, &oc))) goto out;
-        if (oc.result != STORE_APPLIED) {
-            send_err(q, 409, "not_applied", "the server's delta was not applied (%s: %s)",
-                     oc.result == STORE_REJECTED ? "rejected" : "quarantined",
-                     oc.result == STORE_REJECTED ? store_strerror(oc.code)
-                                                 : store_qreason_name(oc.code));
-            *sent = true;
-            rc = 0;
-            goto out;
-        }
-        w->seq = d.seq;
-        w->sseq = oc.sseq;
-        snprintf(w->household, sizeof w->household, "%s", oc.household);
+    /* The server's own delta, appended like a phone's. */
+    store_server_delta r;
+    if ((rc = store_server_append(t, "person", w->person, &op, 1, q->now,
+                                  q->api->cfg.max_ahead_ms, &r)))
+        goto out;
+    if (r.invalid) {
+        send_err(q, 400, "bad_value", "the edit does not pass the schema: %s",
+                 crdt_strerror(r.invalid));
+        *sent = true;
+        goto out;
     }
+    if (r.oc.result != STORE_APPLIED) {
+        send_err(q, 409, "not_applied", "the server's delta was not applied (%s: %s)",
+                 r.oc.result == STORE_REJECTED ? "rejected" : "quarantined",
+                 r.oc.result == STORE_REJECTED ? store_strerror(r.oc.code)
+                                               : store_qreason_name(r.oc.code));
+        *sent = true;
+        goto out;
+    }
+    w->seq = r.seq;
+    w->sseq = r.oc.sseq;
+    snprintf(w->household, sizeof w->household, "%s", r.oc.household);
     {
         char detail[STORE_AUDIT_DETAIL_MAX + 1];
         snprintf(detail, sizeof detail, "%s; server delta 0:%llu (sseq %llu), observed %u",
@@ -1705,10 +1666,6 @@ out:
     store_abort(t);
     crdt_record_free(p);
     free(obs);
-    crdt_buf_free(&bytes);
-    crdt_buf_free(&env);
-    crdt_arena_free(a);
-    sodium_memzero(sig, sizeof sig);
     return rc;
 }
 

@@ -2765,7 +2765,6 @@ typedef struct import_ctx {
     problems pr;
     uint64_t now;
     /* results (reset on each try) */
-    crdt_hlc clock;
     size_t deltas, persons_new, hh_new, ops;
     uint64_t first_seq, last_seq, aseq;
 } import_ctx;
@@ -3141,77 +3140,32 @@ static int prune_ops(const crdt_record *r, opbuf *o)
     return 0;
 }
 
-/* Sign ops on kind/id as the server (device 0: its chain, its clock) and
- * append them in t.  0, 1 (a problem recorded), or a store/CRDT error. */
+/* Sign ops on kind/id as the server and append them in t
+ * (store_server_append).  0, 1 (a problem recorded), or a store/CRDT error. */
 static int server_append(store_txn *t, import_ctx *c, const char *kind, const char *id,
                          const opbuf *o, size_t line)
 {
-    uint64_t head = 0;
-    uint8_t prev[CRDT_HASH_BYTES], sig[WIRE_SIG_BYTES];
-    crdt_hlc hlc;
-    crdt_buf bytes = {0}, env = {0};
-    crdt_arena *a = crdt_arena_new(0);
-    int rc = a ? store_chain_head(t, 0, &head, prev) : CRDT_ENOMEM;
-    if (!rc) rc = crdt_hlc_now(&c->clock, c->now, &hlc);
-    if (rc) goto out;
-    crdt_delta d;
-    memset(&d, 0, sizeof d);
-    d.dev = 0;
-    d.epoch = 1;
-    d.seq = head + 1;
-    memcpy(d.prev, prev, sizeof prev);
-    d.hlc = hlc;
-    d.kind = kind;
-    d.kind_len = (uint32_t)strlen(kind);
-    d.id = id;
-    d.id_len = (uint32_t)strlen(id);
-    d.ops = o->op;
-    d.n_ops = (uint32_t)o->n;
-    if ((rc = crdt_delta_encode(&d, &bytes)) ||
-        (rc = store_server_sign_delta(t, bytes.p, bytes.n, sig)) ||
-        (rc = wire_envelope_encode(bytes.p, bytes.n, sig, &env)))
-        goto out;
-    {
-        /* Exactly what the append path does with a phone's envelope. */
-        const uint8_t *db, *sg;
-        size_t dl;
-        crdt_delta dd;
-        int err_op = -1;
-        store_item it;
-        store_outcome oc;
-        if ((rc = wire_envelope_decode(env.p, env.n, &crdt_limits_default, &db, &dl, &sg)) ||
-            (rc = crdt_delta_decode(db, dl, &crdt_limits_default, a, &dd, &err_op)) ||
-            (rc = crdt_schema_check_delta(c->sc, &dd, &err_op))) {
-            problem(&c->pr, c->path, line, "%s %s: the delta does not pass the schema: %s", kind,
-                    id, crdt_strerror(rc));
-            rc = 1;
-            goto out;
-        }
-        memset(&it, 0, sizeof it);
-        it.env = env.p;
-        it.env_len = env.n;
-        it.delta = &dd;
-        if ((rc = wire_delta_hash(db, dl, it.hash))) goto out;
-        if ((rc = store_append(t, &it, c->now, IMPORT_MAX_AHEAD_MS, &oc))) goto out;
-        if (oc.result != STORE_APPLIED) {
-            problem(&c->pr, c->path, line, "%s %s: the server's delta was not applied (%s: %s)",
-                    kind, id, oc.result == STORE_REJECTED ? "rejected" : "quarantined",
-                    oc.result == STORE_REJECTED ? store_strerror(oc.code)
-                                                : store_qreason_name(oc.code));
-            rc = 1;
-            goto out;
-        }
+    store_server_delta r;
+    int rc = store_server_append(t, kind, id, o->op, (uint32_t)o->n, c->now,
+                                 IMPORT_MAX_AHEAD_MS, &r);
+    if (rc) return rc;
+    if (r.invalid) {
+        problem(&c->pr, c->path, line, "%s %s: the delta does not pass the schema: %s", kind, id,
+                crdt_strerror(r.invalid));
+        return 1;
     }
-    if (!c->first_seq) c->first_seq = d.seq;
-    c->last_seq = d.seq;
+    if (r.oc.result != STORE_APPLIED) {
+        problem(&c->pr, c->path, line, "%s %s: the server's delta was not applied (%s: %s)", kind,
+                id, r.oc.result == STORE_REJECTED ? "rejected" : "quarantined",
+                r.oc.result == STORE_REJECTED ? store_strerror(r.oc.code)
+                                              : store_qreason_name(r.oc.code));
+        return 1;
+    }
+    if (!c->first_seq) c->first_seq = r.seq;
+    c->last_seq = r.seq;
     c->deltas++;
     c->ops += o->n;
-out:
-    crdt_buf_free(&bytes);
-    crdt_buf_free(&env);
-    crdt_arena_free(a);
-    sodium_memzero(sig, sizeof sig);
-    return rc;
+    return 0;
 }
 
 /* The person id of row ir: person_id, else the one person whose ID number it
@@ -3306,7 +3260,6 @@ static int import_txn(store_txn *t, void *arg)
     c->first_seq = c->last_seq = c->aseq = 0;
     strlist_free(&c->pr.l);
     memset(&o, 0, sizeof o);
-    if ((rc = store_hlc_hwm(t, &c->clock))) return rc;
     /* Person ids first (lookups see the store as it was), then the
      * rows naming the same person twice through different columns. */
     for (size_t i = 0; i < c->n_rows; i++)

@@ -1004,6 +1004,67 @@ static void test_audit_chain(void **state)
     su_dir_remove(&d);
 }
 
+/* The server's own deltas (dashboard resolutions, doorstepctl import): its
+ * chain advances by one per delta even inside one transaction, each HLC is
+ * past every stored one (here a phone's, ahead of the server's wall clock),
+ * and a delta the schema refuses is reported and appends nothing. */
+static void test_server_append(void **state)
+{
+    (void)state;
+    su_dir d;
+    su_dir_make(&d, "srvappend");
+    store *s = su_store_new(&d, NULL);
+    su_dev dev;
+    su_dev_init(&dev, 5);
+    seed_household(s, &dev, "H1", "C01", "G01", NOW + 30000);
+    seed_person(s, &dev, "P1", "H1", "张三", 1, NOW + 30000);
+    su_ops o = {0};
+    store_txn *t;
+    store_server_delta r;
+    crdt_hlc hwm0, hwm1, hwm2;
+    uint64_t head;
+    uint8_t h[32];
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_hlc_hwm(t, &hwm0), 0);
+    su_set_str(&o, "note", "first");
+    assert_int_equal(store_server_append(t, "person", "P1", o.op, o.n, NOW, 60000, &r), 0);
+    assert_int_equal(r.invalid, 0);
+    assert_int_equal(r.oc.result, STORE_APPLIED);
+    assert_int_equal(r.seq, 1);
+    assert_string_equal(r.oc.household, "H1");
+    assert_int_equal(store_hlc_hwm(t, &hwm1), 0);
+    assert_true(hwm1 > hwm0);
+    su_ops_reset(&o);
+    su_set_str(&o, "note", "second");
+    assert_int_equal(store_server_append(t, "person", "P1", o.op, o.n, NOW, 60000, &r), 0);
+    assert_int_equal(r.oc.result, STORE_APPLIED);
+    assert_int_equal(r.seq, 2);
+    assert_int_equal(store_hlc_hwm(t, &hwm2), 0);
+    assert_true(hwm2 > hwm1);
+    su_ops_reset(&o);
+    su_set_str(&o, "no_such_field", "x");
+    assert_int_equal(store_server_append(t, "person", "P1", o.op, o.n, NOW, 60000, &r), 0);
+    assert_int_not_equal(r.invalid, 0);
+    assert_int_equal(r.err_op, 0);
+    assert_int_equal(r.seq, 0);
+    assert_int_equal(store_chain_head(t, 0, &head, h), 0);
+    assert_int_equal(head, 2);
+    assert_int_equal(store_commit(t), 0);
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    crdt_record *rec = NULL;
+    assert_int_equal(store_get_record(t, "person", "P1", &rec), 0);
+    const crdt_field *f = crdt_record_field(rec, "note", (crdt_blob){NULL, 0});
+    assert_non_null(f);
+    assert_int_equal(f->e[0].st.dot.dev, 0);
+    assert_int_equal(f->e[0].st.dot.seq, 2);
+    crdt_record_free(rec);
+    store_abort(t);
+    assert_int_equal(verify_problems(s), 0);
+    su_ops_free(&o);
+    store_close(s);
+    su_dir_remove(&d);
+}
+
 /* A writer process (doorstepctl, say) killed in the middle of a big write
  * transaction leaves the store consistent: nothing of that transaction,
  * verify passes, and the next writer carries on. */
@@ -1089,6 +1150,7 @@ int main(void)
         cmocka_unit_test(test_privacy_canary),
         cmocka_unit_test(test_backup_verify_and_corruption),
         cmocka_unit_test(test_audit_chain),
+        cmocka_unit_test(test_server_append),
         cmocka_unit_test(test_killed_writer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
