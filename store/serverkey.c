@@ -7,6 +7,7 @@
  *   store_server_append       ... built, signed and appended in one call
  *   store_record_deltas       a record's history (rdeltas: kind 0 id 0 sseq)
  *   store_agg_places          the (community, grid) pairs with aggregates
+ *   store_agg_place_list      ... collected into an owned list
  *   store_records_page        a bounded walk over one kind's records
  *
  * Invariants:
@@ -150,26 +151,78 @@ int store_agg_places(store_txn *t, store_place_cb cb, void *arg)
 {
     MDB_cursor *c;
     MDB_val k, v;
+    char *buf = NULL; /* "community\0grid\0", reused across keys */
+    size_t cap = 0;
     int rc = STORE_OK, mrc;
     if (!t || !cb) return STORE_EINVAL;
     if ((mrc = mdb_cursor_open(t->txn, t->s->dbi[DB_AGG], &c))) return store_lmdb_err(mrc);
     for (mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == 0;
          mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        char cm[128], gr[128];
+        /* Keys are "community\0grid" (agg.c); anything else is damage,
+         * reported rather than skipped so no place vanishes from a report. */
         const uint8_t *p = k.mv_data;
         const uint8_t *z = memchr(p, 0, k.mv_size);
-        if (!z) continue;
-        size_t cl = (size_t)(z - p), gl = k.mv_size - cl - 1;
-        if (cl >= sizeof cm || gl >= sizeof gr || memchr(z + 1, 0, gl)) continue;
-        memcpy(cm, p, cl);
-        cm[cl] = 0;
-        memcpy(gr, z + 1, gl);
-        gr[gl] = 0;
-        if ((rc = cb(cm, gr, arg))) break;
+        if (!z || memchr(z + 1, 0, k.mv_size - (size_t)(z - p) - 1)) {
+            rc = STORE_ECORRUPT;
+            break;
+        }
+        if (k.mv_size + 1 > cap) {
+            char *nb = realloc(buf, k.mv_size + 1);
+            if (!nb) {
+                rc = CRDT_ENOMEM;
+                break;
+            }
+            buf = nb;
+            cap = k.mv_size + 1;
+        }
+        memcpy(buf, p, k.mv_size);
+        buf[k.mv_size] = 0;
+        if ((rc = cb(buf, buf + (z - p) + 1, arg))) break;
     }
     if (!rc && mrc && mrc != MDB_NOTFOUND) rc = store_lmdb_err(mrc);
     mdb_cursor_close(c);
+    free(buf);
     return rc;
+}
+
+static int place_append(const char *community, const char *grid, void *arg)
+{
+    store_places *pl = arg;
+    if (pl->n == pl->cap) {
+        size_t nc = pl->cap ? pl->cap * 2 : 32;
+        store_place *np = realloc(pl->p, nc * sizeof *np);
+        if (!np) return CRDT_ENOMEM;
+        pl->p = np;
+        pl->cap = nc;
+    }
+    store_place *e = &pl->p[pl->n];
+    if (!(e->community = strdup(community))) return CRDT_ENOMEM;
+    if (!(e->grid = strdup(grid))) {
+        free(e->community);
+        return CRDT_ENOMEM;
+    }
+    pl->n++;
+    return 0;
+}
+
+int store_agg_place_list(store_txn *t, store_places *out)
+{
+    if (!out) return STORE_EINVAL;
+    memset(out, 0, sizeof *out);
+    int rc = store_agg_places(t, place_append, out);
+    if (rc) store_places_free(out);
+    return rc;
+}
+
+void store_places_free(store_places *pl)
+{
+    if (!pl) return;
+    for (size_t i = 0; i < pl->n; i++) {
+        free(pl->p[i].community);
+        free(pl->p[i].grid);
+    }
+    free(pl->p);
+    memset(pl, 0, sizeof *pl);
 }
 
 int store_records_page(store_txn *t, const char *kind, const char *after, size_t limit,

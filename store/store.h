@@ -775,10 +775,25 @@ int store_record_deltas(store_txn *t, const char *kind, const char *id, uint64_t
  * store_agg_places — every (community, grid) that has aggregates, in byte
  * order: cb(community, grid, arg) with NUL-terminated strings borrowed for
  * the call.  Reads the aggregate index only (one entry per grid), never
- * records.  cb returning non-zero stops early (that value is returned).
+ * records.  cb returning non-zero stops early (that value is returned);
+ * else 0, STORE_ECORRUPT (a key is not "community\0grid"), CRDT_ENOMEM,
+ * or an LMDB error.
  */
 typedef int (*store_place_cb)(const char *community, const char *grid, void *arg);
 int store_agg_places(store_txn *t, store_place_cb cb, void *arg);
+
+/* store_agg_place_list — the same places collected into *out (owned by the
+ * caller: store_places_free), for callers that walk them more than once.
+ * Returns as store_agg_places; *out is empty on failure. */
+typedef struct store_place {
+    char *community, *grid;
+} store_place;
+typedef struct store_places {
+    store_place *p;
+    size_t n, cap;
+} store_places;
+int store_agg_place_list(store_txn *t, store_places *out);
+void store_places_free(store_places *pl);
 
 /*
  * store_records_page — a bounded walk over the records of one kind, in id

@@ -766,27 +766,6 @@ static int route_logout(rq *q)
 
 /* ---- overview and reports (aggregates only) ------------------------------------------------- */
 
-typedef struct places {
-    size_t n, cap;
-    struct { char c[128], g[128]; } *p;
-} places;
-
-static int place_cb(const char *c, const char *g, void *arg)
-{
-    places *pl = arg;
-    if (pl->n == pl->cap) {
-        size_t nc = pl->cap ? pl->cap * 2 : 32;
-        void *np = realloc(pl->p, nc * sizeof *pl->p);
-        if (!np) return CRDT_ENOMEM;
-        pl->p = np;
-        pl->cap = nc;
-    }
-    snprintf(pl->p[pl->n].c, sizeof pl->p[pl->n].c, "%s", c);
-    snprintf(pl->p[pl->n].g, sizeof pl->p[pl->n].g, "%s", g);
-    pl->n++;
-    return 0;
-}
-
 static json_t *agg_json(rq *q, const store_agg *a)
 {
     size_t ng = 0;
@@ -815,26 +794,26 @@ static json_t *agg_json(rq *q, const store_agg *a)
     return o;
 }
 
-/* station, communities with grids; *out_pl receives the places (caller frees). */
+/* The station's aggregate and each community with its grids. */
 static int build_tree(rq *q, store_txn *t, uint64_t at, json_t **station, json_t **comms)
 {
-    places pl = {0};
+    store_places pl = {0};
     store_agg a;
-    int rc = store_agg_places(t, place_cb, &pl);
+    int rc = store_agg_place_list(t, &pl);
     if (rc) goto out;
     if ((rc = store_agg_get(t, NULL, NULL, at, &a))) goto out;
     *station = agg_json(q, &a);
     *comms = json_array();
     for (size_t i = 0; i < pl.n;) {
         size_t j = i;
-        if ((rc = store_agg_get(t, pl.p[i].c, NULL, at, &a))) goto out;
+        if ((rc = store_agg_get(t, pl.p[i].community, NULL, at, &a))) goto out;
         json_t *c = agg_json(q, &a);
-        json_object_set_new(c, "community", json_string(pl.p[i].c));
+        json_object_set_new(c, "community", json_string(pl.p[i].community));
         json_t *grids = json_array();
-        for (; j < pl.n && !strcmp(pl.p[j].c, pl.p[i].c); j++) {
-            if ((rc = store_agg_get(t, pl.p[j].c, pl.p[j].g, at, &a))) goto out;
+        for (; j < pl.n && !strcmp(pl.p[j].community, pl.p[i].community); j++) {
+            if ((rc = store_agg_get(t, pl.p[j].community, pl.p[j].grid, at, &a))) goto out;
             json_t *g = agg_json(q, &a);
-            json_object_set_new(g, "grid", json_string(pl.p[j].g));
+            json_object_set_new(g, "grid", json_string(pl.p[j].grid));
             json_array_append_new(grids, g);
         }
         json_object_set_new(c, "grids", grids);
@@ -842,7 +821,7 @@ static int build_tree(rq *q, store_txn *t, uint64_t at, json_t **station, json_t
         i = j;
     }
 out:
-    free(pl.p);
+    store_places_free(&pl);
     return rc;
 }
 
@@ -1072,7 +1051,7 @@ static int route_weekly_csv(rq *q)
     int64_t monday;
     if (report_week(q, &monday)) return 400;
     store_txn *t = NULL;
-    places pl = {0};
+    store_places pl = {0};
     crdt_buf b = {0};
     store_agg a;
     char ds[16];
@@ -1080,21 +1059,21 @@ static int route_weekly_csv(rq *q)
     static const char head[] = "\xEF\xBB\xBF" "社区,网格,人数,已参保,已缴费,参保率,未参保/未缴费,"
                                "重点人群未参保,本周走访\r\n";
     int rc = store_begin(q->api->st, STORE_RDONLY, &t);
-    if (!rc) rc = store_agg_places(t, place_cb, &pl);
+    if (!rc) rc = store_agg_place_list(t, &pl);
     if (!rc) rc = crdt_buf_append(&b, head, sizeof head - 1);
     for (size_t i = 0; !rc && i < pl.n; i++) {
-        if ((rc = store_agg_get(t, pl.p[i].c, pl.p[i].g, at, &a))) break;
-        if (csv_row(&b, pl.p[i].c, pl.p[i].g, &a)) rc = CRDT_ENOMEM;
-        if (!rc && (i + 1 == pl.n || strcmp(pl.p[i + 1].c, pl.p[i].c))) {
-            if (!(rc = store_agg_get(t, pl.p[i].c, NULL, at, &a)) &&
-                csv_row(&b, pl.p[i].c, "合计", &a))
+        if ((rc = store_agg_get(t, pl.p[i].community, pl.p[i].grid, at, &a))) break;
+        if (csv_row(&b, pl.p[i].community, pl.p[i].grid, &a)) rc = CRDT_ENOMEM;
+        if (!rc && (i + 1 == pl.n || strcmp(pl.p[i + 1].community, pl.p[i].community))) {
+            if (!(rc = store_agg_get(t, pl.p[i].community, NULL, at, &a)) &&
+                csv_row(&b, pl.p[i].community, "合计", &a))
                 rc = CRDT_ENOMEM;
         }
     }
     if (!rc && !(rc = store_agg_get(t, NULL, NULL, at, &a)) && csv_row(&b, "全街道", "合计", &a))
         rc = CRDT_ENOMEM;
     store_abort(t);
-    free(pl.p);
+    store_places_free(&pl);
     if (rc) {
         crdt_buf_free(&b);
         return send_store_err(q, rc, "weekly report");

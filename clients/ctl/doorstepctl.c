@@ -648,27 +648,6 @@ static uint64_t agg_instant(uint64_t now)
     return day * DAY_MS + DAY_MS / 2;
 }
 
-typedef struct place_list {
-    size_t n, cap;
-    struct place { char c[128], g[128]; } *p;
-} place_list;
-
-static int collect_place(const char *c, const char *g, void *arg)
-{
-    place_list *pl = arg;
-    if (pl->n == pl->cap) {
-        size_t nc = pl->cap ? pl->cap * 2 : 32;
-        void *np = realloc(pl->p, nc * sizeof *pl->p);
-        if (!np) return CRDT_ENOMEM;
-        pl->p = np;
-        pl->cap = nc;
-    }
-    snprintf(pl->p[pl->n].c, sizeof pl->p[pl->n].c, "%s", c);
-    snprintf(pl->p[pl->n].g, sizeof pl->p[pl->n].g, "%s", g);
-    pl->n++;
-    return 0;
-}
-
 /* One aggregate as JSON: the same members as the dashboard's /api/overview
  * (persons, enrolled, paid, unpaid = persons - enrolled, coverage as a
  * fraction, visits_week, groups, key_group_unenrolled). */
@@ -707,9 +686,9 @@ static void agg_line(const char *c, const char *g, const store_agg *a)
  * j ("station", "communities": [{community, ..., grids: [{grid, ...}]}]). */
 static int stats_coverage(store *s, store_txn *t, uint64_t at, json_t *j)
 {
-    place_list pl = {0};
+    store_places pl = {0};
     store_agg a;
-    int rc = store_agg_places(t, collect_place, &pl);
+    int rc = store_agg_place_list(t, &pl);
     if (!rc) rc = store_agg_get(t, NULL, NULL, at, &a);
     if (rc) goto out;
     json_t *comms = NULL;
@@ -726,31 +705,31 @@ static int stats_coverage(store *s, store_txn *t, uint64_t at, json_t *j)
     }
     for (size_t i = 0; i < pl.n;) {
         size_t k = i;
-        if ((rc = store_agg_get(t, pl.p[i].c, NULL, at, &a))) goto out;
+        if ((rc = store_agg_get(t, pl.p[i].community, NULL, at, &a))) goto out;
         json_t *c = NULL, *grids = NULL;
         if (j) {
             c = agg_to_json(s, &a);
             grids = json_array();
-            json_object_set_new(c, "community", json_string(pl.p[i].c));
+            json_object_set_new(c, "community", json_string(pl.p[i].community));
             json_object_set_new(c, "grids", grids);
             json_array_append_new(comms, c);
         } else {
-            agg_line(pl.p[i].c, "(all)", &a);
+            agg_line(pl.p[i].community, "(all)", &a);
         }
-        for (; k < pl.n && !strcmp(pl.p[k].c, pl.p[i].c); k++) {
-            if ((rc = store_agg_get(t, pl.p[k].c, pl.p[k].g, at, &a))) goto out;
+        for (; k < pl.n && !strcmp(pl.p[k].community, pl.p[i].community); k++) {
+            if ((rc = store_agg_get(t, pl.p[k].community, pl.p[k].grid, at, &a))) goto out;
             if (j) {
                 json_t *g = agg_to_json(s, &a);
-                json_object_set_new(g, "grid", json_string(pl.p[k].g));
+                json_object_set_new(g, "grid", json_string(pl.p[k].grid));
                 json_array_append_new(grids, g);
             } else {
-                agg_line(pl.p[k].c, pl.p[k].g, &a);
+                agg_line(pl.p[k].community, pl.p[k].grid, &a);
             }
         }
         i = k;
     }
 out:
-    free(pl.p);
+    store_places_free(&pl);
     return rc;
 }
 
