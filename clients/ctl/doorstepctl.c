@@ -1092,6 +1092,59 @@ typedef struct list_ctx {
     size_t n;
 } list_ctx;
 
+/* Walks the store for one listing, calling the row printer into l. */
+typedef int (*list_walk)(store_txn *t, list_ctx *l, const void *arg);
+
+/* The body every listing shares: open the store read-only, walk it (rows
+ * printed as they come, or collected into a JSON array), then print the
+ * array, or `empty` when there were no rows.  Returns the exit status. */
+static int list_run(const char *cmd, bool json, list_walk walk, const void *arg,
+                    const char *empty)
+{
+    list_ctx l = {NULL, 0};
+    if (json && !(l.arr = json_array())) return fail(cmd, "out of memory");
+    store *s = open_store();
+    if (!s) {
+        json_decref(l.arr);
+        return EXIT_FAIL;
+    }
+    store_txn *t;
+    int rc = store_begin(s, STORE_RDONLY, &t);
+    if (!rc) {
+        rc = walk(t, &l, arg);
+        store_abort(t);
+    }
+    store_close(s);
+    if (rc) {
+        json_decref(l.arr);
+        return fail(cmd, "%s", store_strerror(rc));
+    }
+    if (json) return print_json(l.arr);
+    if (!l.n && empty) printf("%s\n", empty);
+    return 0;
+}
+
+/* A listing that takes only [--json] and [--help]: parse them, list_run. */
+static int list_cmd(int argc, char **argv, const char *cmd, const char *help, list_walk walk,
+                    const char *empty)
+{
+    static const struct option opts[] = {{"json", no_argument, NULL, 'j'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    bool json = false;
+    int c;
+    getopt_reset();
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c == 'j') json = true;
+        else if (c == 'h') {
+            fputs(help, stdout);
+            return 0;
+        } else return usage_err(cmd, "bad option");
+    }
+    if (optind < argc) return usage_err(cmd, "unexpected argument %s", argv[optind]);
+    return list_run(cmd, json, walk, NULL, empty);
+}
+
 static int list_dev(const store_device *d, size_t scope_n, void *arg)
 {
     list_ctx *l = arg;
@@ -1117,41 +1170,19 @@ static int list_dev(const store_device *d, size_t scope_n, void *arg)
     return 0;
 }
 
+static int walk_devices(store_txn *t, list_ctx *l, const void *arg)
+{
+    (void)arg;
+    return store_device_list(t, list_dev, l);
+}
+
 static int device_list(int argc, char **argv)
 {
-    static const struct option opts[] = {{"json", no_argument, NULL, 'j'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
-    bool json = false;
-    int c;
-    getopt_reset();
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        if (c == 'j') json = true;
-        else if (c == 'h') {
-            printf("usage: doorstepctl device list [--json]\n"
-                   "every device: id, state, key epoch, rotation required, last sync, scope "
-                   "size, volunteer\n");
-            return 0;
-        } else return usage_err("device list", "bad option");
-    }
-    if (optind < argc) return usage_err("device list", "unexpected argument %s", argv[optind]);
-    store *s = open_store();
-    if (!s) return EXIT_FAIL;
-    list_ctx l = {json ? json_array() : NULL, 0};
-    store_txn *t;
-    int rc = store_begin(s, STORE_RDONLY, &t);
-    if (!rc) {
-        rc = store_device_list(t, list_dev, &l);
-        store_abort(t);
-    }
-    store_close(s);
-    if (rc) {
-        json_decref(l.arr);
-        return fail("device list", "%s", store_strerror(rc));
-    }
-    if (json) return print_json(l.arr);
-    if (!l.n) printf("no devices (enroll one: doorstepctl device enroll --help)\n");
-    return 0;
+    return list_cmd(argc, argv, "device list",
+                    "usage: doorstepctl device list [--json]\n"
+                    "every device: id, state, key epoch, rotation required, last sync, scope "
+                    "size, volunteer\n",
+                    walk_devices, "no devices (enroll one: doorstepctl device enroll --help)");
 }
 
 static int print_key(const store_key *k, void *arg)
@@ -1519,41 +1550,19 @@ static int list_token(const store_token *tok, void *arg)
     return 0;
 }
 
+static int walk_tokens(store_txn *t, list_ctx *l, const void *arg)
+{
+    (void)arg;
+    return store_token_list(t, list_token, l);
+}
+
 static int device_tokens(int argc, char **argv)
 {
-    static const struct option opts[] = {{"json", no_argument, NULL, 'j'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
-    bool json = false;
-    int c;
-    getopt_reset();
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        if (c == 'j') json = true;
-        else if (c == 'h') {
-            printf("usage: doorstepctl device tokens [--json]\n"
-                   "enrollment tokens (used, unused and expired) by their display id; the "
-                   "secret itself is never stored\n");
-            return 0;
-        } else return usage_err("device tokens", "bad option");
-    }
-    if (optind < argc) return usage_err("device tokens", "unexpected argument %s", argv[optind]);
-    store *s = open_store();
-    if (!s) return EXIT_FAIL;
-    list_ctx l = {json ? json_array() : NULL, 0};
-    store_txn *t;
-    int rc = store_begin(s, STORE_RDONLY, &t);
-    if (!rc) {
-        rc = store_token_list(t, list_token, &l);
-        store_abort(t);
-    }
-    store_close(s);
-    if (rc) {
-        json_decref(l.arr);
-        return fail("device tokens", "%s", store_strerror(rc));
-    }
-    if (json) return print_json(l.arr);
-    if (!l.n) printf("no enrollment tokens\n");
-    return 0;
+    return list_cmd(argc, argv, "device tokens",
+                    "usage: doorstepctl device tokens [--json]\n"
+                    "enrollment tokens (used, unused and expired) by their display id; the "
+                    "secret itself is never stored\n",
+                    walk_tokens, "no enrollment tokens");
 }
 
 /* ---- quarantine ------------------------------------------------------------------------ */
@@ -2134,39 +2143,19 @@ static int list_staff(const store_staff *st, void *arg)
     return 0;
 }
 
+static int walk_staff(store_txn *t, list_ctx *l, const void *arg)
+{
+    (void)arg;
+    return store_staff_list(t, list_staff, l);
+}
+
 static int staff_list(int argc, char **argv)
 {
-    static const struct option opts[] = {{"json", no_argument, NULL, 'j'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
-    bool json = false;
-    int c;
-    getopt_reset();
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        if (c == 'j') json = true;
-        else if (c == 'h') {
-            printf("usage: doorstepctl staff list [--json]\n"
-                   "every account: username, role, status (active, locked, disabled), last "
-                   "login, display name\n");
-            return 0;
-        } else return usage_err("staff list", "bad option");
-    }
-    if (optind < argc) return usage_err("staff list", "unexpected argument %s", argv[optind]);
-    store *s = open_store();
-    if (!s) return EXIT_FAIL;
-    list_ctx l = {json ? json_array() : NULL, 0};
-    store_txn *t;
-    int rc = store_begin(s, STORE_RDONLY, &t);
-    if (!rc) {
-        rc = store_staff_list(t, list_staff, &l);
-        store_abort(t);
-    }
-    store_close(s);
-    if (rc) {
-        json_decref(l.arr);
-        return fail("staff list", "%s", store_strerror(rc));
-    }
-    return json ? print_json(l.arr) : 0;
+    return list_cmd(argc, argv, "staff list",
+                    "usage: doorstepctl staff list [--json]\n"
+                    "every account: username, role, status (active, locked, disabled), last "
+                    "login, display name\n",
+                    walk_staff, "no staff accounts (add one: doorstepctl staff add --help)");
 }
 
 /* ---- audit ---------------------------------------------------------------------------------- */
@@ -2188,6 +2177,18 @@ static int list_audit(const store_audit *e, void *arg)
     printf("%-6llu %s  %s  %-22s %-22s %s\n", (unsigned long long)e->aseq,
            fmt_time(e->at_ms, when), hash, e->actor, e->action, e->detail);
     return 0;
+}
+
+typedef struct audit_range {
+    uint64_t after;
+    size_t limit;
+} audit_range;
+
+static int walk_audit(store_txn *t, list_ctx *l, const void *arg)
+{
+    const audit_range *r = arg;
+    uint64_t next;
+    return store_audit_read(t, r->after, r->limit, list_audit, l, &next);
 }
 
 static int cmd_audit(int argc, char **argv)
@@ -2258,23 +2259,8 @@ static int cmd_audit(int argc, char **argv)
         }
     }
     if (optind < argc) return usage_err(cmd, "unexpected argument %s", argv[optind]);
-    store *s = open_store();
-    if (!s) return EXIT_FAIL;
-    list_ctx l = {json ? json_array() : NULL, 0};
-    store_txn *t;
-    uint64_t next;
-    int rc = store_begin(s, STORE_RDONLY, &t);
-    if (!rc) {
-        rc = store_audit_read(t, after, limit > SIZE_MAX ? SIZE_MAX : (size_t)limit, list_audit,
-                              &l, &next);
-        store_abort(t);
-    }
-    store_close(s);
-    if (rc) {
-        json_decref(l.arr);
-        return fail(cmd, "%s", store_strerror(rc));
-    }
-    return json ? print_json(l.arr) : 0;
+    audit_range r = {after, limit > SIZE_MAX ? SIZE_MAX : (size_t)limit};
+    return list_run(cmd, json, walk_audit, &r, "the audit log is empty");
 }
 
 /* ---- CSV ledgers: import and export (issue #6) ------------------------------------------------
