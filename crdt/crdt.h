@@ -325,6 +325,14 @@ char crdt_idnum_check_char(const char *s17);
 int crdt_check_phone(const char *s, size_t len);
 /* YYYY-MM-DD, a real Gregorian date, year 1900..2100.  0, CRDT_EDATE. */
 int crdt_check_date(const char *s, size_t len);
+
+/* Proleptic Gregorian calendar arithmetic (Howard Hinnant's algorithms):
+ * days since 1970-01-01 for y-m-d (m 1..12, d 1..31, not checked), and
+ * back.  crdt_date_days checks a YYYY-MM-DD string (crdt_check_date) and
+ * converts it: 0 or CRDT_EDATE (*days untouched). */
+int64_t crdt_days_from_civil(int y, unsigned m, unsigned d);
+void crdt_civil_from_days(int64_t days, int *y, unsigned *m, unsigned *d);
+int crdt_date_days(const char *s, size_t len, int64_t *days);
 /* Valid UTF-8 (the walker's rule).  true/false. */
 bool crdt_utf8_valid(const uint8_t *s, size_t len);
 

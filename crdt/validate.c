@@ -97,3 +97,35 @@ int crdt_check_date(const char *s, size_t len)
         return CRDT_EDATE;
     return ymd_ok(num(s, 4), num(s + 5, 2), num(s + 8, 2)) ? CRDT_OK : CRDT_EDATE;
 }
+
+int64_t crdt_days_from_civil(int y, unsigned m, unsigned d)
+{
+    y -= m <= 2;
+    const int64_t era = (y >= 0 ? y : y - 399) / 400;
+    const unsigned yoe = (unsigned)(y - era * 400);
+    const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (int64_t)doe - 719468;
+}
+
+void crdt_civil_from_days(int64_t z, int *y, unsigned *m, unsigned *d)
+{
+    z += 719468;
+    const int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    const unsigned doe = (unsigned)(z - era * 146097);
+    const unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    const int64_t yy = (int64_t)yoe + era * 400;
+    const unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    const unsigned mp = (5 * doy + 2) / 153;
+    *d = doy - (153 * mp + 2) / 5 + 1;
+    *m = mp < 10 ? mp + 3 : mp - 9;
+    *y = (int)(yy + (*m <= 2));
+}
+
+int crdt_date_days(const char *s, size_t len, int64_t *days)
+{
+    int rc = crdt_check_date(s, len);
+    if (rc) return rc;
+    *days = crdt_days_from_civil((int)num(s, 4), (unsigned)num(s + 5, 2), (unsigned)num(s + 8, 2));
+    return CRDT_OK;
+}

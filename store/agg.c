@@ -42,28 +42,15 @@ typedef struct contrib {
     uint32_t nweeks;
 } contrib;
 
-/* Days since 1970-01-01 for a valid YYYY-MM-DD (checked by the schema). */
-static int64_t days_from_civil(int y, unsigned m, unsigned d)
-{
-    y -= m <= 2;
-    const int64_t era = (y >= 0 ? y : y - 399) / 400;
-    const unsigned yoe = (unsigned)(y - era * 400);
-    const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-    const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + (int64_t)doe - 719468;
-}
 
 /* Monday-based week index (1970-01-01 was a Thursday). */
 static uint32_t week_of_days(int64_t days) { return (uint32_t)((days + 3) / 7); }
 
 static bool parse_date(const char *s, uint32_t len, uint32_t *week)
 {
-    if (len != 10 || s[4] != '-' || s[7] != '-') return false;
-    int y = atoi(s);
-    unsigned m = (unsigned)((s[5] - '0') * 10 + (s[6] - '0'));
-    unsigned d = (unsigned)((s[8] - '0') * 10 + (s[9] - '0'));
-    if (y < 1900 || m < 1 || m > 12 || d < 1 || d > 31) return false;
-    *week = week_of_days(days_from_civil(y, m, d));
+    int64_t days;
+    if (crdt_date_days(s, len, &days)) return false;
+    *week = week_of_days(days);
     return true;
 }
 

@@ -215,30 +215,7 @@ bad:
     return -1;
 }
 
-/* Days since 1970-01-01 -> y, m, d (proleptic Gregorian). */
-static void civil_from_days(int64_t z, int *y, unsigned *m, unsigned *d)
-{
-    z += 719468;
-    const int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-    const unsigned doe = (unsigned)(z - era * 146097);
-    const unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    const int64_t yy = (int64_t)yoe + era * 400;
-    const unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    const unsigned mp = (5 * doy + 2) / 153;
-    *d = doy - (153 * mp + 2) / 5 + 1;
-    *m = mp < 10 ? mp + 3 : mp - 9;
-    *y = (int)(yy + (*m <= 2));
-}
 
-static int64_t days_from_civil(int y, unsigned m, unsigned d)
-{
-    y -= m <= 2;
-    const int64_t era = (y >= 0 ? y : y - 399) / 400;
-    const unsigned yoe = (unsigned)(y - era * 400);
-    const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-    const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + (int64_t)doe - 719468;
-}
 
 /* Local (China) day number of a server time. */
 static int64_t local_day(uint64_t ms) { return (int64_t)((ms + API_TZ_OFFSET_MS) / API_DAY_MS); }
@@ -250,7 +227,7 @@ static void day_str(int64_t day, char out[16])
 {
     int y;
     unsigned m, d;
-    civil_from_days(day, &y, &m, &d);
+    crdt_civil_from_days(day, &y, &m, &d);
     snprintf(out, 16, "%04d-%02u-%02u", y % 10000, m % 100, d % 100);
 }
 
@@ -912,24 +889,15 @@ static int report_week(rq *q, int64_t *monday)
     const char *w = qparam(q, "week", b, sizeof b);
     *monday = week_monday(local_day(q->now));
     if (!w) return 0;
-    if (crdt_check_date(w, strlen(w))) {
+    int64_t day;
+    if (crdt_date_days(w, strlen(w), &day)) {
         send_err(q, 400, "bad_parameter", "'week' must be a date YYYY-MM-DD, got '%s'", w);
         return -1;
     }
-    *monday = week_monday(days_from_civil(atoi(w), (unsigned)atoi(w + 5), (unsigned)atoi(w + 8)));
+    *monday = week_monday(day);
     return 0;
 }
 
-/* Days since 1970-01-01 for a civil date. */
-static int64_t days_from_ymd(int y, unsigned m, unsigned d)
-{
-    y -= m <= 2;
-    const int64_t era = (y >= 0 ? y : y - 399) / 400;
-    const unsigned yoe = (unsigned)(y - era * 400);
-    const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-    const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + (int64_t)doe - 719468;
-}
 
 typedef struct hist_ctx {
     json_t *arr;
@@ -987,7 +955,7 @@ static int route_weekly(rq *q)
      * days back) to the end of this week. */
     {
         json_t *hist = json_array();
-        int64_t sept1 = days_from_ymd((int)store_campaign_year(q->api->st), 9, 1);
+        int64_t sept1 = crdt_days_from_civil((int)store_campaign_year(q->api->st), 9, 1);
         int64_t from = monday - 120 > sept1 ? monday - 120 : sept1;
         if (from > monday + 6) from = monday - 120;
         hist_ctx hc = {hist};

@@ -87,35 +87,23 @@ static void grid_code(uint64_t g, char out[24])
 
 /* ---- values ---------------------------------------------------------------------- */
 
-/* Howard Hinnant's civil_from_days. */
-static void civil_from_days(int64_t z, int *y, int *m, int *d)
-{
-    z += 719468;
-    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-    int64_t doe = z - era * 146097;
-    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    int64_t mp = (5 * doy + 2) / 153;
-    *d = (int)(doy - (153 * mp + 2) / 5 + 1);
-    *m = (int)(mp < 10 ? mp + 3 : mp - 9);
-    *y = (int)(yoe + era * 400 + (*m <= 2));
-}
 
 /* Unique valid ID number for person p (< 25 M): birth date spread over
  * 1940..2008, a 3-digit sequence, then the region. */
 static void idnum_of(uint64_t p, char out[19], char birth[11])
 {
-    int y, m, d;
+    int y;
+    unsigned m, d;
     uint64_t day = p % 25000, rest = p / 25000;
-    civil_from_days(-10957 + (int64_t)day, &y, &m, &d);   /* 1940-01-01 + day */
+    crdt_civil_from_days(-10957 + (int64_t)day, &y, &m, &d);   /* 1940-01-01 + day */
     char tmp[64];
-    snprintf(tmp, sizeof tmp, "%06u%04d%02d%02d%03u", (unsigned)(110101 + rest / 1000), y, m,
+    snprintf(tmp, sizeof tmp, "%06u%04d%02u%02u%03u", (unsigned)(110101 + rest / 1000), y, m,
              d, (unsigned)(rest % 1000));
     memcpy(out, tmp, 17);
     out[17] = crdt_idnum_check_char(out);
     out[18] = 0;
     if (birth) {
-        snprintf(tmp, sizeof tmp, "%04d-%02d-%02d", y, m, d);
+        snprintf(tmp, sizeof tmp, "%04d-%02u-%02u", y, m, d);
         memcpy(birth, tmp, 10);
         birth[10] = 0;
     }
@@ -314,14 +302,15 @@ static int dev_generate(const layout *l, device *d, crdt_buf *bytes)
     uint64_t rng = l->seed * 0x9e3779b97f4a7c15ULL + d->id;
     char id[24], hid[24], cc[16], gc[24], buf[256], idn[19], birth[11], phone[12], name[32];
     char today[11];
-    int y, m, dd, rc = 0;
+    int y, rc = 0;
+    unsigned m, dd;
     ops o;
     uint64_t *pseq = NULL;    /* seq of each of the device's person-create deltas */
     memset(&o, 0, sizeof o);
     bench_dev_keypair(l->seed, d->id, d->pk, d->sk);
     d->wall = l->now_ms - 20ull * 86400000ull + d->id * 997ull;
-    civil_from_days((int64_t)(l->now_ms / 86400000ull), &y, &m, &dd);
-    snprintf(today, sizeof today, "%04d-%02d-%02d", y, m, dd);
+    crdt_civil_from_days((int64_t)(l->now_ms / 86400000ull), &y, &m, &dd);
+    snprintf(today, sizeof today, "%04d-%02u-%02u", y, m, dd);
     uint64_t p_lo = l->first[d->h_lo], p_hi = l->first[d->h_hi];
     pseq = calloc(p_hi - p_lo + 1, sizeof *pseq);
     if (!pseq) return -1;

@@ -113,50 +113,30 @@ static void phone_of(uint64_t *rng, char out[12])
     snprintf(out, 12, "1%c%09u", (char)('3' + below(rng, 7)), below(rng, 1000000000));
 }
 
-/* Days since 1970-01-01 -> y, m, d (Howard Hinnant's civil_from_days). */
-static void civil(int64_t z, int *y, int *m, int *d)
-{
-    z += 719468;
-    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-    int64_t doe = z - era * 146097;
-    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    int64_t mp = (5 * doy + 2) / 153;
-    *d = (int)(doy - (153 * mp + 2) / 5 + 1);
-    *m = (int)(mp < 10 ? mp + 3 : mp - 9);
-    *y = (int)(yoe + era * 400 + (*m <= 2));
-}
 
-static int64_t days_from_civil(int y, int m, int d)
-{
-    y -= m <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400;
-    int64_t yoe = y - era * 400;
-    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + doe - 719468;
-}
 
 /* A valid ID number born in year `by` (random day), region from `region`,
  * sequence `seq`; birth date "YYYY-MM-DD" in birth. */
 static void idnum_of(uint64_t *rng, int by, unsigned region, unsigned seq, char out[19],
                      char birth[11])
 {
-    int y, m, d;
-    civil(days_from_civil(by, 1, 1) + below(rng, 365), &y, &m, &d);
+    int y;
+    unsigned m, d;
+    crdt_civil_from_days(crdt_days_from_civil(by, 1, 1) + below(rng, 365), &y, &m, &d);
     char tmp[64];
-    snprintf(tmp, sizeof tmp, "%06u%04d%02d%02d%03u", region, y, m, d, seq % 1000);
+    snprintf(tmp, sizeof tmp, "%06u%04d%02u%02u%03u", region, y, m, d, seq % 1000);
     memcpy(out, tmp, 17);
     out[17] = crdt_idnum_check_char(out);
     out[18] = 0;
-    snprintf(birth, 11, "%04d-%02d-%02d", y, m, d);
+    snprintf(birth, 11, "%04d-%02u-%02u", y, m, d);
 }
 
 static void visit_date(uint32_t year, uint32_t day, char out[11])
 {
-    int y, m, d;
-    civil(days_from_civil((int)year, 9, 1) + day % 120, &y, &m, &d);
-    snprintf(out, 11, "%04d-%02d-%02d", y, m, d);
+    int y;
+    unsigned m, d;
+    crdt_civil_from_days(crdt_days_from_civil((int)year, 9, 1) + day % 120, &y, &m, &d);
+    snprintf(out, 11, "%04d-%02u-%02u", y, m, d);
 }
 
 /* ---- the street layout ------------------------------------------------------------------ */
@@ -654,13 +634,15 @@ static int new_baby(sim *S, simdev *d, const char *hid, const char *date)
     snprintf(pid, sizeof pid, "N%u-%u", d->dev, ++d->babies);
     snprintf(year, sizeof year, "%u", S->year);
     /* Born this year, before today. */
-    int by, bm, bd, ty, tm, tdd;
-    sscanf(date, "%d-%d-%d", &ty, &tm, &tdd);
-    civil(days_from_civil(ty, tm, tdd) - 1 - below(rng, 200), &by, &bm, &bd);
+    int by;
+    unsigned bm, bd;
+    int64_t today;
+    if (crdt_date_days(date, strlen(date), &today)) return CRDT_EDATE;
+    crdt_civil_from_days(today - 1 - below(rng, 200), &by, &bm, &bd);
     if (by < (int)S->year) by = (int)S->year, bm = 1, bd = 1;
-    snprintf(birth, sizeof birth, "%04d-%02d-%02d", by, bm, bd);
+    snprintf(birth, sizeof birth, "%04d-%02u-%02u", by, bm, bd);
     char tmp[40];
-    snprintf(tmp, sizeof tmp, "%06u%04d%02d%02d%03u", 320600 + d->dev % 90, by, bm, bd,
+    snprintf(tmp, sizeof tmp, "%06u%04d%02u%02u%03u", 320600 + d->dev % 90, by, bm, bd,
              d->babies % 1000);
     memcpy(idn, tmp, 17);
     idn[17] = crdt_idnum_check_char(idn);

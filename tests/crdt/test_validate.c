@@ -234,6 +234,34 @@ static void test_date_cases(void **state)
     assert_int_equal(crdt_check_date(NULL, 10), CRDT_EDATE);
 }
 
+/* Calendar arithmetic: fixed points, and every day 1900..2100 maps to a
+ * string crdt_check_date accepts and back to the same day number. */
+static void test_date_days(void **state)
+{
+    (void)state;
+    int64_t z = 1;
+    assert_int_equal(crdt_date_days("1970-01-01", 10, &z), 0);
+    assert_int_equal(z, 0);
+    assert_int_equal(crdt_date_days("2000-03-01", 10, &z), 0);
+    assert_int_equal(z, 11017);
+    assert_int_equal(crdt_date_days("1900-01-01", 10, &z), 0);
+    assert_int_equal(z, -25567);
+    z = 42;
+    assert_int_equal(crdt_date_days("2026-02-29", 10, &z), CRDT_EDATE);
+    assert_int_equal(z, 42); /* untouched on failure */
+    int64_t first = crdt_days_from_civil(1900, 1, 1), last = crdt_days_from_civil(2100, 12, 31);
+    assert_int_equal(last - first + 1, 73414); /* 201 × 365 + 49 leap days (1904..2096) */
+    for (int64_t day = first; day <= last; day++) {
+        int y;
+        unsigned m, d;
+        char b[16];
+        crdt_civil_from_days(day, &y, &m, &d);
+        snprintf(b, sizeof b, "%04d-%02u-%02u", y, m, d);
+        if (crdt_date_days(b, strlen(b), &z) || z != day)
+            fail_msg("day %lld -> %s -> %lld", (long long)day, b, (long long)z);
+    }
+}
+
 static void test_date_exhaustive(void **state)
 {
     (void)state;
@@ -262,6 +290,7 @@ int main(void)
         cmocka_unit_test(test_phone),
         cmocka_unit_test(test_date_cases),
         cmocka_unit_test(test_date_exhaustive),
+        cmocka_unit_test(test_date_days),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
