@@ -151,16 +151,6 @@ static int send_store_err(rq *q, int rc, const char *what)
 
 /* ---- small helpers ------------------------------------------------------------------- */
 
-static void hex(const uint8_t *p, size_t n, char *out)
-{
-    static const char d[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = d[p[i] >> 4];
-        out[2 * i + 1] = d[p[i] & 15];
-    }
-    out[2 * n] = 0;
-}
-
 static bool recid_ok(const char *s, size_t n)
 {
     if (n == 0 || n > CRDT_RECID_MAX) return false;
@@ -570,9 +560,9 @@ static void sess_create(sync_api *api, const store_staff *st, uint64_t now, api_
     memset(&s, 0, sizeof s);
     s.used = true;
     randombytes_buf(rnd, sizeof rnd);
-    hex(rnd, 32, s.id);
+    sodium_bin2hex(s.id, sizeof s.id, rnd, 32);
     randombytes_buf(rnd, sizeof rnd);
-    hex(rnd, 32, s.csrf);
+    sodium_bin2hex(s.csrf, sizeof s.csrf, rnd, 32);
     sodium_memzero(rnd, sizeof rnd);
     snprintf(s.username, sizeof s.username, "%s", st->username);
     snprintf(s.display, sizeof s.display, "%s", st->display);

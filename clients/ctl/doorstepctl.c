@@ -228,16 +228,6 @@ static const char *key_state_name(uint8_t st)
     }
 }
 
-static void hex(const uint8_t *p, size_t n, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[p[i] >> 4];
-        out[2 * i + 1] = digits[p[i] & 15];
-    }
-    out[2 * n] = 0;
-}
-
 static int print_json(json_t *j)
 {
     char *txt = json_dumps(j, JSON_INDENT(2));
@@ -1051,7 +1041,7 @@ static int device_enroll(int argc, char **argv)
     e.expires = e.now + ttl;
     int rc = run_rw(s, enroll_txn, &e);
     char spk[65];
-    hex(store_server_pk(s), 32, spk);
+    sodium_bin2hex(spk, sizeof spk, store_server_pk(s), 32);
     store_close(s);
     if (rc) {
         xrc = fail(cmd, "creating the token failed: %s", store_strerror(rc));
@@ -1189,7 +1179,7 @@ static int print_key(const store_key *k, void *arg)
 {
     char pk[65], t1[40], t2[40];
     (void)arg;
-    hex(k->pk, 32, pk);
+    sodium_bin2hex(pk, sizeof pk, k->pk, 32);
     printf("  epoch %-3u %s", k->epoch, key_state_name(k->state));
     if (k->state == STORE_KEY_RETIRED || k->sealed_seq)
         printf(" sealed at seq %llu", (unsigned long long)k->sealed_seq);
@@ -1241,7 +1231,7 @@ static int device_show(int argc, char **argv)
         (rc = store_quarantine_list(t, 0, SIZE_MAX, 0, count_dev_q, &dq, &next)))
         goto out;
     char t1[40], t2[40], hh[65];
-    hex(hash, 8, hh);
+    sodium_bin2hex(hh, sizeof hh, hash, 8);
     printf("device %u\n", d.id);
     printf("  volunteer:   %s\n", d.volunteer);
     printf("  state:       %s", state_name(d.state));
@@ -1764,7 +1754,7 @@ static int quarantine_show(int argc, char **argv)
         goto out;
     }
     char prev[17];
-    hex(d.prev, 8, prev);
+    sodium_bin2hex(prev, sizeof prev, d.prev, 8);
     printf("  record:    %.*s %.*s\n", (int)d.kind_len, d.kind, (int)d.id_len, d.id);
     printf("  key epoch: %u", d.epoch);
     if (store_key_get(t, q.dev, d.epoch, &key) == STORE_OK)
