@@ -66,7 +66,7 @@ static int collect_key(const store_key *k, void *arg)
     return STORE_OK;
 }
 
-static const char *state_name(uint8_t st)
+const char *store_device_state_name(uint8_t st)
 {
     switch (st) {
     case STORE_DEV_ACTIVE: return "active";
@@ -120,7 +120,7 @@ int store_device_revoke(store_txn *t, uint32_t dev, int how, uint64_t now_ms, co
     }
     snprintf(detail, sizeof detail,
              "device %u (%s) %s -> %s; chain head seq %llu; %zu key(s) revoked", dev,
-             d.volunteer, state_name(was), state_name(d.state), (unsigned long long)head,
+             d.volunteer, store_device_state_name(was), store_device_state_name(d.state), (unsigned long long)head,
              revoked);
     rc = store_audit_append(t, now_ms, actor,
                             how == STORE_REVOKE_SOFT ? "device.revoke_soft" : "device.revoke_hard",

@@ -237,6 +237,10 @@ enum {
     STORE_DEV_REVOKED_HARD = 4   /* compromised: everything after revocation held */
 };
 
+/* "active", "frozen", "revoked_soft", "revoked_hard" or "unknown": the names
+ * doorstepctl prints, the dashboard's JSON carries and the audit log uses. */
+const char *store_device_state_name(uint8_t state);
+
 typedef struct store_device {
     uint32_t id;
     uint8_t state;               /* STORE_DEV_* */

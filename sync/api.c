@@ -792,17 +792,6 @@ out:
     return rc;
 }
 
-static const char *dev_state_name(uint8_t s)
-{
-    switch (s) {
-    case STORE_DEV_ACTIVE: return "active";
-    case STORE_DEV_FROZEN: return "frozen";
-    case STORE_DEV_REVOKED_SOFT: return "revoked_soft";
-    case STORE_DEV_REVOKED_HARD: return "revoked_hard";
-    default: return "unknown";
-    }
-}
-
 static int route_overview(rq *q)
 {
     uint64_t stale_days;
@@ -2145,7 +2134,7 @@ static int dlist_cb(const store_device *d, size_t scope_n, void *arg)
     json_object_set_new(x, "id", json_integer(d->id));
     json_t *vs = json_string(d->volunteer);
     json_object_set_new(x, "volunteer", vs ? vs : json_null());
-    json_object_set_new(x, "state", json_string(dev_state_name(d->state)));
+    json_object_set_new(x, "state", json_string(store_device_state_name(d->state)));
     json_object_set_new(x, "epoch", json_integer(d->epoch));
     json_object_set_new(x, "created_ms", json_integer((json_int_t)d->created_ms));
     json_object_set_new(x, "last_sync_ms", json_integer((json_int_t)d->last_sync_ms));
@@ -2220,7 +2209,7 @@ static int route_device_action(rq *q, const char *ids, const char *action)
     json_t *o = json_object();
     json_object_set_new(o, "ok", json_true());
     json_object_set_new(o, "id", json_integer((json_int_t)id));
-    json_object_set_new(o, "state", json_string(dev_state_name(d.state)));
+    json_object_set_new(o, "state", json_string(store_device_state_name(d.state)));
     json_object_set_new(o, "revoked_at_seq", json_integer((json_int_t)d.revoked_at_seq));
     json_object_set_new(o, "rotate_required", json_boolean(d.flags & STORE_DEVF_ROTATE_REQUIRED));
     send_json(q, 200, o);

@@ -207,17 +207,6 @@ static void getopt_reset(void)
     opterr = 1;
 }
 
-static const char *state_name(uint8_t st)
-{
-    switch (st) {
-    case STORE_DEV_ACTIVE: return "active";
-    case STORE_DEV_FROZEN: return "frozen";
-    case STORE_DEV_REVOKED_SOFT: return "revoked_soft";
-    case STORE_DEV_REVOKED_HARD: return "revoked_hard";
-    default: return "unknown";
-    }
-}
-
 static const char *key_state_name(uint8_t st)
 {
     switch (st) {
@@ -1143,7 +1132,7 @@ static int list_dev(const store_device *d, size_t scope_n, void *arg)
     if (l->arr) {
         json_t *o = json_pack("{s:I, s:s, s:s, s:I, s:b, s:I, s:I, s:I, s:I}", "id",
                               (json_int_t)d->id, "volunteer", d->volunteer, "state",
-                              state_name(d->state), "epoch", (json_int_t)d->epoch,
+                              store_device_state_name(d->state), "epoch", (json_int_t)d->epoch,
                               "rotate_required", (d->flags & STORE_DEVF_ROTATE_REQUIRED) != 0,
                               "revoked_at_seq", (json_int_t)d->revoked_at_seq, "created_ms",
                               (json_int_t)d->created_ms, "last_sync_ms",
@@ -1154,7 +1143,7 @@ static int list_dev(const store_device *d, size_t scope_n, void *arg)
     if (l->n == 1)
         printf("%-6s %-13s %-5s %-6s %-25s %-6s %s\n", "ID", "STATE", "EPOCH", "ROTATE",
                "LAST SYNC", "SCOPE", "VOLUNTEER");
-    printf("%-6u %-13s %-5u %-6s %-25s %-6zu %s\n", d->id, state_name(d->state), d->epoch,
+    printf("%-6u %-13s %-5u %-6s %-25s %-6zu %s\n", d->id, store_device_state_name(d->state), d->epoch,
            d->flags & STORE_DEVF_ROTATE_REQUIRED ? "yes" : "-", fmt_time(d->last_sync_ms, when),
            scope_n, d->volunteer);
     return 0;
@@ -1234,7 +1223,7 @@ static int device_show(int argc, char **argv)
     sodium_bin2hex(hh, sizeof hh, hash, 8);
     printf("device %u\n", d.id);
     printf("  volunteer:   %s\n", d.volunteer);
-    printf("  state:       %s", state_name(d.state));
+    printf("  state:       %s", store_device_state_name(d.state));
     if (d.state == STORE_DEV_REVOKED_SOFT)
         printf(" (deltas up to seq %llu stay; later ones are quarantined)",
                (unsigned long long)d.revoked_at_seq);
@@ -1444,7 +1433,7 @@ static int device_rotate(int argc, char **argv)
     if (rc == STORE_ENOTFOUND) return fail(cmd, "no device %u", c.dev);
     if (rc == STORE_EINVAL)
         return fail(cmd, "device %u is %s: a revoked device cannot rotate", c.dev,
-                    state_name(c.before.state));
+                    store_device_state_name(c.before.state));
     if (rc) return fail(cmd, "%s", store_strerror(rc));
     bool was = c.before.flags & STORE_DEVF_ROTATE_REQUIRED;
     if (was == (c.how == 1))
@@ -1497,7 +1486,7 @@ static int device_revoke(int argc, char **argv)
         return fail(cmd, "device %u is revoked hard; a revocation cannot be softened", c.dev);
     if (rc) return fail(cmd, "%s", store_strerror(rc));
     if (c.before.state == after.state) {
-        printf("device %u: already %s; nothing changed\n", c.dev, state_name(after.state));
+        printf("device %u: already %s; nothing changed\n", c.dev, store_device_state_name(after.state));
     } else if (c.how == STORE_REVOKE_SOFT) {
         printf("device %u (%s): revoked (soft). Deltas up to seq %llu stay; later arrivals go "
                "to quarantine.\n",
@@ -1743,7 +1732,7 @@ static int quarantine_show(int argc, char **argv)
     printf("  received:  %s\n", fmt_time(q.at_ms, t2));
     printf("  device:    %u", q.dev);
     bool have_dev = store_device_get(t, q.dev, &dv) == STORE_OK;
-    if (have_dev) printf(" (%s, %s)", dv.volunteer, state_name(dv.state));
+    if (have_dev) printf(" (%s, %s)", dv.volunteer, store_device_state_name(dv.state));
     else printf(" (not enrolled here)");
     printf("\n  seq:       %llu\n", (unsigned long long)q.seq);
     drc = wire_envelope_decode(q.env.p, q.env.n, &crdt_limits_default, &db, &dl, &sig);
