@@ -302,18 +302,8 @@ static int on_auth(sync_session *s, const msgpack_object *m, uint64_t now_ms, sy
         if (rc || (key.state != STORE_KEY_ACTIVE && !soft)) code = SYNC_EEPOCH;
     }
     if (!code) {
-        /* signed: domain 0 || server pk || server nonce || client nonce || dev || epoch */
-        uint8_t msg[sizeof SYNC_DOMAIN_AUTH + 32 + 32 + 32 + 8], *p = msg;
-        memcpy(p, SYNC_DOMAIN_AUTH, sizeof SYNC_DOMAIN_AUTH);
-        p += sizeof SYNC_DOMAIN_AUTH;
-        memcpy(p, store_server_pk(s->st), 32);
-        p += 32;
-        memcpy(p, s->nonce, 32);
-        p += 32;
-        memcpy(p, cn, 32);
-        p += 32;
-        for (int i = 3; i >= 0; i--) *p++ = (uint8_t)(dev >> (8 * i));
-        for (int i = 3; i >= 0; i--) *p++ = (uint8_t)(epoch >> (8 * i));
+        uint8_t msg[WIRE_AUTH_MSG_BYTES];
+        wire_auth_msg(store_server_pk(s->st), s->nonce, cn, (uint32_t)dev, (uint32_t)epoch, msg);
         if (crypto_sign_verify_detached(sig, msg, sizeof msg, key.pk) != 0) code = SYNC_EBADAUTH;
     }
     store_abort(t);
@@ -449,31 +439,22 @@ static int on_enroll(sync_session *s, const msgpack_object *m, uint64_t now_ms, 
         return SYNC_OK;
     }
     if (!only_keys(m, keys, 3) || !tok || tok->type != MSGPACK_OBJECT_STR ||
-        tok->via.str.size == 0 || tok->via.str.size > 64 || !get_bin(m, "pk", 32, &pk) ||
+        tok->via.str.size == 0 || tok->via.str.size > WIRE_TOKEN_MAX || !get_bin(m, "pk", 32, &pk) ||
         !get_bin(m, "sig", 64, &sig)) {
         fail(out, SYNC_EPROTO, 0, 1008);
         return SYNC_OK;
     }
     /* Proof that the enrolling phone holds the new secret key. */
-    size_t tl = tok->via.str.size;
-    uint8_t msg[sizeof SYNC_DOMAIN_ENROLL + 32 + 32 + 64 + 32], *p = msg;
-    memcpy(p, SYNC_DOMAIN_ENROLL, sizeof SYNC_DOMAIN_ENROLL);
-    p += sizeof SYNC_DOMAIN_ENROLL;
-    memcpy(p, store_server_pk(s->st), 32);
-    p += 32;
-    memcpy(p, s->nonce, 32);
-    p += 32;
-    memcpy(p, tok->via.str.ptr, tl);
-    p += tl;
-    memcpy(p, pk, 32);
-    p += 32;
-    if (crypto_sign_verify_detached(sig, msg, (size_t)(p - msg), pk) != 0) {
+    uint8_t msg[WIRE_ENROLL_MSG_MAX];
+    size_t ml = wire_enroll_msg(store_server_pk(s->st), s->nonce, tok->via.str.ptr,
+                                tok->via.str.size, pk, msg);
+    if (!ml || crypto_sign_verify_detached(sig, msg, ml, pk) != 0) {
         fail(out, SYNC_EBADAUTH, 0, 1008);
         return SYNC_OK;
     }
-    char text[65];
-    memcpy(text, tok->via.str.ptr, tl);
-    text[tl] = 0;
+    char text[WIRE_TOKEN_MAX + 1];
+    memcpy(text, tok->via.str.ptr, tok->via.str.size);
+    text[tok->via.str.size] = 0;
     /* A short write transaction on the loop thread: enrollment is rare. */
     if ((rc = store_begin(s->st, STORE_RW, &t))) goto fail;
     if ((rc = store_device_next_id(t, &dev))) goto fail;
@@ -541,15 +522,8 @@ static int on_rotate(sync_session *s, const msgpack_object *m, uint64_t now_ms, 
         sync_out_append(out, sync_frame_error(SYNC_EEPOCH, "new epoch must be the current one + 1", 0));
         return SYNC_OK;
     }
-    uint8_t msg[sizeof SYNC_DOMAIN_ROTATE + 4 + 4 + 32 + 8], *p = msg;
-    memcpy(p, SYNC_DOMAIN_ROTATE, sizeof SYNC_DOMAIN_ROTATE);
-    p += sizeof SYNC_DOMAIN_ROTATE;
-    be32p(&p, s->dev);
-    be32p(&p, (uint32_t)e);
-    memcpy(p, pk, 32);
-    p += 32;
-    be32p(&p, (uint32_t)(seal >> 32));
-    be32p(&p, (uint32_t)seal);
+    uint8_t msg[WIRE_ROTATE_MSG_BYTES];
+    wire_rotate_msg(s->dev, (uint32_t)e, pk, seal, msg);
     if ((rc = store_begin(s->st, STORE_RW, &t))) goto unavailable;
     if ((rc = store_key_get(t, s->dev, s->epoch, &old)) || (rc = store_chain_head(t, s->dev, &head, hh)))
         goto unavailable;
@@ -971,16 +945,9 @@ typedef struct snap_page {
 static int snap_flush(sync_session *s, uint64_t id, uint64_t cursor, uint32_t pageno, bool more,
                       store_txn *t, snap_page *sp, sync_out *out)
 {
-    uint8_t digest[32], msg[sizeof SYNC_DOMAIN_SNAPSHOT + 4 + 8 + 4 + 1 + 32], *p = msg, sig[64];
+    uint8_t digest[32], msg[WIRE_SNAPSHOT_MSG_BYTES], sig[64];
     crypto_generichash_final(&sp->h, digest, sizeof digest);
-    memcpy(p, SYNC_DOMAIN_SNAPSHOT, sizeof SYNC_DOMAIN_SNAPSHOT);
-    p += sizeof SYNC_DOMAIN_SNAPSHOT;
-    be32p(&p, s->dev);
-    be32p(&p, (uint32_t)(cursor >> 32));
-    be32p(&p, (uint32_t)cursor);
-    be32p(&p, pageno);
-    *p++ = more ? 1 : 0;
-    memcpy(p, digest, 32);
+    wire_snapshot_msg(s->dev, cursor, pageno, more, digest, msg);
     int rc = store_server_sign(t, msg, sizeof msg, sig);
     if (rc) return rc;
     crdt_buf b = {0};

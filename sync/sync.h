@@ -53,12 +53,10 @@ bool sync_retryable(int code);
 
 #define SYNC_PROTOCOL_VERSION 1
 #define SYNC_SUBPROTOCOL "doorstep.v1"
-#define SYNC_DOMAIN_AUTH "doorstep/v1/auth"
-#define SYNC_DOMAIN_ENROLL "doorstep/v1/enroll"
-#define SYNC_DOMAIN_ROTATE "doorstep/v1/rotate"
-#define SYNC_DOMAIN_SNAPSHOT "doorstep/v1/snapshot"
+/* The signed handshake messages (auth, enroll, rotate, snapshot) are built
+ * by wire_*_msg (wire.h), shared with the device library. */
 #define SYNC_SNAPSHOT_MAX (16u << 20)  /* bytes of records in one snapshot */
-#define SYNC_NONCE_BYTES 32
+#define SYNC_NONCE_BYTES WIRE_NONCE_BYTES
 
 /* Limits and knobs (DESIGN.md §7), defaults in sync_config_default. */
 typedef struct sync_config {

@@ -66,7 +66,6 @@
 
 #define YEAR 2026
 /* The protocol's constants (docs/PROTOCOL.md); the bench does not link sync/. */
-#define AUTH_DOMAIN "doorstep/v1/auth"
 #define SUBPROTOCOL "doorstep.v1"
 
 /* ---- small helpers ------------------------------------------------------------- */
@@ -942,22 +941,14 @@ static void on_hello(client *cl, conn *c, const msgpack_object *m)
         conn_fail(cl, c, "bad hello");
         return;
     }
-    uint8_t msg[sizeof AUTH_DOMAIN + 104], cn[32], sig[64], *p = msg;
+    uint8_t msg[WIRE_AUTH_MSG_BYTES], cn[32], sig[64];
     uint64_t r;
     for (int i = 0; i < 4; i++) {
         r = bench_rand(&cl->rng);
         memcpy(cn + 8 * i, &r, 8);
     }
-    memcpy(p, AUTH_DOMAIN, sizeof AUTH_DOMAIN);
-    p += sizeof AUTH_DOMAIN;
-    memcpy(p, srv->via.bin.ptr, 32);
-    p += 32;
-    memcpy(p, n->via.bin.ptr, 32);
-    p += 32;
-    memcpy(p, cn, 32);
-    p += 32;
-    for (int i = 3; i >= 0; i--) *p++ = (uint8_t)(c->dev_id >> (8 * i));
-    for (int i = 3; i >= 0; i--) *p++ = (uint8_t)(1u >> (8 * i));
+    wire_auth_msg((const uint8_t *)srv->via.bin.ptr, (const uint8_t *)n->via.bin.ptr, cn,
+                  c->dev_id, 1, msg);
     crypto_sign_detached(sig, NULL, msg, sizeof msg, cl->sk[c->idx]);
     wbuf pl = {0};
     wb_byte(&pl, 0x85);

@@ -197,19 +197,10 @@ static void be32w(uint8_t **p, uint32_t v)
 
 static int send_auth(conn *c, uint32_t dev, uint32_t epoch, const uint8_t sk[64])
 {
-    uint8_t cn[32], sig[64], m[sizeof "doorstep/v1/auth" + 104], *p = m;
+    uint8_t cn[32], sig[64], m[WIRE_AUTH_MSG_BYTES];
     crdt_buf f = {0};
     randombytes_buf(cn, sizeof cn);
-    memcpy(p, "doorstep/v1/auth", sizeof "doorstep/v1/auth");
-    p += sizeof "doorstep/v1/auth";
-    memcpy(p, c->srvpk, 32);
-    p += 32;
-    memcpy(p, c->nonce, 32);
-    p += 32;
-    memcpy(p, cn, 32);
-    p += 32;
-    be32w(&p, dev);
-    be32w(&p, epoch);
+    wire_auth_msg(c->srvpk, c->nonce, cn, dev, epoch, m);
     crypto_sign_detached(sig, NULL, m, sizeof m, sk);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &f, bw);
@@ -483,7 +474,7 @@ static int do_rotate(conn *c, ident *id, dsd_sync_report *rep)
 {
     dsd *h = c->h;
     uint8_t nsk[64], npk[32], osk[64], so[64], sn[64];
-    uint8_t m[sizeof "doorstep/v1/rotate" + 4 + 4 + 32 + 8], *p = m;
+    uint8_t m[WIRE_ROTATE_MSG_BYTES];
     uint64_t seal;
     MDB_txn *t;
     crdt_buf f = {0};
@@ -501,14 +492,7 @@ static int do_rotate(conn *c, ident *id, dsd_sync_report *rep)
         sodium_memzero(nsk, sizeof nsk);
         return rc;
     }
-    memcpy(p, "doorstep/v1/rotate", sizeof "doorstep/v1/rotate");
-    p += sizeof "doorstep/v1/rotate";
-    be32w(&p, id->dev);
-    be32w(&p, e);
-    memcpy(p, npk, 32);
-    p += 32;
-    be32w(&p, (uint32_t)(seal >> 32));
-    be32w(&p, (uint32_t)seal);
+    wire_rotate_msg(id->dev, e, npk, seal, m);
     crypto_sign_detached(sn, NULL, m, sizeof m, nsk);
     sodium_memzero(nsk, sizeof nsk);
     if ((rc = key_for(h, "device.key", id->pk, osk))) return rc;
@@ -922,7 +906,7 @@ static int do_fetch(conn *c, dsd_sync_report *rep)
             more = m && m->type == MSGPACK_OBJECT_BOOLEAN && m->via.boolean;
             /* Check the server's signature over the page. */
             crypto_generichash_state hs;
-            uint8_t digest[32], msg[sizeof "doorstep/v1/snapshot" + 49], *q = msg;
+            uint8_t digest[32], msg[WIRE_SNAPSHOT_MSG_BYTES];
             crypto_generichash_init(&hs, NULL, 0, 32);
             for (uint32_t i = 0; i < r->via.array.size; i++) {
                 const msgpack_object *b = &r->via.array.ptr[i];
@@ -938,14 +922,7 @@ static int do_fetch(conn *c, dsd_sync_report *rep)
             }
             if (rc) break;
             crypto_generichash_final(&hs, digest, 32);
-            memcpy(q, "doorstep/v1/snapshot", sizeof "doorstep/v1/snapshot");
-            q += sizeof "doorstep/v1/snapshot";
-            be32w(&q, (uint32_t)dev);
-            be32w(&q, (uint32_t)(n >> 32));
-            be32w(&q, (uint32_t)n);
-            be32w(&q, (uint32_t)pg);
-            *q++ = more ? 1 : 0;
-            memcpy(q, digest, 32);
+            wire_snapshot_msg((uint32_t)dev, n, (uint32_t)pg, more, digest, msg);
             if (crypto_sign_verify_detached(sig, msg, sizeof msg, c->srvpk) != 0) {
                 rc = dsd_fail(h, DSD_EPROTO, "snapshot page signature does not verify");
                 break;
@@ -1113,7 +1090,7 @@ int dsd_enroll(dsd *h, const char *url, const char *token)
     if (rc) return rc;
     if (id.dev) return dsd_fail(h, DSD_EENROLLED, "this device is already enrolled as %u", id.dev);
     size_t tl = strlen(token);
-    if (tl == 0 || tl > 64) return dsd_fail(h, DSD_EINVAL, "enrollment token must be 1-64 characters");
+    if (tl == 0 || tl > WIRE_TOKEN_MAX) return dsd_fail(h, DSD_EINVAL, "enrollment token must be 1-64 characters");
     /* The new key is on disk before the server hears of it. */
     crypto_sign_keypair(id.pk, sk);
     if ((rc = dsd_key_write(h, "device.key", sk))) {
@@ -1126,18 +1103,9 @@ int dsd_enroll(dsd *h, const char *url, const char *token)
         return rc;
     }
     memcpy(id.srvpk, c.srvpk, 32);
-    uint8_t m[sizeof "doorstep/v1/enroll" + 32 + 32 + 64 + 32], *p = m, sig[64];
-    memcpy(p, "doorstep/v1/enroll", sizeof "doorstep/v1/enroll");
-    p += sizeof "doorstep/v1/enroll";
-    memcpy(p, c.srvpk, 32);
-    p += 32;
-    memcpy(p, c.nonce, 32);
-    p += 32;
-    memcpy(p, token, tl);
-    p += tl;
-    memcpy(p, id.pk, 32);
-    p += 32;
-    crypto_sign_detached(sig, NULL, m, (size_t)(p - m), sk);
+    uint8_t m[WIRE_ENROLL_MSG_MAX], sig[64];
+    size_t ml = wire_enroll_msg(c.srvpk, c.nonce, token, tl, id.pk, m);
+    crypto_sign_detached(sig, NULL, m, ml, sk);
     sodium_memzero(sk, sizeof sk);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &f, bw);

@@ -57,10 +57,10 @@ static int bw(void *d, const char *p, size_t n) { return crdt_buf_append(d, p, n
 
 static void auth_frame(const uint8_t nonce[32], crdt_buf *out)
 {
-    uint8_t cn[32], sig[64], msg[sizeof SYNC_DOMAIN_AUTH + 104], *p = msg;
+    uint8_t cn[32], sig[64], msg[sizeof WIRE_DOMAIN_AUTH + 104], *p = msg;
     memset(cn, 0x11, 32);
-    memcpy(p, SYNC_DOMAIN_AUTH, sizeof SYNC_DOMAIN_AUTH);
-    p += sizeof SYNC_DOMAIN_AUTH;
+    memcpy(p, WIRE_DOMAIN_AUTH, sizeof WIRE_DOMAIN_AUTH);
+    p += sizeof WIRE_DOMAIN_AUTH;
     memcpy(p, store_server_pk(st), 32);
     p += 32;
     memcpy(p, nonce, 32);

@@ -618,8 +618,8 @@ static void frame_enroll(crdt_buf *out, const char *tok, const uint8_t pk[32], c
                          const uint8_t spk[32], const uint8_t nonce[32])
 {
     uint8_t msg[256], sig[64], *p = msg;
-    memcpy(p, SYNC_DOMAIN_ENROLL, sizeof SYNC_DOMAIN_ENROLL);
-    p += sizeof SYNC_DOMAIN_ENROLL;
+    memcpy(p, WIRE_DOMAIN_ENROLL, sizeof WIRE_DOMAIN_ENROLL);
+    p += sizeof WIRE_DOMAIN_ENROLL;
     memcpy(p, spk, 32);
     p += 32;
     memcpy(p, nonce, 32);
@@ -646,9 +646,9 @@ static void frame_enroll(crdt_buf *out, const char *tok, const uint8_t pk[32], c
 static void frame_rotate(crdt_buf *out, uint32_t dev, uint32_t e, uint64_t seal,
                          const uint8_t old_sk[64], const uint8_t new_pk[32], const uint8_t new_sk[64])
 {
-    uint8_t msg[sizeof SYNC_DOMAIN_ROTATE + 48], so[64], sn[64], *p = msg;
-    memcpy(p, SYNC_DOMAIN_ROTATE, sizeof SYNC_DOMAIN_ROTATE);
-    p += sizeof SYNC_DOMAIN_ROTATE;
+    uint8_t msg[sizeof WIRE_DOMAIN_ROTATE + 48], so[64], sn[64], *p = msg;
+    memcpy(p, WIRE_DOMAIN_ROTATE, sizeof WIRE_DOMAIN_ROTATE);
+    p += sizeof WIRE_DOMAIN_ROTATE;
     for (int i = 3; i >= 0; i--) *p++ = (uint8_t)(dev >> (8 * i));
     for (int i = 3; i >= 0; i--) *p++ = (uint8_t)(e >> (8 * i));
     memcpy(p, new_pk, 32);
@@ -999,10 +999,10 @@ static void test_snapshot_bootstrap(void **state)
         }
         store_abort(t);
         msgpack_unpacked_destroy(&up);
-        uint8_t digest[32], msg[sizeof SYNC_DOMAIN_SNAPSHOT + 49], *q = msg;
+        uint8_t digest[32], msg[sizeof WIRE_DOMAIN_SNAPSHOT + 49], *q = msg;
         crypto_generichash_final(&h, digest, 32);
-        memcpy(q, SYNC_DOMAIN_SNAPSHOT, sizeof SYNC_DOMAIN_SNAPSHOT);
-        q += sizeof SYNC_DOMAIN_SNAPSHOT;
+        memcpy(q, WIRE_DOMAIN_SNAPSHOT, sizeof WIRE_DOMAIN_SNAPSHOT);
+        q += sizeof WIRE_DOMAIN_SNAPSHOT;
         uint32_t dev = 2;
         for (int i = 3; i >= 0; i--) *q++ = (uint8_t)(dev >> (8 * i));
         for (int i = 7; i >= 0; i--) *q++ = (uint8_t)(n >> (8 * i));

@@ -156,6 +156,63 @@ static int setup(void **state)
     return wire_init();
 }
 
+/* The handshake layouts byte for byte, written out here independently of
+ * handshake.c (the spec is docs/PROTOCOL.md "Signatures"). */
+static void test_handshake_layouts(void **state)
+{
+    (void)state;
+    uint8_t spk[32], sn[32], cn[32], pk[32], dg[32];
+    for (int i = 0; i < 32; i++) {
+        spk[i] = (uint8_t)i;
+        sn[i] = (uint8_t)(0x40 + i);
+        cn[i] = (uint8_t)(0x80 + i);
+        pk[i] = (uint8_t)(0xc0 + i);
+        dg[i] = (uint8_t)(0xe0 ^ i);
+    }
+    uint8_t want[256], got[256];
+    size_t n = 0;
+    /* auth */
+    memcpy(want, "doorstep/v1/auth\0", 17), n = 17;
+    memcpy(want + n, spk, 32), n += 32;
+    memcpy(want + n, sn, 32), n += 32;
+    memcpy(want + n, cn, 32), n += 32;
+    memcpy(want + n, "\x00\x01\x02\x03\x00\x00\x00\x07", 8), n += 8;
+    assert_int_equal(WIRE_AUTH_MSG_BYTES, n);
+    wire_auth_msg(spk, sn, cn, 0x00010203u, 7, got);
+    assert_memory_equal(got, want, n);
+    /* enroll: token bounds, then the bytes */
+    assert_int_equal(wire_enroll_msg(spk, sn, "t", 0, pk, got), 0);
+    char tok65[66];
+    memset(tok65, 'a', 65);
+    tok65[65] = 0;
+    assert_int_equal(wire_enroll_msg(spk, sn, tok65, 65, pk, got), 0);
+    assert_int_equal(wire_enroll_msg(spk, sn, tok65, 64, pk, got), WIRE_ENROLL_MSG_MAX);
+    memcpy(want, "doorstep/v1/enroll\0", 19), n = 19;
+    memcpy(want + n, spk, 32), n += 32;
+    memcpy(want + n, sn, 32), n += 32;
+    memcpy(want + n, "tok-1", 5), n += 5;
+    memcpy(want + n, pk, 32), n += 32;
+    assert_int_equal(wire_enroll_msg(spk, sn, "tok-1", 5, pk, got), n);
+    assert_memory_equal(got, want, n);
+    /* rotate */
+    memcpy(want, "doorstep/v1/rotate\0", 19), n = 19;
+    memcpy(want + n, "\x00\x00\x01\x2c\x00\x00\x00\x03", 8), n += 8;
+    memcpy(want + n, pk, 32), n += 32;
+    memcpy(want + n, "\x00\x00\x00\x01\x00\x00\x00\x02", 8), n += 8;
+    assert_int_equal(WIRE_ROTATE_MSG_BYTES, n);
+    wire_rotate_msg(300, 3, pk, 0x100000002ull, got);
+    assert_memory_equal(got, want, n);
+    /* snapshot */
+    memcpy(want, "doorstep/v1/snapshot\0", 21), n = 21;
+    memcpy(want + n, "\x00\x00\x00\x05", 4), n += 4;
+    memcpy(want + n, "\x00\x00\x00\x00\x00\x00\x30\x39", 8), n += 8;
+    memcpy(want + n, "\x00\x00\x00\x02\x01", 5), n += 5;
+    memcpy(want + n, dg, 32), n += 32;
+    assert_int_equal(WIRE_SNAPSHOT_MSG_BYTES, n);
+    wire_snapshot_msg(5, 12345, 2, true, dg, got);
+    assert_memory_equal(got, want, n);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -163,6 +220,7 @@ int main(void)
         cmocka_unit_test(test_hash),
         cmocka_unit_test(test_envelope_roundtrip_and_hostile),
         cmocka_unit_test(test_golden_envelope),
+        cmocka_unit_test(test_handshake_layouts),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
