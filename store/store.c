@@ -379,6 +379,8 @@ void store_map_usage(store *s, size_t *used, size_t *size)
     *size = info.me_mapsize;
 }
 
+size_t store_map_max(const store *s) { return s->map_max; }
+
 /* ---- open / init / close ------------------------------------------------------ */
 
 static int env_open(store *s, const char *dir, const store_opts *o, char *err, size_t errlen)

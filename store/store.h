@@ -147,6 +147,9 @@ int store_reopen(store *s, char *err, size_t errlen);
 
 /* Map use for /metrics: bytes in used pages and the current map size. */
 void store_map_usage(store *s, size_t *used, size_t *size);
+/* The largest the map may grow (opts.map_max, or the file's size if that is
+ * larger): at it, writes fail with STORE_EMAPFULL. */
+size_t store_map_max(const store *s);
 
 /* ---- appending deltas ------------------------------------------------------ */
 

@@ -3,7 +3,8 @@
  *
  *   doorstepd --data DIR [--key-file F] [--listen HOST:PORT]
  *             [--tls-cert F --tls-key F] [--allow-plain] [--static DIR]
- *             [--log-level L] [--init --schema F --campaign-year Y]
+ *             [--log-level L] [--map-max SIZE] [--device-rate N --device-burst N]
+ *             [--init --schema F --campaign-year Y]
  *
  * The data key file defaults to DIR.key beside the data directory (never
  * inside it).  SIGTERM/SIGINT stop accepting work, finish and ack in-flight
@@ -32,12 +33,58 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: doorstepd --data DIR [--key-file F] [--listen HOST:PORT]\n"
             "                 [--tls-cert F --tls-key F] [--allow-plain] [--static DIR]\n"
-            "                 [--log-level 0-3] [--init [--schema F] [--campaign-year Y]]\n"
+            "                 [--log-level 0-3] [--map-max SIZE]\n"
+            "                 [--device-rate N] [--device-burst N]\n"
+            "                 [--init [--schema F] [--campaign-year Y]]\n"
             "  --data DIR        data directory (or DOORSTEP_DATA)\n"
             "  --key-file F      data key file (or DOORSTEP_KEY_FILE; default DIR.key)\n"
             "  --listen H:P      address to listen on (default 127.0.0.1:8080; port 0 = any)\n"
             "  --allow-plain     allow plain ws on a non-loopback address\n"
-            "  --init            initialise DIR first if it is not a store yet\n");
+            "  --static DIR      serve the dashboard files in DIR at /\n"
+            "  --log-level L     0 quiet, 1 normal (default), 2 notices, 3 debug\n"
+            "  --map-max SIZE    largest the database may grow, e.g. 64G (suffix K, M, G or T;\n"
+            "                    default 1T); at the limit pushes get a retryable error\n"
+            "  --device-rate N   deltas per second one device may push, sustained (default 200;\n"
+            "                    0 = no limit); beyond it pushes get SYNC_ERATE with a wait\n"
+            "  --device-burst N  deltas one device may push at once (default 5000; at least 500,\n"
+            "                    one full push)\n"
+            "  --init            initialise DIR first if it is not a store yet\n"
+            "  --schema F        with --init: the schema file (default: the yibao schema)\n"
+            "  --campaign-year Y with --init: the campaign year, 2000..2100 (default: this year)\n");
+}
+
+/* A whole decimal number in [lo, hi], nothing after it.  false otherwise. */
+static bool parse_num(const char *s, long long lo, long long hi, long long *out)
+{
+    char *end;
+    errno = 0;
+    if (!*s || *s == '+' || *s == ' ') return false;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
+
+/* "4096", "512K", "64M", "2G", "1T" (binary units; "MiB"/"MB" forms too). */
+static bool parse_size(const char *s, size_t *out)
+{
+    char *end;
+    errno = 0;
+    if (!*s || *s < '0' || *s > '9') return false;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno) return false;
+    unsigned shift = 0;
+    switch (*end) {
+    case 'k': case 'K': shift = 10; end++; break;
+    case 'm': case 'M': shift = 20; end++; break;
+    case 'g': case 'G': shift = 30; end++; break;
+    case 't': case 'T': shift = 40; end++; break;
+    default: break;
+    }
+    if (shift && (!strcmp(end, "iB") || !strcmp(end, "B"))) end += strlen(end);
+    if (*end || (shift && v > (SIZE_MAX >> shift))) return false;
+    *out = (size_t)(v << shift);
+    return true;
 }
 
 
@@ -55,15 +102,28 @@ int main(int argc, char **argv)
         {"init", no_argument, NULL, 'i'},
         {"schema", required_argument, NULL, 'S'},
         {"campaign-year", required_argument, NULL, 'y'},
+        {"map-max", required_argument, NULL, 'M'},
+        {"device-rate", required_argument, NULL, 'r'},
+        {"device-burst", required_argument, NULL, 'b'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     const char *data = getenv("DOORSTEP_DATA"), *key = getenv("DOORSTEP_KEY_FILE");
     const char *listen = "127.0.0.1:8080", *schema = DOORSTEP_DEFAULT_SCHEMA;
     sync_server_opts so = {0};
+    sync_config cfg = sync_config_default;
+    store_opts sto = {0};
     bool init = false;
-    long year = 0;
+    long long year = 0, num;
     int c;
     so.log_level = 1;
+#define NUM_ARG(lo, hi, what)                                                              \
+    do {                                                                                   \
+        if (!parse_num(optarg, lo, hi, &num)) {                                            \
+            fprintf(stderr, "doorstepd: %s must be a whole number %lld..%lld, got '%s'\n",  \
+                    what, (long long)(lo), (long long)(hi), optarg);                       \
+            return 2;                                                                      \
+        }                                                                                  \
+    } while (0)
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'd': data = optarg; break;
@@ -73,10 +133,31 @@ int main(int argc, char **argv)
         case 'K': so.tls_key = optarg; break;
         case 'P': so.allow_plain = true; break;
         case 's': so.static_dir = optarg; break;
-        case 'v': so.log_level = atoi(optarg); break;
+        case 'v':
+            NUM_ARG(0, 3, "--log-level");
+            so.log_level = (int)num;
+            break;
         case 'i': init = true; break;
         case 'S': schema = optarg; break;
-        case 'y': year = strtol(optarg, NULL, 10); break;
+        case 'y':
+            NUM_ARG(2000, 2100, "--campaign-year");
+            year = num;
+            break;
+        case 'M':
+            if (!parse_size(optarg, &sto.map_max) || sto.map_max < ((size_t)1 << 20)) {
+                fprintf(stderr, "doorstepd: --map-max wants a size of at least 1M such as 512M, "
+                                "64G or 1T, got '%s'\n", optarg);
+                return 2;
+            }
+            break;
+        case 'r':
+            NUM_ARG(0, 1000000, "--device-rate");
+            cfg.device_rate = (uint32_t)num;
+            break;
+        case 'b':
+            NUM_ARG(sync_config_default.max_push, 10000000, "--device-burst");
+            cfg.device_burst = (uint32_t)num;
+            break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -110,14 +191,13 @@ int main(int argc, char **argv)
         return 2;
     }
     port = (int)pl;
-    if (year && (year < 2000 || year > 2100)) {
-        fprintf(stderr, "doorstepd: --campaign-year must be 2000..2100\n");
-        return 2;
-    }
 
     char err[512] = "";
     store *st = NULL;
-    int rc = store_open(data, key, NULL, &st, err, sizeof err);
+    /* The map starts at 1 GiB of address space (the file grows only as
+     * used), or at the maximum if that is smaller. */
+    if (sto.map_max) sto.map_initial = sto.map_max < ((size_t)1 << 30) ? sto.map_max : (size_t)1 << 30;
+    int rc = store_open(data, key, &sto, &st, err, sizeof err);
     if (rc == STORE_ENOTINIT && init) {
         if (!year) {
             time_t now = time(NULL);
@@ -131,7 +211,7 @@ int main(int argc, char **argv)
             return 1;
         }
         fprintf(stderr, "doorstepd: initialised %s (data key in %s)\n", data, key);
-        rc = store_open(data, key, NULL, &st, err, sizeof err);
+        rc = store_open(data, key, &sto, &st, err, sizeof err);
     }
     if (rc) {
         fprintf(stderr, "doorstepd: %s\n", err);
@@ -143,7 +223,14 @@ int main(int argc, char **argv)
     so.listen_host = host;
     so.port = port;
     sync_server *sv = NULL;
-    rc = sync_server_new(st, &sync_config_default, &so, &sv, err, sizeof err);
+    if (sto.map_max) {
+        size_t used = 0, map = 0;
+        store_map_usage(st, &used, &map);
+        if (map > sto.map_max)
+            fprintf(stderr, "doorstepd: the database already needs %zu MiB, more than --map-max; "
+                            "the map stays at that size\n", map >> 20);
+    }
+    rc = sync_server_new(st, &cfg, &so, &sv, err, sizeof err);
     if (rc) {
         fprintf(stderr, "doorstepd: %s\n", err);
         store_close(st);

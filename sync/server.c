@@ -107,6 +107,7 @@ struct sync_server {
 
     /* The staff API: requests run on their own thread (see api_main). */
     sync_api *api;
+    sync_limiter *limiter;            /* per-device push rate (event-loop thread only) */
     pthread_t api_thread;
     bool api_started;
     struct api_job *api_q, **api_q_tail, *api_done, **api_done_tail;
@@ -305,8 +306,11 @@ static void *writer_main(void *arg)
         double ms = (double)(z.tv_sec - a.tv_sec) * 1e3 + (double)(z.tv_nsec - a.tv_nsec) / 1e6;
         record_commit_metrics(sv, batch, ms, rc);
         if (rc && sv->o.log_level >= 1)
-            lwsl_user("commit of a batch failed: %s (nothing acked; devices retry)\n",
-                      store_strerror(rc));
+            lwsl_user("commit of a batch failed: %s (nothing acked; devices retry)%s\n",
+                      store_strerror(rc),
+                      rc == STORE_EMAPFULL ? "; the database reached --map-max: free disk "
+                                             "space and restart doorstepd with a larger --map-max"
+                                           : "");
 
         pthread_mutex_lock(&sv->mu);
         *sv->done_tail = batch;
@@ -500,6 +504,7 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
         randombytes_buf(nonce, sizeof nonce);
         c->sess = sync_session_new(sv->st, sv->cfg, nonce);
         if (!c->sess) return -1;
+        sync_session_set_limiter(c->sess, sv->limiter);
         c->next = sv->conns;
         if (sv->conns) sv->conns->prev = c;
         sv->conns = c;
@@ -794,6 +799,10 @@ static char *metrics_text(sync_server *sv, size_t *len)
          (unsigned long long)GET(commits));
     EMIT("# TYPE doorstep_commit_failures_total counter\ndoorstep_commit_failures_total %llu\n",
          (unsigned long long)GET(commit_failures));
+    EMIT("# HELP doorstep_pushes_rate_limited_total Pushes refused with SYNC_ERATE.\n"
+         "# TYPE doorstep_pushes_rate_limited_total counter\n"
+         "doorstep_pushes_rate_limited_total %llu\n",
+         (unsigned long long)sync_limiter_refused(sv->limiter));
     EMIT("# HELP doorstep_store_write_failed 1 while writes are refused after an I/O error.\n"
          "# TYPE doorstep_store_write_failed gauge\ndoorstep_store_write_failed %d\n",
          sv->write_failed ? 1 : 0);
@@ -831,10 +840,11 @@ static char *metrics_text(sync_server *sv, size_t *len)
          (unsigned long long)GET(batch_sum), (unsigned long long)cum);
     size_t used = 0, size = 0;
     store_map_usage(sv->st, &used, &size);
-    EMIT("# HELP doorstep_map_bytes LMDB map: used and current size.\n"
-         "# TYPE doorstep_map_bytes gauge\n");
+    EMIT("# HELP doorstep_map_bytes LMDB map: used, current size, and the most it may grow to "
+         "(--map-max).\n# TYPE doorstep_map_bytes gauge\n");
     EMIT("doorstep_map_bytes{kind=\"used\"} %zu\ndoorstep_map_bytes{kind=\"size\"} %zu\n", used,
          size);
+    EMIT("doorstep_map_bytes{kind=\"max\"} %zu\n", store_map_max(sv->st));
 #undef EMIT
     *len = b.n;
     return (char *)b.p;
@@ -1115,6 +1125,14 @@ int sync_server_new(store *st, const sync_config *cfg, const sync_server_opts *o
                  o->listen_host);
         return SYNC_EPROTO;
     }
+    /* A burst below the largest push would let a full bucket pass a push
+     * larger than itself (sync/limit.c), i.e. more than the rate. */
+    if (cfg->device_rate && (cfg->device_burst < cfg->max_push || cfg->device_rate > 1000000 ||
+                             cfg->device_burst > 10000000)) {
+        snprintf(err, errlen, "device rate limit: the rate must be 1..1000000 deltas/s and the "
+                              "burst %u..10000000 deltas (at least one full push)", cfg->max_push);
+        return SYNC_EPROTO;
+    }
     sv = calloc(1, sizeof *sv);
     if (!sv) return CRDT_ENOMEM;
     sv->st = st;
@@ -1129,7 +1147,10 @@ int sync_server_new(store *st, const sync_config *cfg, const sync_server_opts *o
     sv->api_q_tail = &sv->api_q;
     sv->api_done_tail = &sv->api_done;
     sv->api = sync_api_new(st, cfg);
-    if (!sv->api) {
+    sv->limiter = sync_limiter_new();
+    if (!sv->api || !sv->limiter) {
+        sync_api_free(sv->api);
+        sync_limiter_free(sv->limiter);
         snprintf(err, errlen, "cannot create the staff API");
         pthread_cond_destroy(&sv->cv_api);
         pthread_cond_destroy(&sv->cv_commit);
@@ -1305,6 +1326,7 @@ void sync_server_free(sync_server *sv)
         api_job_free(j);
     }
     sync_api_free(sv->api);
+    sync_limiter_free(sv->limiter);
     pthread_cond_destroy(&sv->cv_api);
     free(sv->touched);
     free(sv->workers);

@@ -24,7 +24,7 @@
 #include <string.h>
 
 const sync_config sync_config_default = {
-    CRDT_LIMITS_DEFAULT_INIT, 500, 500, 192 * 1024, 24ull * 3600 * 1000, 10, 4
+    CRDT_LIMITS_DEFAULT_INIT, 500, 500, 192 * 1024, 24ull * 3600 * 1000, 10, 4, 200, 5000
 };
 
 const char *sync_strerror(int code)
@@ -47,6 +47,7 @@ const char *sync_strerror(int code)
     case SYNC_ESHUTDOWN: return "server shutting down; retry later";
     case SYNC_EAUTHTIME: return "not authenticated in time";
     case SYNC_EROTATE: return "key rotation required before pushing";
+    case SYNC_ERATE: return "this device is pushing faster than its rate limit; retry later";
     default: return store_strerror(code);
     }
 }
@@ -54,7 +55,7 @@ const char *sync_strerror(int code)
 bool sync_retryable(int code)
 {
     return code == SYNC_EBUSY || code == SYNC_EUNAVAILABLE || code == SYNC_ESHUTDOWN ||
-           store_retryable(code);
+           code == SYNC_ERATE || store_retryable(code);
 }
 
 /* ---- frames ------------------------------------------------------------------- */
@@ -109,11 +110,16 @@ static void pk_str(msgpack_packer *pk, const char *s)
 
 sync_frame *sync_frame_error(int code, const char *msg, uint64_t req_id)
 {
+    return sync_frame_error_ra(code, msg, req_id, 0);
+}
+
+sync_frame *sync_frame_error_ra(int code, const char *msg, uint64_t req_id, uint64_t retry_ms)
+{
     crdt_buf b = {0};
     msgpack_packer pk;
     msgpack_packer_init(&pk, &b, buf_write);
-    /* keys in bytewise order: c, id, m, r, t */
-    msgpack_pack_map(&pk, req_id ? 5 : 4);
+    /* keys in bytewise order: c, id, m, r, ra, t */
+    msgpack_pack_map(&pk, 4 + (req_id ? 1 : 0) + (retry_ms ? 1 : 0));
     pk_str(&pk, "c");
     msgpack_pack_int64(&pk, code);
     if (req_id) {
@@ -125,6 +131,10 @@ sync_frame *sync_frame_error(int code, const char *msg, uint64_t req_id)
     pk_str(&pk, "r");
     if (sync_retryable(code)) msgpack_pack_true(&pk);
     else msgpack_pack_false(&pk);
+    if (retry_ms) {
+        pk_str(&pk, "ra");
+        msgpack_pack_uint64(&pk, retry_ms);
+    }
     pk_str(&pk, "t");
     pk_str(&pk, "error");
     sync_frame *f = b.p ? sync_frame_new(b.p, b.n) : NULL;
@@ -156,6 +166,7 @@ struct sync_session {
     uint64_t cursor;            /* live: last sseq sent */
     uint32_t inflight;
     uint64_t serial;
+    sync_limiter *limiter;      /* the server's, shared by all sessions; may be NULL */
 };
 
 sync_session *sync_session_new(store *st, const sync_config *cfg,
@@ -178,6 +189,8 @@ void sync_session_free(sync_session *s)
     store_ids_free(&s->scope);
     free(s);
 }
+
+void sync_session_set_limiter(sync_session *s, sync_limiter *l) { s->limiter = l; }
 
 bool sync_session_authed(const sync_session *s) { return s->state == ST_READY; }
 uint32_t sync_session_device(const sync_session *s) { return s->dev; }
@@ -609,7 +622,7 @@ void sync_job_free(sync_job *j)
     free(j);
 }
 
-static int on_push(sync_session *s, const msgpack_object *m, sync_out *out)
+static int on_push(sync_session *s, const msgpack_object *m, uint64_t now_ms, sync_out *out)
 {
     static const char *const keys[] = {"d", "id"};
     uint64_t id = 0;
@@ -636,6 +649,18 @@ static int on_push(sync_session *s, const msgpack_object *m, sync_out *out)
             fail(out, SYNC_EPROTO, id, 0);
             return SYNC_OK;
         }
+    /* Last check before work is queued: a refused push takes no tokens. */
+    uint64_t retry_ms = 0;
+    int lrc = sync_limiter_take(s->limiter, s->cfg, s->dev, d->via.array.size, now_ms, &retry_ms);
+    if (lrc == SYNC_ERATE) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "%s (%u deltas a second, %u at once); retry after %llu ms",
+                 sync_strerror(SYNC_ERATE), s->cfg->device_rate, s->cfg->device_burst,
+                 (unsigned long long)retry_ms);
+        sync_out_append(out, sync_frame_error_ra(SYNC_ERATE, msg, id, retry_ms));
+        return SYNC_OK;
+    }
+    if (lrc) return lrc;
     sync_job *j = calloc(1, sizeof *j);
     if (!j) return CRDT_ENOMEM;
     j->owner = s;
@@ -1164,7 +1189,7 @@ int sync_session_input(sync_session *s, const uint8_t *msg, size_t n, uint64_t n
                 !strcmp(type, "rotate") || !strcmp(type, "snapshot"))) {
         fail(out, SYNC_ESTATE, 0, 1008);
     } else if (!strcmp(type, "push")) {
-        rc = on_push(s, &up.data, out);
+        rc = on_push(s, &up.data, now_ms, out);
     } else if (!strcmp(type, "pull")) {
         rc = on_pull(s, &up.data, out);
     } else if (!strcmp(type, "subscribe")) {

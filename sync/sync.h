@@ -45,7 +45,8 @@ enum {
     SYNC_EUNAVAILABLE = -312,  /* store cannot write now (disk full, I/O): retry later */
     SYNC_ESHUTDOWN = -313,     /* server shutting down: retry later */
     SYNC_EAUTHTIME = -314,     /* not authenticated within the allowed time */
-    SYNC_EROTATE = -315        /* key rotation required before pushing */
+    SYNC_EROTATE = -315,       /* key rotation required before pushing */
+    SYNC_ERATE = -316          /* device over its push rate limit: retry after `ra` ms */
 };
 
 const char *sync_strerror(int code);
@@ -67,6 +68,10 @@ typedef struct sync_config {
     uint64_t max_ahead_ms;      /* quarantine deltas further ahead (24 h) */
     uint32_t auth_timeout_s;    /* close unauthenticated connections (10 s) */
     uint32_t max_inflight;      /* pushes awaiting ack per session (4) */
+    uint32_t device_rate;       /* deltas per second one device may push, sustained
+                                 * (200; 0 = no limit); see sync/limit.c */
+    uint32_t device_burst;      /* deltas one device may push at once (5000; the
+                                 * server wants >= max_push) */
 } sync_config;
 
 extern const sync_config sync_config_default;
@@ -90,6 +95,25 @@ sync_frame *sync_frame_new(const uint8_t *p, size_t n);
 
 /* The error frame {t:"error", c, m, r[, id]} as a new frame. */
 sync_frame *sync_frame_error(int code, const char *msg, uint64_t req_id);
+/* The same with `ra`: milliseconds after which a retry will be accepted
+ * (SYNC_ERATE); retry_ms 0 leaves `ra` out. */
+sync_frame *sync_frame_error_ra(int code, const char *msg, uint64_t req_id, uint64_t retry_ms);
+
+/* ---- the per-device rate limit (sync/limit.c) ----------------------------------- */
+
+/* Token buckets by device id, shared by all sessions of a server; used on
+ * the event-loop thread only (no locking). */
+typedef struct sync_limiter sync_limiter;
+sync_limiter *sync_limiter_new(void);        /* NULL on ENOMEM */
+void sync_limiter_free(sync_limiter *l);
+/* Take max(n, 1) tokens (at most cfg->device_burst) from device dev's bucket
+ * at now_ms.  Returns SYNC_OK; SYNC_ERATE with *retry_ms > 0 (nothing
+ * taken; the same request passes after that many ms); or CRDT_ENOMEM.
+ * l NULL, cfg->device_rate 0 or dev 0: always SYNC_OK. */
+int sync_limiter_take(sync_limiter *l, const sync_config *cfg, uint32_t dev, uint32_t n,
+                      uint64_t now_ms, uint64_t *retry_ms);
+/* How many pushes were refused with SYNC_ERATE so far. */
+uint64_t sync_limiter_refused(const sync_limiter *l);
 
 /* ---- push jobs ------------------------------------------------------------- */
 
@@ -173,6 +197,9 @@ void sync_out_append(sync_out *o, sync_frame *f);
 sync_session *sync_session_new(store *st, const sync_config *cfg,
                                const uint8_t nonce[SYNC_NONCE_BYTES]);
 void sync_session_free(sync_session *s);
+/* Share the server's per-device rate limit with this session (none if never
+ * called, as in the protocol unit tests). */
+void sync_session_set_limiter(sync_session *s, sync_limiter *l);
 
 /* The hello frame (first frame of every connection). */
 int sync_session_hello(sync_session *s, uint64_t now_ms, sync_out *out);

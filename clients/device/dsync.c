@@ -688,14 +688,19 @@ static bool is_rejected(dsd *h, uint64_t seq)
     return r;
 }
 
-static bool retryable(int code) { return code == -311 || code == -312 || code == -313; }
+/* SYNC_EBUSY, SYNC_EUNAVAILABLE, SYNC_ESHUTDOWN, SYNC_ERATE (sync.h). */
+static bool retryable(int code)
+{
+    return code == -311 || code == -312 || code == -313 || code == -316;
+}
+#define RATE_WAIT_MAX_MS 60000 /* never trust a server's `ra` beyond a minute */
 
 static int do_push(conn *c, const dsd_sync_opts *o, dsd_sync_report *rep)
 {
     dsd *h = c->h;
     inflight fl[INFLIGHT_MAX];
     uint32_t nfl = 0, stalls = 0, sent_frames = 0;
-    uint64_t next = 1, resend_from = UINT64_MAX;
+    uint64_t next = 1, resend_from = UINT64_MAX, wait_ms = 0;
     bool more = true;
     crdt_buf f = {0};
     int rc = 0;
@@ -732,11 +737,16 @@ static int do_push(conn *c, const dsd_sync_opts *o, dsd_sync_report *rep)
                               (unsigned long long)resend_from);
                 goto out;
             }
-            if (++stalls > 50) {
+            if (wait_ms) {
+                /* Rate limited (SYNC_ERATE): the server said when the same
+                 * push will pass; that is progress deferred, not a stall. */
+                struct timespec ts = {(time_t)(wait_ms / 1000), (long)(wait_ms % 1000) * 1000000L};
+                nanosleep(&ts, NULL);
+                wait_ms = 0;
+            } else if (++stalls > 50) {
                 rc = dsd_fail(h, DSD_ETIMEOUT, "push made no progress after %u rounds", stalls);
                 goto out;
-            }
-            if (stalls > 1) {
+            } else if (stalls > 1) {
                 struct timespec ts = {0, 50000000L * (stalls < 10 ? stalls : 10)};
                 nanosleep(&ts, NULL);
             }
@@ -774,6 +784,11 @@ static int do_push(conn *c, const dsd_sync_opts *o, dsd_sync_report *rep)
             if (!retryable(cv)) {
                 rc = cv;
                 goto out;
+            }
+            uint64_t ra = 0;
+            if (cv == -316 && get_u64(&c->up.data, "ra", &ra)) {
+                if (ra > RATE_WAIT_MAX_MS) ra = RATE_WAIT_MAX_MS;
+                if (ra > wait_ms) wait_ms = ra;
             }
             if (done.first < resend_from) resend_from = done.first;
             continue;

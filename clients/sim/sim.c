@@ -255,8 +255,8 @@ static void dev_sync(sim *S, simdev *d, void *arg)
     for (int attempt = 0; attempt < 5; attempt++) {
         rc = dsd_sync(d->h, S->o->server, &so, NULL);
         if (rc == 0) return;
-        /* busy / unavailable / shutting down / transport: try again */
-        if (!(rc == -311 || rc == -312 || rc == DSD_ECLOSED || rc == DSD_ETIMEOUT ||
+        /* busy / unavailable / rate limited / transport: try again */
+        if (!(rc == -311 || rc == -312 || rc == -316 || rc == DSD_ECLOSED || rc == DSD_ETIMEOUT ||
               rc == DSD_ECONNECT))
             break;
         struct timespec ts = {0, 200000000L * (attempt + 1)};

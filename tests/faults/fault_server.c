@@ -19,6 +19,18 @@
  *
  * What the server does after a failed fsync is printed (it is reported in
  * docs/RELIABILITY.md): whether the retry was acked, and what the log says.
+ *
+ * Then the map-full scenario (no shim): doorstepd with --map-max 1M.
+ *
+ *   1. device 1 pushes batches of large deltas until one is refused: every
+ *      batch before it was acked "applied"; the refused one gets the
+ *      retryable SYNC_EUNAVAILABLE naming the full map, and so does the
+ *      same batch sent again;
+ *   2. nothing of the refused batch is stored (the chain head is the last
+ *      acked seq), reads keep working (device 2 pulls, /healthz), /metrics
+ *      shows the failed commits and the map at its maximum;
+ *   3. SIGTERM; doorstepd restarted with --map-max 64M: the same batch is
+ *      applied, the chain is contiguous and store_verify passes.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -61,8 +73,8 @@ static uint64_t wall_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static pid_t start(const char *dir, const char *data, const char *key, const char *errname,
-                   const char *ops, int *port)
+static pid_t start_with(const char *dir, const char *data, const char *key, const char *errname,
+                        const char *ops, const char *map_max, int *port)
 {
     int pfd[2];
     char logf[400], arm[400];
@@ -74,17 +86,23 @@ static pid_t start(const char *dir, const char *data, const char *key, const cha
         dup2(pfd[1], 1);
         int lf = open(logf, O_WRONLY | O_CREAT | O_APPEND, 0600);
         if (lf >= 0) dup2(lf, 2);
-        setenv("LD_PRELOAD", shim, 1);
-        setenv("FAILWRITE_PATH", data, 1);
-        setenv("FAILWRITE_ARM", arm, 1);
-        setenv("FAILWRITE_ERRNO", errname, 1);
-        setenv("FAILWRITE_OPS", ops, 1);
-        if (getenv("FAULT_NTH")) setenv("FAILWRITE_NTH", getenv("FAULT_NTH"), 1);
-        if (getenv("FAULT_COUNT")) setenv("FAILWRITE_COUNT", getenv("FAULT_COUNT"), 1);
+        if (errname) {
+            setenv("LD_PRELOAD", shim, 1);
+            setenv("FAILWRITE_PATH", data, 1);
+            setenv("FAILWRITE_ARM", arm, 1);
+            setenv("FAILWRITE_ERRNO", errname, 1);
+            setenv("FAILWRITE_OPS", ops, 1);
+            if (getenv("FAULT_NTH")) setenv("FAILWRITE_NTH", getenv("FAULT_NTH"), 1);
+            if (getenv("FAULT_COUNT")) setenv("FAILWRITE_COUNT", getenv("FAULT_COUNT"), 1);
+        }
         char dsd[600];
         snprintf(dsd, sizeof dsd, "%s/doorstepd", build);
-        execl(dsd, dsd, "--data", data, "--key-file", key, "--listen", "127.0.0.1:0",
-              "--log-level", "1", (char *)NULL);
+        if (map_max)
+            execl(dsd, dsd, "--data", data, "--key-file", key, "--listen", "127.0.0.1:0",
+                  "--log-level", "1", "--map-max", map_max, (char *)NULL);
+        else
+            execl(dsd, dsd, "--data", data, "--key-file", key, "--listen", "127.0.0.1:0",
+                  "--log-level", "1", (char *)NULL);
         _exit(127);
     }
     close(pfd[1]);
@@ -104,6 +122,14 @@ static pid_t start(const char *dir, const char *data, const char *key, const cha
     }
     close(pfd[0]);
     return pid;
+}
+
+/* Start doorstepd (under the shim if errname, else with --map-max map_max)
+ * and read its port from the "listening on" line. */
+static pid_t start(const char *dir, const char *data, const char *key, const char *errname,
+                   const char *ops, int *port)
+{
+    return start_with(dir, data, key, errname, ops, NULL, port);
 }
 
 /* Push one envelope; returns "applied"/"rejected"/... in res, or the error
@@ -296,6 +322,227 @@ out:
     else fprintf(stderr, "fault_server: data kept in %s\n", d.root);
 }
 
+/* Push n envelopes as one push: the number acked "applied" (all of them, or
+ * -1 if any was not), or 0 with the error frame's code, retryable flag and
+ * message.  -2 if no answer came. */
+static int push_many(wsc *c, uint64_t id, const crdt_buf *envs, size_t n, int64_t *err,
+                     bool *retryable, char *msg, size_t cap)
+{
+    crdt_buf f = {0}, m = {0};
+    int cc, rc = -2;
+    *err = 0;
+    msg[0] = 0;
+    frame_push(&f, id, envs, n);
+    if (wsc_send(c, f.p, f.n) == 0 && wsc_recv(c, 20000, &m, &cc) == WSC_BINARY) {
+        uint64_t got = 0;
+        mp_get_u64(m.p, m.n, "id", &got);
+        if (got == id && !strcmp(mp_type(m.p, m.n), "ack")) {
+            rc = 0;
+            for (size_t i = 0; i < n; i++) {
+                char res[32];
+                ack_entry(m.p, m.n, i, res, sizeof res, NULL, NULL, NULL);
+                if (strcmp(res, "applied")) rc = -1;
+                else if (rc >= 0) rc++;
+            }
+        } else if (got == id && !strcmp(mp_type(m.p, m.n), "error")) {
+            mp_get_i64(m.p, m.n, "c", err);
+            mp_get_str(m.p, m.n, "m", msg, cap);
+            *retryable = memmem(m.p, m.n, "\xa1r\xc3", 3) != NULL;
+            rc = 0;
+        }
+    }
+    crdt_buf_free(&f);
+    crdt_buf_free(&m);
+    return rc;
+}
+
+static long long metric(int port, const char *name)
+{
+    crdt_buf body = {0};
+    long long v = -1;
+    if (http_get("127.0.0.1", port, "/metrics", &body) == 200 && !crdt_buf_append(&body, "", 1)) {
+        char key[128];
+        snprintf(key, sizeof key, "\n%s ", name);
+        const char *p = strstr((char *)body.p, key);
+        if (p) v = atoll(p + strlen(key));
+    }
+    crdt_buf_free(&body);
+    return v;
+}
+
+static void map_full_scenario(void)
+{
+    enum { BATCH = 50, MAXD = 2000 };
+    su_dir d;
+    su_dev a, b;
+    char cmd[2048], msg[256];
+    int port = 0;
+    pid_t pid = -1;
+    store *st = NULL;
+    crdt_buf *env = calloc(MAXD, sizeof *env), f = {0}, m = {0};
+    wsc ca = {.fd = -1}, cb = {.fd = -1};
+    int64_t err = 0;
+    bool retry = false;
+    size_t acked = 0, refused_at = 0;
+    printf("== scenario: map full (--map-max 1M)\n");
+    su_dir_make(&d, "mapfull");
+    snprintf(cmd, sizeof cmd,
+             "DOORSTEP_ADMIN_PASSWORD=fault-test-pw '%s/doorstepctl' --data '%s' --key-file '%s' "
+             "init --campaign-year 2026 >/dev/null",
+             build, d.data, d.key);
+    CHECK(env && system(cmd) == 0, "doorstepctl init");
+    {
+        char e_[512];
+        store_txn *t;
+        CHECK(store_open(d.data, d.key, NULL, &st, e_, sizeof e_) == 0, "store_open: %s", e_);
+        CHECK(store_begin(st, STORE_RW, &t) == 0, "begin");
+        su_dev *devs[2] = {&a, &b};
+        for (uint32_t i = 1; i <= 2; i++) {
+            su_dev_init(devs[i - 1], i);
+            store_device dv = {.id = i, .state = STORE_DEV_ACTIVE, .epoch = 1};
+            snprintf(dv.volunteer, sizeof dv.volunteer, "mapfull%u", i);
+            store_key k = {.dev = i, .epoch = 1, .state = STORE_KEY_ACTIVE};
+            memcpy(k.pk, devs[i - 1]->pk, 32);
+            const char *scope[] = {"H1"};
+            CHECK(!store_device_put(t, &dv) && !store_key_put(t, &k) &&
+                      !store_device_scope_set(t, i, scope, 1),
+                  "register");
+        }
+        CHECK(store_commit(t) == 0, "commit");
+        store_close(st);
+        st = NULL;
+    }
+    /* Large deltas: a 1000-character note each (the map fills in a few
+     * hundred). */
+    {
+        char note[3001];
+        for (size_t i = 0; i < MAXD; i++) {
+            int k = snprintf(note, sizeof note, "%zu ", i);
+            for (; k < 999; k++) note[k] = (char)('a' + (i + (size_t)k) % 26);
+            note[k] = 0;
+            su_ops o = {0};
+            su_set_str(&o, "note", note);
+            su_make(&a, "household", "H1", &o, wall_ms(), &env[i], NULL);
+            su_ops_free(&o);
+        }
+    }
+    pid = start_with(d.root, d.data, d.key, NULL, NULL, "1M", &port);
+    CHECK(port > 0, "doorstepd --map-max 1M did not start");
+    CHECK(device_connect(&ca, port, 1, 1, a.sk, NULL) == 0, "device 1 connect");
+    /* 1. fill */
+    for (uint64_t id = 1; acked + BATCH <= MAXD; id++) {
+        int r = push_many(&ca, id, env + acked, BATCH, &err, &retry, msg, sizeof msg);
+        CHECK(r != -2, "no answer to push %llu", (unsigned long long)id);
+        CHECK(r != -1, "push %llu: an entry was not applied", (unsigned long long)id);
+        if (r == 0) break;
+        CHECK(r == BATCH, "push %llu: %d applied", (unsigned long long)id, r);
+        acked += BATCH;
+    }
+    CHECK(acked + BATCH <= MAXD, "the map never filled (%zu deltas acked)", acked);
+    refused_at = acked;
+    CHECK(err == SYNC_EUNAVAILABLE && retry && strstr(msg, "map is full"),
+          "full map: error %lld (retryable %d) '%s', want retryable %d naming the full map",
+          (long long)err, retry, msg, SYNC_EUNAVAILABLE);
+    printf("  %zu deltas acked, then: %s\n", acked, msg);
+    /* the same batch again: the same answer, nothing partial */
+    CHECK(push_many(&ca, 1000, env + acked, BATCH, &err, &retry, msg, sizeof msg) == 0 &&
+              err == SYNC_EUNAVAILABLE && retry,
+          "retry on a full map: error %lld", (long long)err);
+    /* 2. reads keep working */
+    {
+        crdt_buf body = {0};
+        CHECK(http_get("127.0.0.1", port, "/healthz", &body) == 200, "healthz on a full map");
+        crdt_buf_free(&body);
+    }
+    CHECK(device_connect(&cb, port, 2, 1, b.sk, NULL) == 0, "device 2 connect on a full map");
+    frame_pull(&f, 1, 0, 10);
+    {
+        int cc;
+        crdt_buf e = {0};
+        CHECK(wsc_send(&cb, f.p, f.n) == 0 && wsc_recv(&cb, 5000, &m, &cc) == WSC_BINARY &&
+                  !strcmp(mp_type(m.p, m.n), "changes") && changes_count(m.p, m.n) == 10 &&
+                  changes_env(m.p, m.n, 0, &e) && e.n == env[0].n &&
+                  !memcmp(e.p, env[0].p, e.n),
+              "pull on a full map");
+        crdt_buf_free(&e);
+    }
+    long long fails = metric(port, "doorstep_commit_failures_total");
+    long long mused = metric(port, "doorstep_map_bytes{kind=\"used\"}");
+    long long mmax = metric(port, "doorstep_map_bytes{kind=\"max\"}");
+    CHECK(fails >= 2, "/metrics: %lld commit failures", fails);
+    CHECK(mmax == 1 << 20 && mused > (mmax * 3) / 4, "/metrics: map used %lld of max %lld", mused,
+          mmax);
+    printf("  reads work on the full map; /metrics: %lld commit failures, map %lld of %lld "
+           "bytes used\n", fails, mused, mmax);
+    wsc_close(&ca);
+    wsc_close(&cb);
+    /* 3. stop cleanly, check, restart with room */
+    kill(pid, SIGTERM);
+    {
+        int status = 0;
+        waitpid(pid, &status, 0);
+        pid = -1;
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "doorstepd did not stop cleanly");
+    }
+    {
+        char e_[512];
+        store_txn *t;
+        uint64_t head = 0, problems = 0;
+        uint8_t h[32];
+        CHECK(store_open(d.data, d.key, NULL, &st, e_, sizeof e_) == 0, "reopen: %s", e_);
+        CHECK(store_begin(st, STORE_RDONLY, &t) == 0, "begin");
+        store_chain_head(t, 1, &head, h);
+        store_abort(t);
+        CHECK(head == acked, "after the full map: chain head %llu, want %zu (nothing partial)",
+              (unsigned long long)head, acked);
+        CHECK(store_verify(st, NULL, NULL, &problems) == 0 && problems == 0, "store_verify");
+        store_close(st);
+        st = NULL;
+    }
+    pid = start_with(d.root, d.data, d.key, NULL, NULL, "64M", &port);
+    CHECK(port > 0, "doorstepd --map-max 64M did not start");
+    CHECK(device_connect(&ca, port, 1, 1, a.sk, NULL) == 0, "device 1 reconnect");
+    {
+        int r = push_many(&ca, 1, env + refused_at, BATCH, &err, &retry, msg, sizeof msg);
+        CHECK(r == BATCH, "after raising --map-max the batch was not applied: %d, error %lld %s",
+              r, (long long)err, msg);
+        acked += BATCH;
+    }
+    wsc_close(&ca);
+    kill(pid, SIGTERM);
+    waitpid(pid, NULL, 0);
+    pid = -1;
+    {
+        char e_[512];
+        store_txn *t;
+        uint64_t head = 0, problems = 0;
+        uint8_t h[32];
+        CHECK(store_open(d.data, d.key, NULL, &st, e_, sizeof e_) == 0, "reopen: %s", e_);
+        CHECK(store_begin(st, STORE_RDONLY, &t) == 0, "begin");
+        store_chain_head(t, 1, &head, h);
+        store_abort(t);
+        CHECK(head == acked, "chain head %llu, want %zu", (unsigned long long)head, acked);
+        CHECK(store_verify(st, NULL, NULL, &problems) == 0 && problems == 0, "store_verify");
+    }
+    printf("  with --map-max 64M the refused batch was applied; chain head %zu, verify ok\n",
+           acked);
+    printf("  ok\n");
+out:
+    if (pid > 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+    }
+    if (st) store_close(st);
+    wsc_close(&ca);
+    wsc_close(&cb);
+    for (size_t i = 0; env && i < MAXD; i++) crdt_buf_free(&env[i]);
+    free(env);
+    crdt_buf_free(&f);
+    crdt_buf_free(&m);
+    if (!failures) su_dir_remove(&d);
+    else fprintf(stderr, "fault_server: data kept in %s\n", d.root);
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {{"build", required_argument, NULL, 'b'},
@@ -317,6 +564,7 @@ int main(int argc, char **argv)
     scenario("EIO", "write");
     scenario("ENOSPC", "sync");
     scenario("EIO", "sync");
+    map_full_scenario();
     printf("fault_server: %s\n", failures ? "FAILED" : "ok");
     return failures ? 1 : 0;
 }

@@ -1355,6 +1355,153 @@ static void test_push_flood(void **state)
     check_after();
 }
 
+/*
+ * A device over its rate limit, on a server of its own (250 deltas/s, 500
+ * at once) so the shared server's cases keep the default limit: the push
+ * that finds too few tokens gets the retryable SYNC_ERATE with `ra`, nothing
+ * of it is stored, a second connection of the same device is limited too
+ * (the bucket is the device's, not the connection's), another device is
+ * not, and the same push passes after `ra` ms.  /metrics counts the
+ * refusals.
+ */
+static uint64_t rate_push(wsc *c, uint64_t id, const crdt_buf *envs, size_t n, int64_t *code,
+                          uint64_t *ra)
+{
+    crdt_buf f = {0}, m = {0};
+    uint64_t applied = 0;
+    *code = 0;
+    *ra = 0;
+    frame_push(&f, id, envs, n);
+    assert_int_equal(wsc_send(c, f.p, f.n), 0);
+    int cc = 0;
+    assert_int_equal(wsc_recv(c, 10000, &m, &cc), WSC_BINARY);
+    uint64_t got = 0;
+    assert_true(mp_get_u64(m.p, m.n, "id", &got));
+    assert_int_equal(got, id);
+    if (!strcmp(mp_type(m.p, m.n), "ack")) {
+        assert_int_equal(ack_count(m.p, m.n), n);
+        for (size_t i = 0; i < n; i++) {
+            ack_res r;
+            assert_true(ack_entry(m.p, m.n, i, r.r, sizeof r.r, &r.c, &r.s, &r.x));
+            applied += !strcmp(r.r, "applied");
+        }
+    } else {
+        assert_string_equal(mp_type(m.p, m.n), "error");
+        assert_true(mp_get_i64(m.p, m.n, "c", code));
+        assert_non_null(memmem(m.p, m.n, "\xa1r\xc3", 3)); /* retryable */
+        assert_true(mp_get_u64(m.p, m.n, "ra", ra));
+        char msg[200] = "";
+        mp_get_str(m.p, m.n, "m", msg, sizeof msg);
+        assert_non_null(strstr(msg, "retry after"));
+    }
+    crdt_buf_free(&f);
+    crdt_buf_free(&m);
+    return applied;
+}
+
+static void *run_server(void *arg)
+{
+    sync_server_run(arg);
+    return NULL;
+}
+
+static void test_rate_limit(void **state)
+{
+    (void)state;
+    su_dir dir;
+    su_dir_make(&dir, "ratelimit");
+    store *st = su_store_new(&dir, NULL);
+    sync_config cfg = sync_config_default;
+    cfg.device_rate = 250;
+    cfg.device_burst = 500;
+    sync_server_opts o = {.listen_host = "127.0.0.1", .port = 0, .verify_threads = 1,
+                          .log_level = 0};
+    sync_server *sv = NULL;
+    char err[256];
+    if (sync_server_new(st, &cfg, &o, &sv, err, sizeof err)) fail_msg("server: %s", err);
+    int port = sync_server_port(sv);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, run_server, sv), 0);
+    su_dev a, b;
+    store_txn *t;
+    assert_int_equal(store_begin(st, STORE_RW, &t), 0);
+    su_dev *devs[2] = {&a, &b};
+    for (uint32_t i = 0; i < 2; i++) {
+        su_dev_init(devs[i], 10 + i);
+        store_device dv = {.id = 10 + i, .state = STORE_DEV_ACTIVE, .epoch = 1};
+        snprintf(dv.volunteer, sizeof dv.volunteer, "rate%u", i);
+        store_key k = {.dev = 10 + i, .epoch = 1, .state = STORE_KEY_ACTIVE};
+        memcpy(k.pk, devs[i]->pk, 32);
+        const char *scope[] = {i ? "HRB" : "HRA"};
+        assert_int_equal(store_device_put(t, &dv), 0);
+        assert_int_equal(store_key_put(t, &k), 0);
+        assert_int_equal(store_device_scope_set(t, 10 + i, scope, 1), 0);
+    }
+    assert_int_equal(store_commit(t), 0);
+    enum { N = 600 };
+    crdt_buf *ea = calloc(N, sizeof *ea), *eb = calloc(N, sizeof *eb);
+    for (int i = 0; i < N; i++) {
+        hh_delta(&a, "HRA", "rate", &ea[i]);
+        hh_delta(&b, "HRB", "rate", &eb[i]);
+    }
+    wsc c1, c2, cb;
+    assert_int_equal(device_connect(&c1, port, a.id, 1, a.sk, NULL), 0);
+    int64_t code;
+    uint64_t ra, ra2;
+    /* 400 of the 500 tokens; then 200 more does not fit. */
+    assert_int_equal(rate_push(&c1, 1, ea, 400, &code, &ra), 400);
+    uint64_t t0 = wall_ms();
+    assert_int_equal(rate_push(&c1, 2, ea + 400, 200, &code, &ra), 0);
+    assert_int_equal(code, SYNC_ERATE);
+    /* 100 tokens missing at 250/s: 400 ms, less what has passed. */
+    if (ra < 1 || ra > 400) fail_msg("retry after %llu ms, want 1..400", (unsigned long long)ra);
+    /* The bucket is the device's: a second connection is limited too. */
+    assert_int_equal(device_connect(&c2, port, a.id, 1, a.sk, NULL), 0);
+    assert_int_equal(rate_push(&c2, 1, ea + 400, 200, &code, &ra2), 0);
+    assert_int_equal(code, SYNC_ERATE);
+    /* Another device is not. */
+    assert_int_equal(device_connect(&cb, port, b.id, 1, b.sk, NULL), 0);
+    assert_int_equal(rate_push(&cb, 1, eb, 500, &code, &ra2), 500);
+    /* Nothing of the refused push was stored. */
+    uint64_t head = 0;
+    uint8_t h[32];
+    assert_int_equal(store_begin(st, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_chain_head(t, a.id, &head, h), 0);
+    store_abort(t);
+    assert_int_equal(head, 400);
+    /* After `ra` the same push passes. */
+    uint64_t waited = wall_ms() - t0;
+    if (waited < ra) {
+        struct timespec ts = {(time_t)((ra - waited) / 1000), (long)((ra - waited) % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    assert_int_equal(rate_push(&c1, 3, ea + 400, 200, &code, &ra), 200);
+    crdt_buf body = {0};
+    assert_int_equal(http_get("127.0.0.1", port, "/metrics", &body), 200);
+    crdt_buf_append(&body, "", 1);
+    const char *p = strstr((char *)body.p, "\ndoorstep_pushes_rate_limited_total ");
+    assert_non_null(p);
+    assert_int_equal(atoi(p + strlen("\ndoorstep_pushes_rate_limited_total ")), 2);
+    wsc_close(&c1);
+    wsc_close(&c2);
+    wsc_close(&cb);
+    for (int i = 0; i < N; i++) {
+        crdt_buf_free(&ea[i]);
+        crdt_buf_free(&eb[i]);
+    }
+    free(ea);
+    free(eb);
+    crdt_buf_free(&body);
+    sync_server_stop(sv);
+    pthread_join(th, NULL);
+    sync_server_free(sv);
+    uint64_t problems = 0;
+    assert_int_equal(store_verify(st, NULL, NULL, &problems), 0);
+    assert_int_equal(problems, 0);
+    store_close(st);
+    su_dir_remove(&dir);
+}
+
 /* ---- memory -------------------------------------------------------------------------- */
 
 static size_t allocated_bytes(void)
@@ -1514,6 +1661,7 @@ int main(void)
         cmocka_unit_test(test_too_many_deltas),
         cmocka_unit_test(test_garbage_envelopes),
         cmocka_unit_test(test_push_flood),
+        cmocka_unit_test(test_rate_limit),
         cmocka_unit_test(test_memory_bounded),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -183,12 +183,64 @@ static void test_refusals_without_socket(void **state)
     fx_close(&f);
 }
 
+/* The token bucket's arithmetic (sync/limit.c), with explicit times. */
+static void test_limiter(void **state)
+{
+    (void)state;
+    sync_config cfg = sync_config_default;
+    cfg.device_rate = 100; /* 100 deltas/s = 0.1 per ms */
+    cfg.device_burst = 300;
+    sync_limiter *l = sync_limiter_new();
+    assert_non_null(l);
+    uint64_t ra = 0, t = 1000000;
+    /* A full bucket at first sight; 300 in any split. */
+    assert_int_equal(sync_limiter_take(l, &cfg, 7, 200, t, &ra), SYNC_OK);
+    assert_int_equal(sync_limiter_take(l, &cfg, 7, 100, t, &ra), SYNC_OK);
+    /* Empty: one delta needs 10 ms; a refusal takes nothing. */
+    assert_int_equal(sync_limiter_take(l, &cfg, 7, 1, t, &ra), SYNC_ERATE);
+    assert_int_equal(ra, 10);
+    assert_int_equal(sync_limiter_take(l, &cfg, 7, 50, t + 5, &ra), SYNC_ERATE);
+    assert_int_equal(ra, 495);                 /* 50 needed, 0.5 there */
+    assert_int_equal(sync_limiter_take(l, &cfg, 7, 50, t + 500, &ra), SYNC_OK);
+    assert_int_equal(sync_limiter_refused(l), 2);
+    /* An empty push costs one. */
+    assert_int_equal(sync_limiter_take(l, &cfg, 7, 0, t + 500, &ra), SYNC_ERATE);
+    assert_int_equal(ra, 10);
+    /* Refill stops at the burst, however long the pause. */
+    t += 1000ull * 3600 * 24 * 365;
+    assert_int_equal(sync_limiter_take(l, &cfg, 7, 300, t, &ra), SYNC_OK);
+    assert_int_equal(sync_limiter_take(l, &cfg, 7, 1, t, &ra), SYNC_ERATE);
+    /* A wall clock stepping back neither refills nor locks the device out. */
+    assert_int_equal(sync_limiter_take(l, &cfg, 7, 1, t - 3600000, &ra), SYNC_ERATE);
+    assert_int_equal(ra, 10);
+    assert_int_equal(sync_limiter_take(l, &cfg, 7, 1, t - 3600000 + 10, &ra), SYNC_OK);
+    /* A push larger than the burst needs a full bucket, then passes. */
+    assert_int_equal(sync_limiter_take(l, &cfg, 8, 500, t, &ra), SYNC_OK);
+    assert_int_equal(sync_limiter_take(l, &cfg, 8, 500, t, &ra), SYNC_ERATE);
+    assert_int_equal(ra, 3000);
+    assert_int_equal(sync_limiter_take(l, &cfg, 8, 500, t + 3000, &ra), SYNC_OK);
+    /* Devices are independent, also after the table grew (64 slots at first). */
+    for (uint32_t d = 100; d < 1100; d++)
+        assert_int_equal(sync_limiter_take(l, &cfg, d, 300, t, &ra), SYNC_OK);
+    for (uint32_t d = 100; d < 1100; d++)
+        assert_int_equal(sync_limiter_take(l, &cfg, d, 1, t, &ra), SYNC_ERATE);
+    assert_int_equal(sync_limiter_take(l, &cfg, 1100, 300, t, &ra), SYNC_OK);
+    /* No limit: rate 0, device 0 (the server), or no limiter. */
+    assert_int_equal(sync_limiter_take(l, &cfg, 0, 100000, t, &ra), SYNC_OK);
+    assert_int_equal(sync_limiter_take(NULL, &cfg, 7, 100000, t, &ra), SYNC_OK);
+    cfg.device_rate = 0;
+    assert_int_equal(sync_limiter_take(l, &cfg, 7, 100000, t, &ra), SYNC_OK);
+    assert_int_equal(ra, 0);
+    sync_limiter_free(l);
+}
+
 int main(void)
 {
     wire_init();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hello_auth_push_ack),
         cmocka_unit_test(test_refusals_without_socket),
+        cmocka_unit_test(test_limiter),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
