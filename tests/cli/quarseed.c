@@ -89,8 +89,25 @@ int main(int argc, char **argv)
     char err[512];
     store *s = NULL;
     store_opts opts = {0};
+    if (argc == 4 && !strcmp(argv[1], "ledger")) {
+        /* quarseed ledger N FILE: a valid N-person ledger (4 per household,
+         * 50 households per grid) for tests/cli/killed_ctl. */
+        unsigned long n = strtoul(argv[2], NULL, 10);
+        FILE *f = fopen(argv[3], "w");
+        if (!f || !n) return 2;
+        fprintf(f, "household_id,community,grid,address,name,id_number,relation,note\n");
+        for (unsigned long i = 0; i < n; i++) {
+            char idn[19];
+            su_idnum((unsigned)i + 1, idn);
+            unsigned long h = i / 4, g = h / 50;
+            fprintf(f, "K%06lu,C%02lu,C%02lu-G%03lu,幸福路%lu号,居民%lu,%s,%s,第%lu行的备注\n", h,
+                    g / 20, g / 20, g, h, i, idn, i % 4 ? "其他" : "户主", i + 2);
+        }
+        return fclose(f) ? 1 : 0;
+    }
     if (argc < 4) {
-        fprintf(stderr, "usage: quarseed DATA KEYFILE setup | push DEV HOUSEHOLD [--ahead] NOTE...\n");
+        fprintf(stderr, "usage: quarseed DATA KEYFILE setup | push DEV HOUSEHOLD [--ahead] NOTE...\n"
+                        "       quarseed ledger N FILE\n");
         return 2;
     }
     if (store_open(argv[1], argv[2], &opts, &s, err, sizeof err)) {
