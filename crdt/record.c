@@ -788,8 +788,17 @@ int crdt_record_decode(const uint8_t *p, size_t n, crdt_record **out)
     if (!of || !oi || !ok || !ot || of->type != MSGPACK_OBJECT_ARRAY ||
         oi->type != MSGPACK_OBJECT_STR || ok->type != MSGPACK_OBJECT_STR)
         goto fail;
+    /* crdt_record_new returns NULL for a bad kind or id and for ENOMEM:
+     * check the names first, so that an allocation failure is reported as
+     * CRDT_ENOMEM and not as a corrupt record (the store's STORE_ECORRUPT). */
+    if (!crdt_name_valid(ok->via.str.ptr, ok->via.str.size) ||
+        !crdt_recid_valid(oi->via.str.ptr, oi->via.str.size))
+        goto fail;
     r = crdt_record_new(ok->via.str.ptr, ok->via.str.size, oi->via.str.ptr, oi->via.str.size);
-    if (!r) goto fail;
+    if (!r) {
+        rc = CRDT_ENOMEM;
+        goto fail;
+    }
     if ((rc = decode_entries(ot, &scratch, &r->tomb.e, &r->tomb.n, &r->tomb.cap))) goto fail;
     uint32_t nf = of->via.array.size;
     r->fields = calloc(nf ? nf : 1, sizeof(*r->fields));

@@ -149,14 +149,14 @@ static void person_contrib(const store *s, const crdt_record *p, const place *pl
     if (str_is(life, len, LIFE_DECEASED) || str_is(life, len, LIFE_MOVED_OUT)) return;
     c->v[0] = 1; /* persons */
 
-    /* Payment status for the campaign year (the field is keyed by year). */
+    /* Payment status for the campaign year (the field is keyed by year).
+     * The key is encoded straight into kb: a msgpack integer takes at most
+     * 9 bytes, so the append never allocates and cannot fail.  (It used to
+     * go through a heap buffer whose failure was ignored: the key came out
+     * empty, the payment read as missing, and wrong sums were committed.) */
     uint8_t kb[9];
-    crdt_buf key = {kb, 0, 0};
-    crdt_buf tmp = {0};
-    crdt_val_put_int(&tmp, s->campaign_year);
-    memcpy(kb, tmp.p, tmp.n);
-    key.n = tmp.n;
-    crdt_buf_free(&tmp);
+    crdt_buf key = {kb, 0, sizeof kb};
+    crdt_val_put_int(&key, s->campaign_year);
     const char *pay = store_field_str(p, m->p_payment, (crdt_blob){kb, (uint32_t)key.n}, &len);
     bool paid = str_in(pay, len, PAID_VALUES, 3);
     bool enrolled = paid || str_in(pay, len, ENROLLED_ONLY_VALUES, 1);

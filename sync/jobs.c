@@ -11,6 +11,10 @@
  *     the batch was written and every job carries the error).
  *   - Items are appended in job order, and within a job in push order, so a
  *     device's deltas reach the chain check in the order it sent them.
+ *   - Running out of memory (or a store error) is never a verdict on a
+ *     delta: a push that could not be verified fails as a whole (commit_rc,
+ *     retryable answer, nothing stored), and a batch whose commit fails
+ *     stores nothing of any of its jobs.
  */
 #include "sync.h"
 
@@ -94,6 +98,7 @@ int sync_job_verify(store *st, const sync_config *cfg, sync_job *j)
         it->code = wire_envelope_decode(it->env, it->env_len, &cfg->lim, &db, &dl, &sig);
         if (it->code) continue;
         it->code = crdt_delta_decode(db, dl, &cfg->lim, j->arena, &it->delta, &err_op);
+        if (it->code == CRDT_ENOMEM) goto nomem; /* the job's arena is unbounded */
         if (it->code) continue;
         it->dev = it->delta.dev;
         it->seq = it->delta.seq;
@@ -106,14 +111,17 @@ int sync_job_verify(store *st, const sync_config *cfg, sync_job *j)
          * retired by rotation, valid up to its sealed seq. */
         if (key_epoch != it->delta.epoch) {
             key_epoch = 0;
-            if (store_key_get(t, j->dev, it->delta.epoch, &key) == STORE_OK)
-                key_epoch = it->delta.epoch;
+            rc = store_key_get(t, j->dev, it->delta.epoch, &key);
+            if (rc == STORE_OK) key_epoch = it->delta.epoch;
+            else if (rc != STORE_ENOTFOUND) goto fail_all; /* no verdict on the key */
         }
         if (!key_epoch) {
             it->code = SYNC_EEPOCH;
             continue;
         }
-        if ((it->code = wire_delta_verify(db, dl, sig, key.pk))) continue;
+        it->code = wire_delta_verify(db, dl, sig, key.pk);
+        if (it->code == CRDT_ENOMEM) goto nomem;
+        if (it->code) continue;
         /* A genuine signature by a key that should no longer sign (revoked,
          * or retired beyond the seq it sealed): kept in quarantine. */
         if (key.state == STORE_KEY_REVOKED) it->quarantine = STORE_Q_REVOKED;
@@ -123,9 +131,18 @@ int sync_job_verify(store *st, const sync_config *cfg, sync_job *j)
     }
     store_abort(t);
     return SYNC_OK;
+nomem:
+    rc = CRDT_ENOMEM;
 fail_all:
+    /* The server could not judge the push (out of memory, store error):
+     * that is no verdict on its deltas, so none of them may be answered
+     * "rejected" (a device files a rejected delta away for good).  The job
+     * fails as a whole: commit_rc makes sync_jobs_commit skip it and
+     * sync_session_job_done answer with the retryable SYNC_EUNAVAILABLE,
+     * and the item codes keep any other caller from appending them. */
     store_abort(t);
     for (uint32_t i = 0; i < j->n; i++) j->items[i].code = SYNC_EUNAVAILABLE;
+    j->commit_rc = rc;
     return rc;
 }
 
@@ -152,6 +169,7 @@ static int commit_once(store *st, const sync_config *cfg, sync_job *jobs, uint64
     int rc = store_begin(st, STORE_RW, &t);
     if (rc) return rc;
     for (sync_job *j = jobs; j; j = j->next) {
+        if (j->commit_rc) continue; /* failed verification as a whole */
         for (uint32_t i = 0; i < j->n; i++) {
             sync_job_item *it = &j->items[i];
             memset(&it->out, 0, sizeof it->out);
@@ -190,6 +208,7 @@ int sync_jobs_commit(store *st, const sync_config *cfg, sync_job *jobs, uint64_t
         if ((rc = store_grow(st))) break; /* at the maximum: retryable error */
     }
     for (sync_job *j = jobs; j; j = j->next) {
+        if (j->commit_rc) continue; /* keeps its verification error */
         j->commit_rc = rc;
         if (rc) continue;
         for (uint32_t i = 0; i < j->n; i++)

@@ -177,7 +177,7 @@ static void record_commit_metrics(sync_server *sv, sync_job *batch, double ms, i
         for (uint32_t i = 0; i < j->n; i++) {
             const sync_job_item *it = &j->items[i];
             n++;
-            if (rc) continue;
+            if (rc || j->commit_rc) continue; /* not judged: nothing to count */
             int result = it->code ? STORE_REJECTED : it->out.result;
             int code = it->code ? it->code : it->out.code;
             switch (result) {
@@ -411,8 +411,18 @@ static void drain_done(sync_server *sv)
         }
         sync_out out;
         sync_out_init(&out);
-        if (sync_session_job_done(c->sess, j, &out) == 0) conn_queue(c, &out);
-        else sync_frames_free(out.frames);
+        if (sync_session_job_done(c->sess, j, &out) == 0) {
+            conn_queue(c, &out);
+        } else {
+            /* Out of memory: no ack or error frame could be built.  Close
+             * the connection (1011) rather than leave the device waiting
+             * for an answer; it reconnects and resends (duplicates if this
+             * push was committed). */
+            sync_frames_free(out.frames);
+            sync_out_init(&out);
+            out.close_code = LWS_CLOSE_STATUS_UNEXPECTED_CONDITION;
+            conn_queue(c, &out);
+        }
     }
     dash_notify(sv, touched, nt);
     if (nt) {

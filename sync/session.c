@@ -98,9 +98,24 @@ void sync_out_append(sync_out *o, sync_frame *f)
     o->tail = &f->next;
 }
 
+/*
+ * msgpack-c write callback into a crdt_buf.  Frames are packed without
+ * checking every pack call, so one failed append must make all later ones
+ * fail too: otherwise an allocation failure in the middle of a frame,
+ * followed by a successful append, would send a frame with bytes missing
+ * inside it (a corrupt ack).  After a failure the buffer is freed and
+ * marked by n == SIZE_MAX with p == NULL; frame_of() and sync_frame_error()
+ * then build no frame (ENOMEM), and crdt_buf_free()/crdt_buf_reset() clear
+ * the mark.
+ */
 static int buf_write(void *data, const char *p, size_t n)
 {
-    return crdt_buf_append(data, p, n) ? -1 : 0;
+    crdt_buf *b = data;
+    if (b->n == SIZE_MAX) return -1;
+    if (!crdt_buf_append(b, p, n)) return 0;
+    crdt_buf_free(b);
+    b->n = SIZE_MAX;
+    return -1;
 }
 
 static void pk_str(msgpack_packer *pk, const char *s)
@@ -616,7 +631,8 @@ void sync_job_free(sync_job *j)
 {
     if (!j) return;
     store_ids_free(&j->scope);
-    for (uint32_t i = 0; i < j->n; i++) free(j->items[i].env);
+    /* items may be NULL with n set: on_push ran out of memory allocating it */
+    for (uint32_t i = 0; j->items && i < j->n; i++) free(j->items[i].env);
     free(j->items);
     crdt_arena_free(j->arena);
     free(j);
@@ -657,7 +673,9 @@ static int on_push(sync_session *s, const msgpack_object *m, uint64_t now_ms, sy
         snprintf(msg, sizeof msg, "%s (%u deltas a second, %u at once); retry after %llu ms",
                  sync_strerror(SYNC_ERATE), s->cfg->device_rate, s->cfg->device_burst,
                  (unsigned long long)retry_ms);
-        sync_out_append(out, sync_frame_error_ra(SYNC_ERATE, msg, id, retry_ms));
+        sync_frame *f = sync_frame_error_ra(SYNC_ERATE, msg, id, retry_ms);
+        if (!f) return CRDT_ENOMEM; /* the connection closes; the device resends */
+        sync_out_append(out, f);
         return SYNC_OK;
     }
     if (lrc) return lrc;
@@ -705,8 +723,10 @@ int sync_session_job_done(sync_session *s, sync_job *j, sync_out *out)
         char msg[160];
         snprintf(msg, sizeof msg, "%s (%s); nothing from this push was stored",
                  sync_strerror(code), store_strerror(j->commit_rc));
-        sync_out_append(out, sync_frame_error(code, msg, j->push_id));
+        sync_frame *f = sync_frame_error(code, msg, j->push_id);
         sync_job_free(j);
+        if (!f) return CRDT_ENOMEM; /* no answer: the caller closes the connection */
+        sync_out_append(out, f);
         return SYNC_OK;
     }
     crdt_buf b = {0};
@@ -824,7 +844,7 @@ static int changes_frame(sync_session *s, uint64_t req_id, uint64_t after, uint3
     msgpack_pack_map(&pk, 6);
     pk_str(&pk, "e");
     msgpack_pack_array(&pk, p->n);
-    crdt_buf_append(&b, p->envs.p, p->envs.n);
+    buf_write(&b, (const char *)p->envs.p, p->envs.n);
     pk_str(&pk, "id");
     msgpack_pack_uint64(&pk, req_id);
     pk_str(&pk, "more");
@@ -993,7 +1013,7 @@ static int snap_flush(sync_session *s, uint64_t id, uint64_t cursor, uint32_t pa
     msgpack_pack_uint32(&pk, pageno);
     pk_str(&pk, "r");
     msgpack_pack_array(&pk, sp->n);
-    crdt_buf_append(&b, sp->packed.p, sp->packed.n);
+    buf_write(&b, (const char *)sp->packed.p, sp->packed.n);
     pk_str(&pk, "t");
     pk_str(&pk, "snapshot");
     sync_frame *f = frame_of(&b);
@@ -1166,8 +1186,15 @@ int sync_session_input(sync_session *s, const uint8_t *msg, size_t n, uint64_t n
         return SYNC_OK;
     }
     msgpack_unpacked_init(&up);
-    if (msgpack_unpack_next(&up, (const char *)msg, n, &off) != MSGPACK_UNPACK_SUCCESS ||
-        up.data.type != MSGPACK_OBJECT_MAP) {
+    msgpack_unpack_return ur = msgpack_unpack_next(&up, (const char *)msg, n, &off);
+    if (ur == MSGPACK_UNPACK_NOMEM_ERROR) {
+        /* Out of memory is no verdict on the frame: the caller closes the
+         * connection and the device sends it again (not SYNC_EPROTO, which
+         * would tell it the frame itself is wrong). */
+        msgpack_unpacked_destroy(&up);
+        return CRDT_ENOMEM;
+    }
+    if (ur != MSGPACK_UNPACK_SUCCESS || up.data.type != MSGPACK_OBJECT_MAP) {
         msgpack_unpacked_destroy(&up);
         fail(out, SYNC_EPROTO, 0, 1007);
         return SYNC_OK;

@@ -140,7 +140,10 @@ typedef struct sync_job {
     sync_job_item *items;
     crdt_arena *arena;
     store_ids scope;            /* the device's households (loaded by verify) */
-    int commit_rc;              /* 0, or the store error that failed the batch */
+    int commit_rc;              /* 0, or the error that failed the whole job:
+                                 * its verification could not be done (out of
+                                 * memory, store error) or the batch's commit
+                                 * failed; nothing of the job was stored */
 } sync_job;
 
 void sync_job_free(sync_job *j);
@@ -152,7 +155,10 @@ void sync_job_free(sync_job *j);
  * key for that epoch (a retired key beyond its sealed seq: the item is
  * marked for quarantine).  Loads the device's scope into j->scope.  Sets
  * items[i].code (0 = ready to commit).  Opens its own read transaction.
- * Returns 0 or a store error (then every item fails, retryably).
+ * Returns 0, or CRDT_ENOMEM or a store error when the push could not be
+ * judged: then j->commit_rc holds that error, no item is committed and the
+ * push is answered with the retryable SYNC_EUNAVAILABLE, never with
+ * per-delta rejections.
  */
 int sync_job_verify(store *st, const sync_config *cfg, sync_job *j);
 
@@ -166,6 +172,8 @@ int sync_job_verify(store *st, const sync_config *cfg, sync_job *j);
  * commit it (growing the map on MDB_MAP_FULL and redoing the batch).  On
  * success each item's `out` holds its outcome; on failure every job's
  * commit_rc holds the (retryable) error and nothing was written.
+ * Jobs that arrive with commit_rc already set (verification failed as a
+ * whole) are skipped and keep it.
  * `now_ms` is the server time used for the clock check.  *touched receives
  * a malloc'd array of the household ids touched by applied deltas (for
  * waking live subscribers), *n_touched its length; the caller frees it.
@@ -209,7 +217,9 @@ int sync_session_input(sync_session *s, const uint8_t *msg, size_t n, uint64_t n
                        sync_out *out);
 
 /* A push job of this session was committed (or failed): the ack, or a
- * retryable error frame.  Takes ownership of j. */
+ * retryable error frame.  Takes ownership of j.  Returns 0, or CRDT_ENOMEM
+ * when neither could be built (no frame: the caller closes the connection,
+ * and the device resends). */
 int sync_session_job_done(sync_session *s, sync_job *j, sync_out *out);
 
 /* Live changes: if subscribed and behind, the next page of changes (at most
