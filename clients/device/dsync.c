@@ -56,7 +56,20 @@ typedef struct conn {
 
 /* ---- frames ---------------------------------------------------------------------- */
 
-static int bw(void *data, const char *p, size_t n) { return crdt_buf_append(data, p, n) ? -1 : 0; }
+/* msgpack write callback.  Sticky failure: msgpack-c does not stop at a
+ * failed write, so a later successful one would leave bytes missing in the
+ * middle of a frame.  After a failure the buffer is freed and marked
+ * (n == SIZE_MAX, p == NULL); every caller checks p before sending, and
+ * crdt_buf_reset/crdt_buf_free clear the mark (as sync/session.c does). */
+static int bw(void *data, const char *p, size_t n)
+{
+    crdt_buf *b = data;
+    if (b->n == SIZE_MAX) return -1;
+    if (!crdt_buf_append(b, p, n)) return 0;
+    crdt_buf_free(b);
+    b->n = SIZE_MAX;
+    return -1;
+}
 static void pstr(msgpack_packer *pk, const char *s) { msgpack_pack_str_with_body(pk, s, strlen(s)); }
 
 static const msgpack_object *get(const msgpack_object *map, const char *key)
@@ -576,9 +589,9 @@ static int build_push(dsd *h, uint64_t id, uint64_t from, crdt_buf *f, uint64_t 
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0 && n < PUSH_MAX;
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         uint64_t s = dsd_rd64(k.mv_data);
+        if (msgpack_pack_bin_with_body(&pk, v.mv_data, v.mv_size)) break; /* ENOMEM: below */
         if (n == 0) *first = s;
         *last = s;
-        if (msgpack_pack_bin_with_body(&pk, v.mv_data, v.mv_size)) break;
         n++;
     }
     mdb_cursor_close(cur);
@@ -589,14 +602,20 @@ static int build_push(dsd *h, uint64_t id, uint64_t from, crdt_buf *f, uint64_t 
         msgpack_pack_map(&pk, 3);
         pstr(&pk, "d");
         msgpack_pack_array(&pk, n);
-        crdt_buf_append(f, body.p, body.n);
+        if (body.p) {
+            bw(f, (const char *)body.p, body.n);
+        } else { /* the body failed: so does the frame */
+            crdt_buf_free(f);
+            f->n = SIZE_MAX;
+        }
         pstr(&pk, "id");
         msgpack_pack_uint64(&pk, id);
         pstr(&pk, "t");
         pstr(&pk, "push");
     }
+    bool oom = body.n == SIZE_MAX || (n && !f->p);
     crdt_buf_free(&body);
-    if (n && !f->p) return dsd_fail(h, DSD_ENOMEM, "out of memory");
+    if (oom) return dsd_fail(h, DSD_ENOMEM, "out of memory");
     *count = n;
     return 0;
 }
