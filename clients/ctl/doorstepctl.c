@@ -31,12 +31,12 @@
  *     a token is shown once and never stored in clear (the PNG, if asked
  *     for, is created 0600).
  */
+#include "ledger.h"
 #include "store.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <iconv.h>
 #include <jansson.h>
 #include <png.h>
 #include <pwd.h>
@@ -2244,1029 +2244,10 @@ static int cmd_audit(int argc, char **argv)
 
 /* ---- CSV ledgers: import and export (issue #6) ------------------------------------------------
  *
- * A ledger has one row per person; the household's columns (community,
- * grid, address) repeat on each of its rows.  Headers are English field
- * names or the station's Chinese ones (LEDGER_COLS).  Import reads the
- * whole file, converts it to UTF-8, parses RFC 4180 CSV, and checks every
- * row (every op it would write goes through crdt_schema_check_delta, plus
- * cross-row rules) before anything is written; then, in ONE write
- * transaction, it signs the deltas as the server (device 0, the chain the
- * dashboard's staff edits use) and appends them, with the audit entry.
- * Any bad row: every problem is reported, nothing is written.
+ * The importer is a library (ledger.h: decode, parse, phase one, phase
+ * two); here are the command's options, the store, the transaction and
+ * what is printed.  Export writes the columns of ledger_cols.
  */
-
-enum {
-    L_PID, L_HH, L_COMM, L_GRID, L_ADDR, L_NAME, L_IDNUM, L_GENDER, L_BIRTH, L_PHONE, L_REL,
-    L_INS, L_PAY, L_TAGS, L_LIFE, L_NOTE, L_CONFLICT, L_BY, L_DEV, L_AT, L_NCOLS
-};
-/* Export writes L_PID..L_AT in this order; import reads L_PID..L_NOTE and
- * ignores the provenance columns (L_BY..L_AT); a non-empty L_CONFLICT is an
- * error.  kind: 'h' household field, 'p' person field, 0 none. */
-static const struct ledger_col {
-    const char *en, *zh, *zh2;
-    char kind;
-    const char *field;
-} LEDGER_COLS[L_NCOLS] = {
-    [L_PID] = {"person_id", "人员编号", NULL, 0, NULL},
-    [L_HH] = {"household_id", "户编号", "户号", 'p', "household"},
-    [L_COMM] = {"community", "所属社区", "社区", 'h', "community"},
-    [L_GRID] = {"grid", "网格", NULL, 'h', "grid"},
-    [L_ADDR] = {"address", "住址", "地址", 'h', "address"},
-    [L_NAME] = {"name", "姓名", NULL, 'p', "name"},
-    [L_IDNUM] = {"id_number", "公民身份号码", "身份证号码", 'p', "id_number"},
-    [L_GENDER] = {"gender", "性别", NULL, 'p', "gender"},
-    [L_BIRTH] = {"birth_date", "出生日期", NULL, 'p', "birth_date"},
-    [L_PHONE] = {"phone", "联系电话", NULL, 'p', "phone"},
-    [L_REL] = {"relation", "与户主关系", NULL, 'p', "relation"},
-    [L_INS] = {"insurance_type", "参保类型", NULL, 'p', "insurance_type"},
-    [L_PAY] = {"payment", "缴费状态", NULL, 'p', "payment"},
-    [L_TAGS] = {"tags", "重点人群标签", "标签", 'p', "tags"},
-    [L_LIFE] = {"life_status", "人员状态", NULL, 'p', "life_status"},
-    [L_NOTE] = {"note", "备注", NULL, 'p', "note"},
-    [L_CONFLICT] = {"conflict", "冲突字段", NULL, 0, NULL},
-    [L_BY] = {"last_changed_by", "最后修改人", NULL, 0, NULL},
-    [L_DEV] = {"last_changed_device", "最后修改设备", NULL, 0, NULL},
-    [L_AT] = {"last_changed_at", "最后修改时间", NULL, 0, NULL},
-};
-
-#define LEDGER_MAX_BYTES (512u << 20)   /* a station's ledger is a few MB */
-#define IMPORT_MAX_AHEAD_MS (24ull * 3600 * 1000)
-#define IMPORT_MAX_OPS 40
-enum { IMPORT_BAD_ROWS = 1, IMPORT_DRY_RUN = 2 };  /* positive: abort the txn, not errors */
-
-typedef struct csv_row {
-    size_t line;                 /* physical line the row starts on (1-based) */
-    size_t n;
-    char **f;                    /* owned, NUL-terminated */
-} csv_row;
-
-typedef struct csv_doc {
-    csv_row *r;
-    size_t n, cap;
-} csv_doc;
-
-static void csv_free(csv_doc *d)
-{
-    for (size_t i = 0; i < d->n; i++) {
-        for (size_t k = 0; k < d->r[i].n; k++) free(d->r[i].f[k]);
-        free(d->r[i].f);
-    }
-    free(d->r);
-    memset(d, 0, sizeof *d);
-}
-
-/* Push field b (trimmed of ASCII blanks) onto the row being built. */
-static bool csv_push_field(csv_row *row, size_t *cap, const crdt_buf *b)
-{
-    const char *p = b->n ? (const char *)b->p : "";
-    size_t n = b->n;
-    while (n && (*p == ' ' || *p == '\t')) p++, n--;
-    while (n && (p[n - 1] == ' ' || p[n - 1] == '\t')) n--;
-    if (row->n == *cap) {
-        size_t nc = *cap ? *cap * 2 : 16;
-        char **nf = realloc(row->f, nc * sizeof *nf);
-        if (!nf) return false;
-        row->f = nf;
-        *cap = nc;
-    }
-    char *c = malloc(n + 1);
-    if (!c) return false;
-    memcpy(c, p, n);
-    c[n] = 0;
-    row->f[row->n++] = c;
-    return true;
-}
-
-/*
- * RFC 4180 with the usual tolerances: fields separated by commas; a field
- * starting with '"' is quoted, may hold commas, newlines and "" (one
- * quote); records end with LF, CRLF or CR; CRLF inside a quoted field
- * becomes LF; blanks around fields are trimmed; rows whose fields are all
- * empty are skipped.  0, or -1 with *bad_line and *why set (or ENOMEM).
- */
-static int csv_parse(const char *p, size_t n, csv_doc *d, size_t *bad_line, const char **why)
-{
-    size_t i = 0, line = 1;
-    crdt_buf b = {0};
-    csv_row row = {0};
-    size_t cap = 0;
-    *why = "out of memory";
-    *bad_line = 0;
-    while (i < n) {
-        memset(&row, 0, sizeof row);
-        cap = 0;
-        row.line = line;
-        for (;;) {
-            crdt_buf_reset(&b);
-            if (i < n && p[i] == '"') {
-                size_t open_line = line;
-                i++;
-                for (;;) {
-                    if (i >= n) {
-                        *bad_line = open_line;
-                        *why = "a quoted field is never closed (a '\"' is missing)";
-                        goto fail;
-                    }
-                    char ch = p[i];
-                    if (ch == '"') {
-                        if (i + 1 < n && p[i + 1] == '"') {
-                            if (crdt_buf_append(&b, "\"", 1)) goto fail;
-                            i += 2;
-                            continue;
-                        }
-                        i++;
-                        break;
-                    }
-                    if (ch == '\r' && i + 1 < n && p[i + 1] == '\n') {
-                        i++;
-                        continue;
-                    }
-                    if (ch == '\n' || ch == '\r') {
-                        line++;
-                        ch = '\n';
-                    }
-                    if (crdt_buf_append(&b, &ch, 1)) goto fail;
-                    i++;
-                }
-                while (i < n && (p[i] == ' ' || p[i] == '\t')) i++;
-                if (i < n && p[i] != ',' && p[i] != '\n' && p[i] != '\r') {
-                    *bad_line = line;
-                    *why = "text after the closing '\"' of a quoted field (write \"\" for a "
-                           "quote inside one)";
-                    goto fail;
-                }
-            } else {
-                size_t s0 = i;
-                while (i < n && p[i] != ',' && p[i] != '\n' && p[i] != '\r') i++;
-                if (crdt_buf_append(&b, p + s0, i - s0)) goto fail;
-            }
-            if (!csv_push_field(&row, &cap, &b)) goto fail;
-            if (i < n && p[i] == ',') {
-                i++;
-                continue;
-            }
-            if (i < n && p[i] == '\r') {
-                i++;
-                if (i < n && p[i] == '\n') i++;
-                line++;
-            } else if (i < n && p[i] == '\n') {
-                i++;
-                line++;
-            }
-            break;
-        }
-        bool blank = true;
-        for (size_t k = 0; k < row.n; k++) blank &= !row.f[k][0];
-        if (blank) {
-            for (size_t k = 0; k < row.n; k++) free(row.f[k]);
-            free(row.f);
-            continue;
-        }
-        if (d->n == d->cap) {
-            size_t nc = d->cap ? d->cap * 2 : 256;
-            csv_row *nr = realloc(d->r, nc * sizeof *nr);
-            if (!nr) goto fail;
-            d->r = nr;
-            d->cap = nc;
-        }
-        d->r[d->n++] = row;
-    }
-    memset(&row, 0, sizeof row);
-    crdt_buf_free(&b);
-    return 0;
-fail:
-    for (size_t k = 0; k < row.n; k++) free(row.f[k]);
-    free(row.f);
-    crdt_buf_free(&b);
-    return -1;
-}
-
-/* One CSV field, quoted when it needs to be. */
-static void csv_put(FILE *f, const char *s, bool first)
-{
-    if (!first) fputc(',', f);
-    if (!strpbrk(s, ",\"\r\n") && s[0] != ' ' && s[0] != '\t') {
-        fputs(s, f);
-        return;
-    }
-    fputc('"', f);
-    for (; *s; s++) {
-        if (*s == '"') fputc('"', f);
-        fputc(*s, f);
-    }
-    fputc('"', f);
-}
-
-/* ---- reading the file: BOM, UTF-8 or GBK ---------------------------------------------------- */
-
-static size_t line_of(const char *p, size_t off)
-{
-    size_t line = 1;
-    for (size_t i = 0; i < off; i++) line += p[i] == '\n';
-    return line;
-}
-
-/* The first invalid UTF-8 byte's offset, or n if all valid. */
-static size_t utf8_bad_at(const uint8_t *p, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        size_t len = p[i] < 0x80 ? 1 : (p[i] & 0xe0) == 0xc0 ? 2 : (p[i] & 0xf0) == 0xe0 ? 3
-                   : (p[i] & 0xf8) == 0xf0 ? 4 : 0;
-        if (!len || i + len > n || !crdt_utf8_valid(p + i, len)) return i;
-        i += len;
-    }
-    return n;
-}
-
-/* GBK (read as GB 18030, its superset) to UTF-8 with iconv(3).  0, or 1
- * with a message (the line of the first byte that is not GBK). */
-static int gbk_to_utf8(const char *cmd, const char *path, char *in, size_t n, char **out,
-                       size_t *out_n)
-{
-    iconv_t cd = iconv_open("UTF-8", "GB18030");
-    if (cd == (iconv_t)-1)
-        return fail(cmd, "iconv cannot convert from GB18030 here: %s", strerror(errno));
-    size_t cap = n * 2 + 16, left_in = n, left_out = cap;
-    char *buf = malloc(cap + 1), *ip = in, *op = buf;
-    if (!buf) {
-        iconv_close(cd);
-        return fail(cmd, "out of memory");
-    }
-    while (left_in) {
-        if (iconv(cd, &ip, &left_in, &op, &left_out) != (size_t)-1) break;
-        if (errno == E2BIG) {
-            size_t used = (size_t)(op - buf);
-            char *nb = realloc(buf, cap * 2 + 1);
-            if (!nb) break;
-            buf = nb;
-            op = buf + used;
-            left_out += cap;
-            cap *= 2;
-            continue;
-        }
-        size_t off = (size_t)(ip - in);
-        iconv_close(cd);
-        free(buf);
-        return fail(cmd, "%s:%zu: byte 0x%02x at offset %zu is not GBK (is the file UTF-8? "
-                         "try --encoding utf-8)",
-                    path, line_of(in, off), (unsigned)(uint8_t)in[off], off);
-    }
-    iconv_close(cd);
-    if (left_in) {
-        free(buf);
-        return fail(cmd, "out of memory");
-    }
-    *out_n = (size_t)(op - buf);
-    buf[*out_n] = 0;
-    *out = buf;
-    return 0;
-}
-
-/* The ledger's text as UTF-8 without a BOM (*text malloc'd).  enc: NULL
- * (auto: a BOM or valid UTF-8 means UTF-8, else GBK), "utf-8" or "gbk".
- * *used receives the encoding read. */
-static int read_ledger(const char *cmd, const char *path, const char *enc, char **text,
-                       size_t *len, const char **used)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return fail(cmd, "cannot open %s: %s", path, strerror(errno));
-    crdt_buf b = {0};
-    char chunk[65536];
-    size_t k;
-    while ((k = fread(chunk, 1, sizeof chunk, f)) > 0) {
-        if (b.n + k > LEDGER_MAX_BYTES || crdt_buf_append(&b, chunk, k)) {
-            fclose(f);
-            crdt_buf_free(&b);
-            return fail(cmd, "%s: larger than %u MiB or out of memory", path,
-                        LEDGER_MAX_BYTES >> 20);
-        }
-    }
-    bool rerr = ferror(f);
-    fclose(f);
-    if (rerr) {
-        crdt_buf_free(&b);
-        return fail(cmd, "cannot read %s", path);
-    }
-    if (crdt_buf_append(&b, "", 1)) {
-        crdt_buf_free(&b);
-        return fail(cmd, "out of memory");
-    }
-    b.n--;
-    char *p = (char *)b.p;
-    size_t n = b.n, off = 0;
-    bool bom = n >= 3 && !memcmp(p, "\xef\xbb\xbf", 3);
-    if (bom) off = 3;
-    if (memchr(p, 0, n)) {
-        size_t z = (size_t)((char *)memchr(p, 0, n) - p);
-        crdt_buf_free(&b);
-        return fail(cmd, "%s: a NUL byte at offset %zu: not a text file (UTF-16 is not "
-                         "supported: save as UTF-8 or GBK)", path, z);
-    }
-    size_t bad = utf8_bad_at((const uint8_t *)p + off, n - off) + off;
-    if (!enc) enc = bom || bad == n ? "utf-8" : "gbk";
-    *used = enc;
-    if (!strcmp(enc, "utf-8")) {
-        if (bad != n) {
-            int x = fail(cmd, "%s:%zu: invalid UTF-8 (byte 0x%02x at offset %zu); for a GBK "
-                              "file give --encoding gbk",
-                         path, line_of(p, bad), (unsigned)(uint8_t)p[bad], bad);
-            crdt_buf_free(&b);
-            return x;
-        }
-        memmove(p, p + off, n - off + 1);
-        *text = p;
-        *len = n - off;
-        return 0;
-    }
-    int x = gbk_to_utf8(cmd, path, p, n, text, len);
-    crdt_buf_free(&b);
-    return x;
-}
-
-/* ---- checking rows -------------------------------------------------------------------------- */
-
-typedef struct problems {
-    strlist l;
-} problems;
-
-static void problem(problems *pr, const char *path, size_t line, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static void problem(problems *pr, const char *path, size_t line, const char *fmt, ...)
-{
-    char buf[1024];
-    int k = snprintf(buf, sizeof buf, "%s:%zu: ", path, line);
-    if (k < 0) k = 0;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf + k, sizeof buf - (size_t)k, fmt, ap);
-    va_end(ap);
-    strlist_push(&pr->l, buf, strlen(buf));
-}
-
-/* A field value as canonical bytes (ints parsed for INT fields). */
-static int val_bytes(const crdt_vspec *v, const char *s, crdt_buf *out)
-{
-    crdt_buf_reset(out);
-    if (v->vtype == CRDT_VT_INT) {
-        char *end;
-        errno = 0;
-        long long x = strtoll(s, &end, 10);
-        if (!*s || *end || errno) return CRDT_EVALUE;
-        return crdt_val_put_int(out, x);
-    }
-    return crdt_val_put_str(out, s, strlen(s));
-}
-
-/* Why value s fails its column, in words (after the schema said rc). */
-static void reason(const crdt_schema *sc, int rc, int col, const char *s, char *buf, size_t cap)
-{
-    const struct ledger_col *lc = &LEDGER_COLS[col];
-    if (rc == CRDT_EENUM && lc->field) {
-        const char *kind = lc->kind == 'h' ? "household" : "person";
-        const crdt_kspec *k = crdt_schema_kind(sc, kind, strlen(kind));
-        const crdt_fspec *f = k ? crdt_schema_field(k, lc->field, strlen(lc->field)) : NULL;
-        if (f && f->v.vtype == CRDT_VT_ENUM) {
-            size_t n = (size_t)snprintf(buf, cap, "not one of");
-            for (uint32_t i = 0; i < f->v.n_enum && n < cap; i++)
-                n += (size_t)snprintf(buf + n, cap - n, " %s", f->v.enum_values[i]);
-            return;
-        }
-    }
-    if (col == L_IDNUM && strlen(s) == 18) {
-        char c = crdt_idnum_check_char(s);
-        if (c && c != s[17]) {
-            snprintf(buf, cap, "wrong check character '%c' (the GB 11643 checksum gives '%c')",
-                     s[17], c);
-            return;
-        }
-    }
-    snprintf(buf, cap, "%s", crdt_strerror(rc));
-}
-
-/* Check one op against the schema as a one-op delta; 0 or a CRDT code. */
-static int check_op(const crdt_schema *sc, const char *kind, const char *id, const crdt_op *op)
-{
-    crdt_delta d;
-    memset(&d, 0, sizeof d);
-    d.dev = 1;
-    d.epoch = 1;
-    d.seq = 1;
-    d.hlc = CRDT_HLC_MAKE(1, 0);
-    d.kind = kind;
-    d.kind_len = (uint32_t)strlen(kind);
-    d.id = id;
-    d.id_len = (uint32_t)strlen(id);
-    d.ops = op;
-    d.n_ops = 1;
-    int err_op = -1;
-    return crdt_schema_check_delta(sc, &d, &err_op);
-}
-
-/* "1990/3/1", "1990.3.1", "19900301" -> "1990-03-01"; anything else as is. */
-static char *norm_date(const char *s)
-{
-    unsigned y, m, dd;
-    char sep[2], tail;
-    size_t n = strlen(s);
-    if (n == 8 && strspn(s, "0123456789") == 8 && sscanf(s, "%4u%2u%2u", &y, &m, &dd) == 3) {
-    } else if (sscanf(s, "%4u%1[/.]%2u%1[/.]%2u%c", &y, sep, &m, sep, &dd, &tail) == 5 &&
-               s[4] == sep[0]) {
-    } else {
-        return strdup(s);
-    }
-    char *o = malloc(16);
-    if (o) snprintf(o, 16, "%04u-%02u-%02u", y % 10000, m % 100, dd % 100);
-    return o;
-}
-
-typedef struct ihh {               /* a household named in the file */
-    const char *id;
-    size_t line;                   /* its first row */
-    const char *v[3];              /* community, grid, address (first non-empty) */
-    size_t vline[3];
-    size_t rows;
-} ihh;
-
-typedef struct irow {
-    size_t line;
-    const char *v[L_NCOLS];        /* the row's cells ("" if absent), borrowed from the doc */
-    size_t hh;                     /* index into the households */
-    size_t index;                  /* 1-based row number within its household */
-    char pid[CRDT_RECID_MAX + 1];  /* resolved person id */
-} irow;
-
-typedef struct import_ctx {
-    const char *cmd, *path, *shown, *enc, *actor;
-    const crdt_schema *sc;
-    store *s;
-    uint32_t year;
-    bool dry;
-    irow *rows;
-    size_t n_rows;
-    ihh *hh;
-    size_t n_hh;
-    problems pr;
-    uint64_t now;
-    /* results (reset on each try) */
-    size_t deltas, persons_new, hh_new, ops;
-    uint64_t first_seq, last_seq, aseq;
-} import_ctx;
-
-/* Split a tags cell on ';', '；', '、' or '|' into l. */
-static bool split_tags(const char *s, strlist *l)
-{
-    const char *p = s;
-    while (*p) {
-        size_t n = 0;
-        size_t skip = 0;
-        while (p[n]) {
-            if (p[n] == ';' || p[n] == '|') { skip = 1; break; }
-            if (!strncmp(p + n, "；", 3) || !strncmp(p + n, "、", 3)) { skip = 3; break; }
-            n++;
-        }
-        const char *q = p;
-        size_t m = n;
-        while (m && (*q == ' ')) q++, m--;
-        while (m && q[m - 1] == ' ') m--;
-        if (m && !strlist_push(l, q, m)) return false;
-        p += n + skip;
-        if (!skip) break;
-    }
-    return true;
-}
-
-/* The ops a cell writes to field `name` of kind (without observed dots,
- * which phase two adds): one set for lww/mv (keyed by the campaign year if
- * the field is keyed), one add per element for a set field.  Values are
- * appended to vals (one crdt_buf each); *n ops filled.  0, or a CRDT code
- * with *bad naming the element. */
-typedef struct opbuf {
-    crdt_op op[IMPORT_MAX_OPS];
-    crdt_buf val[IMPORT_MAX_OPS], key[IMPORT_MAX_OPS];
-    crdt_dot *obs[IMPORT_MAX_OPS];
-    size_t n;
-} opbuf;
-
-static void opbuf_reset(opbuf *o)
-{
-    for (size_t i = 0; i < IMPORT_MAX_OPS; i++) {
-        crdt_buf_reset(&o->val[i]);
-        crdt_buf_reset(&o->key[i]);
-        free(o->obs[i]);
-        o->obs[i] = NULL;
-    }
-    memset(o->op, 0, sizeof o->op);
-    o->n = 0;
-}
-
-static void opbuf_free(opbuf *o)
-{
-    opbuf_reset(o);
-    for (size_t i = 0; i < IMPORT_MAX_OPS; i++) {
-        crdt_buf_free(&o->val[i]);
-        crdt_buf_free(&o->key[i]);
-    }
-}
-
-/* Add the op(s) for one cell.  0, CRDT_EFIELD (no such field), a value
- * error, or CRDT_ENOMEM / CRDT_ETOOMANYOPS. */
-static int cell_ops(const crdt_schema *sc, const char *kind, const char *field, const char *val,
-                    uint32_t year, opbuf *o)
-{
-    const crdt_kspec *k = crdt_schema_kind(sc, kind, strlen(kind));
-    const crdt_fspec *f = k ? crdt_schema_field(k, field, strlen(field)) : NULL;
-    if (!f) return CRDT_EFIELD;
-    strlist els = {0};
-    int rc = 0;
-    if (f->type == CRDT_F_SET) {
-        if (!split_tags(val, &els)) return CRDT_ENOMEM;
-    } else if (f->type == CRDT_F_LWW || f->type == CRDT_F_MV) {
-        if (!strlist_push(&els, val, strlen(val))) return CRDT_ENOMEM;
-    } else {
-        return CRDT_EOP;
-    }
-    for (size_t i = 0; i < els.n && !rc; i++) {
-        if (o->n == IMPORT_MAX_OPS) {
-            rc = CRDT_ETOOMANYOPS;
-            break;
-        }
-        crdt_op *op = &o->op[o->n];
-        memset(op, 0, sizeof *op);
-        op->code = f->type == CRDT_F_SET ? CRDT_OP_ADD : CRDT_OP_SET;
-        op->field = f->name;
-        op->field_len = (uint32_t)strlen(f->name);
-        if ((rc = val_bytes(&f->v, els.v[i], &o->val[o->n]))) break;
-        op->val = (crdt_blob){o->val[o->n].p, (uint32_t)o->val[o->n].n};
-        if (f->keyed) {
-            crdt_buf_reset(&o->key[o->n]);
-            rc = f->key.vtype == CRDT_VT_INT ? crdt_val_put_int(&o->key[o->n], year)
-                                             : CRDT_EKEY;
-            if (rc) break;
-            op->key = (crdt_blob){o->key[o->n].p, (uint32_t)o->key[o->n].n};
-        }
-        o->n++;
-    }
-    strlist_free(&els);
-    return rc;
-}
-
-static const char *col_label(int col, const char *const *hdr)
-{
-    return hdr && hdr[col] ? hdr[col] : LEDGER_COLS[col].en;
-}
-
-/* Households by id: open addressing over indexes into c->hh. */
-typedef struct hh_table {
-    size_t *slot, cap;           /* slot: index + 1, 0 = empty */
-} hh_table;
-
-static int hh_table_init(hh_table *t, size_t n)
-{
-    t->cap = 16;
-    while (t->cap < 2 * n) t->cap *= 2;
-    t->slot = calloc(t->cap, sizeof *t->slot);
-    return t->slot ? 0 : CRDT_ENOMEM;
-}
-
-/* The index of household id in c->hh, or c->n_hh after reserving its slot
- * (the caller appends it there). */
-static size_t hh_find(hh_table *t, const import_ctx *c, const char *id)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (const char *p = id; *p; p++) h = (h ^ (uint8_t)*p) * 1099511628211ull;
-    for (size_t i = (size_t)h & (t->cap - 1);; i = (i + 1) & (t->cap - 1)) {
-        if (!t->slot[i]) {
-            t->slot[i] = c->n_hh + 1;
-            return c->n_hh;
-        }
-        if (!strcmp(c->hh[t->slot[i] - 1].id, id)) return t->slot[i] - 1;
-    }
-}
-
-static int dup_col;
-static int cmp_row_col(const void *a, const void *b)
-{
-    const irow *x = *(const irow *const *)a, *y = *(const irow *const *)b;
-    int d = strcmp(x->v[dup_col], y->v[dup_col]);
-    return d ? d : (x->line > y->line) - (x->line < y->line);
-}
-
-static int dup_check(import_ctx *c, int col, const char *const *hdr, const char *why)
-{
-    const irow **v = malloc((c->n_rows + 1) * sizeof *v);
-    size_t n = 0;
-    if (!v) return CRDT_ENOMEM;
-    for (size_t i = 0; i < c->n_rows; i++)
-        if (*c->rows[i].v[col]) v[n++] = &c->rows[i];
-    dup_col = col;
-    qsort(v, n, sizeof *v, cmp_row_col);
-    for (size_t i = 1; i < n; i++) {
-        size_t first = i - 1;
-        while (first > 0 && !strcmp(v[first - 1]->v[col], v[i]->v[col])) first--;
-        if (!strcmp(v[i - 1]->v[col], v[i]->v[col]))
-            problem(&c->pr, c->path, v[i]->line, "%s: %s is already on line %zu (%s)",
-                    col_label(col, hdr), v[i]->v[col], v[first]->line, why);
-    }
-    free(v);
-    return 0;
-}
-
-/* Phase one: headers, cells, schema checks, cross-row rules.  Fills c->rows
- * and c->hh; problems go to c->pr. */
-static int check_rows(import_ctx *c, csv_doc *doc)
-{
-    const char *hdr[L_NCOLS] = {0};
-    int map[256];
-    csv_row *h = &doc->r[0];
-    if (h->n > 256) {
-        problem(&c->pr, c->path, h->line, "more than 256 columns");
-        return 0;
-    }
-    for (size_t k = 0; k < h->n; k++) {
-        map[k] = -1;
-        const char *name = h->f[k];
-        for (int col = 0; col < L_NCOLS; col++) {
-            const struct ledger_col *lc = &LEDGER_COLS[col];
-            if (strcasecmp(name, lc->en) && strcmp(name, lc->zh) && (!lc->zh2 || strcmp(name, lc->zh2)))
-                continue;
-            if (hdr[col]) {
-                problem(&c->pr, c->path, h->line, "column \"%s\" appears twice (as \"%s\" too)",
-                        name, hdr[col]);
-            } else {
-                hdr[col] = name;
-                map[k] = col;
-            }
-        }
-        if (map[k] < 0 && name[0])
-            fprintf(stderr, "doorstepctl %s: %s:%zu: column %zu \"%s\" is not a ledger column: "
-                            "ignored\n", c->cmd, c->path, h->line, k + 1, name);
-    }
-    if (!hdr[L_HH] || !hdr[L_NAME]) {
-        problem(&c->pr, c->path, h->line, "the header needs the columns household_id (户编号) and "
-                                         "name (姓名)%s",
-                h->n == 1 && strchr(h->f[0], ';') ? "; is the file separated by ';'? it must be "
-                                                   "comma-separated" : "");
-        return 0;
-    }
-    c->rows = calloc(doc->n, sizeof *c->rows);
-    c->hh = calloc(doc->n, sizeof *c->hh);
-    if (!c->rows || !c->hh) return CRDT_ENOMEM;
-    opbuf o;
-    memset(&o, 0, sizeof o);
-    hh_table ht = {0};
-    int rc = hh_table_init(&ht, doc->n);
-    for (size_t r = 1; r < doc->n && !rc; r++) {
-        csv_row *row = &doc->r[r];
-        irow *ir = &c->rows[c->n_rows++];
-        ir->line = row->line;
-        for (int col = 0; col < L_NCOLS; col++) ir->v[col] = "";
-        if (row->n > h->n)
-            problem(&c->pr, c->path, row->line, "%zu cells, but the header has %zu columns "
-                                                "(an unquoted comma in a cell?)", row->n, h->n);
-        for (size_t k = 0; k < row->n && k < h->n; k++) {
-            if (map[k] < 0) continue;
-            int col = map[k];
-            if (col == L_IDNUM)
-                for (char *q = row->f[k]; *q; q++)
-                    if (*q == 'x') *q = 'X';
-            if (col == L_BIRTH && row->f[k][0]) {
-                char *nd = norm_date(row->f[k]);
-                if (!nd) return CRDT_ENOMEM;
-                free(row->f[k]);
-                row->f[k] = nd;
-            }
-            ir->v[col] = row->f[k];
-        }
-        const char *hid = ir->v[L_HH];
-        if (!*hid) {
-            problem(&c->pr, c->path, row->line, "%s: empty (every row names its household)",
-                    col_label(L_HH, hdr));
-            continue;
-        }
-        if (!crdt_recid_valid(hid, strlen(hid))) {
-            problem(&c->pr, c->path, row->line, "%s: \"%s\" is not a valid record id (1..64 of "
-                                                "A-Z a-z 0-9 _ . -)", col_label(L_HH, hdr), hid);
-            continue;
-        }
-        if (!*ir->v[L_NAME])
-            problem(&c->pr, c->path, row->line, "%s: empty", col_label(L_NAME, hdr));
-        if (*ir->v[L_PID] && !crdt_recid_valid(ir->v[L_PID], strlen(ir->v[L_PID])))
-            problem(&c->pr, c->path, row->line, "%s: \"%s\" is not a valid record id",
-                    col_label(L_PID, hdr), ir->v[L_PID]);
-        if (*ir->v[L_CONFLICT])
-            problem(&c->pr, c->path, row->line, "%s: \"%s\": the exported row has unresolved "
-                                                "conflicts; resolve them (dashboard) first",
-                    col_label(L_CONFLICT, hdr), ir->v[L_CONFLICT]);
-        /* Household: its fields must agree across its rows. */
-        size_t hi = hh_find(&ht, c, hid);
-        if (hi == c->n_hh) {
-            c->hh[hi].id = hid;
-            c->hh[hi].line = row->line;
-            c->n_hh++;
-        }
-        ir->hh = hi;
-        ir->index = ++c->hh[hi].rows;
-        static const int hcols[3] = {L_COMM, L_GRID, L_ADDR};
-        for (int j = 0; j < 3; j++) {
-            const char *v = ir->v[hcols[j]];
-            if (!*v) continue;
-            if (!c->hh[hi].v[j]) {
-                c->hh[hi].v[j] = v;
-                c->hh[hi].vline[j] = row->line;
-            } else if (strcmp(c->hh[hi].v[j], v)) {
-                problem(&c->pr, c->path, row->line, "%s: \"%s\" differs from \"%s\" on line %zu "
-                                                    "for household %s",
-                        col_label(hcols[j], hdr), v, c->hh[hi].v[j], c->hh[hi].vline[j], hid);
-            }
-        }
-        /* Every cell through the schema. */
-        for (int col = 0; col < L_NCOLS; col++) {
-            const struct ledger_col *lc = &LEDGER_COLS[col];
-            const char *v = ir->v[col];
-            if (!lc->kind || !*v) continue;
-            opbuf_reset(&o);
-            const char *kind = lc->kind == 'h' ? "household" : "person";
-            int x = cell_ops(c->sc, kind, lc->field, v, c->year, &o);
-            for (size_t i = 0; !x && i < o.n; i++) x = check_op(c->sc, kind, hid, &o.op[i]);
-            if (x == CRDT_ENOMEM) {
-                rc = x;
-                break;
-            }
-            if (x) {
-                char why[512];
-                reason(c->sc, x, col, v, why, sizeof why);
-                problem(&c->pr, c->path, row->line, "%s: \"%s\": %s", col_label(col, hdr), v,
-                        x == CRDT_EFIELD ? "the store's schema has no such field" : why);
-            }
-        }
-        /* Cross-field: birth date and gender must agree with the ID number. */
-        const char *idn = ir->v[L_IDNUM];
-        if (strlen(idn) == 18 && !crdt_check_idnum(idn, 18)) {
-            char bd[11];
-            snprintf(bd, sizeof bd, "%.4s-%.2s-%.2s", idn + 6, idn + 10, idn + 12);
-            if (*ir->v[L_BIRTH] && !crdt_check_date(ir->v[L_BIRTH], strlen(ir->v[L_BIRTH])) &&
-                strcmp(bd, ir->v[L_BIRTH]))
-                problem(&c->pr, c->path, row->line, "%s: \"%s\" does not match the ID number's "
-                                                    "birth date %s",
-                        col_label(L_BIRTH, hdr), ir->v[L_BIRTH], bd);
-            const char *g = (idn[16] - '0') % 2 ? "男" : "女";
-            if ((!strcmp(ir->v[L_GENDER], "男") || !strcmp(ir->v[L_GENDER], "女")) &&
-                strcmp(g, ir->v[L_GENDER]))
-                problem(&c->pr, c->path, row->line, "%s: \"%s\" does not match the ID number "
-                                                    "(its 17th digit says %s)",
-                        col_label(L_GENDER, hdr), ir->v[L_GENDER], g);
-        }
-    }
-    opbuf_free(&o);
-    free(ht.slot);
-    /* The same person twice in the file (sorted, so n log n). */
-    if (!rc) rc = dup_check(c, L_IDNUM, hdr, "one row per person");
-    if (!rc) rc = dup_check(c, L_PID, hdr, "one row per person");
-    return rc;
-}
-
-/* ---- phase two: one write transaction ------------------------------------------------------- */
-
-/* The current live values of a field instance equal exactly {val}? */
-static bool field_is(const crdt_field *f, crdt_blob val)
-{
-    if (!f || !f->n) return false;
-    for (uint32_t i = 0; i < f->n; i++)
-        if (crdt_blob_cmp(f->e[i].v, val)) return false;
-    return true;
-}
-
-/* Keep only the ops that change something in r (NULL: a new record); an mv
- * set observes every live dot of its instance, so the ledger's value
- * supersedes what the record held (a later, concurrent phone edit still
- * shows as a conflict).  A set element already present is dropped. */
-static int prune_ops(const crdt_record *r, opbuf *o)
-{
-    size_t w = 0;
-    for (size_t i = 0; i < o->n; i++) {
-        crdt_op *op = &o->op[i];
-        char name[CRDT_NAME_MAX];
-        snprintf(name, sizeof name, "%.*s", (int)op->field_len, op->field);
-        const crdt_field *f = r ? crdt_record_field(r, name, op->key) : NULL;
-        bool keep = true;
-        if (op->code == CRDT_OP_ADD) {
-            for (uint32_t k = 0; f && k < f->n && keep; k++)
-                keep = crdt_blob_cmp(f->e[k].v, op->val) != 0;
-        } else {
-            keep = !field_is(f, op->val);
-            if (keep && f && f->type == CRDT_F_MV && f->n) {
-                crdt_dot *obs = calloc(f->n, sizeof *obs);
-                if (!obs) return CRDT_ENOMEM;
-                for (uint32_t k = 0; k < f->n; k++) obs[k] = f->e[k].st.dot;
-                free(o->obs[i]);
-                o->obs[i] = obs;
-                op->obs = obs;
-                op->n_obs = f->n;
-            }
-        }
-        if (!keep) continue;
-        if (w != i) {
-            /* move op i (and the buffers its blobs point into) to slot w */
-            crdt_buf tv = o->val[w], tk = o->key[w];
-            crdt_dot *to = o->obs[w];
-            o->val[w] = o->val[i];
-            o->key[w] = o->key[i];
-            o->obs[w] = o->obs[i];
-            o->val[i] = tv;
-            o->key[i] = tk;
-            o->obs[i] = to;
-            o->op[w] = *op;
-        }
-        w++;
-    }
-    o->n = w;
-    return 0;
-}
-
-/* Sign ops on kind/id as the server and append them in t
- * (store_server_append).  0, 1 (a problem recorded), or a store/CRDT error. */
-static int server_append(store_txn *t, import_ctx *c, const char *kind, const char *id,
-                         const opbuf *o, size_t line)
-{
-    store_server_delta r;
-    int rc = store_server_append(t, kind, id, o->op, (uint32_t)o->n, c->now,
-                                 IMPORT_MAX_AHEAD_MS, &r);
-    if (rc) return rc;
-    if (r.invalid) {
-        problem(&c->pr, c->path, line, "%s %s: the delta does not pass the schema: %s", kind, id,
-                crdt_strerror(r.invalid));
-        return 1;
-    }
-    if (r.oc.result != STORE_APPLIED) {
-        problem(&c->pr, c->path, line, "%s %s: the server's delta was not applied (%s: %s)", kind,
-                id, r.oc.result == STORE_REJECTED ? "rejected" : "quarantined",
-                r.oc.result == STORE_REJECTED ? store_strerror(r.oc.code)
-                                              : store_qreason_name(r.oc.code));
-        return 1;
-    }
-    if (!c->first_seq) c->first_seq = r.seq;
-    c->last_seq = r.seq;
-    c->deltas++;
-    c->ops += o->n;
-    return 0;
-}
-
-/* The person id of row ir: person_id, else the one person whose ID number it
- * is, else "P" + household id + "-" + its row number in the household
- * (two digits or more).  0, 1 (problem recorded), or an error. */
-static int resolve_pid(store_txn *t, import_ctx *c, irow *ir)
-{
-    if (*ir->v[L_PID]) {
-        snprintf(ir->pid, sizeof ir->pid, "%s", ir->v[L_PID]);
-        return 0;
-    }
-    const char *idn = ir->v[L_IDNUM];
-    if (*idn) {
-        store_ids ids = {0};
-        int rc = store_lookup(t, STORE_LOOKUP_IDNUM, idn, strlen(idn), &ids);
-        if (rc) return rc;
-        if (ids.n > 1) {
-            problem(&c->pr, c->path, ir->line, "id_number %s is held by %zu persons (%s, %s%s): "
-                                               "give person_id",
-                    idn, ids.n, ids.id[0], ids.id[1], ids.n > 2 ? ", ..." : "");
-            store_ids_free(&ids);
-            return 1;
-        }
-        if (ids.n == 1) snprintf(ir->pid, sizeof ir->pid, "%s", ids.id[0]);
-        store_ids_free(&ids);
-        if (ids.n == 1) return 0;
-    }
-    const char *hid = c->hh[ir->hh].id;
-    int k = snprintf(ir->pid, sizeof ir->pid, "P%s-%02zu", hid, ir->index);
-    if (k < 0 || (size_t)k >= sizeof ir->pid) {
-        problem(&c->pr, c->path, ir->line, "household id %s is too long to derive a person id "
-                                           "from: give person_id", hid);
-        return 1;
-    }
-    /* A derived id that already names someone else is not this person. */
-    crdt_record *r = NULL;
-    int rc = store_get_record(t, "person", ir->pid, &r);
-    if (rc == STORE_ENOTFOUND) return 0;
-    if (rc) return rc;
-    const crdt_field *f = crdt_record_field(r, "id_number", (crdt_blob){NULL, 0});
-    bool other = false;
-    for (uint32_t i = 0; f && i < f->n; i++) {
-        crdt_val v;
-        if (!crdt_val_parse(f->e[i].v, &v) && v.t == CRDT_V_STR &&
-            (!*idn || v.len != strlen(idn) || memcmp(v.s, idn, v.len)))
-            other = true;
-    }
-    crdt_record_free(r);
-    if (other) {
-        problem(&c->pr, c->path, ir->line, "the derived person id %s already belongs to a "
-                                           "person with another ID number: give person_id",
-                ir->pid);
-        return 1;
-    }
-    return 0;
-}
-
-static int cmp_row_pid(const void *a, const void *b)
-{
-    const irow *x = *(const irow *const *)a, *y = *(const irow *const *)b;
-    int d = strcmp(x->pid, y->pid);
-    return d ? d : (x->line > y->line) - (x->line < y->line);
-}
-
-/* Two rows that resolved to the same person (say an ID number already on
- * file under a person_id another row names). */
-static int pid_dups(import_ctx *c)
-{
-    const irow **v = malloc((c->n_rows + 1) * sizeof *v);
-    if (!v) return CRDT_ENOMEM;
-    for (size_t i = 0; i < c->n_rows; i++) v[i] = &c->rows[i];
-    qsort(v, c->n_rows, sizeof *v, cmp_row_pid);
-    for (size_t i = 1; i < c->n_rows; i++) {
-        size_t first = i - 1;
-        while (first > 0 && !strcmp(v[first - 1]->pid, v[i]->pid)) first--;
-        if (!strcmp(v[i - 1]->pid, v[i]->pid))
-            problem(&c->pr, c->path, v[i]->line, "person %s is also on line %zu (same person_id, "
-                                                 "or an ID number already on file as that person)",
-                    v[i]->pid, v[first]->line);
-    }
-    free(v);
-    return 0;
-}
-
-static int import_txn(store_txn *t, void *arg)
-{
-    import_ctx *c = arg;
-    opbuf o;
-    crdt_record *r = NULL;
-    int rc;
-    c->deltas = c->persons_new = c->hh_new = c->ops = 0;
-    c->first_seq = c->last_seq = c->aseq = 0;
-    strlist_free(&c->pr.l);
-    memset(&o, 0, sizeof o);
-    /* Person ids first (lookups see the store as it was), then the
-     * rows naming the same person twice through different columns. */
-    for (size_t i = 0; i < c->n_rows; i++)
-        if ((rc = resolve_pid(t, c, &c->rows[i])) < 0) goto out;
-    if ((rc = pid_dups(c))) goto out;
-    if (c->pr.l.n) {
-        rc = IMPORT_BAD_ROWS;
-        goto out;
-    }
-    /* Households: community, grid, address, once each. */
-    for (size_t h = 0; h < c->n_hh; h++) {
-        static const char *const hf[3] = {"community", "grid", "address"};
-        opbuf_reset(&o);
-        for (int j = 0; j < 3; j++)
-            if (c->hh[h].v[j] &&
-                (rc = cell_ops(c->sc, "household", hf[j], c->hh[h].v[j], c->year, &o)))
-                goto out;
-        rc = store_get_record(t, "household", c->hh[h].id, &r);
-        if (rc == STORE_ENOTFOUND) c->hh_new++;
-        else if (rc) goto out;
-        if ((rc = prune_ops(r, &o))) goto out;
-        crdt_record_free(r);
-        r = NULL;
-        if (o.n && (rc = server_append(t, c, "household", c->hh[h].id, &o, c->hh[h].line)))
-            goto out;
-    }
-    /* Persons, in file order. */
-    for (size_t i = 0; i < c->n_rows; i++) {
-        irow *ir = &c->rows[i];
-        opbuf_reset(&o);
-        for (int col = 0; col < L_NCOLS; col++) {
-            const struct ledger_col *lc = &LEDGER_COLS[col];
-            if (lc->kind != 'p' || !*ir->v[col]) continue;
-            if ((rc = cell_ops(c->sc, "person", lc->field, ir->v[col], c->year, &o))) goto out;
-        }
-        rc = store_get_record(t, "person", ir->pid, &r);
-        if (rc == STORE_ENOTFOUND) c->persons_new++;
-        else if (rc) goto out;
-        if ((rc = prune_ops(r, &o))) goto out;
-        crdt_record_free(r);
-        r = NULL;
-        if (o.n && (rc = server_append(t, c, "person", ir->pid, &o, ir->line))) goto out;
-    }
-    if (c->dry) {
-        rc = IMPORT_DRY_RUN;
-        goto out;
-    }
-    char detail[STORE_AUDIT_DETAIL_MAX + 1];
-    int dn = snprintf(detail, sizeof detail,
-                      "file %s (%s): %zu rows, %zu households (%zu new), %zu persons (%zu new); "
-                      "%zu deltas, %zu ops",
-                      c->shown, c->enc, c->n_rows, c->n_hh, c->hh_new, c->n_rows,
-                      c->persons_new, c->deltas, c->ops);
-    if (c->deltas && dn > 0 && (size_t)dn < sizeof detail)
-        snprintf(detail + dn, sizeof detail - (size_t)dn, ", server device 0 seq %llu..%llu",
-                 (unsigned long long)c->first_seq, (unsigned long long)c->last_seq);
-    rc = store_audit_append(t, c->now, c->actor, "import.csv", detail, &c->aseq);
-out:
-    crdt_record_free(r);
-    opbuf_free(&o);
-    if (rc == 1 && c->pr.l.n) rc = IMPORT_BAD_ROWS;
-    return rc;
-}
 
 /* A file name fit for the audit log: UTF-8, at most 400 bytes. */
 static void shown_name(const char *path, char *out, size_t cap)
@@ -3285,13 +2266,6 @@ static void shown_name(const char *path, char *out, size_t cap)
     snprintf(out, cap, "%s", path);
 }
 
-static int cmp_pline(const void *a, const void *b)
-{
-    const size_t *x = a, *y = b;  /* {line, index} */
-    if (x[0] != y[0]) return x[0] < y[0] ? -1 : 1;
-    return (x[1] > y[1]) - (x[1] < y[1]);
-}
-
 static const char import_help[] =
     "usage: doorstepctl import --csv FILE [--encoding utf-8|gbk] [--dry-run] [--as USER]\n"
     "imports a household and person ledger, one row per person (docs/ADMIN.md):\n"
@@ -3302,6 +2276,8 @@ static const char import_help[] =
     "every row is checked first; any bad row is reported with its line number and nothing is\n"
     "written (exit 1).  Otherwise all rows are written in one transaction as deltas signed by\n"
     "the server (device 0).  --dry-run checks and counts, writes nothing.\n";
+
+static int import_txn(store_txn *t, void *arg) { return ledger_import_txn(t, arg); }
 
 static int cmd_import(int argc, char **argv)
 {
@@ -3335,84 +2311,70 @@ static int cmd_import(int argc, char **argv)
     if (!path) return usage_err(cmd, "--csv FILE is required");
     char actor[STORE_AUDIT_ACTOR_MAX + 1];
     if (!make_actor(cmd, as, actor)) return EXIT_USAGE;
-    char *text = NULL;
+    char *text = NULL, err[1024];
     size_t len = 0;
     const char *used = NULL;
-    int xrc = read_ledger(cmd, path, enc, &text, &len, &used);
-    if (xrc) return xrc;
-    csv_doc doc = {0};
+    if (ledger_read(path, enc, &text, &len, &used, err, sizeof err)) return fail(cmd, "%s", err);
+    ledger_doc doc = {0};
     size_t bad_line;
     const char *why;
-    if (csv_parse(text, len, &doc, &bad_line, &why)) {
-        free(text);
-        csv_free(&doc);
+    int rc = ledger_parse(text, len, &doc, &bad_line, &why);
+    free(text);
+    if (rc)
         return bad_line ? fail(cmd, "%s:%zu: %s; nothing imported", path, bad_line, why)
                         : fail(cmd, "%s", why);
-    }
-    free(text);
     if (doc.n < 2) {
-        csv_free(&doc);
+        ledger_doc_free(&doc);
         return fail(cmd, "%s: no rows (a header line and one row per person are expected)",
                     path);
     }
     store *s = open_store();
     if (!s) {
-        csv_free(&doc);
+        ledger_doc_free(&doc);
         return EXIT_FAIL;
     }
     char shown[512];
     shown_name(path, shown, sizeof shown);
-    import_ctx c;
-    memset(&c, 0, sizeof c);
-    c.cmd = cmd;
-    c.path = path;
-    c.shown = shown;
-    c.enc = used;
-    c.actor = actor;
-    c.sc = store_schema(s);
-    c.s = s;
-    c.year = store_campaign_year(s);
-    c.dry = dry;
-    c.now = now_ms();
-    int rc = check_rows(&c, &doc);
-    if (!rc && !c.pr.l.n) rc = run_rw(s, import_txn, &c);
+    ledger_import li;
+    memset(&li, 0, sizeof li);
+    li.path = path;
+    li.shown = shown;
+    li.enc = used;
+    li.actor = actor;
+    li.sc = store_schema(s);
+    li.year = store_campaign_year(s);
+    li.dry_run = dry;
+    li.now_ms = now_ms();
+    rc = ledger_check(&li, &doc);
+    for (size_t i = 0; i < li.warnings.n; i++)
+        fprintf(stderr, "doorstepctl %s: %s\n", cmd, li.warnings.v[i]);
+    if (!rc && !li.problems.n) rc = run_rw(s, import_txn, &li);
     store_close(s);
-    if (rc < 0) xrc = fail(cmd, "%s", store_strerror(rc));
-    else if (c.pr.l.n) {
+    int xrc = 0;
+    if (rc < 0) {
+        xrc = fail(cmd, "%s", ledger_strerror(rc));
+    } else if (li.problems.n) {
         /* In line order (the checks run in passes); count the lines. */
-        size_t n = c.pr.l.n, rows = 0, plen = strlen(path) + 1;
-        struct pline { size_t line, i; } *pl = malloc(n * sizeof *pl);
-        for (size_t i = 0; pl && i < n; i++) {
-            pl[i].line = strtoul(c.pr.l.v[i] + plen, NULL, 10);
-            pl[i].i = i;
-        }
-        if (pl) qsort(pl, n, sizeof *pl, cmp_pline);
-        for (size_t i = 0; i < n; i++) {
-            fprintf(stderr, "%s\n", c.pr.l.v[pl ? pl[i].i : i]);
-            rows += pl && (!i || pl[i].line != pl[i - 1].line);
-        }
-        free(pl);
-        xrc = fail(cmd, "%s: %zu problem(s) on %zu line(s); nothing imported", path, c.pr.l.n,
-                   rows);
+        size_t lines = ledger_msgs_sort(&li.problems);
+        for (size_t i = 0; i < li.problems.n; i++) fprintf(stderr, "%s\n", li.problems.v[i]);
+        xrc = fail(cmd, "%s: %zu problem(s) on %zu line(s); nothing imported", path,
+                   li.problems.n, lines);
     } else if (dry) {
         printf("dry run: %s (%s): %zu rows, %zu households (%zu new), %zu persons (%zu new); "
                "would write %zu deltas (%zu ops); nothing written\n",
-               path, used, c.n_rows, c.n_hh, c.hh_new, c.n_rows, c.persons_new, c.deltas, c.ops);
-        xrc = 0;
+               path, used, li.n_rows, li.n_hh, li.hh_new, li.n_rows, li.persons_new, li.deltas,
+               li.ops);
     } else {
         printf("imported %s (%s): %zu rows, %zu households (%zu new), %zu persons (%zu new); "
                "%zu deltas (%zu ops) signed by the server",
-               path, used, c.n_rows, c.n_hh, c.hh_new, c.n_rows, c.persons_new, c.deltas, c.ops);
-        if (c.deltas)
-            printf(", device 0 seq %llu..%llu", (unsigned long long)c.first_seq,
-                   (unsigned long long)c.last_seq);
-        printf("; audit entry %llu\n", (unsigned long long)c.aseq);
-        xrc = 0;
+               path, used, li.n_rows, li.n_hh, li.hh_new, li.n_rows, li.persons_new, li.deltas,
+               li.ops);
+        if (li.deltas)
+            printf(", device 0 seq %llu..%llu", (unsigned long long)li.first_seq,
+                   (unsigned long long)li.last_seq);
+        printf("; audit entry %llu\n", (unsigned long long)li.audit_seq);
     }
-    strlist_free(&c.pr.l);
-    free(c.rows);
-    free(c.hh);
-    csv_free(&doc);
+    ledger_import_free(&li);
     return xrc;
 }
 
@@ -3530,29 +2492,29 @@ static int export_person(const crdt_record *p, void *arg)
         }
     }
     char conflicts[512] = "";
-    for (int col = 0; col < L_NCOLS; col++) {
-        const struct ledger_col *lc = &LEDGER_COLS[col];
+    for (int col = 0; col < LEDGER_NCOLS; col++) {
+        const ledger_col *lc = &ledger_cols[col];
         const crdt_field *f = NULL;
         buf[0] = 0;
         conflict = false;
-        if (col == L_PID) {
+        if (col == LEDGER_COL_PID) {
             snprintf(buf, sizeof buf, "%s", p->id);
-        } else if (col == L_HH) {
+        } else if (col == LEDGER_COL_HH) {
             snprintf(buf, sizeof buf, "%s", hid);
         } else if (lc->kind == 'h') {
             f = x->hh ? crdt_record_field(x->hh, lc->field, nokey) : NULL;
         } else if (lc->kind == 'p') {
-            f = crdt_record_field(p, lc->field, col == L_PAY ? x->year_key : nokey);
-        } else if (col == L_CONFLICT) {
+            f = crdt_record_field(p, lc->field, col == LEDGER_COL_PAY ? x->year_key : nokey);
+        } else if (col == LEDGER_COL_CONFLICT) {
             snprintf(buf, sizeof buf, "%s", conflicts);
             if (*conflicts) x->conflicts++;
-        } else if (col == L_BY || col == L_DEV || col == L_AT) {
+        } else if (col == LEDGER_COL_BY || col == LEDGER_COL_DEV || col == LEDGER_COL_AT) {
             crdt_stamp st = last_change(p);
-            if (col == L_AT) {
+            if (col == LEDGER_COL_AT) {
                 char iso[32];
                 iso_time(CRDT_HLC_MS(st.hlc), iso);
                 snprintf(buf, sizeof buf, "%s", iso);
-            } else if (col == L_DEV) {
+            } else if (col == LEDGER_COL_DEV) {
                 snprintf(buf, sizeof buf, "%u", (unsigned)st.dot.dev);
             } else if (!st.dot.seq) {
                 buf[0] = 0;
@@ -3583,7 +2545,7 @@ static int export_person(const crdt_record *p, void *arg)
             size_t n = strlen(conflicts);
             snprintf(conflicts + n, sizeof conflicts - n, "%s%s", n ? ";" : "", lc->field);
         }
-        csv_put(x->f, buf, col == 0);
+        ledger_csv_put(x->f, buf, col == 0);
     }
     fputs("\r\n", x->f);
     x->persons++;
@@ -3689,8 +2651,8 @@ static int cmd_export(int argc, char **argv)
     }
     x.year_key = (crdt_blob){yk.p, (uint32_t)yk.n};
     fputs("\xef\xbb\xbf", f);
-    for (int col = 0; col < L_NCOLS; col++)
-        csv_put(f, zh ? LEDGER_COLS[col].zh : LEDGER_COLS[col].en, col == 0);
+    for (int col = 0; col < LEDGER_NCOLS; col++)
+        ledger_csv_put(f, zh ? ledger_cols[col].zh : ledger_cols[col].en, col == 0);
     fputs("\r\n", f);
     /* One read transaction: a consistent snapshot of every person. */
     store_txn *t;
