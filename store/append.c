@@ -170,7 +170,7 @@ static int quarantine(store_txn *t, uint8_t reason, uint32_t dev, uint64_t seq,
     be64(plain + 5, seq);
     be64(plain + 13, now_ms);
     memcpy(plain + 21, env, n);
-    rc = store_put_sealed(t, DB_QUAR, key, 8, plain, 21 + n);
+    rc = store_put_sealed_append(t, DB_QUAR, key, 8, plain, 21 + n); /* qid = last + 1 */
     free(plain);
     return rc;
 }
@@ -674,7 +674,8 @@ int store_merge_reviewed(store_txn *t, const store_item *it, store_outcome *out)
     if ((rc = store_last_sseq(t, &sseq))) return rc;
     sseq++;
     be64(sk, sseq);
-    if ((rc = store_put_sealed(t, DB_DELTAS, sk, 8, it->env, it->env_len))) return rc;
+    /* sseq = last + 1: the log is written in key order (full pages). */
+    if ((rc = store_put_sealed_append(t, DB_DELTAS, sk, 8, it->env, it->env_len))) return rc;
     t->last_sseq = sseq;
     t->have_last_sseq = true;
     rc = load_or_new(t, d->kind, d->kind_len, d->id, d->id_len, &rec);

@@ -23,6 +23,14 @@
  *   tokens    hash(32)                     -> sealed token (keyed BLAKE2b of the secret)
  *   staff     username                     -> sealed account
  *   meta      "qreview" qid(8)             -> sealed quarantine review (review.c)
+ *   place     household                    -> community 0 grid  (where it is, for agg)
+ *   agghist   day(4) community             -> int64 persons, enrolled, paid (agg.c)
+ *
+ * Page fill.  deltas, quar and audit are append-only logs whose next key is
+ * the last one + 1, read in the same write transaction: they are written
+ * with MDB_APPEND (store_put_append), so LMDB fills each leaf page before it
+ * starts the next instead of splitting full pages in half.  Every other
+ * database is written with ordinary puts.
  */
 #ifndef DOORSTEP_STORE_INTERNAL_H
 #define DOORSTEP_STORE_INTERNAL_H
@@ -98,6 +106,13 @@ int store_put(store_txn *t, int db, const void *k, size_t kn, const void *v, siz
 int store_get(store_txn *t, int db, const void *k, size_t kn, MDB_val *v);
 int store_put_sealed(store_txn *t, int db, const void *k, size_t kn, const void *v,
                      size_t vn);
+/* As store_put and store_put_sealed, for a key greater than every key in db
+ * (LMDB's MDB_APPEND: full pages instead of half-full ones).  Only for
+ * databases whose new keys are last + 1 read in the same write transaction
+ * (deltas, quar, audit); STORE_ECORRUPT if the key is not the greatest. */
+int store_put_append(store_txn *t, int db, const void *k, size_t kn, const void *v, size_t vn);
+int store_put_sealed_append(store_txn *t, int db, const void *k, size_t kn, const void *v,
+                            size_t vn);
 /* Unsealed value appended to *out after reset. */
 int store_get_sealed(store_txn *t, int db, const void *k, size_t kn, crdt_buf *out);
 int store_del(store_txn *t, int db, const void *k, size_t kn);

@@ -233,6 +233,22 @@ int store_put(store_txn *t, int db, const void *k, size_t kn, const void *v, siz
     return store_lmdb_err(mdb_put(t->txn, t->s->dbi[db], &key, &val, 0));
 }
 
+/*
+ * MDB_APPEND: LMDB puts the key at the end of the last leaf and, when that
+ * page is full, starts a new page with it instead of splitting the full one
+ * in half, so a database written only in key order has full pages.  LMDB
+ * refuses (MDB_KEYEXIST) a key that is not greater than the last one; the
+ * callers derive the key from the last one in the same write transaction
+ * (last + 1), so a refusal means the database's order is damaged.
+ */
+int store_put_append(store_txn *t, int db, const void *k, size_t kn, const void *v, size_t vn)
+{
+    MDB_val key = {kn, (void *)k}, val = {vn, (void *)v};
+    if (!t->rw) return STORE_EREADONLY;
+    int rc = mdb_put(t->txn, t->s->dbi[db], &key, &val, MDB_APPEND);
+    return rc == MDB_KEYEXIST ? STORE_ECORRUPT : store_lmdb_err(rc);
+}
+
 int store_get(store_txn *t, int db, const void *k, size_t kn, MDB_val *v)
 {
     MDB_val key = {kn, (void *)k};
@@ -252,6 +268,15 @@ int store_put_sealed(store_txn *t, int db, const void *k, size_t kn, const void 
     int rc = store_seal(t->s, db, &key, v, vn, &t->scratch);
     if (rc) return rc;
     return store_put(t, db, k, kn, t->scratch.p, t->scratch.n);
+}
+
+int store_put_sealed_append(store_txn *t, int db, const void *k, size_t kn, const void *v,
+                            size_t vn)
+{
+    MDB_val key = {kn, (void *)k};
+    int rc = store_seal(t->s, db, &key, v, vn, &t->scratch);
+    if (rc) return rc;
+    return store_put_append(t, db, k, kn, t->scratch.p, t->scratch.n);
 }
 
 int store_get_sealed(store_txn *t, int db, const void *k, size_t kn, crdt_buf *out)

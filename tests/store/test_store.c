@@ -4,7 +4,8 @@
  * lookups and membership, the scoped feed against a brute-force filter,
  * aggregates against recomputation (verify), map growth from a tiny map,
  * a failed batch leaving nothing behind, the privacy canary, backup and
- * verify, and verify catching a corrupted record.
+ * verify, verify catching a corrupted record, and in-order (MDB_APPEND)
+ * puts.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -944,6 +945,43 @@ static void test_backup_verify_and_corruption(void **state)
     su_dir_remove(&d);
 }
 
+/* MDB_APPEND puts (the logs: deltas, quar, audit) take only keys greater
+ * than the last one, and fill pages where in-order ordinary puts leave them
+ * partly empty. */
+static void test_append_order(void **state)
+{
+    (void)state;
+    su_dir d;
+    su_dir_make(&d, "append");
+    store *s = su_store_new(&d, NULL);
+    store_txn *t;
+    uint8_t k[8], v[400];
+    MDB_stat plain_st, app_st;
+    memset(v, 7, sizeof v);
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    for (uint64_t i = 1; i <= 2000; i++) {
+        be64(k, i);
+        assert_int_equal(store_put(t, DB_AGGHIST, k, 8, v, sizeof v), 0);   /* ordinary */
+        assert_int_equal(store_put_append(t, DB_STAFF, k, 8, v, sizeof v), 0);
+    }
+    be64(k, 2000);
+    assert_int_equal(store_put_append(t, DB_STAFF, k, 8, v, sizeof v), STORE_ECORRUPT);
+    be64(k, 5);
+    assert_int_equal(store_put_append(t, DB_STAFF, k, 8, v, sizeof v), STORE_ECORRUPT);
+    assert_int_equal(store_put_sealed_append(t, DB_STAFF, k, 8, v, 10), STORE_ECORRUPT);
+    be64(k, 2001);
+    assert_int_equal(store_put_sealed_append(t, DB_STAFF, k, 8, v, 10), 0);
+    assert_int_equal(mdb_stat(t->txn, s->dbi[DB_AGGHIST], &plain_st), 0);
+    assert_int_equal(mdb_stat(t->txn, s->dbi[DB_STAFF], &app_st), 0);
+    assert_int_equal(app_st.ms_entries, 2001);
+    /* 9 values of 418 B fit a 4 KiB page: 223 pages appended, ~250 otherwise. */
+    assert_true(app_st.ms_leaf_pages <= 2001 / 9 + 1);
+    assert_true(app_st.ms_leaf_pages < plain_st.ms_leaf_pages);
+    store_abort(t);
+    store_close(s);
+    su_dir_remove(&d);
+}
+
 /* The audit log is hash-chained: removing, editing or truncating entries is
  * caught (even with the data key in hand). */
 static void test_audit_chain(void **state)
@@ -1149,6 +1187,7 @@ int main(void)
         cmocka_unit_test(test_two_processes),
         cmocka_unit_test(test_privacy_canary),
         cmocka_unit_test(test_backup_verify_and_corruption),
+        cmocka_unit_test(test_append_order),
         cmocka_unit_test(test_audit_chain),
         cmocka_unit_test(test_server_append),
         cmocka_unit_test(test_killed_writer),
