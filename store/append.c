@@ -424,7 +424,7 @@ static int lookup_update(store_txn *t, int what, const crdt_fspec *f, const crdt
     return STORE_OK;
 }
 
-/* ---- the append path ---------------------------------------------------------- */
+/* ---- dots ---------------------------------------------------------------------- */
 
 static int dot_key(uint8_t k[12], uint32_t dev, uint64_t seq)
 {
@@ -432,6 +432,60 @@ static int dot_key(uint8_t k[12], uint32_t dev, uint64_t seq)
     be64(k + 4, seq);
     return 12;
 }
+
+int store_delta_hash_at(store_txn *t, uint64_t sseq, uint8_t hash[CRDT_HASH_BYTES])
+{
+    crdt_buf env = {0};
+    const uint8_t *db, *sig;
+    size_t dl;
+    memset(hash, 0, CRDT_HASH_BYTES);
+    int rc = store_get_envelope(t, sseq, &env);
+    if (rc == STORE_ENOTFOUND) rc = STORE_ECORRUPT; /* a dot names it */
+    if (rc) goto out;
+    if (wire_envelope_decode(env.p, env.n, &crdt_limits_default, &db, &dl, &sig)) {
+        rc = STORE_ECORRUPT;
+        goto out;
+    }
+    rc = wire_delta_hash(db, dl, hash) ? STORE_ECORRUPT : STORE_OK;
+out:
+    crdt_buf_free(&env);
+    return rc;
+}
+
+int store_dot_get(store_txn *t, uint32_t dev, uint64_t seq, uint64_t *sseq,
+                  uint8_t hash[CRDT_HASH_BYTES])
+{
+    uint8_t k[12];
+    MDB_val v;
+    *sseq = 0;
+    memset(hash, 0, CRDT_HASH_BYTES);
+    dot_key(k, dev, seq);
+    int rc = store_get(t, DB_DOTS, k, 12, &v);
+    if (rc) return rc;
+    if (v.mv_size == 8 + CRDT_HASH_BYTES) { /* held back, or written before the short form */
+        *sseq = rd64(v.mv_data);
+        memcpy(hash, (uint8_t *)v.mv_data + 8, CRDT_HASH_BYTES);
+        return STORE_OK;
+    }
+    if (v.mv_size != 8 || rd64(v.mv_data) == 0) return STORE_ECORRUPT;
+    *sseq = rd64(v.mv_data);
+    rc = store_delta_hash_at(t, *sseq, hash);
+    if (rc) *sseq = 0;
+    return rc;
+}
+
+int store_dot_put(store_txn *t, uint32_t dev, uint64_t seq, uint64_t sseq,
+                  const uint8_t hash[CRDT_HASH_BYTES])
+{
+    uint8_t k[12], v[8 + CRDT_HASH_BYTES];
+    dot_key(k, dev, seq);
+    be64(v, sseq);
+    if (sseq) return store_put(t, DB_DOTS, k, 12, v, 8); /* the hash is in deltas[sseq] */
+    memcpy(v + 8, hash, CRDT_HASH_BYTES);
+    return store_put(t, DB_DOTS, k, 12, v, sizeof v);
+}
+
+/* ---- the append path ---------------------------------------------------------- */
 
 /* Freeze the device (if known) and note why in the audit log. */
 static int freeze(store_txn *t, uint32_t dev, uint64_t seq, uint64_t now_ms, const char *why)
@@ -539,27 +593,26 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
 {
     const crdt_delta *d = it->delta;
     store_device dev;
-    uint8_t dk[12], hash[CRDT_HASH_BYTES], dv[8 + CRDT_HASH_BYTES];
-    uint64_t head = 0;
-    MDB_val v;
+    uint8_t dk[12], hash[CRDT_HASH_BYTES], hv[8 + CRDT_HASH_BYTES];
+    uint64_t head = 0, old = 0;
     int rc;
     memset(out, 0, sizeof *out);
     if (!t->rw) return STORE_EREADONLY;
 
     /* 1. Idempotency on the dot (first: a resent delta the server already
      *    merged is acked as a duplicate whatever happened to the device
-     *    since); clones. */
+     *    since); clones.  The stored delta's hash is read from the dot, or
+     *    recomputed from its envelope (store_dot_get): dots hit only on
+     *    resends. */
     dot_key(dk, d->dev, d->seq);
-    rc = store_get(t, DB_DOTS, dk, 12, &v);
+    rc = store_dot_get(t, d->dev, d->seq, &old, hash);
     if (rc == STORE_OK) {
-        if (v.mv_size != 8 + CRDT_HASH_BYTES) return STORE_ECORRUPT;
-        if (memcmp((uint8_t *)v.mv_data + 8, it->hash, CRDT_HASH_BYTES) == 0) {
+        if (memcmp(hash, it->hash, CRDT_HASH_BYTES) == 0) {
             out->result = STORE_DUPLICATE;
-            out->sseq = rd64(v.mv_data);
+            out->sseq = old;
             return STORE_OK;
         }
         /* Same dot, other content: a cloned key.  Freeze; quarantine both. */
-        uint64_t old = rd64(v.mv_data);
         crdt_buf prev_env = {0};
         if (old) {
             rc = store_get_envelope(t, old, &prev_env);
@@ -616,15 +669,15 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
     }
 
     /* 4. The chain advances whatever happens next (quarantine or merge), so
-     *    the device's later deltas are not blocked by one held back. */
-    be64(dv, 0);
-    memcpy(dv + 8, it->hash, CRDT_HASH_BYTES);
+     *    the device's later deltas are not blocked by one held back.  A
+     *    held-back dot keeps its hash (its envelope is not in deltas). */
+    be64(hv, d->seq);
+    memcpy(hv + 8, it->hash, CRDT_HASH_BYTES);
     int held = it->quarantine == STORE_Q_SCOPE ? STORE_Q_SCOPE
              : CRDT_HLC_MS(d->hlc) > now_ms + max_ahead_ms ? STORE_Q_CLOCK_AHEAD : 0;
     if (held) {
-        if ((rc = store_put(t, DB_DOTS, dk, 12, dv, sizeof dv))) return rc;
-        be64(dv, d->seq);
-        if ((rc = store_put(t, DB_HEADS, dk, 4, dv, sizeof dv))) return rc;
+        if ((rc = store_dot_put(t, d->dev, d->seq, 0, it->hash))) return rc;
+        if ((rc = store_put(t, DB_HEADS, dk, 4, hv, sizeof hv))) return rc;
         if ((rc = quarantine(t, (uint8_t)held, d->dev, d->seq, now_ms, it->env, it->env_len)))
             return rc;
         out->result = STORE_QUARANTINED;
@@ -636,10 +689,8 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
      *      merge half, shared with accepted quarantine entries); then the
      *      dot and the chain head, in the same transaction. */
     if ((rc = store_merge_reviewed(t, it, out))) return rc;
-    be64(dv, out->sseq);
-    if ((rc = store_put(t, DB_DOTS, dk, 12, dv, sizeof dv))) return rc;
-    be64(dv, d->seq);
-    if ((rc = store_put(t, DB_HEADS, dk, 4, dv, sizeof dv))) return rc;
+    if ((rc = store_dot_put(t, d->dev, d->seq, out->sseq, it->hash))) return rc;
+    if ((rc = store_put(t, DB_HEADS, dk, 4, hv, sizeof hv))) return rc;
     return STORE_OK;
 
 quarantine_only:

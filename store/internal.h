@@ -6,7 +6,12 @@
  *   meta      "format" "schema" "server_pk" "server_sk"(sealed) "canary"(sealed)
  *             "campaign_year" "hlc_hwm"
  *   deltas    sseq(8)                      -> sealed envelope
- *   dots      dev(4) seq(8)                -> sseq(8) hash(32)
+ *   dots      dev(4) seq(8)                -> sseq(8)          applied: the hash is
+ *                                                               that of deltas[sseq]
+ *                                             sseq(8)=0 hash(32)  held back (quarantined
+ *                                                               clock_ahead/out_of_scope)
+ *             (stores written before this change also hold sseq(8) hash(32) for
+ *              applied dots: both forms are read, store_dot_get)
  *   heads     dev(4)                       -> seq(8) hash(32)
  *   records   kind 0 id                    -> sealed canonical record
  *   rdeltas   kind 0 id 0 sseq(8)          -> ""      (a record's deltas)
@@ -151,6 +156,18 @@ int store_agg_person(store_txn *t, const crdt_record *before, const crdt_record 
 /* moved: the household's community or grid changed (members move too). */
 int store_agg_household(store_txn *t, const crdt_record *before, const crdt_record *after,
                         bool moved);
+
+/* dots (append.c).  store_dot_get: the server seq of the dot's delta (0 if
+ * it was held back) and its chain hash, read from the dot or recomputed
+ * from the envelope at sseq; STORE_ENOTFOUND if the dot is absent,
+ * STORE_ECORRUPT if it is malformed or its envelope is missing or does not
+ * decode.  store_dot_put stores the short form (sseq only) when sseq != 0. */
+int store_dot_get(store_txn *t, uint32_t dev, uint64_t seq, uint64_t *sseq,
+                  uint8_t hash[CRDT_HASH_BYTES]);
+int store_dot_put(store_txn *t, uint32_t dev, uint64_t seq, uint64_t sseq,
+                  const uint8_t hash[CRDT_HASH_BYTES]);
+/* The chain hash of the delta stored at sseq (from its envelope). */
+int store_delta_hash_at(store_txn *t, uint64_t sseq, uint8_t hash[CRDT_HASH_BYTES]);
 
 /* The stored-sum entries one record implies (for verify): fn is called with
  * the DB_AGG or DB_AGGW key and the values to add. */

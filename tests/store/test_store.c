@@ -4,8 +4,9 @@
  * lookups and membership, the scoped feed against a brute-force filter,
  * aggregates against recomputation (verify), map growth from a tiny map,
  * a failed batch leaving nothing behind, the privacy canary, backup and
- * verify, verify catching a corrupted record, and in-order (MDB_APPEND)
- * puts.
+ * verify, verify catching a corrupted record, dots in their short and long
+ * forms (and verify catching a replaced envelope under a short dot), and
+ * in-order (MDB_APPEND) puts.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -945,6 +946,132 @@ static void test_backup_verify_and_corruption(void **state)
     su_dir_remove(&d);
 }
 
+/* The envelope of (dev, seq) re-encoded with another key epoch and signed
+ * again: same ops, same stamp (the record does not change), other hash. */
+static void reepoch(const su_dev *dev, const crdt_buf *env, crdt_buf *out)
+{
+    const uint8_t *db, *sig;
+    size_t dl;
+    crdt_delta d;
+    int err_op;
+    uint8_t nsig[64];
+    crdt_buf bytes = {0};
+    crdt_arena *a = crdt_arena_new(0);
+    assert_non_null(a);
+    assert_int_equal(wire_envelope_decode(env->p, env->n, &crdt_limits_default, &db, &dl,
+                                          &sig), 0);
+    assert_int_equal(crdt_delta_decode(db, dl, &crdt_limits_default, a, &d, &err_op), 0);
+    d.epoch = 2;
+    assert_int_equal(crdt_delta_encode(&d, &bytes), 0);
+    assert_int_equal(wire_delta_sign(bytes.p, bytes.n, dev->sk, nsig), 0);
+    crdt_buf_reset(out);
+    assert_int_equal(wire_envelope_encode(bytes.p, bytes.n, nsig, out), 0);
+    crdt_buf_free(&bytes);
+    crdt_arena_free(a);
+}
+
+/* dots keep (sseq, hash) only for held-back deltas; an applied dot keeps its
+ * sseq and the hash is recomputed from deltas[sseq] on a resend.  The long
+ * form of stores written before still reads.  verify still catches an
+ * envelope replaced under an applied dot: the next delta's previous hash
+ * (or the chain head) no longer matches. */
+static void test_dots_short_form(void **state)
+{
+    (void)state;
+    su_dir d;
+    su_dir_make(&d, "dots");
+    store *s = su_store_new(&d, NULL);
+    su_dev a;
+    su_dev_init(&a, 4);
+    su_ops o = {0};
+    crdt_buf env[4] = {{0}}, forged = {0};
+    uint64_t sseq[4] = {0};
+    for (int i = 1; i <= 3; i++) {
+        char note[32];
+        snprintf(note, sizeof note, "visit %d", i);
+        su_ops_reset(&o);
+        su_set_str(&o, "note", note);
+        su_make(&a, "household", "H1", &o, NOW + (uint64_t)i, &env[i], NULL);
+        store_outcome out = su_push(s, &env[i], NOW);
+        assert_int_equal(out.result, STORE_APPLIED);
+        sseq[i] = out.sseq;
+    }
+    /* A clock far ahead: held back, its dot keeps the hash. */
+    su_dev c;
+    su_dev_init(&c, 5);
+    crdt_buf held = {0};
+    su_make(&c, "household", "H2", &o, NOW + 25 * 3600 * 1000ull, &held, NULL);
+    assert_int_equal(su_push(s, &held, NOW).code, STORE_Q_CLOCK_AHEAD);
+
+    store_txn *t;
+    MDB_val v;
+    uint8_t dk[12];
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    be32(dk, 4);
+    be64(dk + 4, 2);
+    assert_int_equal(store_get(t, DB_DOTS, dk, 12, &v), 0);
+    assert_int_equal(v.mv_size, 8);
+    assert_int_equal(rd64(v.mv_data), sseq[2]);
+    uint8_t held_key[12];
+    be32(held_key, 5);
+    be64(held_key + 4, 1);
+    assert_int_equal(store_get(t, DB_DOTS, held_key, 12, &v), 0);
+    assert_int_equal(v.mv_size, 40);
+    assert_int_equal(rd64(v.mv_data), 0);
+    store_abort(t);
+    /* A resend is a duplicate (hash recomputed from the envelope); a clone
+     * of seq 2 is still told apart. */
+    store_outcome out = su_push(s, &env[2], NOW);
+    assert_int_equal(out.result, STORE_DUPLICATE);
+    assert_int_equal(out.sseq, sseq[2]);
+    assert_int_equal(verify_problems(s), 0);
+
+    /* The long form (stores written before) still reads. */
+    uint8_t h2[32], lv[40];
+    const uint8_t *db, *sig;
+    size_t dl;
+    assert_int_equal(wire_envelope_decode(env[2].p, env[2].n, &crdt_limits_default, &db, &dl,
+                                          &sig), 0);
+    assert_int_equal(wire_delta_hash(db, dl, h2), 0);
+    be64(lv, sseq[2]);
+    memcpy(lv + 8, h2, 32);
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_put(t, DB_DOTS, dk, 12, lv, 40), 0);
+    assert_int_equal(store_commit(t), 0);
+    assert_int_equal(su_push(s, &env[2], NOW).result, STORE_DUPLICATE);
+    assert_int_equal(verify_problems(s), 0);
+
+    /* Replace the envelope of seq 2 (short dot) by a re-signed variant
+     * with the same stamp and ops: the record rebuild cannot see it, the
+     * chain does. */
+    reepoch(&a, &env[2], &forged);
+    uint8_t sk[8];
+    be64(sk, sseq[2]);
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_put(t, DB_DOTS, dk, 12, lv, 8), 0);
+    assert_int_equal(store_put_sealed(t, DB_DELTAS, sk, 8, forged.p, forged.n), 0);
+    assert_int_equal(store_commit(t), 0);
+    assert_true(verify_problems(s) > 0);
+    /* Put it back; then the last delta of the chain: the head's hash. */
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_put_sealed(t, DB_DELTAS, sk, 8, env[2].p, env[2].n), 0);
+    assert_int_equal(store_commit(t), 0);
+    assert_int_equal(verify_problems(s), 0);
+    reepoch(&a, &env[3], &forged);
+    be64(sk, sseq[3]);
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_put_sealed(t, DB_DELTAS, sk, 8, forged.p, forged.n), 0);
+    assert_int_equal(store_commit(t), 0);
+    assert_true(verify_problems(s) > 0);
+
+    su_ops_free(&o);
+    for (int i = 0; i < 4; i++) crdt_buf_free(&env[i]);
+    crdt_buf_free(&forged);
+    crdt_buf_free(&held);
+    store_close(s);
+    su_dir_remove(&d);
+}
+
 /* MDB_APPEND puts (the logs: deltas, quar, audit) take only keys greater
  * than the last one, and fill pages where in-order ordinary puts leave them
  * partly empty. */
@@ -1187,6 +1314,7 @@ int main(void)
         cmocka_unit_test(test_two_processes),
         cmocka_unit_test(test_privacy_canary),
         cmocka_unit_test(test_backup_verify_and_corruption),
+        cmocka_unit_test(test_dots_short_form),
         cmocka_unit_test(test_append_order),
         cmocka_unit_test(test_audit_chain),
         cmocka_unit_test(test_server_append),
