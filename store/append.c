@@ -278,7 +278,7 @@ int store_get_envelope(store_txn *t, uint64_t sseq, crdt_buf *out)
 {
     uint8_t k[8];
     be64(k, sseq);
-    return store_get_sealed(t, DB_DELTAS, k, 8, out);
+    return store_get_packed(t, DB_DELTAS, k, 8, out);
 }
 
 /* ---- records ------------------------------------------------------------- */
@@ -298,7 +298,7 @@ int store_get_record(store_txn *t, const char *kind, const char *id, crdt_record
     *out = NULL;
     if (kl >= CRDT_NAME_MAX || il > CRDT_RECID_MAX) return STORE_EINVAL;
     size_t n = record_key(k, kind, kl, id, il);
-    int rc = store_get_sealed(t, DB_RECORDS, k, n, &t->scratch2);
+    int rc = store_get_packed(t, DB_RECORDS, k, n, &t->scratch2);
     if (rc) return rc;
     rc = crdt_record_decode(t->scratch2.p, t->scratch2.n, out);
     return rc == CRDT_ENOMEM ? rc : rc ? STORE_ECORRUPT : STORE_OK;
@@ -311,7 +311,7 @@ static int put_record(store_txn *t, const crdt_record *r)
     crdt_buf_reset(&t->scratch2);
     int rc = crdt_record_encode(r, &t->scratch2);
     if (rc) return rc;
-    return store_put_sealed(t, DB_RECORDS, k, n, t->scratch2.p, t->scratch2.n);
+    return store_put_packed(t, DB_RECORDS, k, n, t->scratch2.p, t->scratch2.n, false);
 }
 
 /* ---- field helpers shared with agg.c and verify.c --------------------------- */
@@ -726,7 +726,7 @@ int store_merge_reviewed(store_txn *t, const store_item *it, store_outcome *out)
     sseq++;
     be64(sk, sseq);
     /* sseq = last + 1: the log is written in key order (full pages). */
-    if ((rc = store_put_sealed_append(t, DB_DELTAS, sk, 8, it->env, it->env_len))) return rc;
+    if ((rc = store_put_packed(t, DB_DELTAS, sk, 8, it->env, it->env_len, true))) return rc;
     t->last_sseq = sseq;
     t->have_last_sseq = true;
     rc = load_or_new(t, d->kind, d->kind_len, d->id, d->id_len, &rec);

@@ -5,8 +5,8 @@
  * aggregates against recomputation (verify), map growth from a tiny map,
  * a failed batch leaving nothing behind, the privacy canary, backup and
  * verify, verify catching a corrupted record, dots in their short and long
- * forms (and verify catching a replaced envelope under a short dot), and
- * in-order (MDB_APPEND) puts.
+ * forms (and verify catching a replaced envelope under a short dot),
+ * in-order (MDB_APPEND) puts, and compressed (packed) envelopes and records.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -890,6 +890,162 @@ static void test_privacy_canary(void **state)
     su_dir_remove(&d);
 }
 
+/* The unsealed bytes of a value, as stored (before decompression). */
+static void raw_plain(store_txn *t, int db, const void *k, size_t kn, crdt_buf *out)
+{
+    MDB_val key = {kn, (void *)k}, v;
+    assert_int_equal(store_get(t, db, k, kn, &v), 0);
+    assert_int_equal(store_unseal(t->s, db, &key, v.mv_data, v.mv_size, out), 0);
+}
+
+/* Envelopes and records are compressed with the schema dictionary (meta
+ * "zdict1") before sealing; values stored as they are (older stores, or
+ * no gain) still read; a format 1 store (made before compression) is
+ * upgraded when opened; damage is STORE_ECORRUPT. */
+static void test_packed_values(void **state)
+{
+    (void)state;
+    su_dir d;
+    su_dir_make(&d, "packed");
+    store *s = su_store_new(&d, NULL);
+    store_txn *t;
+    crdt_buf plain = {0}, env = {0};
+    crdt_record *r = NULL;
+    char err[256];
+    MDB_val v;
+
+    /* A store made before compression: format 1, no dictionary in meta. */
+    uint8_t fmt[4];
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_get(t, DB_META, "format", 6, &v), 0);
+    assert_int_equal(rd32(v.mv_data), STORE_FORMAT);
+    assert_int_equal(store_get(t, DB_META, "zdict1", 6, &v), 0); /* store_init wrote it */
+    assert_int_equal(store_del(t, DB_META, "zdict1", 6), 0);
+    be32(fmt, 1);
+    assert_int_equal(store_put(t, DB_META, "format", 6, fmt, 4), 0);
+    assert_int_equal(store_commit(t), 0);
+    store_close(s);
+    /* Opening it upgrades it: dictionary and format 2 (older binaries refuse it). */
+    assert_int_equal(store_open(d.data, d.key, NULL, &s, err, sizeof err), 0);
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_get(t, DB_META, "zdict1", 6, &v), 0);
+    assert_int_equal(store_get(t, DB_META, "format", 6, &v), 0);
+    assert_int_equal(rd32(v.mv_data), 2);
+    store_abort(t);
+    su_dev dev;
+    su_dev_init(&dev, 3);
+    seed_household(s, &dev, "H1", "C01", "G01", NOW);
+    seed_person(s, &dev, "P1", "H1", "欧阳震华", 11, NOW);
+    store_close(s);
+    assert_int_equal(store_open(d.data, d.key, NULL, &s, err, sizeof err), 0);
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_get_record(t, "person", "P1", &r), 0);
+    crdt_record_free(r);
+    r = NULL;
+    assert_int_equal(store_get_envelope(t, 2, &env), 0);
+    assert_int_equal(env.p[0], 0x82);
+    /* Stored: tag 0x01 and a zstd frame, smaller than the envelope. */
+    uint8_t k2[8];
+    be64(k2, 2);
+    raw_plain(t, DB_DELTAS, k2, 8, &plain);
+    assert_int_equal(plain.p[0], 0x01);
+    assert_true(plain.n < env.n);
+    raw_plain(t, DB_RECORDS, "person\0P1", 9, &plain);
+    assert_int_equal(plain.p[0], 0x01);
+    store_abort(t);
+    assert_int_equal(verify_problems(s), 0);
+
+    /* Values stored as they are read as they are: an envelope sealed
+     * before compression existed, and a value that would not shrink. */
+    uint8_t rnd[200];
+    randombytes_buf(rnd, sizeof rnd);
+    rnd[0] = 0x82;
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_put_sealed(t, DB_DELTAS, k2, 8, env.p, env.n), 0);
+    assert_int_equal(store_put_packed(t, DB_RECORDS, "x\0r", 3, rnd, sizeof rnd, false), 0);
+    raw_plain(t, DB_RECORDS, "x\0r", 3, &plain);
+    assert_int_equal(plain.n, sizeof rnd);
+    assert_int_equal(store_get_packed(t, DB_RECORDS, "x\0r", 3, &plain), 0);
+    assert_memory_equal(plain.p, rnd, sizeof rnd);
+    /* Not msgpack-looking: refused at the door (it could not read back). */
+    rnd[0] = 0x01;
+    assert_int_equal(store_put_packed(t, DB_RECORDS, "x\0r", 3, rnd, sizeof rnd, false),
+                     STORE_EINVAL);
+    assert_int_equal(store_del(t, DB_RECORDS, "x\0r", 3), 0);
+    assert_int_equal(store_commit(t), 0);
+    assert_int_equal(verify_problems(s), 0);
+
+    /* Damage under a valid seal: a bad frame, an unknown tag. */
+    uint8_t bad[40];
+    memset(bad, 0x33, sizeof bad);
+    bad[0] = 0x01;
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_put_sealed(t, DB_RECORDS, "person\0P1", 9, bad, sizeof bad), 0);
+    assert_int_equal(store_get_record(t, "person", "P1", &r), STORE_ECORRUPT);
+    assert_null(r);
+    bad[0] = 0x05;
+    assert_int_equal(store_put_sealed(t, DB_RECORDS, "person\0P1", 9, bad, sizeof bad), 0);
+    assert_int_equal(store_get_record(t, "person", "P1", &r), STORE_ECORRUPT);
+    /* A frame cut short. */
+    raw_plain(t, DB_DELTAS, (uint8_t[8]){0, 0, 0, 0, 0, 0, 0, 1}, 8, &plain);
+    assert_int_equal(plain.p[0], 0x01);
+    assert_int_equal(store_put_sealed(t, DB_DELTAS, (uint8_t[8]){0, 0, 0, 0, 0, 0, 0, 1}, 8,
+                                      plain.p, plain.n - 5), 0);
+    assert_int_equal(store_get_envelope(t, 1, &env), STORE_ECORRUPT);
+    store_abort(t);
+    /* Compressed values, but the dictionary is gone from a format 2 store:
+     * it opens (nothing is made again), packed values are STORE_ECORRUPT,
+     * new ones are stored uncompressed. */
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_del(t, DB_META, "zdict1", 6), 0);
+    assert_int_equal(store_commit(t), 0);
+    store_close(s);
+    assert_int_equal(store_open(d.data, d.key, NULL, &s, err, sizeof err), 0);
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_get(t, DB_META, "zdict1", 6, &v), STORE_ENOTFOUND);
+    assert_int_equal(store_get_record(t, "person", "P1", &r), STORE_ECORRUPT);
+    uint8_t val[300];
+    memset(val, 'a', sizeof val); /* would compress well */
+    val[0] = 0x82;
+    assert_int_equal(store_put_packed(t, DB_RECORDS, "x\0z", 3, val, sizeof val, false), 0);
+    raw_plain(t, DB_RECORDS, "x\0z", 3, &plain);
+    assert_int_equal(plain.n, sizeof val);
+    store_abort(t);
+    assert_true(verify_problems(s) > 0);
+    /* A format this version does not know is refused. */
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    be32(fmt, STORE_FORMAT + 1);
+    assert_int_equal(store_put(t, DB_META, "format", 6, fmt, 4), 0);
+    assert_int_equal(store_commit(t), 0);
+    store_close(s);
+    s = NULL;
+    assert_int_equal(store_open(d.data, d.key, NULL, &s, err, sizeof err), STORE_EFORMAT);
+
+    crdt_buf_free(&plain);
+    crdt_buf_free(&env);
+    store_close(s);
+    su_dir_remove(&d);
+}
+
+/* The dictionary depends on the schema alone. */
+static void test_zdict_deterministic(void **state)
+{
+    (void)state;
+    crdt_schema *sc = NULL;
+    char err[256];
+    crdt_buf a = {0}, b = {0};
+    assert_int_equal(wire_schema_load_file(DOORSTEP_SOURCE_DIR "/crdt/schema/yibao.json", &sc,
+                                           err, sizeof err), 0);
+    assert_int_equal(store_zdict_build(sc, &a), 0);
+    assert_int_equal(store_zdict_build(sc, &b), 0);
+    assert_true(a.n > 1000);
+    assert_int_equal(a.n, b.n);
+    assert_memory_equal(a.p, b.p, a.n);
+    crdt_schema_free(sc);
+    crdt_buf_free(&a);
+    crdt_buf_free(&b);
+}
+
 static void test_backup_verify_and_corruption(void **state)
 {
     (void)state;
@@ -1315,6 +1471,8 @@ int main(void)
         cmocka_unit_test(test_privacy_canary),
         cmocka_unit_test(test_backup_verify_and_corruption),
         cmocka_unit_test(test_dots_short_form),
+        cmocka_unit_test(test_packed_values),
+        cmocka_unit_test(test_zdict_deterministic),
         cmocka_unit_test(test_append_order),
         cmocka_unit_test(test_audit_chain),
         cmocka_unit_test(test_server_append),
