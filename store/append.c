@@ -370,15 +370,21 @@ static int pair_index(store_txn *t, int db, const char *const *parts, size_t n, 
     return add ? store_put(t, db, k, kl, "", 0) : store_del(t, db, k, kl);
 }
 
-/* Keyed hash for exact lookups: BLAKE2b-128(lookup key, what || value). */
-static void lookup_hash(const store *s, int what, const uint8_t *v, size_t n, uint8_t out[16])
+/* Keyed hash for exact lookups: BLAKE2b-128(lookup key, what || value),
+ * its first s->lookup_hlen bytes (8 in stores made since format 2, 16
+ * before: meta "lookup_hlen").  A PRF output cut to 64 bits: two values of
+ * one field collide with odds ~2^-64 per pair, and a collision only adds a
+ * person to a lookup's answer. */
+static void lookup_hash(const store *s, int what, const uint8_t *v, size_t n,
+                        uint8_t out[STORE_LOOKUP_HASH_MAX])
 {
     crypto_generichash_state st;
-    uint8_t w = (uint8_t)what;
-    crypto_generichash_init(&st, s->lookup_key, sizeof s->lookup_key, 16);
+    uint8_t w = (uint8_t)what, h[16];
+    crypto_generichash_init(&st, s->lookup_key, sizeof s->lookup_key, sizeof h);
     crypto_generichash_update(&st, &w, 1);
     crypto_generichash_update(&st, v, n);
-    crypto_generichash_final(&st, out, 16);
+    crypto_generichash_final(&st, h, sizeof h);
+    memcpy(out, h, s->lookup_hlen);
 }
 
 static int lookup_key(const store *s, int what, const uint8_t *v, size_t n, const char *id,
@@ -387,8 +393,8 @@ static int lookup_key(const store *s, int what, const uint8_t *v, size_t n, cons
     size_t il = strlen(id);
     k[0] = (uint8_t)what;
     lookup_hash(s, what, v, n, k + 1);
-    memcpy(k + 17, id, il);
-    return (int)(17 + il);
+    memcpy(k + 1 + s->lookup_hlen, id, il);
+    return (int)(1 + s->lookup_hlen + il);
 }
 
 /* Is the string value v among f's live entries in r? */
@@ -405,7 +411,7 @@ static bool has_value(const crdt_record *r, const crdt_fspec *f, const crdt_entr
 static int lookup_update(store_txn *t, int what, const crdt_fspec *f, const crdt_record *before,
                          const crdt_record *after)
 {
-    uint8_t k[17 + CRDT_RECID_MAX + 1];
+    uint8_t k[1 + STORE_LOOKUP_HASH_MAX + CRDT_RECID_MAX + 1];
     crdt_val v;
     for (int pass = 0; pass < 2; pass++) {
         const crdt_record *from = pass ? after : before, *other = pass ? before : after;
@@ -900,11 +906,11 @@ int store_grid_households(store_txn *t, const char *community, const char *grid,
 
 int store_lookup(store_txn *t, int what, const char *value, size_t len, store_ids *out)
 {
-    uint8_t p[17];
+    uint8_t p[1 + STORE_LOOKUP_HASH_MAX];
     if (what < STORE_LOOKUP_IDNUM || what > STORE_LOOKUP_NAME) return STORE_EINVAL;
     p[0] = (uint8_t)what;
     lookup_hash(t->s, what, (const uint8_t *)value, len, p + 1);
-    return prefix_scan(t, DB_LOOKUP, p, 17, NULL, SIZE_MAX, out);
+    return prefix_scan(t, DB_LOOKUP, p, 1 + t->s->lookup_hlen, NULL, SIZE_MAX, out);
 }
 
 /*

@@ -5,6 +5,7 @@
  * ids never contain 0x00, so 0x00 separates parts):
  *   meta      "format" "schema" "server_pk" "server_sk"(sealed) "canary"(sealed)
  *             "campaign_year" "hlc_hwm" "zdict1"(sealed: the compression dictionary)
+ *             "lookup_hlen" (1 byte, 8; absent: 16)
  *   deltas    sseq(8)                      -> sealed packed envelope
  *   dots      dev(4) seq(8)                -> sseq(8)          applied: the hash is
  *                                                               that of deltas[sseq]
@@ -18,7 +19,9 @@
  *   feed      household 0 sseq(8)          -> ""      (scoped change feed)
  *   members   household 0 person           -> ""
  *   grid      community 0 grid 0 household -> ""
- *   lookup    what(1) hash(16) person      -> ""      (keyed BLAKE2b)
+ *   lookup    what(1) hash(8) person       -> ""      (keyed BLAKE2b-128, cut to 8 B;
+ *                                                      hash(16) in stores made before:
+ *                                                      meta "lookup_hlen" says which)
  *   agg       community 0 grid             -> store_agg counters (fixed layout)
  *   aggw      community 0 grid 0 week(4)   -> int64 visits that ISO week
  *   devices   dev(4)                       -> device state (fixed layout)
@@ -67,6 +70,7 @@ extern const char *const store_db_names[DB_COUNT];
  * that older binaries refuse it cleanly. */
 #define STORE_FORMAT 2
 #define STORE_FORMAT_MIN 1
+#define STORE_LOOKUP_HASH_MAX 16
 #define SEAL_OVERHEAD (crypto_aead_xchacha20poly1305_ietf_NPUBBYTES + \
                        crypto_aead_xchacha20poly1305_ietf_ABYTES)
 
@@ -87,6 +91,7 @@ struct store {
     store_model model;
     uint8_t seal_key[crypto_aead_xchacha20poly1305_ietf_KEYBYTES];
     uint8_t lookup_key[crypto_generichash_KEYBYTES];
+    uint8_t lookup_hlen;        /* bytes of the keyed hash in lookup keys: 8 or 16 */
     uint8_t server_pk[32];
     uint32_t campaign_year;
     size_t map_size, map_max;

@@ -615,6 +615,7 @@ int store_init(const char *dir, const char *key_file, const char *schema_path,
             (rc = store_put_sealed(&t, DB_META, "canary", 6, CANARY, strlen(CANARY))) ||
             (rc = store_put(&t, DB_META, "campaign_year", 13, year, 4)) ||
             (rc = store_put(&t, DB_META, "hlc_hwm", 7, zero, 8)) ||
+            (rc = store_put(&t, DB_META, "lookup_hlen", 11, "\x08", 1)) ||
             (rc = store_zdict_put(&t))) {
             crdt_buf_free(&t.scratch);
             mdb_txn_abort(txn);
@@ -716,6 +717,19 @@ int store_open(const char *dir, const char *key_file, const store_opts *opts, st
         goto fail;
     }
     s->campaign_year = opts && opts->campaign_year ? opts->campaign_year : rd32(v.mv_data);
+    /* Lookup keys hold 8 bytes of keyed hash; stores made before format 2
+     * hold 16 and keep them (no meta entry). */
+    s->lookup_hlen = 16;
+    rc = store_get(t, DB_META, "lookup_hlen", 11, &v);
+    if (rc == STORE_OK) {
+        if (v.mv_size != 1 || (*(uint8_t *)v.mv_data != 8 && *(uint8_t *)v.mv_data != 16)) {
+            rc = STORE_ECORRUPT;
+            goto fail;
+        }
+        s->lookup_hlen = *(uint8_t *)v.mv_data;
+    } else if (rc != STORE_ENOTFOUND) {
+        goto fail;
+    }
     /* The compression dictionary.  A format 1 store has none yet and is
      * upgraded to format 2 first (pack.c).  A format 2 store without one is
      * damaged: it opens, writes values uncompressed, and every compressed

@@ -6,7 +6,8 @@
  * a failed batch leaving nothing behind, the privacy canary, backup and
  * verify, verify catching a corrupted record, dots in their short and long
  * forms (and verify catching a replaced envelope under a short dot),
- * in-order (MDB_APPEND) puts, and compressed (packed) envelopes and records.
+ * in-order (MDB_APPEND) puts, compressed (packed) envelopes and records, and
+ * lookup keys with 8 (or, in older stores, 16) bytes of keyed hash.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -1027,6 +1028,73 @@ static void test_packed_values(void **state)
     su_dir_remove(&d);
 }
 
+/* Lookup keys hold 8 bytes of keyed hash; a store made before (no meta
+ * "lookup_hlen") keeps 16 and its lookups still work. */
+static void test_lookup_hash_len(void **state)
+{
+    (void)state;
+    char err[256], idn[19];
+    for (int old = 0; old < 2; old++) {
+        su_dir d;
+        su_dir_make(&d, old ? "lookup16" : "lookup8");
+        store *s = su_store_new(&d, NULL);
+        store_txn *t;
+        MDB_val v;
+        if (old) {
+            assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+            assert_int_equal(store_del(t, DB_META, "lookup_hlen", 11), 0);
+            assert_int_equal(store_commit(t), 0);
+            store_close(s);
+            assert_int_equal(store_open(d.data, d.key, NULL, &s, err, sizeof err), 0);
+        }
+        su_dev dev;
+        su_dev_init(&dev, 3);
+        seed_household(s, &dev, "H1", "C01", "G01", NOW);
+        seed_person(s, &dev, "P1", "H1", "王小明", 1, NOW);
+        assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+        if (!old) {
+            assert_int_equal(store_get(t, DB_META, "lookup_hlen", 11, &v), 0);
+            assert_int_equal(v.mv_size, 1);
+            assert_int_equal(*(uint8_t *)v.mv_data, 8);
+        }
+        MDB_cursor *c;
+        MDB_val k;
+        size_t hl = old ? 16 : 8;
+        assert_int_equal(mdb_cursor_open(t->txn, s->dbi[DB_LOOKUP], &c), 0);
+        int n = 0;
+        for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+             rc = mdb_cursor_get(c, &k, &v, MDB_NEXT), n++) {
+            assert_int_equal(k.mv_size, 1 + hl + 2);
+            assert_memory_equal((uint8_t *)k.mv_data + 1 + hl, "P1", 2);
+        }
+        mdb_cursor_close(c);
+        assert_int_equal(n, 3); /* ID number, phone, name */
+        store_ids ids;
+        su_idnum(1, idn);
+        assert_int_equal(store_lookup(t, STORE_LOOKUP_IDNUM, idn, 18, &ids), 0);
+        assert_int_equal(ids.n, 1);
+        assert_string_equal(ids.id[0], "P1");
+        store_ids_free(&ids);
+        assert_int_equal(store_lookup(t, STORE_LOOKUP_NAME, "王小明", strlen("王小明"), &ids), 0);
+        assert_int_equal(ids.n, 1);
+        store_ids_free(&ids);
+        su_idnum(2, idn);
+        assert_int_equal(store_lookup(t, STORE_LOOKUP_IDNUM, idn, 18, &ids), 0);
+        assert_int_equal(ids.n, 0);
+        store_ids_free(&ids);
+        store_abort(t);
+        assert_int_equal(verify_problems(s), 0);
+        /* Any other length is damage. */
+        assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+        assert_int_equal(store_put(t, DB_META, "lookup_hlen", 11, "\x07", 1), 0);
+        assert_int_equal(store_commit(t), 0);
+        store_close(s);
+        s = NULL;
+        assert_int_equal(store_open(d.data, d.key, NULL, &s, err, sizeof err), STORE_ECORRUPT);
+        su_dir_remove(&d);
+    }
+}
+
 /* The dictionary depends on the schema alone. */
 static void test_zdict_deterministic(void **state)
 {
@@ -1473,6 +1541,7 @@ int main(void)
         cmocka_unit_test(test_dots_short_form),
         cmocka_unit_test(test_packed_values),
         cmocka_unit_test(test_zdict_deterministic),
+        cmocka_unit_test(test_lookup_hash_len),
         cmocka_unit_test(test_append_order),
         cmocka_unit_test(test_audit_chain),
         cmocka_unit_test(test_server_append),
