@@ -10,7 +10,7 @@
  * encoders), so zstd refers to them instead; its header holds entropy
  * tables computed from the same samples (ZDICT_finalizeDictionary), so a
  * small value reuses them instead of building its own: that is both
- * smaller and cheaper (~14,000 instructions per value instead of ~22,000
+ * smaller and cheaper (~14,600 instructions per value instead of ~22,000
  * with the bare content; the fixed cost per value dominates at this size).
  *
  * Plaintext of a deltas or records value (what is sealed):
@@ -259,7 +259,9 @@ fail:
  * ZSTD_createCDict fails (facebook/zstd#3847, fixed in 1.5.6), so the
  * dictionary objects are made here, once, when the store is opened, and
  * never on the commit path (tests/faults/alloc_failures.c fails every
- * allocation there in turn). */
+ * allocation there in turn).  Out of memory while opening (here, or in
+ * ZDICT_finalizeDictionary, which makes a CDict of its own, at store_init
+ * and when a format 1 store is upgraded) can still crash with that zstd. */
 static int zd_adopt(store *s, const uint8_t *dict, size_t n)
 {
     int rc = CRDT_ENOMEM;
