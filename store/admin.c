@@ -933,7 +933,8 @@ int store_audit_append(store_txn *t, uint64_t at_ms, const char *actor, const ch
         (rc = put_str8(&plain, action, strlen(action))) || (rc = put_u16(&plain, (uint16_t)dl)) ||
         (rc = crdt_buf_append(&plain, detail, dl)))
         goto out;
-    if ((rc = store_put_sealed(t, DB_AUDIT, key, 8, plain.p, plain.n))) goto out;
+    /* next = last + 1: the log is written in key order (full pages). */
+    if ((rc = store_put_sealed_append(t, DB_AUDIT, key, 8, plain.p, plain.n))) goto out;
     audit_hash(next, plain.p, plain.n, hash);
     be64(head, next);
     memcpy(head + 8, hash, 32);

@@ -170,7 +170,7 @@ static int quarantine(store_txn *t, uint8_t reason, uint32_t dev, uint64_t seq,
     be64(plain + 5, seq);
     be64(plain + 13, now_ms);
     memcpy(plain + 21, env, n);
-    rc = store_put_sealed(t, DB_QUAR, key, 8, plain, 21 + n);
+    rc = store_put_sealed_append(t, DB_QUAR, key, 8, plain, 21 + n); /* qid = last + 1 */
     free(plain);
     return rc;
 }
@@ -278,7 +278,7 @@ int store_get_envelope(store_txn *t, uint64_t sseq, crdt_buf *out)
 {
     uint8_t k[8];
     be64(k, sseq);
-    return store_get_sealed(t, DB_DELTAS, k, 8, out);
+    return store_get_packed(t, DB_DELTAS, k, 8, out);
 }
 
 /* ---- records ------------------------------------------------------------- */
@@ -298,7 +298,7 @@ int store_get_record(store_txn *t, const char *kind, const char *id, crdt_record
     *out = NULL;
     if (kl >= CRDT_NAME_MAX || il > CRDT_RECID_MAX) return STORE_EINVAL;
     size_t n = record_key(k, kind, kl, id, il);
-    int rc = store_get_sealed(t, DB_RECORDS, k, n, &t->scratch2);
+    int rc = store_get_packed(t, DB_RECORDS, k, n, &t->scratch2);
     if (rc) return rc;
     rc = crdt_record_decode(t->scratch2.p, t->scratch2.n, out);
     return rc == CRDT_ENOMEM ? rc : rc ? STORE_ECORRUPT : STORE_OK;
@@ -311,7 +311,7 @@ static int put_record(store_txn *t, const crdt_record *r)
     crdt_buf_reset(&t->scratch2);
     int rc = crdt_record_encode(r, &t->scratch2);
     if (rc) return rc;
-    return store_put_sealed(t, DB_RECORDS, k, n, t->scratch2.p, t->scratch2.n);
+    return store_put_packed(t, DB_RECORDS, k, n, t->scratch2.p, t->scratch2.n, false);
 }
 
 /* ---- field helpers shared with agg.c and verify.c --------------------------- */
@@ -370,15 +370,21 @@ static int pair_index(store_txn *t, int db, const char *const *parts, size_t n, 
     return add ? store_put(t, db, k, kl, "", 0) : store_del(t, db, k, kl);
 }
 
-/* Keyed hash for exact lookups: BLAKE2b-128(lookup key, what || value). */
-static void lookup_hash(const store *s, int what, const uint8_t *v, size_t n, uint8_t out[16])
+/* Keyed hash for exact lookups: BLAKE2b-128(lookup key, what || value),
+ * its first s->lookup_hlen bytes (8 in stores made since format 2, 16
+ * before: meta "lookup_hlen").  A PRF output cut to 64 bits: two values of
+ * one field collide with odds ~2^-64 per pair, and a collision only adds a
+ * person to a lookup's answer. */
+static void lookup_hash(const store *s, int what, const uint8_t *v, size_t n,
+                        uint8_t out[STORE_LOOKUP_HASH_MAX])
 {
     crypto_generichash_state st;
-    uint8_t w = (uint8_t)what;
-    crypto_generichash_init(&st, s->lookup_key, sizeof s->lookup_key, 16);
+    uint8_t w = (uint8_t)what, h[16];
+    crypto_generichash_init(&st, s->lookup_key, sizeof s->lookup_key, sizeof h);
     crypto_generichash_update(&st, &w, 1);
     crypto_generichash_update(&st, v, n);
-    crypto_generichash_final(&st, out, 16);
+    crypto_generichash_final(&st, h, sizeof h);
+    memcpy(out, h, s->lookup_hlen);
 }
 
 static int lookup_key(const store *s, int what, const uint8_t *v, size_t n, const char *id,
@@ -387,8 +393,8 @@ static int lookup_key(const store *s, int what, const uint8_t *v, size_t n, cons
     size_t il = strlen(id);
     k[0] = (uint8_t)what;
     lookup_hash(s, what, v, n, k + 1);
-    memcpy(k + 17, id, il);
-    return (int)(17 + il);
+    memcpy(k + 1 + s->lookup_hlen, id, il);
+    return (int)(1 + s->lookup_hlen + il);
 }
 
 /* Is the string value v among f's live entries in r? */
@@ -405,7 +411,7 @@ static bool has_value(const crdt_record *r, const crdt_fspec *f, const crdt_entr
 static int lookup_update(store_txn *t, int what, const crdt_fspec *f, const crdt_record *before,
                          const crdt_record *after)
 {
-    uint8_t k[17 + CRDT_RECID_MAX + 1];
+    uint8_t k[1 + STORE_LOOKUP_HASH_MAX + CRDT_RECID_MAX + 1];
     crdt_val v;
     for (int pass = 0; pass < 2; pass++) {
         const crdt_record *from = pass ? after : before, *other = pass ? before : after;
@@ -424,7 +430,7 @@ static int lookup_update(store_txn *t, int what, const crdt_fspec *f, const crdt
     return STORE_OK;
 }
 
-/* ---- the append path ---------------------------------------------------------- */
+/* ---- dots ---------------------------------------------------------------------- */
 
 static int dot_key(uint8_t k[12], uint32_t dev, uint64_t seq)
 {
@@ -432,6 +438,60 @@ static int dot_key(uint8_t k[12], uint32_t dev, uint64_t seq)
     be64(k + 4, seq);
     return 12;
 }
+
+int store_delta_hash_at(store_txn *t, uint64_t sseq, uint8_t hash[CRDT_HASH_BYTES])
+{
+    crdt_buf env = {0};
+    const uint8_t *db, *sig;
+    size_t dl;
+    memset(hash, 0, CRDT_HASH_BYTES);
+    int rc = store_get_envelope(t, sseq, &env);
+    if (rc == STORE_ENOTFOUND) rc = STORE_ECORRUPT; /* a dot names it */
+    if (rc) goto out;
+    if (wire_envelope_decode(env.p, env.n, &crdt_limits_default, &db, &dl, &sig)) {
+        rc = STORE_ECORRUPT;
+        goto out;
+    }
+    rc = wire_delta_hash(db, dl, hash) ? STORE_ECORRUPT : STORE_OK;
+out:
+    crdt_buf_free(&env);
+    return rc;
+}
+
+int store_dot_get(store_txn *t, uint32_t dev, uint64_t seq, uint64_t *sseq,
+                  uint8_t hash[CRDT_HASH_BYTES])
+{
+    uint8_t k[12];
+    MDB_val v;
+    *sseq = 0;
+    memset(hash, 0, CRDT_HASH_BYTES);
+    dot_key(k, dev, seq);
+    int rc = store_get(t, DB_DOTS, k, 12, &v);
+    if (rc) return rc;
+    if (v.mv_size == 8 + CRDT_HASH_BYTES) { /* held back, or written before the short form */
+        *sseq = rd64(v.mv_data);
+        memcpy(hash, (uint8_t *)v.mv_data + 8, CRDT_HASH_BYTES);
+        return STORE_OK;
+    }
+    if (v.mv_size != 8 || rd64(v.mv_data) == 0) return STORE_ECORRUPT;
+    *sseq = rd64(v.mv_data);
+    rc = store_delta_hash_at(t, *sseq, hash);
+    if (rc) *sseq = 0;
+    return rc;
+}
+
+int store_dot_put(store_txn *t, uint32_t dev, uint64_t seq, uint64_t sseq,
+                  const uint8_t hash[CRDT_HASH_BYTES])
+{
+    uint8_t k[12], v[8 + CRDT_HASH_BYTES];
+    dot_key(k, dev, seq);
+    be64(v, sseq);
+    if (sseq) return store_put(t, DB_DOTS, k, 12, v, 8); /* the hash is in deltas[sseq] */
+    memcpy(v + 8, hash, CRDT_HASH_BYTES);
+    return store_put(t, DB_DOTS, k, 12, v, sizeof v);
+}
+
+/* ---- the append path ---------------------------------------------------------- */
 
 /* Freeze the device (if known) and note why in the audit log. */
 static int freeze(store_txn *t, uint32_t dev, uint64_t seq, uint64_t now_ms, const char *why)
@@ -539,27 +599,26 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
 {
     const crdt_delta *d = it->delta;
     store_device dev;
-    uint8_t dk[12], hash[CRDT_HASH_BYTES], dv[8 + CRDT_HASH_BYTES];
-    uint64_t head = 0;
-    MDB_val v;
+    uint8_t dk[12], hash[CRDT_HASH_BYTES], hv[8 + CRDT_HASH_BYTES];
+    uint64_t head = 0, old = 0;
     int rc;
     memset(out, 0, sizeof *out);
     if (!t->rw) return STORE_EREADONLY;
 
     /* 1. Idempotency on the dot (first: a resent delta the server already
      *    merged is acked as a duplicate whatever happened to the device
-     *    since); clones. */
+     *    since); clones.  The stored delta's hash is read from the dot, or
+     *    recomputed from its envelope (store_dot_get): dots hit only on
+     *    resends. */
     dot_key(dk, d->dev, d->seq);
-    rc = store_get(t, DB_DOTS, dk, 12, &v);
+    rc = store_dot_get(t, d->dev, d->seq, &old, hash);
     if (rc == STORE_OK) {
-        if (v.mv_size != 8 + CRDT_HASH_BYTES) return STORE_ECORRUPT;
-        if (memcmp((uint8_t *)v.mv_data + 8, it->hash, CRDT_HASH_BYTES) == 0) {
+        if (memcmp(hash, it->hash, CRDT_HASH_BYTES) == 0) {
             out->result = STORE_DUPLICATE;
-            out->sseq = rd64(v.mv_data);
+            out->sseq = old;
             return STORE_OK;
         }
         /* Same dot, other content: a cloned key.  Freeze; quarantine both. */
-        uint64_t old = rd64(v.mv_data);
         crdt_buf prev_env = {0};
         if (old) {
             rc = store_get_envelope(t, old, &prev_env);
@@ -616,15 +675,15 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
     }
 
     /* 4. The chain advances whatever happens next (quarantine or merge), so
-     *    the device's later deltas are not blocked by one held back. */
-    be64(dv, 0);
-    memcpy(dv + 8, it->hash, CRDT_HASH_BYTES);
+     *    the device's later deltas are not blocked by one held back.  A
+     *    held-back dot keeps its hash (its envelope is not in deltas). */
+    be64(hv, d->seq);
+    memcpy(hv + 8, it->hash, CRDT_HASH_BYTES);
     int held = it->quarantine == STORE_Q_SCOPE ? STORE_Q_SCOPE
              : CRDT_HLC_MS(d->hlc) > now_ms + max_ahead_ms ? STORE_Q_CLOCK_AHEAD : 0;
     if (held) {
-        if ((rc = store_put(t, DB_DOTS, dk, 12, dv, sizeof dv))) return rc;
-        be64(dv, d->seq);
-        if ((rc = store_put(t, DB_HEADS, dk, 4, dv, sizeof dv))) return rc;
+        if ((rc = store_dot_put(t, d->dev, d->seq, 0, it->hash))) return rc;
+        if ((rc = store_put(t, DB_HEADS, dk, 4, hv, sizeof hv))) return rc;
         if ((rc = quarantine(t, (uint8_t)held, d->dev, d->seq, now_ms, it->env, it->env_len)))
             return rc;
         out->result = STORE_QUARANTINED;
@@ -636,10 +695,8 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
      *      merge half, shared with accepted quarantine entries); then the
      *      dot and the chain head, in the same transaction. */
     if ((rc = store_merge_reviewed(t, it, out))) return rc;
-    be64(dv, out->sseq);
-    if ((rc = store_put(t, DB_DOTS, dk, 12, dv, sizeof dv))) return rc;
-    be64(dv, d->seq);
-    if ((rc = store_put(t, DB_HEADS, dk, 4, dv, sizeof dv))) return rc;
+    if ((rc = store_dot_put(t, d->dev, d->seq, out->sseq, it->hash))) return rc;
+    if ((rc = store_put(t, DB_HEADS, dk, 4, hv, sizeof hv))) return rc;
     return STORE_OK;
 
 quarantine_only:
@@ -674,7 +731,8 @@ int store_merge_reviewed(store_txn *t, const store_item *it, store_outcome *out)
     if ((rc = store_last_sseq(t, &sseq))) return rc;
     sseq++;
     be64(sk, sseq);
-    if ((rc = store_put_sealed(t, DB_DELTAS, sk, 8, it->env, it->env_len))) return rc;
+    /* sseq = last + 1: the log is written in key order (full pages). */
+    if ((rc = store_put_packed(t, DB_DELTAS, sk, 8, it->env, it->env_len, true))) return rc;
     t->last_sseq = sseq;
     t->have_last_sseq = true;
     rc = load_or_new(t, d->kind, d->kind_len, d->id, d->id_len, &rec);
@@ -848,11 +906,11 @@ int store_grid_households(store_txn *t, const char *community, const char *grid,
 
 int store_lookup(store_txn *t, int what, const char *value, size_t len, store_ids *out)
 {
-    uint8_t p[17];
+    uint8_t p[1 + STORE_LOOKUP_HASH_MAX];
     if (what < STORE_LOOKUP_IDNUM || what > STORE_LOOKUP_NAME) return STORE_EINVAL;
     p[0] = (uint8_t)what;
     lookup_hash(t->s, what, (const uint8_t *)value, len, p + 1);
-    return prefix_scan(t, DB_LOOKUP, p, 17, NULL, SIZE_MAX, out);
+    return prefix_scan(t, DB_LOOKUP, p, 1 + t->s->lookup_hlen, NULL, SIZE_MAX, out);
 }
 
 /*

@@ -4,16 +4,24 @@
  * Key layouts (big-endian integers, so LMDB's byte order is numeric order;
  * ids never contain 0x00, so 0x00 separates parts):
  *   meta      "format" "schema" "server_pk" "server_sk"(sealed) "canary"(sealed)
- *             "campaign_year" "hlc_hwm"
- *   deltas    sseq(8)                      -> sealed envelope
- *   dots      dev(4) seq(8)                -> sseq(8) hash(32)
+ *             "campaign_year" "hlc_hwm" "zdict1"(sealed: the compression dictionary)
+ *             "lookup_hlen" (1 byte, 8; absent: 16)
+ *   deltas    sseq(8)                      -> sealed packed envelope
+ *   dots      dev(4) seq(8)                -> sseq(8)          applied: the hash is
+ *                                                               that of deltas[sseq]
+ *                                             sseq(8)=0 hash(32)  held back (quarantined
+ *                                                               clock_ahead/out_of_scope)
+ *             (stores written before this change also hold sseq(8) hash(32) for
+ *              applied dots: both forms are read, store_dot_get)
  *   heads     dev(4)                       -> seq(8) hash(32)
- *   records   kind 0 id                    -> sealed canonical record
+ *   records   kind 0 id                    -> sealed packed canonical record
  *   rdeltas   kind 0 id 0 sseq(8)          -> ""      (a record's deltas)
  *   feed      household 0 sseq(8)          -> ""      (scoped change feed)
  *   members   household 0 person           -> ""
  *   grid      community 0 grid 0 household -> ""
- *   lookup    what(1) hash(16) person      -> ""      (keyed BLAKE2b)
+ *   lookup    what(1) hash(8) person       -> ""      (keyed BLAKE2b-128, cut to 8 B;
+ *                                                      hash(16) in stores made before:
+ *                                                      meta "lookup_hlen" says which)
  *   agg       community 0 grid             -> store_agg counters (fixed layout)
  *   aggw      community 0 grid 0 week(4)   -> int64 visits that ISO week
  *   devices   dev(4)                       -> device state (fixed layout)
@@ -23,6 +31,22 @@
  *   tokens    hash(32)                     -> sealed token (keyed BLAKE2b of the secret)
  *   staff     username                     -> sealed account
  *   meta      "qreview" qid(8)             -> sealed quarantine review (review.c)
+ *   place     household                    -> community 0 grid  (where it is, for agg)
+ *   agghist   day(4) community             -> int64 persons, enrolled, paid (agg.c)
+ *
+ * Packed values (format 2, pack.c).  The plaintext sealed under deltas and
+ * records is either the msgpack value itself (first byte >= 0x80: every
+ * envelope and record is a map; values of format 1 stores, and values that
+ * would not shrink) or 0x01 followed by a zstd frame without its magic
+ * number, compressed with the dictionary in meta "zdict1" (built from the
+ * schema when the store was made or upgraded; stored, never rebuilt).
+ * Compressed, then sealed; unsealed, then decompressed.
+ *
+ * Page fill.  deltas, quar and audit are append-only logs whose next key is
+ * the last one + 1, read in the same write transaction: they are written
+ * with MDB_APPEND (store_put_append), so LMDB fills each leaf page before it
+ * starts the next instead of splitting full pages in half.  Every other
+ * database is written with ordinary puts.
  */
 #ifndef DOORSTEP_STORE_INTERNAL_H
 #define DOORSTEP_STORE_INTERNAL_H
@@ -41,7 +65,12 @@ enum {
 
 extern const char *const store_db_names[DB_COUNT];
 
-#define STORE_FORMAT 1
+/* Format 2: packed (compressed) deltas and records, short dots, the
+ * dictionary in meta.  store_open upgrades a format 1 store (pack.c), so
+ * that older binaries refuse it cleanly. */
+#define STORE_FORMAT 2
+#define STORE_FORMAT_MIN 1
+#define STORE_LOOKUP_HASH_MAX 16
 #define SEAL_OVERHEAD (crypto_aead_xchacha20poly1305_ietf_NPUBBYTES + \
                        crypto_aead_xchacha20poly1305_ietf_ABYTES)
 
@@ -62,6 +91,7 @@ struct store {
     store_model model;
     uint8_t seal_key[crypto_aead_xchacha20poly1305_ietf_KEYBYTES];
     uint8_t lookup_key[crypto_generichash_KEYBYTES];
+    uint8_t lookup_hlen;        /* bytes of the keyed hash in lookup keys: 8 or 16 */
     uint8_t server_pk[32];
     uint32_t campaign_year;
     size_t map_size, map_max;
@@ -70,6 +100,18 @@ struct store {
      * in the process during mdb_env_set_mapsize (the map is remapped). */
     pthread_rwlock_t resize_lock;
     store_opts opts;            /* as opened (for store_reopen) */
+    /* Compression (pack.c): the dictionary (meta "zdict1", loaded at open
+     * and read-only after), zstd's objects for it, and a pool of
+     * decompression contexts under zlock.  zcc is used only inside a write
+     * txn (one at a time per process). */
+    pthread_mutex_t zlock;
+    uint8_t *zdict;
+    size_t zdict_n;
+    struct ZSTD_CDict_s *zcd;
+    struct ZSTD_DDict_s *zdd;
+    struct ZSTD_CCtx_s *zcc;
+    struct ZSTD_DCtx_s *zdctx[8];
+    int n_zdctx;
 };
 
 struct store_txn {
@@ -81,6 +123,7 @@ struct store_txn {
     crdt_hlc hwm;               /* pending HLC high-water mark, written at commit */
     crdt_buf scratch;   /* sealing/unsealing */
     crdt_buf scratch2;
+    crdt_buf zbuf;      /* compressing/decompressing (pack.c) */
 };
 
 /* LMDB code -> STORE_E*. */
@@ -98,6 +141,35 @@ int store_put(store_txn *t, int db, const void *k, size_t kn, const void *v, siz
 int store_get(store_txn *t, int db, const void *k, size_t kn, MDB_val *v);
 int store_put_sealed(store_txn *t, int db, const void *k, size_t kn, const void *v,
                      size_t vn);
+/* As store_put and store_put_sealed, for a key greater than every key in db
+ * (LMDB's MDB_APPEND: full pages instead of half-full ones).  Only for
+ * databases whose new keys are last + 1 read in the same write transaction
+ * (deltas, quar, audit); STORE_ECORRUPT if the key is not the greatest. */
+int store_put_append(store_txn *t, int db, const void *k, size_t kn, const void *v, size_t vn);
+int store_put_sealed_append(store_txn *t, int db, const void *k, size_t kn, const void *v,
+                            size_t vn);
+/* Packed values (pack.c): deltas and records are compressed with the
+ * schema dictionary, then sealed.  store_put_packed compresses v (unless it
+ * is small or would not shrink), seals and puts it (with MDB_APPEND if
+ * append); v must be msgpack whose first byte is >= 0x80 (a map: envelopes
+ * and records are), else STORE_EINVAL; store_get_packed gets, unseals and
+ * decompresses (*out replaced);
+ * store_unpack decompresses an unsealed value in place.  Decompression
+ * failures are STORE_ECORRUPT. */
+int store_put_packed(store_txn *t, int db, const void *k, size_t kn, const void *v, size_t vn,
+                     bool append);
+int store_get_packed(store_txn *t, int db, const void *k, size_t kn, crdt_buf *out);
+int store_unpack(store_txn *t, crdt_buf *plain);
+/* The dictionary built from a schema (deterministic); store_zdict_put puts
+ * it in meta "zdict1" (store_init); store_zdict_load loads it from meta into
+ * the store (STORE_ENOTFOUND if absent); store_zdict_upgrade makes a format 1
+ * store format 2 (dictionary and format in one write transaction, unless
+ * another process did) and loads it; store_zdict_free releases it all. */
+int store_zdict_build(const crdt_schema *s, crdt_buf *out);
+int store_zdict_put(store_txn *t);
+int store_zdict_load(store_txn *t);
+int store_zdict_upgrade(store *s);
+void store_zdict_free(store *s);
 /* Unsealed value appended to *out after reset. */
 int store_get_sealed(store_txn *t, int db, const void *k, size_t kn, crdt_buf *out);
 int store_del(store_txn *t, int db, const void *k, size_t kn);
@@ -136,6 +208,18 @@ int store_agg_person(store_txn *t, const crdt_record *before, const crdt_record 
 /* moved: the household's community or grid changed (members move too). */
 int store_agg_household(store_txn *t, const crdt_record *before, const crdt_record *after,
                         bool moved);
+
+/* dots (append.c).  store_dot_get: the server seq of the dot's delta (0 if
+ * it was held back) and its chain hash, read from the dot or recomputed
+ * from the envelope at sseq; STORE_ENOTFOUND if the dot is absent,
+ * STORE_ECORRUPT if it is malformed or its envelope is missing or does not
+ * decode.  store_dot_put stores the short form (sseq only) when sseq != 0. */
+int store_dot_get(store_txn *t, uint32_t dev, uint64_t seq, uint64_t *sseq,
+                  uint8_t hash[CRDT_HASH_BYTES]);
+int store_dot_put(store_txn *t, uint32_t dev, uint64_t seq, uint64_t sseq,
+                  const uint8_t hash[CRDT_HASH_BYTES]);
+/* The chain hash of the delta stored at sseq (from its envelope). */
+int store_delta_hash_at(store_txn *t, uint64_t sseq, uint8_t hash[CRDT_HASH_BYTES]);
 
 /* The stored-sum entries one record implies (for verify): fn is called with
  * the DB_AGG or DB_AGGW key and the values to add. */

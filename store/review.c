@@ -375,8 +375,8 @@ int store_quarantine_accept(store_txn *t, uint64_t qid, uint64_t now_ms, const c
     const uint8_t *db, *sig;
     size_t dl;
     int err_op, rc;
-    uint8_t dk[12], dv[8 + CRDT_HASH_BYTES];
-    MDB_val v;
+    uint8_t dot_hash[CRDT_HASH_BYTES];
+    uint64_t held = 0;
     char detail[512];
     bool link_dot = false, already = false;
     store_item it;
@@ -403,16 +403,9 @@ int store_quarantine_accept(store_txn *t, uint64_t qid, uint64_t now_ms, const c
     wire_delta_hash(db, dl, it.hash);
 
     /* The device's chain: is this exact delta already there? */
-    be32(dk, d.dev);
-    be64(dk + 4, d.seq);
-    rc = store_get(t, DB_DOTS, dk, 12, &v);
+    rc = store_dot_get(t, d.dev, d.seq, &held, dot_hash);
     if (rc == STORE_OK) {
-        if (v.mv_size != 8 + CRDT_HASH_BYTES) {
-            rc = STORE_ECORRUPT;
-            goto out;
-        }
-        if (memcmp((uint8_t *)v.mv_data + 8, it.hash, CRDT_HASH_BYTES) == 0) {
-            uint64_t held = rd64(v.mv_data);
+        if (memcmp(dot_hash, it.hash, CRDT_HASH_BYTES) == 0) {
             if (held) { /* applied already (a clone pair's first copy) */
                 already = true;
                 r.sseq = held;
@@ -426,11 +419,7 @@ int store_quarantine_accept(store_txn *t, uint64_t qid, uint64_t now_ms, const c
     if (!already) {
         if ((rc = store_merge_reviewed(t, &it, &oc))) goto out;
         r.sseq = oc.sseq;
-        if (link_dot) {
-            be64(dv, oc.sseq);
-            memcpy(dv + 8, it.hash, CRDT_HASH_BYTES);
-            if ((rc = store_put(t, DB_DOTS, dk, 12, dv, sizeof dv))) goto out;
-        }
+        if (link_dot && (rc = store_dot_put(t, d.dev, d.seq, oc.sseq, it.hash))) goto out;
     }
     snprintf(detail, sizeof detail,
              "quarantine %llu (%s) accepted: device %u seq %llu, %.*s %.*s; %s server seq %llu",

@@ -261,6 +261,7 @@ int store_records_page(store_txn *t, const char *kind, const char *after, size_t
         }
         crdt_record *r = NULL;
         rc = store_unseal(t->s, DB_RECORDS, &k, v.mv_data, v.mv_size, &plain);
+        if (!rc) rc = store_unpack(t, &plain);
         if (!rc) {
             rc = crdt_record_decode(plain.p, plain.n, &r);
             if (rc && rc != CRDT_ENOMEM) rc = STORE_ECORRUPT;

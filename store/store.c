@@ -45,7 +45,7 @@ const char *store_strerror(int code)
     case STORE_EMAPFULL: return "database map is full at its maximum size";
     case STORE_ENOSPC: return "disk full";
     case STORE_EIO: return "I/O error";
-    case STORE_ECORRUPT: return "stored value failed to unseal or decode";
+    case STORE_ECORRUPT: return "stored value failed to unseal, decompress or decode";
     case STORE_ENOTFOUND: return "not found";
     case STORE_EGAP: return "delta sequence number is not the next one";
     case STORE_EREADONLY: return "write in a read-only transaction";
@@ -233,6 +233,22 @@ int store_put(store_txn *t, int db, const void *k, size_t kn, const void *v, siz
     return store_lmdb_err(mdb_put(t->txn, t->s->dbi[db], &key, &val, 0));
 }
 
+/*
+ * MDB_APPEND: LMDB puts the key at the end of the last leaf and, when that
+ * page is full, starts a new page with it instead of splitting the full one
+ * in half, so a database written only in key order has full pages.  LMDB
+ * refuses (MDB_KEYEXIST) a key that is not greater than the last one; the
+ * callers derive the key from the last one in the same write transaction
+ * (last + 1), so a refusal means the database's order is damaged.
+ */
+int store_put_append(store_txn *t, int db, const void *k, size_t kn, const void *v, size_t vn)
+{
+    MDB_val key = {kn, (void *)k}, val = {vn, (void *)v};
+    if (!t->rw) return STORE_EREADONLY;
+    int rc = mdb_put(t->txn, t->s->dbi[db], &key, &val, MDB_APPEND);
+    return rc == MDB_KEYEXIST ? STORE_ECORRUPT : store_lmdb_err(rc);
+}
+
 int store_get(store_txn *t, int db, const void *k, size_t kn, MDB_val *v)
 {
     MDB_val key = {kn, (void *)k};
@@ -252,6 +268,15 @@ int store_put_sealed(store_txn *t, int db, const void *k, size_t kn, const void 
     int rc = store_seal(t->s, db, &key, v, vn, &t->scratch);
     if (rc) return rc;
     return store_put(t, db, k, kn, t->scratch.p, t->scratch.n);
+}
+
+int store_put_sealed_append(store_txn *t, int db, const void *k, size_t kn, const void *v,
+                            size_t vn)
+{
+    MDB_val key = {kn, (void *)k};
+    int rc = store_seal(t->s, db, &key, v, vn, &t->scratch);
+    if (rc) return rc;
+    return store_put_append(t, db, k, kn, t->scratch.p, t->scratch.n);
 }
 
 int store_get_sealed(store_txn *t, int db, const void *k, size_t kn, crdt_buf *out)
@@ -301,6 +326,7 @@ static void txn_free(store_txn *t)
     pthread_rwlock_unlock(&t->s->resize_lock);
     crdt_buf_free(&t->scratch);
     crdt_buf_free(&t->scratch2);
+    crdt_buf_free(&t->zbuf);
     free(t);
 }
 
@@ -588,7 +614,9 @@ int store_init(const char *dir, const char *key_file, const char *schema_path,
             (rc = store_put_sealed(&t, DB_META, "server_sk", 9, sk, 64)) ||
             (rc = store_put_sealed(&t, DB_META, "canary", 6, CANARY, strlen(CANARY))) ||
             (rc = store_put(&t, DB_META, "campaign_year", 13, year, 4)) ||
-            (rc = store_put(&t, DB_META, "hlc_hwm", 7, zero, 8))) {
+            (rc = store_put(&t, DB_META, "hlc_hwm", 7, zero, 8)) ||
+            (rc = store_put(&t, DB_META, "lookup_hlen", 11, "\x08", 1)) ||
+            (rc = store_zdict_put(&t))) {
             crdt_buf_free(&t.scratch);
             mdb_txn_abort(txn);
             goto out_key;
@@ -623,6 +651,7 @@ int store_open(const char *dir, const char *key_file, const store_opts *opts, st
     store_txn *t = NULL;
     crdt_buf plain = {0};
     MDB_val v;
+    uint32_t format;
     int rc;
     *out = NULL;
     if (err && errlen) *err = 0;
@@ -644,6 +673,7 @@ int store_open(const char *dir, const char *key_file, const store_opts *opts, st
         goto fail;
     }
     pthread_rwlock_init(&s->resize_lock, NULL);
+    pthread_mutex_init(&s->zlock, NULL);
     derive_keys(s, master);
     sodium_memzero(master, sizeof master);
     s->dir = strdup(dir);
@@ -659,7 +689,8 @@ int store_open(const char *dir, const char *key_file, const store_opts *opts, st
         rc = STORE_EFORMAT;
         goto fail;
     }
-    if (rd32(v.mv_data) != STORE_FORMAT) {
+    format = rd32(v.mv_data);
+    if (format < STORE_FORMAT_MIN || format > STORE_FORMAT) {
         set_err(err, errlen, "%s: store format is not supported by this version%s", dir, NULL);
         rc = STORE_EFORMAT;
         goto fail;
@@ -686,7 +717,35 @@ int store_open(const char *dir, const char *key_file, const store_opts *opts, st
         goto fail;
     }
     s->campaign_year = opts && opts->campaign_year ? opts->campaign_year : rd32(v.mv_data);
+    /* Lookup keys hold 8 bytes of keyed hash; stores made before format 2
+     * hold 16 and keep them (no meta entry). */
+    s->lookup_hlen = 16;
+    rc = store_get(t, DB_META, "lookup_hlen", 11, &v);
+    if (rc == STORE_OK) {
+        if (v.mv_size != 1 || (*(uint8_t *)v.mv_data != 8 && *(uint8_t *)v.mv_data != 16)) {
+            rc = STORE_ECORRUPT;
+            goto fail;
+        }
+        s->lookup_hlen = *(uint8_t *)v.mv_data;
+    } else if (rc != STORE_ENOTFOUND) {
+        goto fail;
+    }
+    /* The compression dictionary.  A format 1 store has none yet and is
+     * upgraded to format 2 first (pack.c).  A format 2 store without one is
+     * damaged: it opens, writes values uncompressed, and every compressed
+     * value reads as STORE_ECORRUPT (verify reports them), rather than
+     * being read with a dictionary made again. */
+    rc = store_zdict_load(t);
     store_abort(t);
+    t = NULL;
+    if (rc == STORE_ENOTFOUND && format == 1) {
+        if ((rc = store_zdict_upgrade(s)))
+            set_err(err, errlen, "%s: cannot upgrade the store to this version's format: %s",
+                    dir, store_strerror(rc));
+    } else if (rc == STORE_ENOTFOUND) {
+        rc = STORE_OK;
+    }
+    if (rc) goto fail;
     crdt_buf_free(&plain);
     *out = s;
     return STORE_OK;
@@ -730,6 +789,8 @@ void store_close(store *s)
 {
     if (!s) return;
     if (s->env) mdb_env_close(s->env);
+    store_zdict_free(s);
+    pthread_mutex_destroy(&s->zlock);
     crdt_schema_free(s->schema);
     sodium_memzero(s->seal_key, sizeof s->seal_key);
     sodium_memzero(s->lookup_key, sizeof s->lookup_key);

@@ -46,7 +46,7 @@ enum {
     STORE_EMAPFULL = -205,    /* map at its maximum size: retryable after cleanup */
     STORE_ENOSPC = -206,      /* disk full: retryable */
     STORE_EIO = -207,         /* I/O error: retryable; the env may need reopening */
-    STORE_ECORRUPT = -208,    /* a value failed to unseal or decode */
+    STORE_ECORRUPT = -208,    /* a value failed to unseal, decompress or decode */
     STORE_ENOTFOUND = -209,   /* no such record / device / key */
     STORE_EGAP = -210,        /* delta seq is not the next one (see expected_seq) */
     STORE_EREADONLY = -211,   /* write attempted in a read-only transaction */

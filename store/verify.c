@@ -2,9 +2,12 @@
  * verify.c — hot backup and the consistency check.
  *
  * store_verify rebuilds from the delta log and compares byte for byte:
- *   1. chains: per device, dots are contiguous 1..head, the head matches,
- *      and each applied dot's envelope exists, decodes, names that dot and
- *      hashes to the stored hash;
+ *   1. chains: per device, dots are contiguous 1..head, the head matches
+ *      (seq and hash), each applied dot's envelope exists, decodes, names
+ *      that dot and hashes to the dot's stored hash where it keeps one, and
+ *      each applied delta's previous hash is the hash of the dot before it
+ *      (zeros for seq 1), so a changed envelope breaks the chain even where
+ *      the dot keeps no hash of its own;
  *   2. records: every record equals the merge of the deltas its rdeltas
  *      index names (re-applied from the verbatim envelopes), and every
  *      delta is named by exactly one record (counts agree);
@@ -84,8 +87,8 @@ static int check_chains(vctx *v)
     MDB_val k, val;
     uint32_t dev = 0;
     uint64_t expect = 1;
-    bool have = false;
-    uint8_t last_hash[32];
+    bool have = false, prev_known = false;
+    uint8_t last_hash[32], prev_hash[32];
     int rc = store_lmdb_err(mdb_cursor_open(v->t->txn, v->s->dbi[DB_DOTS], &c));
     if (rc) return rc;
     for (rc = mdb_cursor_get(c, &k, &val, MDB_FIRST);; rc = mdb_cursor_get(c, &k, &val, MDB_NEXT)) {
@@ -96,15 +99,22 @@ static int check_chains(vctx *v)
             uint64_t hs;
             uint8_t hh[32];
             store_chain_head(v->t, dev, &hs, hh);
-            if (hs != expect - 1 || memcmp(hh, last_hash, 32))
+            if (hs != expect - 1)
                 problem(v, "device %u: chain head says seq %llu, dots end at %llu", dev,
                         (unsigned long long)hs, (unsigned long long)(expect - 1));
+            else if (memcmp(hh, last_hash, 32))
+                problem(v, "device %u: chain head's hash is not the hash of seq %llu", dev,
+                        (unsigned long long)hs);
         }
         if (end) {
             rc = 0;
             break;
         }
-        if (k.mv_size != 12 || val.mv_size != 40) {
+        /* sseq(8) for an applied dot, sseq(8) hash(32) for a held-back one
+         * (sseq 0) or one written before the short form. */
+        bool has_hash = val.mv_size == 40;
+        if (k.mv_size != 12 || (val.mv_size != 8 && !has_hash) ||
+            (!has_hash && rd64(val.mv_data) == 0)) {
             problem(v, "dots: malformed entry");
             continue;
         }
@@ -112,23 +122,40 @@ static int check_chains(vctx *v)
             dev = d;
             expect = 1;
             have = true;
+            memset(prev_hash, 0, 32); /* seq 1 names no previous delta */
+            prev_known = true;
         }
         uint64_t seq = rd64((uint8_t *)k.mv_data + 4), sseq = rd64(val.mv_data);
-        if (seq != expect)
+        if (seq != expect) {
             problem(v, "device %u: chain gap, seq %llu where %llu was expected", dev,
                     (unsigned long long)seq, (unsigned long long)expect);
+            prev_known = false;
+        }
         expect = seq + 1;
-        memcpy(last_hash, (uint8_t *)val.mv_data + 8, 32);
+        bool known = has_hash;
+        if (has_hash) memcpy(last_hash, (uint8_t *)val.mv_data + 8, 32);
+        else memset(last_hash, 0, 32);
         if (sseq) {
             crdt_delta dl;
             uint8_t h[32];
             int r2 = open_delta(v, sseq, &dl, h);
-            if (r2) problem(v, "delta %llu (device %u seq %llu): %s", (unsigned long long)sseq,
-                            dev, (unsigned long long)seq, store_strerror(r2));
-            else if (dl.dev != dev || dl.seq != seq || memcmp(h, last_hash, 32))
+            if (r2) {
+                problem(v, "delta %llu (device %u seq %llu): %s", (unsigned long long)sseq,
+                        dev, (unsigned long long)seq, store_strerror(r2));
+            } else if (dl.dev != dev || dl.seq != seq || (has_hash && memcmp(h, last_hash, 32))) {
                 problem(v, "delta %llu does not match its dot (device %u seq %llu)",
                         (unsigned long long)sseq, dev, (unsigned long long)seq);
+            } else {
+                if (prev_known && memcmp(dl.prev, prev_hash, 32))
+                    problem(v, "device %u seq %llu: its previous-delta hash is not the hash "
+                            "of seq %llu", dev, (unsigned long long)seq,
+                            (unsigned long long)(seq - 1));
+                memcpy(last_hash, h, 32);
+                known = true;
+            }
         }
+        memcpy(prev_hash, last_hash, 32);
+        prev_known = known;
     }
     mdb_cursor_close(c);
     if (rc) return store_lmdb_err(rc);

@@ -447,7 +447,7 @@ int bench_print_markdown(const json_t *r, const char *source_name)
 
     printf("\n## Storage\n\n");
     printf("%.0f B per delta: %.0f used pages × %.0f B (LMDB's last page + 1) / %.0f deltas "
-           "stored.\n`data.mdb` is %.0f B (file size). The envelopes fed in average %.0f B; each is stored\nverbatim, sealed (+40 B). By database:\n\n",
+           "stored.\n`data.mdb` is %.0f B (file size). The envelopes fed in average %.0f B; each is stored\nverbatim: compressed (zstd, schema dictionary), then sealed (+40 B). By database:\n\n",
            num(r, "disk_bytes_per_delta"), num(disk, "used_pages"), num(disk, "page_size"),
            num(in, "applied"), num(disk, "file_bytes"), num(in, "envelope_bytes_mean"));
     printf("| database | bytes | entries | bytes per delta |\n|---|---|---|---|\n");

@@ -413,12 +413,19 @@ static void map_full_scenario(void)
         st = NULL;
     }
     /* Large deltas: a 1000-character note each (the map fills in a few
-     * hundred). */
+     * hundred).  Pseudo-random letters: the store compresses values, and
+     * a repeating pattern would shrink to nothing. */
     {
         char note[3001];
+        uint64_t x = 0x9e3779b97f4a7c15ull;
         for (size_t i = 0; i < MAXD; i++) {
             int k = snprintf(note, sizeof note, "%zu ", i);
-            for (; k < 999; k++) note[k] = (char)('a' + (i + (size_t)k) % 26);
+            for (; k < 999; k++) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                note[k] = (char)('a' + x % 26);
+            }
             note[k] = 0;
             su_ops o = {0};
             su_set_str(&o, "note", note);

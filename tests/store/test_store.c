@@ -4,7 +4,10 @@
  * lookups and membership, the scoped feed against a brute-force filter,
  * aggregates against recomputation (verify), map growth from a tiny map,
  * a failed batch leaving nothing behind, the privacy canary, backup and
- * verify, and verify catching a corrupted record.
+ * verify, verify catching a corrupted record, dots in their short and long
+ * forms (and verify catching a replaced envelope under a short dot),
+ * in-order (MDB_APPEND) puts, compressed (packed) envelopes and records, and
+ * lookup keys with 8 (or, in older stores, 16) bytes of keyed hash.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -888,6 +891,229 @@ static void test_privacy_canary(void **state)
     su_dir_remove(&d);
 }
 
+/* The unsealed bytes of a value, as stored (before decompression). */
+static void raw_plain(store_txn *t, int db, const void *k, size_t kn, crdt_buf *out)
+{
+    MDB_val key = {kn, (void *)k}, v;
+    assert_int_equal(store_get(t, db, k, kn, &v), 0);
+    assert_int_equal(store_unseal(t->s, db, &key, v.mv_data, v.mv_size, out), 0);
+}
+
+/* Envelopes and records are compressed with the schema dictionary (meta
+ * "zdict1") before sealing; values stored as they are (older stores, or
+ * no gain) still read; a format 1 store (made before compression) is
+ * upgraded when opened; damage is STORE_ECORRUPT. */
+static void test_packed_values(void **state)
+{
+    (void)state;
+    su_dir d;
+    su_dir_make(&d, "packed");
+    store *s = su_store_new(&d, NULL);
+    store_txn *t;
+    crdt_buf plain = {0}, env = {0};
+    crdt_record *r = NULL;
+    char err[256];
+    MDB_val v;
+
+    /* A store made before compression: format 1, no dictionary in meta. */
+    uint8_t fmt[4];
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_get(t, DB_META, "format", 6, &v), 0);
+    assert_int_equal(rd32(v.mv_data), STORE_FORMAT);
+    assert_int_equal(store_get(t, DB_META, "zdict1", 6, &v), 0); /* store_init wrote it */
+    assert_int_equal(store_del(t, DB_META, "zdict1", 6), 0);
+    be32(fmt, 1);
+    assert_int_equal(store_put(t, DB_META, "format", 6, fmt, 4), 0);
+    assert_int_equal(store_commit(t), 0);
+    store_close(s);
+    /* Opening it upgrades it: dictionary and format 2 (older binaries refuse it). */
+    assert_int_equal(store_open(d.data, d.key, NULL, &s, err, sizeof err), 0);
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_get(t, DB_META, "zdict1", 6, &v), 0);
+    assert_int_equal(store_get(t, DB_META, "format", 6, &v), 0);
+    assert_int_equal(rd32(v.mv_data), 2);
+    store_abort(t);
+    su_dev dev;
+    su_dev_init(&dev, 3);
+    seed_household(s, &dev, "H1", "C01", "G01", NOW);
+    seed_person(s, &dev, "P1", "H1", "欧阳震华", 11, NOW);
+    store_close(s);
+    assert_int_equal(store_open(d.data, d.key, NULL, &s, err, sizeof err), 0);
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_get_record(t, "person", "P1", &r), 0);
+    crdt_record_free(r);
+    r = NULL;
+    assert_int_equal(store_get_envelope(t, 2, &env), 0);
+    assert_int_equal(env.p[0], 0x82);
+    /* Stored: tag 0x01 and a zstd frame, smaller than the envelope. */
+    uint8_t k2[8];
+    be64(k2, 2);
+    raw_plain(t, DB_DELTAS, k2, 8, &plain);
+    assert_int_equal(plain.p[0], 0x01);
+    assert_true(plain.n < env.n);
+    raw_plain(t, DB_RECORDS, "person\0P1", 9, &plain);
+    assert_int_equal(plain.p[0], 0x01);
+    store_abort(t);
+    assert_int_equal(verify_problems(s), 0);
+
+    /* Values stored as they are read as they are: an envelope sealed
+     * before compression existed, and a value that would not shrink. */
+    uint8_t rnd[200];
+    randombytes_buf(rnd, sizeof rnd);
+    rnd[0] = 0x82;
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_put_sealed(t, DB_DELTAS, k2, 8, env.p, env.n), 0);
+    assert_int_equal(store_put_packed(t, DB_RECORDS, "x\0r", 3, rnd, sizeof rnd, false), 0);
+    raw_plain(t, DB_RECORDS, "x\0r", 3, &plain);
+    assert_int_equal(plain.n, sizeof rnd);
+    assert_int_equal(store_get_packed(t, DB_RECORDS, "x\0r", 3, &plain), 0);
+    assert_memory_equal(plain.p, rnd, sizeof rnd);
+    /* Not msgpack-looking: refused at the door (it could not read back). */
+    rnd[0] = 0x01;
+    assert_int_equal(store_put_packed(t, DB_RECORDS, "x\0r", 3, rnd, sizeof rnd, false),
+                     STORE_EINVAL);
+    assert_int_equal(store_del(t, DB_RECORDS, "x\0r", 3), 0);
+    assert_int_equal(store_commit(t), 0);
+    assert_int_equal(verify_problems(s), 0);
+
+    /* Damage under a valid seal: a bad frame, an unknown tag. */
+    uint8_t bad[40];
+    memset(bad, 0x33, sizeof bad);
+    bad[0] = 0x01;
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_put_sealed(t, DB_RECORDS, "person\0P1", 9, bad, sizeof bad), 0);
+    assert_int_equal(store_get_record(t, "person", "P1", &r), STORE_ECORRUPT);
+    assert_null(r);
+    bad[0] = 0x05;
+    assert_int_equal(store_put_sealed(t, DB_RECORDS, "person\0P1", 9, bad, sizeof bad), 0);
+    assert_int_equal(store_get_record(t, "person", "P1", &r), STORE_ECORRUPT);
+    /* A frame cut short. */
+    raw_plain(t, DB_DELTAS, (uint8_t[8]){0, 0, 0, 0, 0, 0, 0, 1}, 8, &plain);
+    assert_int_equal(plain.p[0], 0x01);
+    assert_int_equal(store_put_sealed(t, DB_DELTAS, (uint8_t[8]){0, 0, 0, 0, 0, 0, 0, 1}, 8,
+                                      plain.p, plain.n - 5), 0);
+    assert_int_equal(store_get_envelope(t, 1, &env), STORE_ECORRUPT);
+    store_abort(t);
+    /* Compressed values, but the dictionary is gone from a format 2 store:
+     * it opens (nothing is made again), packed values are STORE_ECORRUPT,
+     * new ones are stored uncompressed. */
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_del(t, DB_META, "zdict1", 6), 0);
+    assert_int_equal(store_commit(t), 0);
+    store_close(s);
+    assert_int_equal(store_open(d.data, d.key, NULL, &s, err, sizeof err), 0);
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_get(t, DB_META, "zdict1", 6, &v), STORE_ENOTFOUND);
+    assert_int_equal(store_get_record(t, "person", "P1", &r), STORE_ECORRUPT);
+    uint8_t val[300];
+    memset(val, 'a', sizeof val); /* would compress well */
+    val[0] = 0x82;
+    assert_int_equal(store_put_packed(t, DB_RECORDS, "x\0z", 3, val, sizeof val, false), 0);
+    raw_plain(t, DB_RECORDS, "x\0z", 3, &plain);
+    assert_int_equal(plain.n, sizeof val);
+    store_abort(t);
+    assert_true(verify_problems(s) > 0);
+    /* A format this version does not know is refused. */
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    be32(fmt, STORE_FORMAT + 1);
+    assert_int_equal(store_put(t, DB_META, "format", 6, fmt, 4), 0);
+    assert_int_equal(store_commit(t), 0);
+    store_close(s);
+    s = NULL;
+    assert_int_equal(store_open(d.data, d.key, NULL, &s, err, sizeof err), STORE_EFORMAT);
+
+    crdt_buf_free(&plain);
+    crdt_buf_free(&env);
+    store_close(s);
+    su_dir_remove(&d);
+}
+
+/* Lookup keys hold 8 bytes of keyed hash; a store made before (no meta
+ * "lookup_hlen") keeps 16 and its lookups still work. */
+static void test_lookup_hash_len(void **state)
+{
+    (void)state;
+    char err[256], idn[19];
+    for (int old = 0; old < 2; old++) {
+        su_dir d;
+        su_dir_make(&d, old ? "lookup16" : "lookup8");
+        store *s = su_store_new(&d, NULL);
+        store_txn *t;
+        MDB_val v;
+        if (old) {
+            assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+            assert_int_equal(store_del(t, DB_META, "lookup_hlen", 11), 0);
+            assert_int_equal(store_commit(t), 0);
+            store_close(s);
+            assert_int_equal(store_open(d.data, d.key, NULL, &s, err, sizeof err), 0);
+        }
+        su_dev dev;
+        su_dev_init(&dev, 3);
+        seed_household(s, &dev, "H1", "C01", "G01", NOW);
+        seed_person(s, &dev, "P1", "H1", "王小明", 1, NOW);
+        assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+        if (!old) {
+            assert_int_equal(store_get(t, DB_META, "lookup_hlen", 11, &v), 0);
+            assert_int_equal(v.mv_size, 1);
+            assert_int_equal(*(uint8_t *)v.mv_data, 8);
+        }
+        MDB_cursor *c;
+        MDB_val k;
+        size_t hl = old ? 16 : 8;
+        assert_int_equal(mdb_cursor_open(t->txn, s->dbi[DB_LOOKUP], &c), 0);
+        int n = 0;
+        for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+             rc = mdb_cursor_get(c, &k, &v, MDB_NEXT), n++) {
+            assert_int_equal(k.mv_size, 1 + hl + 2);
+            assert_memory_equal((uint8_t *)k.mv_data + 1 + hl, "P1", 2);
+        }
+        mdb_cursor_close(c);
+        assert_int_equal(n, 3); /* ID number, phone, name */
+        store_ids ids;
+        su_idnum(1, idn);
+        assert_int_equal(store_lookup(t, STORE_LOOKUP_IDNUM, idn, 18, &ids), 0);
+        assert_int_equal(ids.n, 1);
+        assert_string_equal(ids.id[0], "P1");
+        store_ids_free(&ids);
+        assert_int_equal(store_lookup(t, STORE_LOOKUP_NAME, "王小明", strlen("王小明"), &ids), 0);
+        assert_int_equal(ids.n, 1);
+        store_ids_free(&ids);
+        su_idnum(2, idn);
+        assert_int_equal(store_lookup(t, STORE_LOOKUP_IDNUM, idn, 18, &ids), 0);
+        assert_int_equal(ids.n, 0);
+        store_ids_free(&ids);
+        store_abort(t);
+        assert_int_equal(verify_problems(s), 0);
+        /* Any other length is damage. */
+        assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+        assert_int_equal(store_put(t, DB_META, "lookup_hlen", 11, "\x07", 1), 0);
+        assert_int_equal(store_commit(t), 0);
+        store_close(s);
+        s = NULL;
+        assert_int_equal(store_open(d.data, d.key, NULL, &s, err, sizeof err), STORE_ECORRUPT);
+        su_dir_remove(&d);
+    }
+}
+
+/* The dictionary depends on the schema alone. */
+static void test_zdict_deterministic(void **state)
+{
+    (void)state;
+    crdt_schema *sc = NULL;
+    char err[256];
+    crdt_buf a = {0}, b = {0};
+    assert_int_equal(wire_schema_load_file(DOORSTEP_SOURCE_DIR "/crdt/schema/yibao.json", &sc,
+                                           err, sizeof err), 0);
+    assert_int_equal(store_zdict_build(sc, &a), 0);
+    assert_int_equal(store_zdict_build(sc, &b), 0);
+    assert_true(a.n > 1000);
+    assert_int_equal(a.n, b.n);
+    assert_memory_equal(a.p, b.p, a.n);
+    crdt_schema_free(sc);
+    crdt_buf_free(&a);
+    crdt_buf_free(&b);
+}
+
 static void test_backup_verify_and_corruption(void **state)
 {
     (void)state;
@@ -940,6 +1166,169 @@ static void test_backup_verify_and_corruption(void **state)
     store_abort(t);
     crdt_buf_free(&enc);
     crdt_record_free(p2);
+    store_close(s);
+    su_dir_remove(&d);
+}
+
+/* The envelope of (dev, seq) re-encoded with another key epoch and signed
+ * again: same ops, same stamp (the record does not change), other hash. */
+static void reepoch(const su_dev *dev, const crdt_buf *env, crdt_buf *out)
+{
+    const uint8_t *db, *sig;
+    size_t dl;
+    crdt_delta d;
+    int err_op;
+    uint8_t nsig[64];
+    crdt_buf bytes = {0};
+    crdt_arena *a = crdt_arena_new(0);
+    assert_non_null(a);
+    assert_int_equal(wire_envelope_decode(env->p, env->n, &crdt_limits_default, &db, &dl,
+                                          &sig), 0);
+    assert_int_equal(crdt_delta_decode(db, dl, &crdt_limits_default, a, &d, &err_op), 0);
+    d.epoch = 2;
+    assert_int_equal(crdt_delta_encode(&d, &bytes), 0);
+    assert_int_equal(wire_delta_sign(bytes.p, bytes.n, dev->sk, nsig), 0);
+    crdt_buf_reset(out);
+    assert_int_equal(wire_envelope_encode(bytes.p, bytes.n, nsig, out), 0);
+    crdt_buf_free(&bytes);
+    crdt_arena_free(a);
+}
+
+/* dots keep (sseq, hash) only for held-back deltas; an applied dot keeps its
+ * sseq and the hash is recomputed from deltas[sseq] on a resend.  The long
+ * form of stores written before still reads.  verify still catches an
+ * envelope replaced under an applied dot: the next delta's previous hash
+ * (or the chain head) no longer matches. */
+static void test_dots_short_form(void **state)
+{
+    (void)state;
+    su_dir d;
+    su_dir_make(&d, "dots");
+    store *s = su_store_new(&d, NULL);
+    su_dev a;
+    su_dev_init(&a, 4);
+    su_ops o = {0};
+    crdt_buf env[4] = {{0}}, forged = {0};
+    uint64_t sseq[4] = {0};
+    for (int i = 1; i <= 3; i++) {
+        char note[32];
+        snprintf(note, sizeof note, "visit %d", i);
+        su_ops_reset(&o);
+        su_set_str(&o, "note", note);
+        su_make(&a, "household", "H1", &o, NOW + (uint64_t)i, &env[i], NULL);
+        store_outcome out = su_push(s, &env[i], NOW);
+        assert_int_equal(out.result, STORE_APPLIED);
+        sseq[i] = out.sseq;
+    }
+    /* A clock far ahead: held back, its dot keeps the hash. */
+    su_dev c;
+    su_dev_init(&c, 5);
+    crdt_buf held = {0};
+    su_make(&c, "household", "H2", &o, NOW + 25 * 3600 * 1000ull, &held, NULL);
+    assert_int_equal(su_push(s, &held, NOW).code, STORE_Q_CLOCK_AHEAD);
+
+    store_txn *t;
+    MDB_val v;
+    uint8_t dk[12];
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    be32(dk, 4);
+    be64(dk + 4, 2);
+    assert_int_equal(store_get(t, DB_DOTS, dk, 12, &v), 0);
+    assert_int_equal(v.mv_size, 8);
+    assert_int_equal(rd64(v.mv_data), sseq[2]);
+    uint8_t held_key[12];
+    be32(held_key, 5);
+    be64(held_key + 4, 1);
+    assert_int_equal(store_get(t, DB_DOTS, held_key, 12, &v), 0);
+    assert_int_equal(v.mv_size, 40);
+    assert_int_equal(rd64(v.mv_data), 0);
+    store_abort(t);
+    /* A resend is a duplicate (hash recomputed from the envelope); a clone
+     * of seq 2 is still told apart. */
+    store_outcome out = su_push(s, &env[2], NOW);
+    assert_int_equal(out.result, STORE_DUPLICATE);
+    assert_int_equal(out.sseq, sseq[2]);
+    assert_int_equal(verify_problems(s), 0);
+
+    /* The long form (stores written before) still reads. */
+    uint8_t h2[32], lv[40];
+    const uint8_t *db, *sig;
+    size_t dl;
+    assert_int_equal(wire_envelope_decode(env[2].p, env[2].n, &crdt_limits_default, &db, &dl,
+                                          &sig), 0);
+    assert_int_equal(wire_delta_hash(db, dl, h2), 0);
+    be64(lv, sseq[2]);
+    memcpy(lv + 8, h2, 32);
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_put(t, DB_DOTS, dk, 12, lv, 40), 0);
+    assert_int_equal(store_commit(t), 0);
+    assert_int_equal(su_push(s, &env[2], NOW).result, STORE_DUPLICATE);
+    assert_int_equal(verify_problems(s), 0);
+
+    /* Replace the envelope of seq 2 (short dot) by a re-signed variant
+     * with the same stamp and ops: the record rebuild cannot see it, the
+     * chain does. */
+    reepoch(&a, &env[2], &forged);
+    uint8_t sk[8];
+    be64(sk, sseq[2]);
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_put(t, DB_DOTS, dk, 12, lv, 8), 0);
+    assert_int_equal(store_put_sealed(t, DB_DELTAS, sk, 8, forged.p, forged.n), 0);
+    assert_int_equal(store_commit(t), 0);
+    assert_true(verify_problems(s) > 0);
+    /* Put it back; then the last delta of the chain: the head's hash. */
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_put_sealed(t, DB_DELTAS, sk, 8, env[2].p, env[2].n), 0);
+    assert_int_equal(store_commit(t), 0);
+    assert_int_equal(verify_problems(s), 0);
+    reepoch(&a, &env[3], &forged);
+    be64(sk, sseq[3]);
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_put_sealed(t, DB_DELTAS, sk, 8, forged.p, forged.n), 0);
+    assert_int_equal(store_commit(t), 0);
+    assert_true(verify_problems(s) > 0);
+
+    su_ops_free(&o);
+    for (int i = 0; i < 4; i++) crdt_buf_free(&env[i]);
+    crdt_buf_free(&forged);
+    crdt_buf_free(&held);
+    store_close(s);
+    su_dir_remove(&d);
+}
+
+/* MDB_APPEND puts (the logs: deltas, quar, audit) take only keys greater
+ * than the last one, and fill pages where in-order ordinary puts leave them
+ * partly empty. */
+static void test_append_order(void **state)
+{
+    (void)state;
+    su_dir d;
+    su_dir_make(&d, "append");
+    store *s = su_store_new(&d, NULL);
+    store_txn *t;
+    uint8_t k[8], v[400];
+    MDB_stat plain_st, app_st;
+    memset(v, 7, sizeof v);
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    for (uint64_t i = 1; i <= 2000; i++) {
+        be64(k, i);
+        assert_int_equal(store_put(t, DB_AGGHIST, k, 8, v, sizeof v), 0);   /* ordinary */
+        assert_int_equal(store_put_append(t, DB_STAFF, k, 8, v, sizeof v), 0);
+    }
+    be64(k, 2000);
+    assert_int_equal(store_put_append(t, DB_STAFF, k, 8, v, sizeof v), STORE_ECORRUPT);
+    be64(k, 5);
+    assert_int_equal(store_put_append(t, DB_STAFF, k, 8, v, sizeof v), STORE_ECORRUPT);
+    assert_int_equal(store_put_sealed_append(t, DB_STAFF, k, 8, v, 10), STORE_ECORRUPT);
+    be64(k, 2001);
+    assert_int_equal(store_put_sealed_append(t, DB_STAFF, k, 8, v, 10), 0);
+    assert_int_equal(mdb_stat(t->txn, s->dbi[DB_AGGHIST], &plain_st), 0);
+    assert_int_equal(mdb_stat(t->txn, s->dbi[DB_STAFF], &app_st), 0);
+    assert_int_equal(app_st.ms_entries, 2001);
+    /* 9 values of 418 B fit a 4 KiB page: 223 pages appended, ~250 otherwise. */
+    assert_true(app_st.ms_leaf_pages <= 2001 / 9 + 1);
+    assert_true(app_st.ms_leaf_pages < plain_st.ms_leaf_pages);
+    store_abort(t);
     store_close(s);
     su_dir_remove(&d);
 }
@@ -1149,6 +1538,11 @@ int main(void)
         cmocka_unit_test(test_two_processes),
         cmocka_unit_test(test_privacy_canary),
         cmocka_unit_test(test_backup_verify_and_corruption),
+        cmocka_unit_test(test_dots_short_form),
+        cmocka_unit_test(test_packed_values),
+        cmocka_unit_test(test_zdict_deterministic),
+        cmocka_unit_test(test_lookup_hash_len),
+        cmocka_unit_test(test_append_order),
         cmocka_unit_test(test_audit_chain),
         cmocka_unit_test(test_server_append),
         cmocka_unit_test(test_killed_writer),
