@@ -45,6 +45,16 @@ void crdt_buf_free(crdt_buf *b)
     b->n = b->cap = 0;
 }
 
+int crdt_buf_pack_write(void *data, const char *p, size_t n)
+{
+    crdt_buf *b = data;
+    if (b->n == SIZE_MAX) return -1;
+    if (!crdt_buf_append(b, p, n)) return 0;
+    crdt_buf_free(b);
+    b->n = SIZE_MAX;
+    return -1;
+}
+
 /* ---- crdt_arena ---------------------------------------------------------- */
 
 typedef struct chunk {

@@ -172,6 +172,16 @@ typedef struct crdt_buf {
 int crdt_buf_append(crdt_buf *b, const void *p, size_t n); /* 0/ENOMEM */
 void crdt_buf_reset(crdt_buf *b);                          /* n = 0 */
 void crdt_buf_free(crdt_buf *b);                           /* frees, zeroes */
+/*
+ * crdt_buf_pack_write — msgpack_packer write callback (data: a crdt_buf) for
+ * frames packed without checking every pack call.  Sticky: after one failed
+ * append the buffer is freed and marked failed (p == NULL, n == SIZE_MAX)
+ * and every later write fails too, so a frame is never built with bytes
+ * missing inside it.  Callers check p before using the bytes;
+ * crdt_buf_reset/crdt_buf_free clear the mark.  Only for a buffer that holds
+ * nothing else (a failure frees earlier contents).  Returns 0 or -1.
+ */
+int crdt_buf_pack_write(void *data, const char *p, size_t n);
 
 /*
  * A bump allocator for decoded (borrowed) structures.  `cap` bounds the total

@@ -98,25 +98,9 @@ void sync_out_append(sync_out *o, sync_frame *f)
     o->tail = &f->next;
 }
 
-/*
- * msgpack-c write callback into a crdt_buf.  Frames are packed without
- * checking every pack call, so one failed append must make all later ones
- * fail too: otherwise an allocation failure in the middle of a frame,
- * followed by a successful append, would send a frame with bytes missing
- * inside it (a corrupt ack).  After a failure the buffer is freed and
- * marked by n == SIZE_MAX with p == NULL; frame_of() and sync_frame_error()
- * then build no frame (ENOMEM), and crdt_buf_free()/crdt_buf_reset() clear
- * the mark.
- */
-static int buf_write(void *data, const char *p, size_t n)
-{
-    crdt_buf *b = data;
-    if (b->n == SIZE_MAX) return -1;
-    if (!crdt_buf_append(b, p, n)) return 0;
-    crdt_buf_free(b);
-    b->n = SIZE_MAX;
-    return -1;
-}
+/* msgpack-c writes frames through crdt_buf_pack_write (crdt.h): frames are
+ * packed without checking every pack call, so a failed append must fail the
+ * whole frame; frame_of() and sync_frame_error() then build no frame. */
 
 static void pk_str(msgpack_packer *pk, const char *s)
 {
@@ -132,7 +116,7 @@ sync_frame *sync_frame_error_ra(int code, const char *msg, uint64_t req_id, uint
 {
     crdt_buf b = {0};
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, buf_write);
+    msgpack_packer_init(&pk, &b, crdt_buf_pack_write);
     /* keys in bytewise order: c, id, m, r, ra, t */
     msgpack_pack_map(&pk, 4 + (req_id ? 1 : 0) + (retry_ms ? 1 : 0));
     pk_str(&pk, "c");
@@ -215,7 +199,7 @@ int sync_session_hello(sync_session *s, uint64_t now_ms, sync_out *out)
 {
     crdt_buf b = {0};
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, buf_write);
+    msgpack_packer_init(&pk, &b, crdt_buf_pack_write);
     msgpack_pack_map(&pk, 5); /* n, now, srv, t, v */
     pk_str(&pk, "n");
     msgpack_pack_bin_with_body(&pk, s->nonce, SYNC_NONCE_BYTES);
@@ -366,7 +350,7 @@ static int welcome(sync_session *s, uint32_t dev, uint32_t epoch, uint64_t now_m
 
     crdt_buf b = {0};
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, buf_write);
+    msgpack_packer_init(&pk, &b, crdt_buf_pack_write);
     /* cur, d, e, h, now, req, scope, seq, t */
     msgpack_pack_map(&pk, 9);
     pk_str(&pk, "cur");
@@ -593,7 +577,7 @@ static int on_rotate(sync_session *s, const msgpack_object *m, uint64_t now_ms, 
     s->rotate_required = false;
     crdt_buf b = {0};
     msgpack_packer pkr;
-    msgpack_packer_init(&pkr, &b, buf_write);
+    msgpack_packer_init(&pkr, &b, crdt_buf_pack_write);
     msgpack_pack_map(&pkr, 2);
     pk_str(&pkr, "e");
     msgpack_pack_uint64(&pkr, e);
@@ -731,7 +715,7 @@ int sync_session_job_done(sync_session *s, sync_job *j, sync_out *out)
     }
     crdt_buf b = {0};
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, buf_write);
+    msgpack_packer_init(&pk, &b, crdt_buf_pack_write);
     msgpack_pack_map(&pk, 3); /* id, r, t */
     pk_str(&pk, "id");
     msgpack_pack_uint64(&pk, j->push_id);
@@ -789,7 +773,7 @@ static int page_add(uint64_t sseq, const uint8_t *env, size_t len, void *arg)
     page *p = arg;
     if (p->n >= p->max_n || (p->n && p->bytes + len > p->max_bytes)) return 1; /* full */
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &p->envs, buf_write);
+    msgpack_packer_init(&pk, &p->envs, crdt_buf_pack_write);
     if (msgpack_pack_bin_with_body(&pk, env, len)) return CRDT_ENOMEM;
     p->sseqs[p->n++] = sseq;
     p->bytes += len;
@@ -839,12 +823,12 @@ static int changes_frame(sync_session *s, uint64_t req_id, uint64_t after, uint3
     if (rc) goto out;
     crdt_buf b = {0};
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, buf_write);
+    msgpack_packer_init(&pk, &b, crdt_buf_pack_write);
     /* e, id, more, n, q, t */
     msgpack_pack_map(&pk, 6);
     pk_str(&pk, "e");
     msgpack_pack_array(&pk, p->n);
-    buf_write(&b, (const char *)p->envs.p, p->envs.n);
+    crdt_buf_pack_write(&b, (const char *)p->envs.p, p->envs.n);
     pk_str(&pk, "id");
     msgpack_pack_uint64(&pk, req_id);
     pk_str(&pk, "more");
@@ -997,7 +981,7 @@ static int snap_flush(sync_session *s, uint64_t id, uint64_t cursor, uint32_t pa
     if (rc) return rc;
     crdt_buf b = {0};
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, buf_write);
+    msgpack_packer_init(&pk, &b, crdt_buf_pack_write);
     /* g, id, more, n, p, r, t */
     msgpack_pack_map(&pk, 7);
     pk_str(&pk, "g");
@@ -1013,7 +997,7 @@ static int snap_flush(sync_session *s, uint64_t id, uint64_t cursor, uint32_t pa
     msgpack_pack_uint32(&pk, pageno);
     pk_str(&pk, "r");
     msgpack_pack_array(&pk, sp->n);
-    buf_write(&b, (const char *)sp->packed.p, sp->packed.n);
+    crdt_buf_pack_write(&b, (const char *)sp->packed.p, sp->packed.n);
     pk_str(&pk, "t");
     pk_str(&pk, "snapshot");
     sync_frame *f = frame_of(&b);
@@ -1036,7 +1020,7 @@ static int snap_add(snap_page *sp, const crdt_record *r, crdt_buf *tmp)
     crypto_generichash_update(&sp->h, len, 4);
     crypto_generichash_update(&sp->h, tmp->p, tmp->n);
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &sp->packed, buf_write);
+    msgpack_packer_init(&pk, &sp->packed, crdt_buf_pack_write);
     if (msgpack_pack_bin_with_body(&pk, tmp->p, tmp->n)) return CRDT_ENOMEM;
     sp->n++;
     return SYNC_OK;

@@ -229,41 +229,12 @@ static int print_json(json_t *j)
 
 /* ---- lists of ids: "H1,H2" and "C01/C01-G03,C02/C02-G01" ------------------------ */
 
-typedef struct strlist {
-    char **v;
-    size_t n, cap;
-} strlist;
-
-static void strlist_free(strlist *l)
-{
-    for (size_t i = 0; i < l->n; i++) free(l->v[i]);
-    free(l->v);
-    memset(l, 0, sizeof *l);
-}
-
-static bool strlist_push(strlist *l, const char *s, size_t n)
-{
-    if (l->n == l->cap) {
-        size_t nc = l->cap ? l->cap * 2 : 16;
-        char **nv = realloc(l->v, nc * sizeof *nv);
-        if (!nv) return false;
-        l->v = nv;
-        l->cap = nc;
-    }
-    char *c = malloc(n + 1);
-    if (!c) return false;
-    memcpy(c, s, n);
-    c[n] = 0;
-    l->v[l->n++] = c;
-    return true;
-}
-
 static int cmp_str(const void *a, const void *b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static void strlist_sort_unique(strlist *l)
+static void strlist_sort_unique(ledger_strv *l)
 {
     if (!l->n) return;
     qsort(l->v, l->n, sizeof *l->v, cmp_str);
@@ -284,7 +255,7 @@ static bool household_id_ok(const char *id)
 
 /* Split a comma-separated list (spaces around items ignored) into l;
  * false with a message for an empty item. */
-static bool split_list(const char *cmd, const char *opt, const char *s, strlist *l)
+static bool split_list(const char *cmd, const char *opt, const char *s, ledger_strv *l)
 {
     const char *p = s;
     for (;;) {
@@ -296,7 +267,7 @@ static bool split_list(const char *cmd, const char *opt, const char *s, strlist 
             usage_err(cmd, "%s: empty item in \"%s\"", opt, s);
             return false;
         }
-        if (!strlist_push(l, p, n)) {
+        if (!ledger_strv_push(l, p, n)) {
             fail(cmd, "out of memory");
             return false;
         }
@@ -307,7 +278,7 @@ static bool split_list(const char *cmd, const char *opt, const char *s, strlist 
 
 /* Parse --households / --grids into checked entries; exactly one given. */
 static int parse_scope(const char *cmd, const char *households, const char *grids,
-                       strlist *hh, strlist *gr)
+                       ledger_strv *hh, ledger_strv *gr)
 {
     if (!households == !grids)
         return usage_err(cmd, "give exactly one of --households IDS or --grids C/G,...");
@@ -332,7 +303,7 @@ static int parse_scope(const char *cmd, const char *households, const char *grid
 }
 
 /* The households of grid "C/G" appended to out (all pages). */
-static int grid_expand(store_txn *t, const char *cg, strlist *out, size_t *count)
+static int grid_expand(store_txn *t, const char *cg, ledger_strv *out, size_t *count)
 {
     char comm[STORE_SCOPE_ITEM_MAX + 1];
     const char *slash = strchr(cg, '/');
@@ -346,7 +317,7 @@ static int grid_expand(store_txn *t, const char *cg, strlist *out, size_t *count
         int rc = store_grid_households(t, comm, slash + 1, after, 1000, &page);
         if (rc) return rc;
         for (size_t i = 0; i < page.n; i++)
-            if (!strlist_push(out, page.id[i], strlen(page.id[i]))) {
+            if (!ledger_strv_push(out, page.id[i], strlen(page.id[i]))) {
                 store_ids_free(&page);
                 return CRDT_ENOMEM;
             }
@@ -905,7 +876,7 @@ typedef struct enroll_ctx {
     uint64_t now, expires;
     const char *actor;
     size_t grid_households;   /* households the grids hold now (for the message) */
-    const strlist *grids;
+    const ledger_strv *grids;
     char token[STORE_TOKEN_TEXT_LEN + 1];
 } enroll_ctx;
 
@@ -985,10 +956,10 @@ static int device_enroll(int argc, char **argv)
         return usage_err(cmd, "--volunteer must be 1 to %d bytes of UTF-8", STORE_VOLUNTEER_MAX);
     char actor[STORE_AUDIT_ACTOR_MAX + 1];
     if (!make_actor(cmd, as, actor)) return EXIT_USAGE;
-    strlist hh = {0}, gr = {0};
+    ledger_strv hh = {0}, gr = {0};
     int xrc = parse_scope(cmd, households, grids, &hh, &gr);
     if (xrc) goto out_lists;
-    strlist *scope = households ? &hh : &gr;
+    ledger_strv *scope = households ? &hh : &gr;
     strlist_sort_unique(scope);
     if (scope->n > STORE_SCOPE_MAX) {
         xrc = usage_err(cmd, "at most %d scope entries", STORE_SCOPE_MAX);
@@ -1009,10 +980,10 @@ static int device_enroll(int argc, char **argv)
         store_txn *t = NULL;
         int rc = store_begin(s, STORE_RDONLY, &t);
         for (size_t i = 0; !rc && i < gr.n; i++) {
-            strlist tmp = {0};
+            ledger_strv tmp = {0};
             size_t n = 0;
             rc = grid_expand(t, gr.v[i], &tmp, &n);
-            strlist_free(&tmp);
+            ledger_strv_free(&tmp);
             if (!rc && n == 0)
                 fprintf(stderr, "doorstepctl %s: warning: grid %s has no households yet; the "
                                 "phone gets the grid's households as of its enrollment\n",
@@ -1061,8 +1032,8 @@ static int device_enroll(int argc, char **argv)
     sodium_memzero(e.token, sizeof e.token);
     sodium_memzero(uri, sizeof uri);
 out_lists:
-    strlist_free(&hh);
-    strlist_free(&gr);
+    ledger_strv_free(&hh);
+    ledger_strv_free(&gr);
     return xrc;
 }
 
@@ -1258,8 +1229,8 @@ out:
 
 typedef struct scope_ctx {
     uint32_t dev;
-    strlist *hh, *gr;
-    strlist all;
+    ledger_strv *hh, *gr;
+    ledger_strv all;
     const char *actor;
     uint64_t now;
     char why[256];
@@ -1271,10 +1242,10 @@ static int scope_txn(store_txn *t, void *arg)
     store_device d;
     int rc = store_device_get(t, c->dev, &d);
     if (rc) return rc;
-    strlist_free(&c->all);
+    ledger_strv_free(&c->all);
     if (c->hh->n) {
         for (size_t i = 0; i < c->hh->n; i++)
-            if (!strlist_push(&c->all, c->hh->v[i], strlen(c->hh->v[i]))) return CRDT_ENOMEM;
+            if (!ledger_strv_push(&c->all, c->hh->v[i], strlen(c->hh->v[i]))) return CRDT_ENOMEM;
     }
     for (size_t i = 0; i < c->gr->n; i++) {
         size_t n;
@@ -1288,7 +1259,7 @@ static int scope_txn(store_txn *t, void *arg)
     if ((rc = store_device_scope_set(t, c->dev, (const char *const *)c->all.v, c->all.n)))
         return rc;
     char detail[STORE_AUDIT_DETAIL_MAX + 1];
-    const strlist *given = c->hh->n ? c->hh : c->gr;
+    const ledger_strv *given = c->hh->n ? c->hh : c->gr;
     size_t o = (size_t)snprintf(detail, sizeof detail,
                                 "device %u (%s) scope set to %zu household(s) from %s:", c->dev,
                                 d.volunteer, c->all.n, c->hh->n ? "households" : "grids");
@@ -1329,7 +1300,7 @@ static int device_scope(int argc, char **argv)
         return usage_err(cmd, "\"%s\" is not a device id", argv[optind]);
     char actor[STORE_AUDIT_ACTOR_MAX + 1];
     if (!make_actor(cmd, as, actor)) return EXIT_USAGE;
-    strlist hh = {0}, gr = {0};
+    ledger_strv hh = {0}, gr = {0};
     int xrc = parse_scope(cmd, households, grids, &hh, &gr);
     if (xrc) goto out;
     store *s = open_store();
@@ -1344,10 +1315,10 @@ static int device_scope(int argc, char **argv)
     else if (rc && *sc.why) xrc = fail(cmd, "%s; nothing changed", sc.why);
     else if (rc) xrc = fail(cmd, "%s", store_strerror(rc));
     else printf("device %u: scope set to %zu household(s)\n", id, sc.all.n);
-    strlist_free(&sc.all);
+    ledger_strv_free(&sc.all);
 out:
-    strlist_free(&hh);
-    strlist_free(&gr);
+    ledger_strv_free(&hh);
+    ledger_strv_free(&gr);
     return xrc;
 }
 

@@ -578,20 +578,16 @@ static char *norm_date(const char *s)
     return o;
 }
 
-/* A small vector of strings (the elements of one cell). */
-typedef struct strv {
-    char **v;
-    size_t n, cap;
-} strv;
+/* ---- string vectors (ledger.h) ---- */
 
-static void strv_free(strv *l)
+void ledger_strv_free(ledger_strv *l)
 {
     for (size_t i = 0; i < l->n; i++) free(l->v[i]);
     free(l->v);
     memset(l, 0, sizeof *l);
 }
 
-static bool strv_push(strv *l, const char *s, size_t n)
+bool ledger_strv_push(ledger_strv *l, const char *s, size_t n)
 {
     if (l->n == l->cap) {
         size_t nc = l->cap ? l->cap * 2 : 8;
@@ -610,7 +606,7 @@ static bool strv_push(strv *l, const char *s, size_t n)
 
 /* Split a tags cell on ';', '；', '、' or '|' into l; an element given
  * twice is kept once (the cell is a set). */
-static bool split_tags(const char *s, strv *l)
+static bool split_tags(const char *s, ledger_strv *l)
 {
     const char *p = s;
     while (*p) {
@@ -628,7 +624,7 @@ static bool split_tags(const char *s, strv *l)
         bool seen = false;
         for (size_t i = 0; i < l->n && !seen; i++)
             seen = strlen(l->v[i]) == m && !memcmp(l->v[i], q, m);
-        if (m && !seen && !strv_push(l, q, m)) return false;
+        if (m && !seen && !ledger_strv_push(l, q, m)) return false;
         p += n + skip;
         if (!skip) break;
     }
@@ -676,12 +672,12 @@ static int cell_ops(const crdt_schema *sc, const char *kind, const char *field, 
     const crdt_kspec *k = crdt_schema_kind(sc, kind, strlen(kind));
     const crdt_fspec *f = k ? crdt_schema_field(k, field, strlen(field)) : NULL;
     if (!f) return CRDT_EFIELD;
-    strv els = {0};
+    ledger_strv els = {0};
     int rc = 0;
     if (f->type == CRDT_F_SET) {
         if (!split_tags(val, &els)) rc = CRDT_ENOMEM;
     } else if (f->type == CRDT_F_LWW || f->type == CRDT_F_MV) {
-        if (!strv_push(&els, val, strlen(val))) rc = CRDT_ENOMEM;
+        if (!ledger_strv_push(&els, val, strlen(val))) rc = CRDT_ENOMEM;
     } else {
         return CRDT_EOP;
     }
@@ -706,7 +702,7 @@ static int cell_ops(const crdt_schema *sc, const char *kind, const char *field, 
         }
         o->n++;
     }
-    strv_free(&els);
+    ledger_strv_free(&els);
     return rc;
 }
 

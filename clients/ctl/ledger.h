@@ -96,6 +96,16 @@ typedef struct ledger_col {
 
 extern const ledger_col ledger_cols[LEDGER_NCOLS];
 
+/* A vector of owned, NUL-terminated strings (a cell's elements; doorstepctl's
+ * lists of ids).  Zero-initialise; push copies n bytes of s. */
+typedef struct ledger_strv {
+    char **v;
+    size_t n, cap;
+} ledger_strv;
+
+bool ledger_strv_push(ledger_strv *l, const char *s, size_t n); /* false on ENOMEM */
+void ledger_strv_free(ledger_strv *l);                          /* frees and zeroes */
+
 /* ---- messages ----------------------------------------------------------------- */
 
 /* A list of messages, each "PATH:LINE: text" (owned), with the line each

@@ -56,20 +56,8 @@ typedef struct conn {
 
 /* ---- frames ---------------------------------------------------------------------- */
 
-/* msgpack write callback.  Sticky failure: msgpack-c does not stop at a
- * failed write, so a later successful one would leave bytes missing in the
- * middle of a frame.  After a failure the buffer is freed and marked
- * (n == SIZE_MAX, p == NULL); every caller checks p before sending, and
- * crdt_buf_reset/crdt_buf_free clear the mark (as sync/session.c does). */
-static int bw(void *data, const char *p, size_t n)
-{
-    crdt_buf *b = data;
-    if (b->n == SIZE_MAX) return -1;
-    if (!crdt_buf_append(b, p, n)) return 0;
-    crdt_buf_free(b);
-    b->n = SIZE_MAX;
-    return -1;
-}
+/* msgpack write callback: sticky on failure, so a frame is never sent with
+ * bytes missing inside it; every caller checks p before sending (crdt.h). */
 static void pstr(msgpack_packer *pk, const char *s) { msgpack_pack_str_with_body(pk, s, strlen(s)); }
 
 static const msgpack_object *get(const msgpack_object *map, const char *key)
@@ -216,7 +204,7 @@ static int send_auth(conn *c, uint32_t dev, uint32_t epoch, const uint8_t sk[64]
     wire_auth_msg(c->srvpk, c->nonce, cn, dev, epoch, m);
     crypto_sign_detached(sig, NULL, m, sizeof m, sk);
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &f, bw);
+    msgpack_packer_init(&pk, &f, crdt_buf_pack_write);
     msgpack_pack_map(&pk, 5);
     pstr(&pk, "d");
     msgpack_pack_uint32(&pk, dev);
@@ -512,7 +500,7 @@ static int do_rotate(conn *c, ident *id, dsd_sync_report *rep)
     crypto_sign_detached(so, NULL, m, sizeof m, osk);
     sodium_memzero(osk, sizeof osk);
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &f, bw);
+    msgpack_packer_init(&pk, &f, crdt_buf_pack_write);
     msgpack_pack_map(&pk, 6);
     pstr(&pk, "e");
     msgpack_pack_uint32(&pk, e);
@@ -585,7 +573,7 @@ static int build_push(dsd *h, uint64_t id, uint64_t from, crdt_buf *f, uint64_t 
     dsd_be64(kb, from);
     k.mv_data = kb;
     k.mv_size = 8;
-    msgpack_packer_init(&pk, &body, bw);
+    msgpack_packer_init(&pk, &body, crdt_buf_pack_write);
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0 && n < PUSH_MAX;
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         uint64_t s = dsd_rd64(k.mv_data);
@@ -598,12 +586,12 @@ static int build_push(dsd *h, uint64_t id, uint64_t from, crdt_buf *f, uint64_t 
     mdb_txn_abort(t);
     crdt_buf_reset(f);
     if (n) {
-        msgpack_packer_init(&pk, f, bw);
+        msgpack_packer_init(&pk, f, crdt_buf_pack_write);
         msgpack_pack_map(&pk, 3);
         pstr(&pk, "d");
         msgpack_pack_array(&pk, n);
         if (body.p) {
-            bw(f, (const char *)body.p, body.n);
+            crdt_buf_pack_write(f, (const char *)body.p, body.n);
         } else { /* the body failed: so does the frame */
             crdt_buf_free(f);
             f->n = SIZE_MAX;
@@ -903,7 +891,7 @@ static int do_fetch(conn *c, dsd_sync_report *rep)
         uint64_t id = c->next_id++;
         msgpack_packer pk;
         crdt_buf_reset(&f);
-        msgpack_packer_init(&pk, &f, bw);
+        msgpack_packer_init(&pk, &f, crdt_buf_pack_write);
         msgpack_pack_map(&pk, 3);
         pstr(&pk, "id");
         msgpack_pack_uint64(&pk, id);
@@ -989,7 +977,7 @@ static int do_pull(conn *c, dsd_sync_report *rep)
         uint64_t id = c->next_id++;
         msgpack_packer pk;
         crdt_buf_reset(&f);
-        msgpack_packer_init(&pk, &f, bw);
+        msgpack_packer_init(&pk, &f, crdt_buf_pack_write);
         msgpack_pack_map(&pk, 4);
         pstr(&pk, "a");
         msgpack_pack_uint64(&pk, cursor);
@@ -1041,7 +1029,7 @@ static int do_live(conn *c, int live_ms, dsd_sync_report *rep)
     mdb_txn_abort(t);
     if (rc) return rc;
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &f, bw);
+    msgpack_packer_init(&pk, &f, crdt_buf_pack_write);
     msgpack_pack_map(&pk, 2);
     pstr(&pk, "a");
     msgpack_pack_uint64(&pk, cursor);
@@ -1142,7 +1130,7 @@ int dsd_enroll(dsd *h, const char *url, const char *token)
     crypto_sign_detached(sig, NULL, m, ml, sk);
     sodium_memzero(sk, sizeof sk);
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &f, bw);
+    msgpack_packer_init(&pk, &f, crdt_buf_pack_write);
     msgpack_pack_map(&pk, 4);
     pstr(&pk, "pk");
     msgpack_pack_bin_with_body(&pk, id.pk, 32);

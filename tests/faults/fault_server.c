@@ -124,6 +124,45 @@ static pid_t start_with(const char *dir, const char *data, const char *key, cons
     return pid;
 }
 
+/* A new store in d (doorstepctl init) with devices 1 and 2 (a, b), both
+ * scoped to household H1.  0, or -1 after printing why. */
+static int init_store(const su_dir *d, su_dev *a, su_dev *b, const char *name)
+{
+    char cmd[2048], e_[512];
+    store *st = NULL;
+    store_txn *t = NULL;
+    snprintf(cmd, sizeof cmd,
+             "DOORSTEP_ADMIN_PASSWORD=fault-test-pw '%s/doorstepctl' --data '%s' --key-file '%s' "
+             "init --campaign-year 2026 >/dev/null",
+             build, d->data, d->key);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "fault_server: doorstepctl init failed\n");
+        return -1;
+    }
+    if (store_open(d->data, d->key, NULL, &st, e_, sizeof e_) || store_begin(st, STORE_RW, &t)) {
+        fprintf(stderr, "fault_server: store_open: %s\n", e_);
+        if (st) store_close(st);
+        return -1;
+    }
+    su_dev *devs[2] = {a, b};
+    int rc = 0;
+    for (uint32_t i = 1; i <= 2 && !rc; i++) {
+        su_dev_init(devs[i - 1], i);
+        store_device dv = {.id = i, .state = STORE_DEV_ACTIVE, .epoch = 1};
+        snprintf(dv.volunteer, sizeof dv.volunteer, "%s%u", name, i);
+        store_key k = {.dev = i, .epoch = 1, .state = STORE_KEY_ACTIVE};
+        memcpy(k.pk, devs[i - 1]->pk, 32);
+        const char *scope[] = {"H1"};
+        rc = store_device_put(t, &dv) || store_key_put(t, &k) ||
+             store_device_scope_set(t, i, scope, 1);
+    }
+    if (rc) store_abort(t);
+    else rc = store_commit(t);
+    store_close(st);
+    if (rc) fprintf(stderr, "fault_server: registering the devices failed\n");
+    return rc ? -1 : 0;
+}
+
 /* Start doorstepd (under the shim if errname, else with --map-max map_max)
  * and read its port from the "listening on" line. */
 static pid_t start(const char *dir, const char *data, const char *key, const char *errname,
@@ -163,7 +202,7 @@ static void scenario(const char *errname, const char *ops)
 {
     su_dir d;
     su_dev a, b;
-    char cmd[2048], arm[400], res[32];
+    char arm[400], res[32];
     int port = 0;
     pid_t pid = -1;
     store *st = NULL;
@@ -174,32 +213,7 @@ static void scenario(const char *errname, const char *ops)
     printf("== scenario: %s on %s\n", errname, ops);
     su_dir_make(&d, "faults");
     snprintf(arm, sizeof arm, "%s/arm", d.root);
-    snprintf(cmd, sizeof cmd,
-             "DOORSTEP_ADMIN_PASSWORD=fault-test-pw '%s/doorstepctl' --data '%s' --key-file '%s' "
-             "init --campaign-year 2026 >/dev/null",
-             build, d.data, d.key);
-    CHECK(system(cmd) == 0, "doorstepctl init");
-    {
-        char e_[512];
-        store_txn *t;
-        CHECK(store_open(d.data, d.key, NULL, &st, e_, sizeof e_) == 0, "store_open: %s", e_);
-        CHECK(store_begin(st, STORE_RW, &t) == 0, "begin");
-        su_dev *devs[2] = {&a, &b};
-        for (uint32_t i = 1; i <= 2; i++) {
-            su_dev_init(devs[i - 1], i);
-            store_device dv = {.id = i, .state = STORE_DEV_ACTIVE, .epoch = 1};
-            snprintf(dv.volunteer, sizeof dv.volunteer, "fault%u", i);
-            store_key k = {.dev = i, .epoch = 1, .state = STORE_KEY_ACTIVE};
-            memcpy(k.pk, devs[i - 1]->pk, 32);
-            const char *scope[] = {"H1"};
-            CHECK(!store_device_put(t, &dv) && !store_key_put(t, &k) &&
-                      !store_device_scope_set(t, i, scope, 1),
-                  "register");
-        }
-        CHECK(store_commit(t) == 0, "commit");
-        store_close(st);
-        st = NULL;
-    }
+    CHECK(init_store(&d, &a, &b, "fault") == 0, "store init and device registration");
     pid = start(d.root, d.data, d.key, errname, ops, &port);
     CHECK(port > 0, "doorstepd did not start");
     su_ops o = {0};
@@ -375,7 +389,7 @@ static void map_full_scenario(void)
     enum { BATCH = 50, MAXD = 2000 };
     su_dir d;
     su_dev a, b;
-    char cmd[2048], msg[256];
+    char msg[256];
     int port = 0;
     pid_t pid = -1;
     store *st = NULL;
@@ -386,32 +400,7 @@ static void map_full_scenario(void)
     size_t acked = 0, refused_at = 0;
     printf("== scenario: map full (--map-max 1M)\n");
     su_dir_make(&d, "mapfull");
-    snprintf(cmd, sizeof cmd,
-             "DOORSTEP_ADMIN_PASSWORD=fault-test-pw '%s/doorstepctl' --data '%s' --key-file '%s' "
-             "init --campaign-year 2026 >/dev/null",
-             build, d.data, d.key);
-    CHECK(env && system(cmd) == 0, "doorstepctl init");
-    {
-        char e_[512];
-        store_txn *t;
-        CHECK(store_open(d.data, d.key, NULL, &st, e_, sizeof e_) == 0, "store_open: %s", e_);
-        CHECK(store_begin(st, STORE_RW, &t) == 0, "begin");
-        su_dev *devs[2] = {&a, &b};
-        for (uint32_t i = 1; i <= 2; i++) {
-            su_dev_init(devs[i - 1], i);
-            store_device dv = {.id = i, .state = STORE_DEV_ACTIVE, .epoch = 1};
-            snprintf(dv.volunteer, sizeof dv.volunteer, "mapfull%u", i);
-            store_key k = {.dev = i, .epoch = 1, .state = STORE_KEY_ACTIVE};
-            memcpy(k.pk, devs[i - 1]->pk, 32);
-            const char *scope[] = {"H1"};
-            CHECK(!store_device_put(t, &dv) && !store_key_put(t, &k) &&
-                      !store_device_scope_set(t, i, scope, 1),
-                  "register");
-        }
-        CHECK(store_commit(t) == 0, "commit");
-        store_close(st);
-        st = NULL;
-    }
+    CHECK(env && init_store(&d, &a, &b, "mapfull") == 0, "store init and device registration");
     /* Large deltas: a 1000-character note each (the map fills in a few
      * hundred).  Pseudo-random letters: the store compresses values, and
      * a repeating pattern would shrink to nothing. */
