@@ -732,7 +732,9 @@ int store_merge_reviewed(store_txn *t, const store_item *it, store_outcome *out)
     sseq++;
     be64(sk, sseq);
     /* sseq = last + 1: the log is written in key order (full pages). */
-    if ((rc = store_put_packed(t, DB_DELTAS, sk, 8, it->env, it->env_len, true))) return rc;
+    rc = it->packed ? store_put_prepacked(t, DB_DELTAS, sk, 8, it->packed, it->packed_len, true)
+                    : store_put_packed(t, DB_DELTAS, sk, 8, it->env, it->env_len, true);
+    if (rc) return rc;
     t->last_sseq = sseq;
     t->have_last_sseq = true;
     rc = load_or_new(t, d->kind, d->kind_len, d->id, d->id_len, &rec);
@@ -795,6 +797,11 @@ static int batch_once(store *s, const uint8_t *const *envs, const size_t *lens, 
         it.env_len = lens[i];
         it.delta = &d;
         wire_delta_hash(db, dl, it.hash);
+        /* As the server's verify workers do (sync_job_verify), so that
+         * store_append costs here what it costs on the server's writer. */
+        rc = store_pack_envelope(s, envs[i], lens[i], a, &it.packed, &it.packed_len);
+        if (rc == CRDT_ENOMEM) goto fail;
+        if (rc) it.packed = NULL, it.packed_len = 0; /* store_append reports it */
         if ((rc = store_append(t, &it, now_ms, max_ahead_ms, &outs[i]))) goto fail;
     }
     rc = store_commit(t);

@@ -103,7 +103,9 @@ struct store {
     /* Compression (pack.c): the dictionary (meta "zdict1", loaded at open
      * and read-only after), zstd's objects for it, and a pool of
      * decompression contexts under zlock.  zcc is used only inside a write
-     * txn (one at a time per process). */
+     * txn (one at a time per process); zcctx is a pool of compression
+     * contexts (same dictionary and parameters) for store_pack_envelope on
+     * any thread, also under zlock. */
     pthread_mutex_t zlock;
     uint8_t *zdict;
     size_t zdict_n;
@@ -112,6 +114,8 @@ struct store {
     struct ZSTD_CCtx_s *zcc;
     struct ZSTD_DCtx_s *zdctx[8];
     int n_zdctx;
+    struct ZSTD_CCtx_s *zcctx[8];
+    int n_zcctx;
 };
 
 struct store_txn {
@@ -160,6 +164,10 @@ int store_put_packed(store_txn *t, int db, const void *k, size_t kn, const void 
                      bool append);
 int store_get_packed(store_txn *t, int db, const void *k, size_t kn, crdt_buf *out);
 int store_unpack(store_txn *t, crdt_buf *plain);
+/* Seal and put a value store_pack_envelope already packed (p: a zstd frame
+ * with the tag, or msgpack as it is); STORE_EINVAL for anything else. */
+int store_put_prepacked(store_txn *t, int db, const void *k, size_t kn, const uint8_t *p,
+                        size_t pn, bool append);
 /* The dictionary built from a schema (deterministic); store_zdict_put puts
  * it in meta "zdict1" (store_init); store_zdict_load loads it from meta into
  * the store (STORE_ENOTFOUND if absent); store_zdict_upgrade makes a format 1
