@@ -128,6 +128,13 @@ struct store_txn {
     crdt_buf scratch;   /* sealing/unsealing */
     crdt_buf scratch2;
     crdt_buf zbuf;      /* compressing/decompressing (pack.c) */
+    /* Write txns only: the record last read or written by this txn
+     * (store_get_record, put_record in append.c), decoded, owned; NULL if
+     * none.  It always equals records[kind, id] as this txn sees it:
+     * put_record is the only writer of DB_RECORDS and replaces it.  Saves
+     * decoding a record again when the writer's scope check, the merge and
+     * the next delta of the batch read the same one. */
+    crdt_record *rcache;
 };
 
 /* LMDB code -> STORE_E*. */
