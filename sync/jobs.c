@@ -154,12 +154,13 @@ fail_all:
     return rc;
 }
 
+/* Append h (duplicates too: sync_jobs_commit sorts and dedupes once at the
+ * end; a linear search per delta was quadratic in the batch's households). */
 static int add_touched(char (**touched)[CRDT_RECID_MAX + 1], size_t *n, size_t *cap,
                        const char *h)
 {
     if (!*h) return 0;
-    for (size_t i = 0; i < *n; i++)
-        if (!strcmp((*touched)[i], h)) return 0;
+    if (*n && !strcmp((*touched)[*n - 1], h)) return 0; /* a push's run */
     if (*n == *cap) {
         size_t nc = *cap ? *cap * 2 : 64;
         void *p = realloc(*touched, nc * sizeof **touched);
@@ -169,6 +170,23 @@ static int add_touched(char (**touched)[CRDT_RECID_MAX + 1], size_t *n, size_t *
     }
     strcpy((*touched)[(*n)++], h);
     return 0;
+}
+
+static int touched_cmp(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+/* Sort and drop duplicates. */
+static void touched_unique(char (*touched)[CRDT_RECID_MAX + 1], size_t *n)
+{
+    size_t k = 0;
+    if (*n < 2) return;
+    qsort(touched, *n, sizeof *touched, touched_cmp);
+    for (size_t i = 1; i < *n; i++)
+        if (strcmp(touched[i], touched[k]) && ++k != i)
+            memcpy(touched[k], touched[i], sizeof *touched);
+    *n = k + 1;
 }
 
 static int commit_once(store *st, const sync_config *cfg, sync_job *jobs, uint64_t now_ms)
@@ -225,5 +243,6 @@ int sync_jobs_commit(store *st, const sync_config *cfg, sync_job *jobs, uint64_t
                 add_touched(touched, n_touched, &cap, j->items[i].out.household))
                 break; /* out of memory only costs live wake-ups */
     }
+    touched_unique(*touched, n_touched);
     return rc;
 }
