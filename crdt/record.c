@@ -274,11 +274,18 @@ void crdt_record_free(crdt_record *r)
     free(r);
 }
 
-int crdt_record_merge(crdt_record *r, const crdt_record *o)
+/*
+ * r := r ⊔ o.  With steal (o is a scratch record the caller frees right
+ * after: crdt_record_apply's one-delta record), fields only o has are moved
+ * into r instead of deep-copied; they are taken from o (zeroed there) only
+ * once everything succeeded, so a failure leaves r and o as they were.
+ */
+static int record_merge(crdt_record *r, crdt_record *o, bool steal)
 {
     crdt_field *nf = NULL, tomb;
-    bool *fresh = NULL;   /* nf[k] was built here (vs moved from r) */
+    bool *fresh = NULL;   /* nf[k] was built here (vs moved from r or o) */
     bool *moved = NULL;   /* r->fields[i] was moved into nf */
+    bool *taken = NULL;   /* o->fields[j] was moved into nf (steal) */
     uint32_t i = 0, j = 0, k = 0;
     int rc = CRDT_ENOMEM;
     if (!r || !o) return CRDT_EINVAL;
@@ -287,9 +294,11 @@ int crdt_record_merge(crdt_record *r, const crdt_record *o)
 
     uint32_t cap = r->n_fields + o->n_fields;
     nf = calloc(cap ? cap : 1, sizeof(*nf));
-    fresh = calloc(cap ? cap : 1, sizeof(*fresh));
-    moved = calloc(r->n_fields ? r->n_fields : 1, sizeof(*moved));
-    if (!nf || !fresh || !moved) goto fail;
+    /* One allocation for the three flag arrays. */
+    fresh = calloc((size_t)cap + r->n_fields + o->n_fields + 1, sizeof(*fresh));
+    if (!nf || !fresh) goto fail;
+    moved = fresh + cap;
+    taken = moved + r->n_fields;
 
     while (i < r->n_fields || j < o->n_fields) {
         int c = j == o->n_fields ? -1
@@ -298,6 +307,9 @@ int crdt_record_merge(crdt_record *r, const crdt_record *o)
         if (c < 0) {
             nf[k++] = r->fields[i];
             moved[i++] = true;
+        } else if (c > 0 && steal) {
+            nf[k++] = o->fields[j];
+            taken[j++] = true;
         } else if (c > 0) {
             if ((rc = field_copy(&o->fields[j++], &nf[k]))) goto fail;
             fresh[k++] = true;
@@ -321,8 +333,9 @@ int crdt_record_merge(crdt_record *r, const crdt_record *o)
     r->n_fields = k;
     r->cap_fields = cap;
     r->tomb = tomb;
+    for (j = 0; j < o->n_fields; j++)
+        if (taken[j]) memset(&o->fields[j], 0, sizeof(o->fields[j]));
     free(fresh);
-    free(moved);
     return CRDT_OK;
 
 fail:
@@ -331,9 +344,13 @@ fail:
             if (fresh[x]) field_free(&nf[x]);
     free(nf);
     free(fresh);
-    free(moved);
     field_free(&tomb);
     return rc;
+}
+
+int crdt_record_merge(crdt_record *r, const crdt_record *o)
+{
+    return record_merge(r, (crdt_record *)o, false); /* o is only read */
 }
 
 crdt_record *crdt_record_dup(const crdt_record *r)
@@ -499,7 +516,7 @@ int crdt_record_apply(crdt_record *r, const crdt_schema *s, const crdt_delta *d)
         }
         memset(&ops[i], 0, sizeof(ops[i]));
     }
-    rc = crdt_record_merge(r, one);
+    rc = record_merge(r, one, true); /* one is freed below */
 fail:
     for (uint32_t i = 0; i < nops; i++) field_free(&ops[i]);
     free(ops);
@@ -511,15 +528,14 @@ fail:
 
 const crdt_field *crdt_record_field(const crdt_record *r, const char *name, crdt_blob key)
 {
-    crdt_field probe;
-    if (!r || !name || strlen(name) >= CRDT_NAME_MAX) return NULL;
-    memset(&probe, 0, sizeof(probe));
-    strcpy(probe.name, name);
-    probe.key = key;
+    if (!r || !name) return NULL;
+    /* Compared in place (as field_cmp would compare a probe holding name
+     * and key); a name of CRDT_NAME_MAX bytes or more matches no field. */
     uint32_t lo = 0, hi = r->n_fields;
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
-        int c = field_cmp(&r->fields[mid], &probe);
+        int c = strcmp(r->fields[mid].name, name);
+        if (!c) c = crdt_blob_cmp(r->fields[mid].key, key);
         if (c == 0) return &r->fields[mid];
         if (c < 0) lo = mid + 1;
         else hi = mid;

@@ -232,20 +232,86 @@ static int add_to(store_txn *t, const contrib *c, int sign)
     return STORE_OK;
 }
 
+/* Week w's count in c (0 if absent). */
+static int64_t week_count(const contrib *c, uint32_t w)
+{
+    for (uint32_t i = 0; i < c->nweeks; i++)
+        if (c->weeks[i] == w) return c->week_n[i];
+    return 0;
+}
+
+/* Add one week's change (delta) to the grid's week count k||0||w. */
+static int add_week_delta(store_txn *t, const uint8_t *k, size_t kl, uint32_t w, int64_t delta)
+{
+    uint8_t wk[310];
+    MDB_val v;
+    int64_t n = 0;
+    memcpy(wk, k, kl);
+    wk[kl] = 0;
+    be32(wk + kl + 1, w);
+    int rc = store_get(t, DB_AGGW, wk, kl + 5, &v);
+    if (rc == STORE_OK && v.mv_size == 8) memcpy(&n, v.mv_data, 8);
+    else if (rc != STORE_ENOTFOUND) return rc ? rc : STORE_ECORRUPT;
+    n += delta;
+    return store_put(t, DB_AGGW, wk, kl + 5, &n, 8);
+}
+
+/*
+ * c0 and c1 in the same (non-empty) place: add c1 - c0 once, reading and
+ * writing only the sums and weeks that change.  The same result as
+ * add_to(c0, -1) then add_to(c1, +1) (which rewrite what they read with
+ * the same value where nothing changes), at half the reads and writes or
+ * less: a delta that adds one visit to a person with many touches one week.
+ */
+static int add_change(store_txn *t, const contrib *c0, const contrib *c1)
+{
+    uint8_t k[300];
+    MDB_val v;
+    int64_t sums[AGG_FIELDS];
+    bool any = false;
+    int rc;
+    const char *parts[] = {c1->c, c1->g};
+    size_t kl = store_key_join(k, sizeof k, parts, 2);
+    if (!kl) return STORE_EINVAL;
+    for (int i = 0; i < AGG_FIELDS; i++) any |= c1->v[i] != c0->v[i];
+    if (any) {
+        rc = store_get(t, DB_AGG, k, kl, &v);
+        if (rc == STORE_ENOTFOUND) memset(sums, 0, sizeof sums);
+        else if (rc) return rc;
+        else if (v.mv_size != sizeof sums) return STORE_ECORRUPT;
+        else memcpy(sums, v.mv_data, sizeof sums);
+        for (int i = 0; i < AGG_FIELDS; i++) sums[i] += c1->v[i] - c0->v[i];
+        if ((rc = store_put(t, DB_AGG, k, kl, sums, sizeof sums))) return rc;
+    }
+    for (uint32_t i = 0; i < c0->nweeks; i++) { /* weeks gone or changed */
+        int64_t d = week_count(c1, c0->weeks[i]) - c0->week_n[i];
+        if (d && (rc = add_week_delta(t, k, kl, c0->weeks[i], d))) return rc;
+    }
+    for (uint32_t i = 0; i < c1->nweeks; i++) { /* weeks new */
+        if (week_count(c0, c1->weeks[i])) continue; /* done above */
+        if ((rc = add_week_delta(t, k, kl, c1->weeks[i], c1->week_n[i]))) return rc;
+    }
+    return STORE_OK;
+}
+
 int store_agg_person(store_txn *t, const crdt_record *before, const crdt_record *after,
                      const char *h0, const char *h1)
 {
     place p0, p1;
-    contrib *c = malloc(sizeof *c);
+    contrib *c = malloc(2 * sizeof *c); /* before, after */
     int rc;
     if (!c) return CRDT_ENOMEM;
     if ((rc = place_of_id(t, h0, &p0))) goto out;
     if (h1 && h0 && !strcmp(h0, h1)) p1 = p0;
     else if ((rc = place_of_id(t, h1, &p1))) goto out;
-    person_contrib(t->s, before, &p0, c);
-    if ((rc = add_to(t, c, -1))) goto out;
-    person_contrib(t->s, after, &p1, c);
-    rc = add_to(t, c, +1);
+    person_contrib(t->s, before, &p0, &c[0]);
+    person_contrib(t->s, after, &p1, &c[1]);
+    if (c[0].c[0] && !strcmp(c[0].c, c[1].c) && !strcmp(c[0].g, c[1].g)) {
+        rc = add_change(t, &c[0], &c[1]);
+    } else {
+        if ((rc = add_to(t, &c[0], -1))) goto out;
+        rc = add_to(t, &c[1], +1);
+    }
 out:
     free(c);
     return rc;

@@ -291,23 +291,61 @@ static size_t record_key(uint8_t *out, const char *kind, size_t kl, const char *
     return kl + 1 + il;
 }
 
-int store_get_record(store_txn *t, const char *kind, const char *id, crdt_record **out)
+/* Is the txn's cached record records[kind, id]? */
+static bool rcache_is(const store_txn *t, const char *kind, const char *id)
+{
+    return t->rcache && !strcmp(t->rcache->kind, kind) && !strcmp(t->rcache->id, id);
+}
+
+/* Make r (owned) the txn's cached record. */
+static void rcache_set(store_txn *t, crdt_record *r)
+{
+    crdt_record_free(t->rcache);
+    t->rcache = r;
+}
+
+/* The record, decoded; *out owned by the caller.  In a write txn the
+ * record last read or written is kept decoded (t->rcache): a hit costs a
+ * copy instead of a read, unseal, decompress and decode.  With take, a hit
+ * hands over the cached record itself (the caller writes the record back
+ * through put_record, which caches it again). */
+static int get_record(store_txn *t, const char *kind, const char *id, bool take,
+                      crdt_record **out)
 {
     uint8_t k[CRDT_NAME_MAX + CRDT_RECID_MAX + 2];
     size_t kl = strlen(kind), il = strlen(id);
     *out = NULL;
     if (kl >= CRDT_NAME_MAX || il > CRDT_RECID_MAX) return STORE_EINVAL;
+    if (rcache_is(t, kind, id)) {
+        if (take) {
+            *out = t->rcache;
+            t->rcache = NULL;
+        } else if (!(*out = crdt_record_dup(t->rcache))) {
+            return CRDT_ENOMEM;
+        }
+        return STORE_OK;
+    }
     size_t n = record_key(k, kind, kl, id, il);
     int rc = store_get_packed(t, DB_RECORDS, k, n, &t->scratch2);
     if (rc) return rc;
     rc = crdt_record_decode(t->scratch2.p, t->scratch2.n, out);
-    return rc == CRDT_ENOMEM ? rc : rc ? STORE_ECORRUPT : STORE_OK;
+    if (rc) return rc == CRDT_ENOMEM ? rc : STORE_ECORRUPT;
+    if (t->rw && !take) rcache_set(t, crdt_record_dup(*out)); /* NULL (no cache) on ENOMEM */
+    return STORE_OK;
 }
 
+int store_get_record(store_txn *t, const char *kind, const char *id, crdt_record **out)
+{
+    return get_record(t, kind, id, false, out);
+}
+
+/* Write r (the only writer of DB_RECORDS).  A cached copy of the record
+ * is dropped: the caller may cache r once it is done with it. */
 static int put_record(store_txn *t, const crdt_record *r)
 {
     uint8_t k[CRDT_NAME_MAX + CRDT_RECID_MAX + 2];
     size_t n = record_key(k, r->kind, strlen(r->kind), r->id, strlen(r->id));
+    if (rcache_is(t, r->kind, r->id)) rcache_set(t, NULL);
     crdt_buf_reset(&t->scratch2);
     int rc = crdt_record_encode(r, &t->scratch2);
     if (rc) return rc;
@@ -526,7 +564,7 @@ static int load_or_new(store_txn *t, const char *kind, size_t kl, const char *id
     k[kl] = 0;
     memcpy(i, id, il);
     i[il] = 0;
-    int rc = store_get_record(t, k, i, out);
+    int rc = get_record(t, k, i, true, out);
     if (rc != STORE_ENOTFOUND) return rc;
     *out = crdt_record_new(kind, kl, id, il);
     return *out ? STORE_OK : CRDT_ENOMEM;
@@ -732,7 +770,9 @@ int store_merge_reviewed(store_txn *t, const store_item *it, store_outcome *out)
     sseq++;
     be64(sk, sseq);
     /* sseq = last + 1: the log is written in key order (full pages). */
-    if ((rc = store_put_packed(t, DB_DELTAS, sk, 8, it->env, it->env_len, true))) return rc;
+    rc = it->packed ? store_put_prepacked(t, DB_DELTAS, sk, 8, it->packed, it->packed_len, true)
+                    : store_put_packed(t, DB_DELTAS, sk, 8, it->env, it->env_len, true);
+    if (rc) return rc;
     t->last_sseq = sseq;
     t->have_last_sseq = true;
     rc = load_or_new(t, d->kind, d->kind_len, d->id, d->id_len, &rec);
@@ -758,6 +798,8 @@ int store_merge_reviewed(store_txn *t, const store_item *it, store_outcome *out)
     if (d->hlc > t->hwm) t->hwm = d->hlc; /* written by store_commit, as above */
     out->result = STORE_APPLIED;
     out->sseq = sseq;
+    rcache_set(t, rec); /* as written: the next delta of the batch may want it */
+    rec = NULL;
 done:
     crdt_record_free(before);
     crdt_record_free(rec);
@@ -795,6 +837,11 @@ static int batch_once(store *s, const uint8_t *const *envs, const size_t *lens, 
         it.env_len = lens[i];
         it.delta = &d;
         wire_delta_hash(db, dl, it.hash);
+        /* As the server's verify workers do (sync_job_verify), so that
+         * store_append costs here what it costs on the server's writer. */
+        rc = store_pack_envelope(s, envs[i], lens[i], a, &it.packed, &it.packed_len);
+        if (rc == CRDT_ENOMEM) goto fail;
+        if (rc) it.packed = NULL, it.packed_len = 0; /* store_append reports it */
         if ((rc = store_append(t, &it, now_ms, max_ahead_ms, &outs[i]))) goto fail;
     }
     rc = store_commit(t);

@@ -103,7 +103,9 @@ struct store {
     /* Compression (pack.c): the dictionary (meta "zdict1", loaded at open
      * and read-only after), zstd's objects for it, and a pool of
      * decompression contexts under zlock.  zcc is used only inside a write
-     * txn (one at a time per process). */
+     * txn (one at a time per process); zcctx is a pool of compression
+     * contexts (same dictionary and parameters) for store_pack_envelope on
+     * any thread, also under zlock. */
     pthread_mutex_t zlock;
     uint8_t *zdict;
     size_t zdict_n;
@@ -112,6 +114,8 @@ struct store {
     struct ZSTD_CCtx_s *zcc;
     struct ZSTD_DCtx_s *zdctx[8];
     int n_zdctx;
+    struct ZSTD_CCtx_s *zcctx[8];
+    int n_zcctx;
 };
 
 struct store_txn {
@@ -124,6 +128,13 @@ struct store_txn {
     crdt_buf scratch;   /* sealing/unsealing */
     crdt_buf scratch2;
     crdt_buf zbuf;      /* compressing/decompressing (pack.c) */
+    /* Write txns only: the record last read or written by this txn
+     * (store_get_record, put_record in append.c), decoded, owned; NULL if
+     * none.  It always equals records[kind, id] as this txn sees it:
+     * put_record is the only writer of DB_RECORDS and replaces it.  Saves
+     * decoding a record again when the writer's scope check, the merge and
+     * the next delta of the batch read the same one. */
+    crdt_record *rcache;
 };
 
 /* LMDB code -> STORE_E*. */
@@ -160,6 +171,10 @@ int store_put_packed(store_txn *t, int db, const void *k, size_t kn, const void 
                      bool append);
 int store_get_packed(store_txn *t, int db, const void *k, size_t kn, crdt_buf *out);
 int store_unpack(store_txn *t, crdt_buf *plain);
+/* Seal and put a value store_pack_envelope already packed (p: a zstd frame
+ * with the tag, or msgpack as it is); STORE_EINVAL for anything else. */
+int store_put_prepacked(store_txn *t, int db, const void *k, size_t kn, const uint8_t *p,
+                        size_t pn, bool append);
 /* The dictionary built from a schema (deterministic); store_zdict_put puts
  * it in meta "zdict1" (store_init); store_zdict_load loads it from meta into
  * the store (STORE_ENOTFOUND if absent); store_zdict_upgrade makes a format 1

@@ -327,6 +327,7 @@ static void txn_free(store_txn *t)
     crdt_buf_free(&t->scratch);
     crdt_buf_free(&t->scratch2);
     crdt_buf_free(&t->zbuf);
+    crdt_record_free(t->rcache);
     free(t);
 }
 

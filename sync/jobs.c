@@ -128,6 +128,14 @@ int sync_job_verify(store *st, const sync_config *cfg, sync_job *j)
         else if (key.state == STORE_KEY_RETIRED && it->delta.seq > key.sealed_seq)
             it->quarantine = STORE_Q_SEALED;
         wire_delta_hash(db, dl, it->hash);
+        /* Compress the envelope here, in parallel, rather than on the
+         * single writer.  Only an optimisation: if it fails (out of
+         * memory), the writer compresses it as before. */
+        if (!it->quarantine &&
+            store_pack_envelope(st, it->env, it->env_len, j->arena, &it->packed, &it->packed_len)) {
+            it->packed = NULL;
+            it->packed_len = 0;
+        }
     }
     store_abort(t);
     return SYNC_OK;
@@ -146,12 +154,13 @@ fail_all:
     return rc;
 }
 
+/* Append h (duplicates too: sync_jobs_commit sorts and dedupes once at the
+ * end; a linear search per delta was quadratic in the batch's households). */
 static int add_touched(char (**touched)[CRDT_RECID_MAX + 1], size_t *n, size_t *cap,
                        const char *h)
 {
     if (!*h) return 0;
-    for (size_t i = 0; i < *n; i++)
-        if (!strcmp((*touched)[i], h)) return 0;
+    if (*n && !strcmp((*touched)[*n - 1], h)) return 0; /* a push's run */
     if (*n == *cap) {
         size_t nc = *cap ? *cap * 2 : 64;
         void *p = realloc(*touched, nc * sizeof **touched);
@@ -161,6 +170,23 @@ static int add_touched(char (**touched)[CRDT_RECID_MAX + 1], size_t *n, size_t *
     }
     strcpy((*touched)[(*n)++], h);
     return 0;
+}
+
+static int touched_cmp(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+/* Sort and drop duplicates. */
+static void touched_unique(char (*touched)[CRDT_RECID_MAX + 1], size_t *n)
+{
+    size_t k = 0;
+    if (*n < 2) return;
+    qsort(touched, *n, sizeof *touched, touched_cmp);
+    for (size_t i = 1; i < *n; i++)
+        if (strcmp(touched[i], touched[k]) && ++k != i)
+            memcpy(touched[k], touched[i], sizeof *touched);
+    *n = k + 1;
 }
 
 static int commit_once(store *st, const sync_config *cfg, sync_job *jobs, uint64_t now_ms)
@@ -174,7 +200,8 @@ static int commit_once(store *st, const sync_config *cfg, sync_job *jobs, uint64
             sync_job_item *it = &j->items[i];
             memset(&it->out, 0, sizeof it->out);
             if (it->code) continue;
-            store_item si = {it->env, it->env_len, &it->delta, {0}, it->quarantine};
+            store_item si = {it->env, it->env_len, &it->delta, {0}, it->quarantine,
+                             it->packed, it->packed_len};
             memcpy(si.hash, it->hash, CRDT_HASH_BYTES);
             if (!it->quarantine) {
                 /* Out of scope: kept in quarantine (not dropped), and the
@@ -216,5 +243,6 @@ int sync_jobs_commit(store *st, const sync_config *cfg, sync_job *jobs, uint64_t
                 add_touched(touched, n_touched, &cap, j->items[i].out.household))
                 break; /* out of memory only costs live wake-ups */
     }
+    touched_unique(*touched, n_touched);
     return rc;
 }
