@@ -39,6 +39,8 @@ static void usage(FILE *f)
             "  --data DIR        data directory (or DOORSTEP_DATA)\n"
             "  --key-file F      data key file (or DOORSTEP_KEY_FILE; default DIR.key)\n"
             "  --listen H:P      address to listen on (default 127.0.0.1:8080; port 0 = any)\n"
+            "  --tls-cert F      PEM certificate: serve wss:// and HTTPS (with --tls-key)\n"
+            "  --tls-key F       PEM private key for --tls-cert\n"
             "  --allow-plain     allow plain ws on a non-loopback address\n"
             "  --static DIR      serve the dashboard files in DIR at /\n"
             "  --log-level L     0 quiet, 1 normal (default), 2 notices, 3 debug\n"
