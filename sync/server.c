@@ -579,8 +579,20 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
             sync_out out;
             bool more = false;
             sync_out_init(&out);
-            if (sync_session_live(c->sess, &out, &more) == 0) conn_queue(c, &out);
-            else sync_frames_free(out.frames);
+            if (sync_session_live(c->sess, &out, &more) == 0) {
+                conn_queue(c, &out);
+            } else {
+                /* Out of memory (or the store unreadable): dropping the
+                 * page silently left live_pending false and the backlog
+                 * unsent until the next relevant commit.  Close (1011)
+                 * instead; the device reconnects and pulls from its cursor
+                 * (tests/faults/alloc_failures.c, live path). */
+                sync_frames_free(out.frames);
+                sync_out_init(&out);
+                out.close_code = LWS_CLOSE_STATUS_UNEXPECTED_CONDITION;
+                conn_queue(c, &out);
+                more = false;
+            }
             c->live_pending = more;
         }
         if (c->q) {

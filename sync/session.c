@@ -904,10 +904,16 @@ int sync_session_live(sync_session *s, sync_out *out, bool *more)
     if (s->state != ST_READY || !s->subscribed) return SYNC_OK;
     store_txn *t;
     uint64_t last = 0;
-    if (store_begin(s->st, STORE_RDONLY, &t) == 0) {
-        store_last_sseq(t, &last);
-        store_abort(t);
-    }
+    /* A read transaction that could not be begun, or a log end that could
+     * not be read (out of memory: found by tests/faults/alloc_failures.c,
+     * live path, allocations 3 and 5), is a failure, not "nothing new":
+     * answering SYNC_OK with *more false made the server stop sending the
+     * backlog until the next relevant commit. */
+    int brc = store_begin(s->st, STORE_RDONLY, &t);
+    if (brc) return brc;
+    brc = store_last_sseq(t, &last);
+    store_abort(t);
+    if (brc) return brc;
     if (last <= s->cursor) return SYNC_OK; /* nothing new anywhere */
     /* Only send a frame if it carries something (or moves the cursor). */
     sync_out tmp;

@@ -229,7 +229,9 @@ int sync_session_job_done(sync_session *s, sync_job *j, sync_out *out);
 
 /* Live changes: if subscribed and behind, the next page of changes (at most
  * one frame, so a slow reader is flow-controlled by the caller sending it
- * only when the socket is writable).  *more says whether to call again. */
+ * only when the socket is writable).  *more says whether to call again.
+ * Returns 0, or an error (CRDT_ENOMEM, a store error) with no frame and the
+ * live cursor unchanged: the caller closes the connection (1011). */
 int sync_session_live(sync_session *s, sync_out *out, bool *more);
 
 /* After an administrative change (store_admin_gen moved): is the session's

@@ -1,6 +1,9 @@
 /*
- * alloc_failures.c — memory allocation failures on the push path (issue #9,
- * docs/RELIABILITY.md): no crash, no leak, no wrong ack, nothing partial.
+ * alloc_failures.c — memory allocation failures on the push path and on
+ * the read paths a device uses on every sync (pull, subscribe + live,
+ * snapshot; issue #9, docs/RELIABILITY.md): no crash, no leak, no wrong ack
+ * or answer, nothing partial.  The read paths are described above
+ * read_run() below.
  *
  * tests/common/failalloc.c replaces malloc and friends for this process;
  * failalloc_arm(n) makes the n-th allocation from then on fail, once.  For
@@ -571,6 +574,396 @@ static void test_commit_path(void **state)
            (unsigned long long)(n - 1), mono_s() - t0, n_commit_failed, n_no_answer, n_acked);
 }
 
+/* ---- read paths: pull, subscribe + live, snapshot ---------------------------------- */
+
+/*
+ * After an unarmed push of the run's three deltas (server seqs 1..3), one
+ * read request goes through sync_session_input with allocation nth failing
+ * (for live: the subscribe and then sync_session_live).  Allowed outcomes:
+ * input returns CRDT_ENOMEM (the server closes the connection), a retryable
+ * error frame with the request's id, or the complete answer: a `changes`
+ * frame with exactly the expected envelopes byte for byte, their seqs and
+ * the right cursor, or signed snapshot pages that all verify and together
+ * hold exactly the records of an unarmed snapshot.  sync_session_live may
+ * also fail (rc != 0, no frame) as long as the live cursor did not move: the
+ * unarmed call that follows must then deliver everything.  After every armed
+ * request the same session must answer the same request completely,
+ * unarmed (nothing in the session was left half-changed).
+ */
+typedef enum { RP_PULL, RP_PULL_PAGED, RP_LIVE, RP_SNAPSHOT, RP_SNAPSHOT_K, RP_COUNT } read_path;
+static const char *const rp_name[RP_COUNT] = {"pull", "pull (paged, m=2)", "subscribe + live",
+                                              "snapshot", "snapshot of listed persons"};
+static unsigned n_answered, n_live_failed;
+
+static const msgpack_object *mp_key(const msgpack_object *map, const char *key)
+{
+    if (map->type != MSGPACK_OBJECT_MAP) return NULL;
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object_kv *kv = &map->via.map.ptr[i];
+        if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == strlen(key) &&
+            !memcmp(kv->key.via.str.ptr, key, kv->key.via.str.size))
+            return &kv->val;
+    }
+    return NULL;
+}
+
+static uint64_t mp_uint(const msgpack_object *map, const char *key)
+{
+    const msgpack_object *v = mp_key(map, key);
+    if (!v || v->type != MSGPACK_OBJECT_POSITIVE_INTEGER) fail_msg("key %s: no uint", key);
+    return v->via.u64;
+}
+
+static bool mp_bool(const msgpack_object *map, const char *key)
+{
+    const msgpack_object *v = mp_key(map, key);
+    if (!v || v->type != MSGPACK_OBJECT_BOOLEAN) fail_msg("key %s: no bool", key);
+    return v->via.boolean;
+}
+
+/* A changes frame with id `id` holding envelopes first..first+count-1 of r
+ * (server seqs first+1..), `more`, and cursor `n`. */
+static void expect_changes(const sync_frame *f, const run *r, uint64_t id, unsigned first,
+                           unsigned count, bool more, uint64_t n)
+{
+    msgpack_unpacked up;
+    size_t off = 0;
+    msgpack_unpacked_init(&up);
+    assert_int_equal(msgpack_unpack_next(&up, (const char *)sync_frame_data((sync_frame *)f),
+                                         f->len, &off),
+                     MSGPACK_UNPACK_SUCCESS);
+    assert_int_equal(off, f->len);
+    const msgpack_object *m = &up.data;
+    assert_int_equal(m->type, MSGPACK_OBJECT_MAP);
+    assert_int_equal(m->via.map.size, 6);
+    const msgpack_object *t = mp_key(m, "t"), *e = mp_key(m, "e"), *q = mp_key(m, "q");
+    assert_non_null(t);
+    assert_true(t->type == MSGPACK_OBJECT_STR && t->via.str.size == 7 &&
+                !memcmp(t->via.str.ptr, "changes", 7));
+    assert_int_equal(mp_uint(m, "id"), id);
+    assert_true(e && e->type == MSGPACK_OBJECT_ARRAY);
+    assert_true(q && q->type == MSGPACK_OBJECT_ARRAY);
+    if (e->via.array.size != count || q->via.array.size != count)
+        fail_msg("changes frame with %u envelopes and %u seqs, expected %u",
+                 e->via.array.size, q->via.array.size, count);
+    for (unsigned i = 0; i < count; i++) {
+        const msgpack_object *b = &e->via.array.ptr[i];
+        const crdt_buf *want = &r->env[first + i];
+        assert_int_equal(b->type, MSGPACK_OBJECT_BIN);
+        assert_int_equal(b->via.bin.size, want->n);
+        assert_memory_equal(b->via.bin.ptr, want->p, want->n);
+        assert_int_equal(q->via.array.ptr[i].type, MSGPACK_OBJECT_POSITIVE_INTEGER);
+        assert_int_equal(q->via.array.ptr[i].via.u64, first + i + 1);
+    }
+    if (mp_bool(m, "more") != more) fail_msg("changes frame: more is %d, expected %d", !more, more);
+    if (mp_uint(m, "n") != n)
+        fail_msg("changes frame: cursor %llu, expected %llu",
+                 (unsigned long long)mp_uint(m, "n"), (unsigned long long)n);
+    msgpack_unpacked_destroy(&up);
+}
+
+/* The retryable error answering request `id`. */
+static void expect_retryable_error(const sync_frame *f, uint64_t id)
+{
+    const uint8_t *p = sync_frame_data((sync_frame *)f);
+    int64_t code = 0;
+    uint64_t got = 0;
+    assert_string_equal(mp_type(p, f->len), "error");
+    assert_true(mp_get_i64(p, f->len, "c", &code));
+    if (!error_retryable(p, f->len))
+        fail_msg("read request refused with the non-retryable %lld (%s)", (long long)code,
+                 sync_strerror((int)code));
+    assert_true(mp_get_u64(p, f->len, "id", &got));
+    assert_int_equal(got, id);
+}
+
+static void be(uint8_t *p, uint64_t v, int bytes)
+{
+    for (int i = bytes - 1; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
+}
+
+/* Snapshot pages answering request `id`: numbered 0.., `more` on all but
+ * the last, cursor `cursor`, every signature verifies (checked here from the
+ * records, independently of the server's code).  The records, each as
+ * len BE32 || bytes, are appended to *recs; returns their number. */
+static size_t expect_snapshot(const sync_out *out, store *st, const run *r, uint64_t id,
+                              uint64_t cursor, crdt_buf *recs)
+{
+    size_t nrec = 0;
+    uint32_t pageno = 0;
+    assert_non_null(out->frames);
+    for (const sync_frame *f = out->frames; f; f = f->next, pageno++) {
+        msgpack_unpacked up;
+        size_t off = 0;
+        msgpack_unpacked_init(&up);
+        assert_int_equal(msgpack_unpack_next(&up, (const char *)sync_frame_data((sync_frame *)f),
+                                             f->len, &off),
+                         MSGPACK_UNPACK_SUCCESS);
+        const msgpack_object *m = &up.data;
+        assert_int_equal(m->type, MSGPACK_OBJECT_MAP);
+        assert_int_equal(m->via.map.size, 7);
+        const msgpack_object *t = mp_key(m, "t"), *g = mp_key(m, "g"), *rs = mp_key(m, "r");
+        if (!t || t->type != MSGPACK_OBJECT_STR || t->via.str.size != 8 ||
+            memcmp(t->via.str.ptr, "snapshot", 8))
+            fail_msg("page %u of a snapshot is a %s frame", pageno,
+                     mp_type(sync_frame_data((sync_frame *)f), f->len));
+        assert_int_equal(mp_uint(m, "id"), id);
+        assert_int_equal(mp_uint(m, "p"), pageno);
+        assert_int_equal(mp_uint(m, "n"), cursor);
+        bool more = mp_bool(m, "more");
+        assert_int_equal(more, f->next != NULL);
+        assert_true(g && g->type == MSGPACK_OBJECT_BIN && g->via.bin.size == 64);
+        assert_true(rs && rs->type == MSGPACK_OBJECT_ARRAY);
+        crypto_generichash_state h;
+        crypto_generichash_init(&h, NULL, 0, 32);
+        for (uint32_t i = 0; i < rs->via.array.size; i++) {
+            const msgpack_object *b = &rs->via.array.ptr[i];
+            uint8_t len[4];
+            assert_int_equal(b->type, MSGPACK_OBJECT_BIN);
+            be(len, b->via.bin.size, 4);
+            crypto_generichash_update(&h, len, 4);
+            crypto_generichash_update(&h, (const uint8_t *)b->via.bin.ptr, b->via.bin.size);
+            crdt_buf_append(recs, len, 4);
+            crdt_buf_append(recs, b->via.bin.ptr, b->via.bin.size);
+            nrec++;
+        }
+        uint8_t msg[sizeof WIRE_DOMAIN_SNAPSHOT + 4 + 8 + 4 + 1 + 32];
+        memcpy(msg, WIRE_DOMAIN_SNAPSHOT, sizeof WIRE_DOMAIN_SNAPSHOT); /* with its 0 */
+        uint8_t *q = msg + sizeof WIRE_DOMAIN_SNAPSHOT;
+        be(q, r->dev_id, 4);
+        be(q + 4, cursor, 8);
+        be(q + 12, pageno, 4);
+        q[16] = more;
+        crypto_generichash_final(&h, q + 17, 32);
+        if (crypto_sign_verify_detached((const uint8_t *)g->via.bin.ptr, msg, sizeof msg,
+                                        store_server_pk(st)))
+            fail_msg("snapshot page %u: the signature does not verify", pageno);
+        msgpack_unpacked_destroy(&up);
+    }
+    return nrec;
+}
+
+static void read_request(read_path path, crdt_buf *req)
+{
+    crdt_buf_reset(req);
+    msgpack_packer pk;
+    switch (path) {
+    case RP_PULL: frame_pull(req, 9, 0, 500); break;
+    case RP_PULL_PAGED: frame_pull(req, 9, 0, 2); break;
+    case RP_LIVE: frame_subscribe(req, 0); break;
+    case RP_SNAPSHOT:
+    case RP_SNAPSHOT_K:
+        msgpack_packer_init(&pk, req, crdt_buf_pack_write);
+        msgpack_pack_map(&pk, path == RP_SNAPSHOT_K ? 3 : 2);
+        msgpack_pack_str_with_body(&pk, "id", 2);
+        msgpack_pack_uint64(&pk, 11);
+        if (path == RP_SNAPSHOT_K) {
+            msgpack_pack_str_with_body(&pk, "k", 1);
+            msgpack_pack_array(&pk, 2);
+            msgpack_pack_str_with_body(&pk, "P6000", 5);
+            msgpack_pack_str_with_body(&pk, "P-absent", 8);
+        }
+        msgpack_pack_str_with_body(&pk, "t", 1);
+        msgpack_pack_str_with_body(&pk, "snapshot", 8);
+        break;
+    default: fail();
+    }
+}
+
+/* The complete answer to `path`'s request, as frames in out (for live: the
+ * frame sync_session_live produced).  recs: see expect_snapshot. */
+static void expect_answer(read_path path, const sync_out *out, store *st, const run *r,
+                          crdt_buf *recs)
+{
+    check_frames(out);
+    switch (path) {
+    case RP_PULL:
+    case RP_LIVE:
+        assert_non_null(out->frames);
+        assert_null(out->frames->next);
+        expect_changes(out->frames, r, path == RP_LIVE ? 0 : 9, 0, NDELTA, false, NDELTA);
+        break;
+    case RP_PULL_PAGED:
+        assert_non_null(out->frames);
+        assert_null(out->frames->next);
+        expect_changes(out->frames, r, 9, 0, 2, true, 2);
+        break;
+    case RP_SNAPSHOT:
+        assert_int_equal(expect_snapshot(out, st, r, 11, NDELTA, recs), 2);
+        break;
+    case RP_SNAPSHOT_K:
+        assert_int_equal(expect_snapshot(out, st, r, 11, NDELTA, recs), 1);
+        break;
+    default: fail();
+    }
+}
+
+/* Unarmed: the request on session s must be answered completely. */
+static void read_clean(read_path path, sync_session *s, store *st, const run *r, crdt_buf *recs)
+{
+    crdt_buf req = {0};
+    read_request(path, &req);
+    sync_out out;
+    sync_out_init(&out);
+    assert_int_equal(sync_session_input(s, req.p, req.n, NOW, &out), 0);
+    if (path == RP_LIVE) {
+        assert_null(out.frames);
+        assert_true(out.wake_live);
+        bool more = true;
+        sync_out_init(&out);
+        assert_int_equal(sync_session_live(s, &out, &more), 0);
+        assert_false(more);
+    }
+    expect_answer(path, &out, st, r, recs);
+    sync_frames_free(out.frames);
+    crdt_buf_free(&req);
+}
+
+static bool read_run(read_path path, uint64_t nth, bool warmup)
+{
+    run r;
+    cur_path = rp_name[path];
+    cur_nth = nth;
+    run_make(&r, 6000);
+    fresh_store();
+    int64_t live0 = failalloc_live();
+    store *st = open_store();
+    register_device(st, &r);
+    push_clean(st, &r, "applied");
+
+    crdt_buf req = {0}, got = {0}, want = {0};
+    read_request(path, &req);
+    sync_session *s = session_authed(st, &r);
+    sync_out out;
+    sync_out_init(&out);
+    failalloc_arm(nth);
+    int rc = sync_session_input(s, req.p, req.n, NOW, &out);
+    int lrc = 0;
+    bool more = false, lived = false;
+    if (path == RP_LIVE && !rc && out.wake_live && !out.frames) {
+        lived = true;
+        lrc = sync_session_live(s, &out, &more);
+    }
+    bool fired = failalloc_fired();
+    failalloc_disarm();
+    check_frames(&out);
+    if (getenv("ALLOC_FAILURES_VERBOSE"))
+        printf("%s: allocation %llu: fired %d, input rc %d, live rc %d, frames %s\n",
+               rp_name[path], (unsigned long long)nth, fired, rc, lrc,
+               out.frames ? mp_type(sync_frame_data(out.frames), out.frames->len) : "none");
+
+    bool session_usable = true;
+    if (rc) {
+        /* The server closes the connection. */
+        assert_int_equal(rc, CRDT_ENOMEM);
+        assert_true(fired);
+        assert_null(out.frames);
+        session_usable = false;
+        n_closed++;
+    } else if (path == RP_LIVE && !lived) {
+        /* The subscribe itself was refused. */
+        assert_true(fired);
+        assert_non_null(out.frames);
+        assert_null(out.frames->next);
+        assert_string_equal(mp_type(sync_frame_data(out.frames), out.frames->len), "error");
+        assert_true(error_retryable(sync_frame_data(out.frames), out.frames->len));
+        n_refused++;
+    } else if (path == RP_LIVE && lrc) {
+        /* Live failed: nothing sent, and the cursor must not have moved
+         * (read_clean below sends the same subscribe again, so check with
+         * a plain sync_session_live first). */
+        assert_true(fired);
+        assert_null(out.frames);
+        sync_out_init(&out);
+        assert_int_equal(sync_session_live(s, &out, &more), 0);
+        expect_answer(path, &out, st, &r, &got);
+        n_live_failed++;
+    } else if (out.frames &&
+               !strcmp(mp_type(sync_frame_data(out.frames), out.frames->len), "error")) {
+        assert_true(fired);
+        assert_null(out.frames->next);
+        expect_retryable_error(out.frames, path == RP_SNAPSHOT || path == RP_SNAPSHOT_K ? 11 : 9);
+        n_refused++;
+    } else {
+        if (!out.frames)
+            fail_msg("%s: allocation %llu failing: success without an answer", rp_name[path],
+                     (unsigned long long)nth);
+        expect_answer(path, &out, st, &r, &got);
+        if (path == RP_LIVE) assert_false(more);
+        n_answered++;
+    }
+    sync_frames_free(out.frames);
+    /* The same session (if the server kept it) answers completely now. */
+    if (session_usable) {
+        read_clean(path, s, st, &r, &want);
+        if (got.n && (got.n != want.n || memcmp(got.p, want.p, got.n)))
+            fail_msg("%s: allocation %llu failing: records differ from an unarmed snapshot",
+                     rp_name[path], (unsigned long long)nth);
+    }
+    sync_session_free(s);
+    crdt_buf_free(&req);
+    crdt_buf_free(&got);
+    crdt_buf_free(&want);
+    check_verify(st);
+    store_close(st);
+    int64_t live1 = failalloc_live();
+    run_free(&r);
+    su_dir_remove(&dir);
+    if (live1 != live0 && !warmup)
+        fail_msg("%s path, allocation %llu failing: %lld blocks leaked", rp_name[path],
+                 (unsigned long long)nth, (long long)(live1 - live0));
+    return fired;
+}
+
+static void read_path_test(read_path path)
+{
+    double t0 = mono_s();
+    n_closed = n_refused = n_live_failed = n_answered = 0;
+    read_run(path, 0, true); /* warm-up */
+    read_run(path, 0, false);
+    uint64_t n = 1;
+    while (read_run(path, n, false)) {
+        n++;
+        assert_true(n < MAX_POINTS);
+    }
+    cur_path = "";
+    printf("alloc_failures: %s path: %llu failure points exercised (%.1f s): "
+           "%u connection closed, %u retryable refusals, %u live calls failed (cursor kept), "
+           "%u answered completely (runs unarmed included)\n",
+           rp_name[path], (unsigned long long)(n - 1), mono_s() - t0, n_closed, n_refused,
+           n_live_failed, n_answered);
+}
+
+static void test_pull_path(void **state)
+{
+    (void)state;
+    read_path_test(RP_PULL);
+}
+
+static void test_pull_paged_path(void **state)
+{
+    (void)state;
+    read_path_test(RP_PULL_PAGED);
+}
+
+static void test_live_path(void **state)
+{
+    (void)state;
+    read_path_test(RP_LIVE);
+}
+
+static void test_snapshot_path(void **state)
+{
+    (void)state;
+    read_path_test(RP_SNAPSHOT);
+}
+
+static void test_snapshot_k_path(void **state)
+{
+    (void)state;
+    read_path_test(RP_SNAPSHOT_K);
+}
+
 /* ---- setup ------------------------------------------------------------------------ */
 
 static int test_teardown(void **state)
@@ -610,6 +1003,11 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_decode_path, test_teardown),
         cmocka_unit_test_teardown(test_commit_path, test_teardown),
+        cmocka_unit_test_teardown(test_pull_path, test_teardown),
+        cmocka_unit_test_teardown(test_pull_paged_path, test_teardown),
+        cmocka_unit_test_teardown(test_live_path, test_teardown),
+        cmocka_unit_test_teardown(test_snapshot_path, test_teardown),
+        cmocka_unit_test_teardown(test_snapshot_k_path, test_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
