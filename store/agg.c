@@ -196,48 +196,21 @@ static void household_contrib(const store *s, const crdt_record *hh, contrib *c)
 
 /* ---- applying a contribution to the stored sums ------------------------------ */
 
-static int add_to(store_txn *t, const contrib *c, int sign)
+/* Add d to the grid's sums at k (read, add, write; nothing if d is all 0). */
+static int add_sums(store_txn *t, const uint8_t *k, size_t kl, const int64_t d[AGG_FIELDS])
 {
-    uint8_t k[300];
     MDB_val v;
     int64_t sums[AGG_FIELDS];
     bool any = false;
-    int rc;
-    if (!c->c[0]) return STORE_OK;
-    const char *parts[] = {c->c, c->g};
-    size_t kl = store_key_join(k, sizeof k, parts, 2);
-    if (!kl) return STORE_EINVAL;
-    for (int i = 0; i < AGG_FIELDS; i++) any |= c->v[i] != 0;
-    if (any) {
-        rc = store_get(t, DB_AGG, k, kl, &v);
-        if (rc == STORE_ENOTFOUND) memset(sums, 0, sizeof sums);
-        else if (rc) return rc;
-        else if (v.mv_size != sizeof sums) return STORE_ECORRUPT;
-        else memcpy(sums, v.mv_data, sizeof sums);
-        for (int i = 0; i < AGG_FIELDS; i++) sums[i] += sign * c->v[i];
-        if ((rc = store_put(t, DB_AGG, k, kl, sums, sizeof sums))) return rc;
-    }
-    for (uint32_t i = 0; i < c->nweeks; i++) {
-        uint8_t wk[310];
-        int64_t n = 0;
-        memcpy(wk, k, kl);
-        wk[kl] = 0;
-        be32(wk + kl + 1, c->weeks[i]);
-        rc = store_get(t, DB_AGGW, wk, kl + 5, &v);
-        if (rc == STORE_OK && v.mv_size == 8) memcpy(&n, v.mv_data, 8);
-        else if (rc != STORE_ENOTFOUND) return rc ? rc : STORE_ECORRUPT;
-        n += sign * c->week_n[i];
-        if ((rc = store_put(t, DB_AGGW, wk, kl + 5, &n, 8))) return rc;
-    }
-    return STORE_OK;
-}
-
-/* Week w's count in c (0 if absent). */
-static int64_t week_count(const contrib *c, uint32_t w)
-{
-    for (uint32_t i = 0; i < c->nweeks; i++)
-        if (c->weeks[i] == w) return c->week_n[i];
-    return 0;
+    for (int i = 0; i < AGG_FIELDS; i++) any |= d[i] != 0;
+    if (!any) return STORE_OK;
+    int rc = store_get(t, DB_AGG, k, kl, &v);
+    if (rc == STORE_ENOTFOUND) memset(sums, 0, sizeof sums);
+    else if (rc) return rc;
+    else if (v.mv_size != sizeof sums) return STORE_ECORRUPT;
+    else memcpy(sums, v.mv_data, sizeof sums);
+    for (int i = 0; i < AGG_FIELDS; i++) sums[i] += d[i];
+    return store_put(t, DB_AGG, k, kl, sums, sizeof sums);
 }
 
 /* Add one week's change (delta) to the grid's week count k||0||w. */
@@ -256,6 +229,31 @@ static int add_week_delta(store_txn *t, const uint8_t *k, size_t kl, uint32_t w,
     return store_put(t, DB_AGGW, wk, kl + 5, &n, 8);
 }
 
+/* Add sign * c to its place's sums and week counts. */
+static int add_to(store_txn *t, const contrib *c, int sign)
+{
+    uint8_t k[300];
+    int64_t d[AGG_FIELDS];
+    int rc;
+    if (!c->c[0]) return STORE_OK;
+    const char *parts[] = {c->c, c->g};
+    size_t kl = store_key_join(k, sizeof k, parts, 2);
+    if (!kl) return STORE_EINVAL;
+    for (int i = 0; i < AGG_FIELDS; i++) d[i] = sign * c->v[i];
+    if ((rc = add_sums(t, k, kl, d))) return rc;
+    for (uint32_t i = 0; i < c->nweeks; i++)
+        if ((rc = add_week_delta(t, k, kl, c->weeks[i], sign * c->week_n[i]))) return rc;
+    return STORE_OK;
+}
+
+/* Week w's count in c (0 if absent). */
+static int64_t week_count(const contrib *c, uint32_t w)
+{
+    for (uint32_t i = 0; i < c->nweeks; i++)
+        if (c->weeks[i] == w) return c->week_n[i];
+    return 0;
+}
+
 /*
  * c0 and c1 in the same (non-empty) place: add c1 - c0 once, reading and
  * writing only the sums and weeks that change.  The same result as
@@ -266,26 +264,16 @@ static int add_week_delta(store_txn *t, const uint8_t *k, size_t kl, uint32_t w,
 static int add_change(store_txn *t, const contrib *c0, const contrib *c1)
 {
     uint8_t k[300];
-    MDB_val v;
-    int64_t sums[AGG_FIELDS];
-    bool any = false;
+    int64_t d[AGG_FIELDS];
     int rc;
     const char *parts[] = {c1->c, c1->g};
     size_t kl = store_key_join(k, sizeof k, parts, 2);
     if (!kl) return STORE_EINVAL;
-    for (int i = 0; i < AGG_FIELDS; i++) any |= c1->v[i] != c0->v[i];
-    if (any) {
-        rc = store_get(t, DB_AGG, k, kl, &v);
-        if (rc == STORE_ENOTFOUND) memset(sums, 0, sizeof sums);
-        else if (rc) return rc;
-        else if (v.mv_size != sizeof sums) return STORE_ECORRUPT;
-        else memcpy(sums, v.mv_data, sizeof sums);
-        for (int i = 0; i < AGG_FIELDS; i++) sums[i] += c1->v[i] - c0->v[i];
-        if ((rc = store_put(t, DB_AGG, k, kl, sums, sizeof sums))) return rc;
-    }
+    for (int i = 0; i < AGG_FIELDS; i++) d[i] = c1->v[i] - c0->v[i];
+    if ((rc = add_sums(t, k, kl, d))) return rc;
     for (uint32_t i = 0; i < c0->nweeks; i++) { /* weeks gone or changed */
-        int64_t d = week_count(c1, c0->weeks[i]) - c0->week_n[i];
-        if (d && (rc = add_week_delta(t, k, kl, c0->weeks[i], d))) return rc;
+        int64_t wd = week_count(c1, c0->weeks[i]) - c0->week_n[i];
+        if (wd && (rc = add_week_delta(t, k, kl, c0->weeks[i], wd))) return rc;
     }
     for (uint32_t i = 0; i < c1->nweeks; i++) { /* weeks new */
         if (week_count(c0, c1->weeks[i])) continue; /* done above */

@@ -358,6 +358,18 @@ static void conn_queue(conn *c, sync_out *out)
     }
 }
 
+/* Queue what a session call produced (rc 0), or, when it failed (rc != 0:
+ * no frame could be built), drop any partial output and close with 1011. */
+static void conn_answer(conn *c, sync_out *out, int rc)
+{
+    if (rc) {
+        sync_frames_free(out->frames);
+        sync_out_init(out);
+        out->close_code = LWS_CLOSE_STATUS_UNEXPECTED_CONDITION;
+    }
+    conn_queue(c, out);
+}
+
 static void submit_job(sync_server *sv, sync_job *j)
 {
     qjob *q = calloc(1, sizeof *q);
@@ -411,18 +423,10 @@ static void drain_done(sync_server *sv)
         }
         sync_out out;
         sync_out_init(&out);
-        if (sync_session_job_done(c->sess, j, &out) == 0) {
-            conn_queue(c, &out);
-        } else {
-            /* Out of memory: no ack or error frame could be built.  Close
-             * the connection (1011) rather than leave the device waiting
-             * for an answer; it reconnects and resends (duplicates if this
-             * push was committed). */
-            sync_frames_free(out.frames);
-            sync_out_init(&out);
-            out.close_code = LWS_CLOSE_STATUS_UNEXPECTED_CONDITION;
-            conn_queue(c, &out);
-        }
+        /* No ack or error frame could be built (out of memory): close
+         * rather than leave the device waiting; it reconnects and resends
+         * (duplicates if this push was committed). */
+        conn_answer(c, &out, sync_session_job_done(c->sess, j, &out));
     }
     dash_notify(sv, touched, nt);
     if (nt) {
@@ -522,8 +526,7 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
         ADD(connections_total, 1);
         sync_out out;
         sync_out_init(&out);
-        sync_session_hello(c->sess, now_ms(), &out);
-        conn_queue(c, &out);
+        conn_answer(c, &out, sync_session_hello(c->sess, now_ms(), &out)); /* no hello: close */
         /* admin_poll closes unauthenticated sessions with SYNC_EAUTHTIME
          * after auth_timeout_s; lws's own timeout is the backstop. */
         c->since_ms = mono_ms();
@@ -579,20 +582,13 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
             sync_out out;
             bool more = false;
             sync_out_init(&out);
-            if (sync_session_live(c->sess, &out, &more) == 0) {
-                conn_queue(c, &out);
-            } else {
-                /* Out of memory (or the store unreadable): dropping the
-                 * page silently left live_pending false and the backlog
-                 * unsent until the next relevant commit.  Close (1011)
-                 * instead; the device reconnects and pulls from its cursor
-                 * (tests/faults/alloc_failures.c, live path). */
-                sync_frames_free(out.frames);
-                sync_out_init(&out);
-                out.close_code = LWS_CLOSE_STATUS_UNEXPECTED_CONDITION;
-                conn_queue(c, &out);
-                more = false;
-            }
+            /* A failed page (out of memory, store unreadable) closes the
+             * connection; dropping it silently left the backlog unsent until
+             * the next relevant commit.  The device pulls from its cursor
+             * after reconnecting (tests/faults/alloc_failures.c, live). */
+            int lrc = sync_session_live(c->sess, &out, &more);
+            conn_answer(c, &out, lrc);
+            if (lrc) more = false;
             c->live_pending = more;
         }
         if (c->q) {
