@@ -692,7 +692,11 @@ int store_open(const char *dir, const char *key_file, const store_opts *opts, st
     }
     format = rd32(v.mv_data);
     if (format < STORE_FORMAT_MIN || format > STORE_FORMAT) {
-        set_err(err, errlen, "%s: store format is not supported by this version%s", dir, NULL);
+        if (err && errlen)
+            snprintf(err, errlen, "%s: store format %u; this version reads formats %u to %u (%s)",
+                     dir, (unsigned)format, (unsigned)STORE_FORMAT_MIN, (unsigned)STORE_FORMAT,
+                     format > STORE_FORMAT ? "a newer Doorstep wrote or upgraded it: run that "
+                                             "version" : "too old to upgrade");
         rc = STORE_EFORMAT;
         goto fail;
     }

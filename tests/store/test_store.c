@@ -1021,6 +1021,7 @@ static void test_packed_values(void **state)
     store_close(s);
     s = NULL;
     assert_int_equal(store_open(d.data, d.key, NULL, &s, err, sizeof err), STORE_EFORMAT);
+    assert_non_null(strstr(err, "a newer Doorstep wrote or upgraded it")); /* says what to do */
 
     crdt_buf_free(&plain);
     crdt_buf_free(&env);
