@@ -2,7 +2,7 @@
  * doorstepd.c — the Doorstep sync server command.
  *
  *   doorstepd --data DIR [--key-file F] [--listen HOST:PORT]
- *             [--tls-cert F --tls-key F] [--allow-plain] [--static DIR]
+ *             [--tls-cert F --tls-key F] [--allow-plain] [--static DIR] [--field DIR]
  *             [--log-level L] [--map-max SIZE] [--device-rate N --device-burst N]
  *             [--init --schema F --campaign-year Y]
  *
@@ -33,7 +33,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: doorstepd --data DIR [--key-file F] [--listen HOST:PORT]\n"
             "                 [--tls-cert F --tls-key F] [--allow-plain] [--static DIR]\n"
-            "                 [--log-level 0-3] [--map-max SIZE]\n"
+            "                 [--field DIR] [--log-level 0-3] [--map-max SIZE]\n"
             "                 [--device-rate N] [--device-burst N]\n"
             "                 [--init [--schema F] [--campaign-year Y]]\n"
             "  --data DIR        data directory (or DOORSTEP_DATA)\n"
@@ -43,6 +43,8 @@ static void usage(FILE *f)
             "  --tls-key F       PEM private key for --tls-cert\n"
             "  --allow-plain     allow plain ws on a non-loopback address\n"
             "  --static DIR      serve the dashboard files in DIR at /\n"
+            "  --field DIR       serve the volunteers' field app (a build's field/ directory)\n"
+            "                    at /field/\n"
             "  --log-level L     0 quiet, 1 normal (default), 2 notices, 3 debug\n"
             "  --map-max SIZE    largest the database may grow, e.g. 64G (suffix K, M, G or T;\n"
             "                    default 1T); at the limit pushes get a retryable error\n"
@@ -100,6 +102,7 @@ int main(int argc, char **argv)
         {"tls-key", required_argument, NULL, 'K'},
         {"allow-plain", no_argument, NULL, 'P'},
         {"static", required_argument, NULL, 's'},
+        {"field", required_argument, NULL, 'F'},
         {"log-level", required_argument, NULL, 'v'},
         {"init", no_argument, NULL, 'i'},
         {"schema", required_argument, NULL, 'S'},
@@ -135,6 +138,7 @@ int main(int argc, char **argv)
         case 'K': so.tls_key = optarg; break;
         case 'P': so.allow_plain = true; break;
         case 's': so.static_dir = optarg; break;
+        case 'F': so.field_dir = optarg; break;
         case 'v':
             NUM_ARG(0, 3, "--log-level");
             so.log_level = (int)num;

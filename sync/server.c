@@ -115,7 +115,8 @@ struct sync_server {
     struct http_pss *api_pending;   /* loop thread only */
     uint64_t http_serial;
     struct dconn *dash;             /* dashboard live connections (loop thread) */
-    struct lws_http_mount mounts[4];
+    struct lws_http_mount mounts[5];
+    struct lws_protocol_vhost_options sec_headers[6];
 
     lws_sorted_usec_list_t admin_sul;  /* polls store_admin_gen */
     volatile bool write_failed;       /* writer thread: reopen before committing */
@@ -1189,7 +1190,37 @@ int sync_server_new(store *st, const sync_config *cfg, const sync_server_opts *o
     info.iface = o->listen_host;
     info.protocols = protocols;
     info.user = sv;
-    info.options = LWS_SERVER_OPTION_HTTP_HEADERS_SECURITY_BEST_PRACTICES_ENFORCE;
+    /* The security headers of lws's HTTP_HEADERS_SECURITY_BEST_PRACTICES_ENFORCE,
+     * with a policy that also lets the field app (clients/field) be a PWA:
+     * its manifest, its service worker and the camera preview (a MediaStream
+     * in a <video>) from this origin only.  Still no inline script or style,
+     * no other origin but WebSocket connections. */
+    static const struct {
+        const char *name, *value;
+    } sec[] = {
+        {"content-security-policy:",
+         "default-src 'none'; img-src 'self' data: blob:; script-src 'self'; font-src 'self'; "
+         "style-src 'self'; connect-src 'self' ws: wss:; manifest-src 'self'; worker-src 'self'; "
+         "media-src 'self' blob:; frame-ancestors 'none'; base-uri 'none'; form-action 'self';"},
+        {"x-content-type-options:", "nosniff"},
+        {"x-xss-protection:", "1; mode=block"},
+        {"x-frame-options:", "deny"},
+        {"referrer-policy:", "no-referrer"},
+    };
+    size_t nsec = sizeof sec / sizeof sec[0];
+    memset(sv->sec_headers, 0, sizeof sv->sec_headers);
+    for (size_t i = 0; i < nsec; i++) {
+        sv->sec_headers[i].name = sec[i].name;
+        sv->sec_headers[i].value = sec[i].value;
+    }
+    if (tls) {
+        sv->sec_headers[nsec].name = "strict-transport-security:";
+        sv->sec_headers[nsec].value = "max-age=15768000 ; includeSubDomains";
+        nsec++;
+    }
+    for (size_t i = 0; i + 1 < nsec; i++) sv->sec_headers[i].next = &sv->sec_headers[i + 1];
+    info.headers = &sv->sec_headers[0];
+    info.options = 0;
     if (is_loopback(o->listen_host) && strchr(o->listen_host, ':') == NULL)
         info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
     if (tls) {
@@ -1197,23 +1228,37 @@ int sync_server_new(store *st, const sync_config *cfg, const sync_server_opts *o
         info.ssl_cert_filepath = o->tls_cert;
         info.ssl_private_key_filepath = o->tls_key;
     }
-    /* With a static directory at /, the dynamic paths need mounts of their
-     * own that route them back to the "http" protocol callback. */
-    if (o->static_dir) {
+    /* With a static directory at / (the dashboard) or /field (the field
+     * app), the dynamic paths need mounts of their own that route them back
+     * to the "http" protocol callback.  lws picks the longest matching
+     * mountpoint, so /field wins over / for the field app's files. */
+    if (o->static_dir || o->field_dir) {
         static const char *const dyn[] = {"/api", "/healthz", "/metrics"};
+        int m = 0;
         memset(sv->mounts, 0, sizeof sv->mounts);
-        for (int i = 0; i < 3; i++) {
-            sv->mounts[i].mountpoint = dyn[i];
-            sv->mounts[i].mountpoint_len = (unsigned char)strlen(dyn[i]);
-            sv->mounts[i].origin = "http";
-            sv->mounts[i].origin_protocol = LWSMPRO_CALLBACK;
-            sv->mounts[i].mount_next = &sv->mounts[i + 1];
+        for (int i = 0; i < 3; i++, m++) {
+            sv->mounts[m].mountpoint = dyn[i];
+            sv->mounts[m].mountpoint_len = (unsigned char)strlen(dyn[i]);
+            sv->mounts[m].origin = "http";
+            sv->mounts[m].origin_protocol = LWSMPRO_CALLBACK;
         }
-        sv->mounts[3].mountpoint = "/";
-        sv->mounts[3].mountpoint_len = 1;
-        sv->mounts[3].origin = o->static_dir;
-        sv->mounts[3].def = "index.html";
-        sv->mounts[3].origin_protocol = LWSMPRO_FILE;
+        if (o->field_dir) {
+            sv->mounts[m].mountpoint = "/field";
+            sv->mounts[m].mountpoint_len = 6;
+            sv->mounts[m].origin = o->field_dir;
+            sv->mounts[m].def = "index.html";
+            sv->mounts[m].origin_protocol = LWSMPRO_FILE;
+            m++;
+        }
+        if (o->static_dir) {
+            sv->mounts[m].mountpoint = "/";
+            sv->mounts[m].mountpoint_len = 1;
+            sv->mounts[m].origin = o->static_dir;
+            sv->mounts[m].def = "index.html";
+            sv->mounts[m].origin_protocol = LWSMPRO_FILE;
+            m++;
+        }
+        for (int i = 0; i + 1 < m; i++) sv->mounts[i].mount_next = &sv->mounts[i + 1];
         info.mounts = &sv->mounts[0];
     }
     sv->ctx = lws_create_context(&info);

@@ -303,6 +303,7 @@ typedef struct sync_server_opts {
     const char *tls_cert, *tls_key;
     bool allow_plain;           /* plain ws on a non-loopback address */
     const char *static_dir;     /* dashboard files served at /, or NULL */
+    const char *field_dir;      /* the volunteers' field app served at /field/, or NULL */
     int verify_threads;         /* 0 = number of cores */
     int log_level;              /* 0 quiet .. 3 debug */
 } sync_server_opts;
