@@ -1,0 +1,347 @@
+// field.mjs BUILD_DIR [ARTIFACT_DIR] — the volunteers' field app in a real browser.
+//
+// Debian's headless Chromium (playwright-core) at a 390×844 phone viewport,
+// against doorstepd serving BUILD_DIR/field at /field/ on a store filled by
+// doorstep-sim.  As volunteers would:
+//   1. Phone A enrolls by reading the QR code PNG that `doorstepctl device
+//      enroll` wrote (the photo path; jsQR decodes it), and pulls its slice
+//      (a server-signed snapshot).
+//   2. Offline (context.setOffline): edits on several persons (phone, a
+//      payment, a tag, a visit log entry) and a new person whose ID number is
+//      checked as typed; reload while offline (the service worker opens the
+//      app, the outbox survives); back online, sync: the staff API and
+//      doorstepctl show every edit.
+//   3. Phone B enrolls by typed token on the same households; A and B give
+//      the same person different names offline; after both sync, A, B and a
+//      freshly enrolled phone C (whose records come straight from the
+//      server's snapshot) hold byte-identical records, and the staff API
+//      lists the conflict.
+//   4. Hostile paths: the station shrinks A's scope while A edits offline →
+//      the edit comes back "held for review" with its reason in Chinese and
+//      shows in the server's quarantine; the server dies mid-sync → the app
+//      says it will retry, keeps the outbox, and a later sync delivers it.
+// Screenshots of every screen go to ARTIFACT_DIR and are checked for the
+// CJK font (a Chinese string must render wider than a box glyph would).
+// Exit codes: 0 pass, 1 fail, 77 skip (only when Debian's chromium is absent).
+import { spawn, execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const CHROMIUM = '/usr/bin/chromium';
+const here = dirname(fileURLToPath(import.meta.url));
+const repo = resolve(here, '..', '..');
+const build = resolve(process.argv[2] || join(repo, 'build'));
+const artifacts = resolve(process.argv[3] || join(build, 'e2e-artifacts', 'field'));
+const PASSWORD = 'e2e-admin-password';
+
+if (!existsSync(CHROMIUM)) {
+  console.log(`SKIP: ${CHROMIUM} not found (scripts/install-deps installs Debian's chromium)`);
+  process.exit(77);
+}
+const { chromium } = await import('playwright-core');
+for (const f of ['doorstepd', 'doorstepctl', 'doorstep-sim', 'field/app.js']) {
+  if (!existsSync(join(build, f))) { console.error(`FAIL: ${join(build, f)} not built`); process.exit(1); }
+}
+
+const tmp = mkdtempSync(join(tmpdir(), 'doorstep-field-e2e-'));
+const data = join(tmp, 'data');
+mkdirSync(artifacts, { recursive: true });
+let server = null, serverErr = '', port = 0, browser = null, step = 'start';
+
+function ctl(...args) {
+  return execFileSync(join(build, 'doorstepctl'), ['--data', data, ...args],
+    { env: { ...process.env, DOORSTEP_ADMIN_PASSWORD: PASSWORD }, encoding: 'utf8' });
+}
+function check(cond, what) { if (!cond) throw new Error(`check failed: ${what}`); console.log('ok   ' + what); }
+
+async function startServer() {
+  server = spawn(join(build, 'doorstepd'), ['--data', data, '--listen', `127.0.0.1:${port}`,
+    '--field', join(build, 'field'), '--log-level', '1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  server.stderr.on('data', (d) => { serverErr += d; });
+  port = await new Promise((ok, fail) => {
+    let out = '';
+    const timer = setTimeout(() => fail(new Error('doorstepd did not start: ' + out + serverErr)), 20000);
+    server.stdout.on('data', (d) => {
+      out += d;
+      const m = /ws:\/\/127\.0\.0\.1:(\d+)\/sync/.exec(out);
+      if (m) { clearTimeout(timer); ok(Number(m[1])); }
+    });
+    server.on('exit', (c) => { clearTimeout(timer); fail(new Error(`doorstepd exited ${c}: ${serverErr}`)); });
+  });
+}
+async function stopServer(sig = 'SIGTERM') {
+  if (!server || server.exitCode !== null) return;
+  const done = new Promise((ok) => server.on('exit', ok));
+  server.kill(sig);
+  await Promise.race([done, new Promise((ok) => setTimeout(ok, 10000))]);
+  if (server.exitCode === null) server.kill('SIGKILL');
+}
+
+async function until(page, fn, arg, what, ms = 20000) {
+  const end = Date.now() + ms;
+  for (;;) {
+    if (await page.evaluate(fn, arg)) return;
+    if (Date.now() > end) throw new Error('timed out waiting for ' + what);
+    await new Promise((ok) => setTimeout(ok, 150));
+  }
+}
+
+// A screenshot, and a check that Chinese text is drawn with a real CJK font:
+// 医保走访 in the page's font must be much wider than four missing-glyph boxes
+// would be in a font without CJK, and must differ from a Latin fallback.
+async function shot(page, name) {
+  await page.screenshot({ path: join(artifacts, name + '.png'), fullPage: true });
+  const ok = await page.evaluate(() => {
+    const c = document.createElement('canvas').getContext('2d');
+    const fam = getComputedStyle(document.body).fontFamily;
+    c.font = `16px ${fam}`;
+    const zh = c.measureText('医保走访').width;
+    c.font = '16px monospace';
+    const box = c.measureText('\u{10FFFD}').width;
+    return document.fonts.check(`16px ${fam}`, '医保走访') && zh > 50 && zh !== box * 4;
+  });
+  check(ok, `${name}: Chinese glyphs render with a CJK font`);
+}
+
+async function phone(name) {
+  const ctx = await browser.newContext({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 2,
+    isMobile: true, hasTouch: true, locale: 'zh-CN', timezoneId: 'Asia/Shanghai' });
+  const page = await ctx.newPage();
+  page.on('pageerror', (e) => console.log(`[${name}] page error: ${e.message}`));
+  await page.goto(`http://127.0.0.1:${port}/field/`);
+  await page.waitForSelector('#do-enroll');
+  return { ctx, page, name };
+}
+
+const outboxCount = (page) => page.evaluate(async () => (await window.doorstepField.db.count('outbox')));
+async function syncAndWait(page, what) {
+  const sum = await page.evaluate(async () => {
+    const s = await window.doorstepField.runSync();
+    return s ? { ...s } : null;
+  });
+  check(sum !== null, `${what}: sync succeeded`);
+  return sum;
+}
+async function recordHex(page, kind, id) {
+  return page.evaluate(async ([k, i]) => {
+    const row = await window.doorstepField.db.get('records', `${k}/${i}`);
+    return row ? Array.from(row.bytes, (b) => b.toString(16).padStart(2, '0')).join('') : null;
+  }, [kind, id]);
+}
+
+async function login() {
+  const r = await fetch(`http://127.0.0.1:${port}/api/login`, { method: 'POST',
+    headers: { 'content-type': 'application/json' }, body: JSON.stringify({ username: 'admin', password: PASSWORD }) });
+  check(r.ok, 'staff API login');
+  return r.headers.get('set-cookie').split(';')[0];
+}
+async function api(cookie, path) {
+  const r = await fetch(`http://127.0.0.1:${port}${path}`, { headers: { cookie } });
+  return r.json();
+}
+const fieldValues = (p, name, key = null) =>
+  p.fields.filter((f) => f.name === name && (key === null || String(f.key) === String(key)))
+    .flatMap((f) => f.values.map((v) => v.value));
+
+async function main() {
+  const year = new Date().getFullYear();
+  step = 'init';
+  ctl('init', '--campaign-year', String(year));
+  await startServer();
+  step = 'doorstep-sim';
+  execFileSync(join(build, 'doorstep-sim'), ['--server', `ws://127.0.0.1:${port}`, '--data', data,
+    '--volunteers', '4', '--households', '24', '--days', '1', '--seed', '7'],
+  { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  const cookie = await login();
+  const hhs = ['H00001', 'H00002', 'H00003'];
+  const hh0 = await api(cookie, `/api/households/${hhs[0]}`);
+  check(hh0.members && hh0.members.length > 0, 'the sim made households with members');
+  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+      '--disable-sync', '--no-first-run', '--disable-quic'] });
+
+  // 1. Phone A enrolls from the QR code picture.
+  step = 'enroll A (QR)';
+  const png = join(tmp, 'a.png');
+  ctl('device', 'enroll', '--volunteer', '王芳', '--households', hhs.join(','),
+    '--server', `ws://127.0.0.1:${port}/sync`, '--png', png, '--no-qr');
+  const A = await phone('A');
+  await shot(A.page, '01-enroll');
+  await A.page.setInputFiles('#qr-file', png);
+  await until(A.page, () => document.querySelector('#token').value.startsWith('doorstep://enroll?'), null, 'QR decoded');
+  check(true, 'phone A read the QR code from the photo');
+  await A.page.fill('#volunteer', '王芳');
+  await A.page.click('#do-enroll');
+  await until(A.page, () => location.hash === '#/' && document.querySelectorAll('.list li').length >= 3, null,
+    'households listed', 30000);
+  check(true, 'phone A enrolled and shows its 3 households');
+  await shot(A.page, '02-households');
+
+  // 2. Offline edits, reload offline, sync.
+  step = 'offline edits';
+  const person = hh0.members[0].id, person2 = hh0.members[hh0.members.length > 1 ? 1 : 0].id;
+  await A.ctx.setOffline(true);
+  await A.page.goto(`http://127.0.0.1:${port}/field/#/h/${hhs[0]}`);
+  await A.page.waitForSelector('#add-visit');
+  await shot(A.page, '03-household');
+  await A.page.click(`a[href="#/p/${person}"]`);
+  await A.page.waitForSelector('[data-field="phone"] input');
+  await A.page.fill('[data-field="phone"] input', '12345');
+  check((await A.page.textContent('[data-field="phone"] .err')).includes('电话号码格式不对'), 'a bad phone number is refused as typed');
+  await A.page.fill('[data-field="phone"] input', '13912345678');
+  await A.page.click('[data-field="phone"] button');
+  await until(A.page, () => document.querySelector('.toast') && document.querySelector('.toast').textContent.includes('已保存'), null, 'saved toast');
+  await A.page.waitForSelector('[data-tag="低保"]');
+  await A.page.click('[data-tag="低保"]');
+  await until(A.page, async () => (await window.doorstepField.db.count('outbox')) >= 2, null, 'tag in outbox');
+  await A.page.waitForSelector('#add-visit');
+  await A.page.click('#add-visit');
+  await A.page.selectOption('#visit-form select[name="method"]', '上门走访');
+  await A.page.selectOption('#visit-form select[name="result"]', '已完成');
+  await A.page.fill('#visit-form input[name="service"]', '代缴');
+  await A.page.click('#visit-form button[type="submit"]');
+  await until(A.page, async () => (await window.doorstepField.db.count('outbox')) >= 3, null, 'visit in outbox');
+  await shot(A.page, '04-person');
+  await A.page.goto(`http://127.0.0.1:${port}/field/#/p/${person2}`);
+  await A.page.waitForSelector(`[data-field="payment"] select`);
+  await A.page.selectOption(`[data-field="payment"] select`, '代缴');
+  await A.page.click(`[data-field="payment"] button`);
+  await until(A.page, async () => (await window.doorstepField.db.count('outbox')) >= 4, null, 'payment in outbox');
+  // A newborn, ID number checked as typed.
+  await A.page.goto(`http://127.0.0.1:${port}/field/#/new/${hhs[0]}`);
+  await A.page.waitForSelector('#new-person');
+  await A.page.fill('input[name="name"]', '李小宝');
+  const id17 = `11010520${String(year - 2000).padStart(2, '0')}0101002`;
+  const w = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
+  const cc = '10X98765432'[[...id17].reduce((a, c, i) => a + Number(c) * w[i], 0) % 11];
+  const wrong = cc === '0' ? '1' : '0';
+  await A.page.fill('input[name="id_number"]', id17 + wrong);
+  await A.page.dispatchEvent('input[name="id_number"]', 'input');
+  check((await A.page.textContent('#err-id_number')).includes('校验位不对'), 'a wrong ID check digit is caught as typed');
+  await A.page.fill('input[name="id_number"]', id17 + cc);
+  await A.page.dispatchEvent('input[name="id_number"]', 'input');
+  check((await A.page.textContent('#id-ok')).includes('校验通过'), 'a right ID number passes and fills birth date and gender');
+  await A.page.selectOption('select[name="relation"]', '子女');
+  await shot(A.page, '05-new-person');
+  await A.page.click('#new-person button[type="submit"]');
+  await until(A.page, () => location.hash.startsWith('#/p/N'), null, 'new person saved');
+  const newId = decodeURIComponent((await A.page.evaluate(() => location.hash)).slice(3));
+  check(await outboxCount(A.page) === 5, 'five edits wait in the outbox');
+  step = 'reload offline';
+  await A.page.reload();
+  await A.page.waitForSelector('#sync-link');
+  check(await outboxCount(A.page) === 5, 'after a reload while offline the outbox still holds the five edits');
+  await A.page.goto(`http://127.0.0.1:${port}/field/#/sync`);
+  await A.page.waitForSelector('#outbox li');
+  await shot(A.page, '06-sync-pending');
+  step = 'online sync';
+  await A.ctx.setOffline(false);
+  await syncAndWait(A.page, 'phone A');
+  check(await outboxCount(A.page) === 0, 'the outbox is empty after sync');
+  const p1 = await api(cookie, `/api/persons/${person}`);
+  check(fieldValues(p1, 'phone').includes('13912345678'), 'the server holds the new phone number');
+  check(fieldValues(p1, 'tags').includes('低保'), 'the server holds the tag');
+  check(fieldValues(p1, 'visits').some((v) => v && v.service === '代缴'), 'the server holds the visit entry');
+  const p2 = await api(cookie, `/api/persons/${person2}`);
+  check(fieldValues(p2, 'payment', year).includes('代缴'), 'the server holds the payment');
+  const np = await api(cookie, `/api/persons/${newId}`);
+  check(fieldValues(np, 'name').includes('李小宝') && np.household && np.household.id === hhs[0], 'the server holds the new person in the household');
+  const exported = join(tmp, 'export.csv');
+  ctl('export', '--csv', exported);
+  check(execFileSync('grep', ['-c', '李小宝', exported], { encoding: 'utf8' }).trim() === '1', 'doorstepctl export lists the new person');
+  ctl('verify');
+  check(true, 'doorstepctl verify passes');
+  await shot(A.page, '07-sync-done');
+
+  // 3. Phone B, typed token; concurrent names; phone C from the snapshot.
+  step = 'phone B';
+  const tokB = /token: (\S+)/.exec(ctl('device', 'enroll', '--volunteer', '张伟', '--households', hhs.join(','), '--no-qr'))[1];
+  const B = await phone('B');
+  await B.page.fill('#token', tokB.toUpperCase());
+  await B.page.click('#do-enroll');
+  await until(B.page, () => location.hash === '#/' && document.querySelectorAll('.list li').length >= 3, null, 'B households');
+  await A.ctx.setOffline(true);
+  await B.ctx.setOffline(true);
+  for (const [P, nm] of [[A, '王建国'], [B, '王建华']]) {
+    await P.page.goto(`http://127.0.0.1:${port}/field/#/p/${person}`);
+    await P.page.waitForSelector('[data-field="name"] input');
+    await P.page.fill('[data-field="name"] input', nm);
+    await P.page.click('[data-field="name"] button');
+    await until(P.page, async () => (await window.doorstepField.db.count('outbox')) === 1, null, `${P.name} name edit`);
+  }
+  await A.ctx.setOffline(false);
+  await B.ctx.setOffline(false);
+  await syncAndWait(A.page, 'A');
+  await syncAndWait(B.page, 'B');
+  await syncAndWait(A.page, 'A again (pulls B)');
+  const tokC = /token: (\S+)/.exec(ctl('device', 'enroll', '--volunteer', '赵敏', '--households', hhs.join(','), '--no-qr'))[1];
+  const C = await phone('C');
+  await C.page.fill('#token', tokC);
+  await C.page.click('#do-enroll');
+  await until(C.page, () => location.hash === '#/' && document.querySelectorAll('.list li').length >= 3, null, 'C households');
+  for (const id of [person, person2, newId]) {
+    const [a, b, c] = [await recordHex(A.page, 'person', id), await recordHex(B.page, 'person', id),
+      await recordHex(C.page, 'person', id)];
+    check(a && a === b && b === c, `person ${id}: phones A, B and C (the server's snapshot) hold identical bytes`);
+  }
+  const pc = await api(cookie, `/api/persons/${person}`);
+  check(pc.conflicts.some((f) => f.name === 'name'), 'the staff API shows the name conflict');
+  await A.page.goto(`http://127.0.0.1:${port}/field/#/p/${person}`);
+  await A.page.waitForSelector('.conflict');
+  await shot(A.page, '08-conflict');
+
+  // 4a. Scope shrinks while A edits offline: held for review, reason shown.
+  step = 'scope shrink';
+  await A.ctx.setOffline(true);
+  await A.page.goto(`http://127.0.0.1:${port}/field/#/h/${hhs[2]}`);
+  await A.page.waitForSelector('[data-field="note"] input');
+  await A.page.fill('[data-field="note"] input', '门口有狗');
+  await A.page.click('[data-field="note"] button');
+  await until(A.page, async () => (await window.doorstepField.db.count('outbox')) === 1, null, 'note edit');
+  const devA = await A.page.evaluate(async () => (await window.doorstepField.db.meta('device')).dev);
+  ctl('device', 'scope', String(devA), '--households', hhs.slice(0, 2).join(','));
+  await A.ctx.setOffline(false);
+  await syncAndWait(A.page, 'A after the scope shrank');
+  await A.page.goto(`http://127.0.0.1:${port}/field/#/sync`);
+  await A.page.waitForSelector('#held li');
+  check((await A.page.textContent('#held')).includes('不在本机负责的住户范围内'), 'the held edit shows its reason in Chinese');
+  check(/out_of_scope/.test(ctl('quarantine', 'list')), 'the server keeps it in quarantine');
+  check(await recordHex(A.page, 'household', hhs[2]) === null, 'the household that left the scope was purged');
+  await shot(A.page, '09-sync-held');
+
+  // 4b. The server dies mid-sync: retried later, nothing lost.
+  step = 'server down';
+  await A.page.goto(`http://127.0.0.1:${port}/field/#/p/${person2}`);
+  await A.page.waitForSelector('[data-field="note"] input');
+  await A.page.fill('[data-field="note"] input', '下午再来');
+  await A.ctx.setOffline(true); // saved before anything is sent
+  await A.page.click('[data-field="note"] button');
+  await until(A.page, async () => (await window.doorstepField.db.count('outbox')) === 1, null, 'note in outbox');
+  await stopServer('SIGKILL');
+  await A.ctx.setOffline(false);
+  const failed = await A.page.evaluate(async () => window.doorstepField.runSync());
+  check(failed === null, 'sync fails while the server is down');
+  await until(A.page, () => [...document.querySelectorAll('.toast')].some((t) => t.textContent.includes('自动重试')), null, 'retry message');
+  check(await outboxCount(A.page) === 1, 'the edit stays in the outbox');
+  await startServer();
+  await syncAndWait(A.page, 'A after the server came back');
+  check(fieldValues(await api(await login(), `/api/persons/${person2}`), 'note').includes('下午再来'), 'the server holds the edit made while it was down');
+  ctl('verify');
+  console.log('PASS field app end to end');
+}
+
+let rc = 0;
+try {
+  await main();
+} catch (e) {
+  console.error(`FAIL at step "${step}": ${e.stack || e}`);
+  if (serverErr) console.error('doorstepd stderr:\n' + serverErr.slice(-2000));
+  rc = 1;
+} finally {
+  if (browser) await browser.close().catch(() => {});
+  await stopServer();
+  rmSync(tmp, { recursive: true, force: true });
+}
+process.exit(rc);
