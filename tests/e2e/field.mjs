@@ -49,6 +49,7 @@ const tmp = mkdtempSync(join(tmpdir(), 'doorstep-field-e2e-'));
 const data = join(tmp, 'data');
 mkdirSync(artifacts, { recursive: true });
 let server = null, serverErr = '', port = 0, browser = null, step = 'start';
+const phones = [];
 
 function ctl(...args) {
   return execFileSync(join(build, 'doorstepctl'), ['--data', data, ...args],
@@ -110,9 +111,12 @@ async function phone(name) {
     isMobile: true, hasTouch: true, locale: 'zh-CN', timezoneId: 'Asia/Shanghai' });
   const page = await ctx.newPage();
   page.on('pageerror', (e) => console.log(`[${name}] page error: ${e.message}`));
+  page.on('console', (m) => { if (m.type() === 'error') console.log(`[${name}] console: ${m.text()}`); });
   await page.goto(`http://127.0.0.1:${port}/field/`);
   await page.waitForSelector('#do-enroll');
-  return { ctx, page, name };
+  const p = { ctx, page, name };
+  phones.push(p);
+  return p;
 }
 
 const outboxCount = (page) => page.evaluate(async () => (await window.doorstepField.db.count('outbox')));
@@ -227,7 +231,7 @@ async function main() {
   await shot(A.page, '05-new-person');
   await A.page.click('#new-person button[type="submit"]');
   await until(A.page, () => location.hash.startsWith('#/p/N'), null, 'new person saved');
-  const newId = decodeURIComponent((await A.page.evaluate(() => location.hash)).slice(3));
+  const newId = decodeURIComponent((await A.page.evaluate(() => location.hash)).slice(4));
   check(await outboxCount(A.page) === 5, 'five edits wait in the outbox');
   step = 'reload offline';
   await A.page.reload();
@@ -338,6 +342,11 @@ try {
 } catch (e) {
   console.error(`FAIL at step "${step}": ${e.stack || e}`);
   if (serverErr) console.error('doorstepd stderr:\n' + serverErr.slice(-2000));
+  for (const p of phones) {
+    const text = await p.page.evaluate(() => document.body.innerText).catch((x) => String(x));
+    console.error(`phone ${p.name} shows:\n${text.slice(0, 1500)}`);
+    await p.page.screenshot({ path: join(artifacts, `fail-${p.name}.png`) }).catch(() => {});
+  }
   rc = 1;
 } finally {
   if (browser) await browser.close().catch(() => {});

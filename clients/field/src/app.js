@@ -172,7 +172,7 @@ async function screenHome() {
         pend ? h('span', { class: 'tag warn' }, `${pend} ${t('pending')}`) : null));
     }))));
   $main.replaceChildren(h('h1', {}, t('households')),
-    lists.length ? lists : h('p', { class: 'card' }, t('no_households')));
+    ...(lists.length ? lists : [h('p', { class: 'card' }, t('no_households'))]));
 }
 
 async function screenHousehold(id) {
@@ -286,8 +286,9 @@ async function screenPerson(id) {
       : save('person', id, [{ f: 'tags', o: 'add', v: tg }], `${t('tags')} + ${tg}`)),
   }, tg)));
   const reviewSpec = await fieldSpec('person', 'review');
-  const stage = crdt.stageValue(rec, 'review', null);
-  const nextStages = reviewSpec.values.slice(stage ? reviewSpec.values.indexOf(stage) + 1 : 0);
+  const ord = crdt.stageIndex(rec, 'review', null);
+  const stage = ord >= 0 ? reviewSpec.values[ord] : null;
+  const nextStages = reviewSpec.values.slice(ord + 1);
   $main.replaceChildren(
     h('a', { href: hhId ? `#/h/${encodeURIComponent(hhId)}` : '#/', class: 'back' }, '‹ ' + t('back')),
     h('section', { class: 'card' }, h('h1', {}, value(rec, 'name') || id), h('p', { class: 'sub' }, id),
