@@ -157,7 +157,9 @@ export async function enroll(enr, volunteer, report = () => {}) {
       s.meta.put(0, 'cursor');
       s.meta.put(null, 'scope'); /* unknown: the first sync takes a snapshot */
     });
-    await afterWelcome(conn, w, report, {});
+    const sum = { pushed: 0, held: 0, refused: 0, pulled: 0, purged: 0 };
+    await afterWelcome(conn, w, report, sum);
+    await db.write((s) => s.meta.put({ ms: Date.now(), ok: true, sum }, 'last_sync'));
     return { dev };
   } finally {
     conn.close();
