@@ -332,6 +332,31 @@ async function main() {
   await startServer();
   await syncAndWait(A.page, 'A after the server came back');
   check(fieldValues(await api(await login(), `/api/persons/${person2}`), 'note').includes('下午再来'), 'the server holds the edit made while it was down');
+
+  // 4c. A value the server refuses (signed past the screen's checks): shown
+  // with its reason, kept on the phone, and the edits after it still land.
+  step = 'refused';
+  await A.page.evaluate(async (pid) => {
+    await window.doorstepField.commitEdit('person', pid, [{ f: 'phone', o: 'set', v: '12345' }], '电话 = 12345');
+    await window.doorstepField.commitEdit('person', pid, [{ f: 'note', o: 'set', v: '拒收后的修改' }], '备注');
+  }, person2);
+  await syncAndWait(A.page, 'A with a refused delta');
+  check(await outboxCount(A.page) === 0, 'nothing is left waiting after the refusal');
+  await A.page.goto(`http://127.0.0.1:${port}/field/#/sync`);
+  await A.page.waitForSelector('#refused li');
+  check((await A.page.textContent('#refused')).includes('电话号码无效'), 'the refused edit shows the reason in Chinese');
+  check(fieldValues(await api(await login(), `/api/persons/${person2}`), 'note').includes('拒收后的修改'),
+    'the edit signed after the refused one was re-signed and reached the server');
+  await shot(A.page, '10-sync-refused');
+
+  // 4d. The station requires a key rotation: the next sync rotates.
+  step = 'rotation';
+  ctl('device', 'rotate', String(devA), '--require');
+  await A.page.evaluate(async (pid) => window.doorstepField.commitEdit('person', pid,
+    [{ f: 'note', o: 'set', v: '换钥匙之后' }], '备注'), person2);
+  await syncAndWait(A.page, 'A with a rotation required');
+  check(await A.page.evaluate(async () => (await window.doorstepField.db.meta('device')).epoch) === 2, 'phone A now signs with key epoch 2');
+  check(fieldValues(await api(await login(), `/api/persons/${person2}`), 'note').includes('换钥匙之后'), 'the edit after the rotation reached the server');
   ctl('verify');
   console.log('PASS field app end to end');
 }

@@ -464,5 +464,7 @@ window.addEventListener('online', () => { renderBar(); runSync(); });
 window.addEventListener('offline', () => renderBar());
 setInterval(() => { if (navigator.onLine && !syncing) db.meta('device').then((d) => d && runSync()); }, 120000);
 if ('serviceWorker' in navigator) navigator.serviceWorker.register('./sw.js').catch(() => {});
-window.doorstepField = { runSync, db, crdt };
+/* For the browser tests (tests/e2e/field.mjs), which drive the app as a volunteer would
+ * and read its store; commitEdit lets them sign an edit the screens would refuse. */
+window.doorstepField = { runSync, db, crdt, commitEdit };
 route().then(() => db.meta('device').then((d) => { if (d && navigator.onLine) runSync(); }));

@@ -385,7 +385,6 @@ async function renumberAfter(r) {
   await withChainLock(async () => {
     const dev = await db.meta('device');
     const keys = await db.meta('keys');
-    const refusedSeqs = new Set((await db.all('refused')).map((x) => x.seq));
     const out = (await db.all('outbox')).filter((o) => o.seq > r);
     const chain = await db.meta('chain');
     /* The head before r: the hash of the newest delta below r the server
@@ -402,7 +401,7 @@ async function renumberAfter(r) {
       map.set(o.seq, seq);
       for (const op of d.o) {
         if (!op.x) continue;
-        op.x = op.x.filter(([dv, s]) => !(dv === dev.dev && refusedSeqs.has(Number(s))))
+        op.x = op.x.filter(([dv, s]) => !(dv === dev.dev && Number(s) === r))
           .map(([dv, s]) => (dv === dev.dev && map.has(Number(s)) ? [dv, BigInt(map.get(Number(s)))] : [dv, s]));
         if (!op.x.length) delete op.x;
       }
