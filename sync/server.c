@@ -934,7 +934,7 @@ out:
 static int http_simple(struct lws *wsi, http_pss *h, unsigned status, const char *type,
                        char *body, size_t len)
 {
-    uint8_t buf[LWS_PRE + 512], *start = &buf[LWS_PRE], *p = start, *end = &buf[sizeof buf - 1];
+    uint8_t buf[LWS_PRE + 2048], *start = &buf[LWS_PRE], *p = start, *end = &buf[sizeof buf - 1];
     h->body = body;
     h->len = len;
     h->type = type;
