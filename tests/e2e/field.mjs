@@ -11,9 +11,10 @@
 //      checked as typed; reload while offline (the service worker opens the
 //      app, the outbox survives); back online, sync: the staff API and
 //      doorstepctl show every edit.
-//   3. Phone B enrolls by typed token on the same households; A and B give
-//      the same person different names offline; after both sync, A, B and a
-//      freshly enrolled phone C (whose records come straight from the
+//   3. Phone B enrolls by typed token on the same households, and a phone on
+//      the C device library (tests/field/cphone.c) too; all three give the same
+//      person different names offline; after they sync, A, B, the C phone and
+//      a freshly enrolled phone C (whose records come straight from the
 //      server's snapshot) hold byte-identical records, and the staff API
 //      lists the conflict.
 //   4. Hostile paths: the station shrinks A's scope while A edits offline →
@@ -41,7 +42,7 @@ if (!existsSync(CHROMIUM)) {
   process.exit(77);
 }
 const { chromium } = await import('playwright-core');
-for (const f of ['doorstepd', 'doorstepctl', 'doorstep-sim', 'field/app.js']) {
+for (const f of ['doorstepd', 'doorstepctl', 'doorstep-sim', 'field_cphone', 'field/app.js']) {
   if (!existsSync(join(build, f))) { console.error(`FAIL: ${join(build, f)} not built`); process.exit(1); }
 }
 
@@ -54,6 +55,11 @@ const phones = [];
 function ctl(...args) {
   return execFileSync(join(build, 'doorstepctl'), ['--data', data, ...args],
     { env: { ...process.env, DOORSTEP_ADMIN_PASSWORD: PASSWORD }, encoding: 'utf8' });
+}
+// The phone on the C device library (tests/field/cphone.c).
+function cphone(...args) {
+  return execFileSync(join(build, 'field_cphone'), [join(tmp, 'cphone'), join(repo, 'crdt', 'schema', 'yibao.json'),
+    ...args], { encoding: 'utf8' }).trim();
 }
 function check(cond, what) { if (!cond) throw new Error(`check failed: ${what}`); console.log('ok   ' + what); }
 
@@ -266,6 +272,9 @@ async function main() {
   await B.page.fill('#token', tokB.toUpperCase());
   await B.page.click('#do-enroll');
   await until(B.page, () => location.hash === '#/' && document.querySelectorAll('.list li').length >= 3, null, 'B households');
+  const tokD = /token: (\S+)/.exec(ctl('device', 'enroll', '--volunteer', '刘洋', '--households', hhs.join(','), '--no-qr'))[1];
+  cphone('enroll', `ws://127.0.0.1:${port}`, tokD);
+  cphone('set', 'person', person, 'name', '王建民'); // offline, on the C library
   await A.ctx.setOffline(true);
   await B.ctx.setOffline(true);
   for (const [P, nm] of [[A, '王建国'], [B, '王建华']]) {
@@ -279,7 +288,9 @@ async function main() {
   await B.ctx.setOffline(false);
   await syncAndWait(A.page, 'A');
   await syncAndWait(B.page, 'B');
-  await syncAndWait(A.page, 'A again (pulls B)');
+  cphone('sync', `ws://127.0.0.1:${port}`);
+  await syncAndWait(A.page, 'A again (pulls B and the C phone)');
+  await syncAndWait(B.page, 'B again (pulls the C phone)');
   const tokC = /token: (\S+)/.exec(ctl('device', 'enroll', '--volunteer', '赵敏', '--households', hhs.join(','), '--no-qr'))[1];
   const C = await phone('C');
   await C.page.fill('#token', tokC);
@@ -288,10 +299,13 @@ async function main() {
   for (const id of [person, person2, newId]) {
     const [a, b, c] = [await recordHex(A.page, 'person', id), await recordHex(B.page, 'person', id),
       await recordHex(C.page, 'person', id)];
-    check(a && a === b && b === c, `person ${id}: phones A, B and C (the server's snapshot) hold identical bytes`);
+    const d = cphone('record', 'person', id);
+    check(a && a === b && b === c && c === d,
+      `person ${id}: phones A, B, the C-library phone and C (the server's snapshot) hold identical bytes`);
   }
   const pc = await api(cookie, `/api/persons/${person}`);
-  check(pc.conflicts.some((f) => f.name === 'name'), 'the staff API shows the name conflict');
+  const names = pc.conflicts.filter((f) => f.name === 'name').flatMap((f) => f.values.map((v) => v.value));
+  check(['王建国', '王建华', '王建民'].every((n) => names.includes(n)), 'the staff API shows the three-way name conflict');
   await A.page.goto(`http://127.0.0.1:${port}/field/#/p/${person}`);
   await A.page.waitForSelector('.conflict');
   await shot(A.page, '08-conflict');
