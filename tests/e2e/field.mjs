@@ -25,7 +25,8 @@
 // CJK font (a Chinese string must render wider than a box glyph would).
 // Exit codes: 0 pass, 1 fail, 77 skip (only when Debian's chromium is absent).
 import { spawn, execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { inflateSync } from 'node:zlib';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -154,6 +155,46 @@ async function api(cookie, path) {
 const fieldValues = (p, name, key = null) =>
   p.fields.filter((f) => f.name === name && (key === null || String(f.key) === String(key)))
     .flatMap((f) => f.values.map((v) => v.value));
+
+// The QR code PNG doorstepctl writes (1-bit grayscale) as a Y4M video, for
+// Chromium's fake camera (--use-file-for-fake-video-capture): 640x480 frames,
+// the code scaled to fit in the middle of a white frame.
+function pngToY4m(pngPath, y4mPath) {
+  const png = readFileSync(pngPath);
+  const w = png.readUInt32BE(16), hgt = png.readUInt32BE(20), depth = png[24], ctype = png[25];
+  if (depth !== 1 || ctype !== 0) throw new Error(`QR PNG is not 1-bit grayscale (${depth}, ${ctype})`);
+  const idat = [];
+  for (let o = 8; o < png.length;) {
+    const len = png.readUInt32BE(o), type = png.toString('latin1', o + 4, o + 8);
+    if (type === 'IDAT') idat.push(png.subarray(o + 8, o + 8 + len));
+    o += 12 + len;
+  }
+  const raw = inflateSync(Buffer.concat(idat)), stride = Math.ceil(w / 8);
+  const rows = [];
+  let prev = Buffer.alloc(stride);
+  for (let y = 0; y < hgt; y++) {
+    const f = raw[y * (stride + 1)], line = Buffer.from(raw.subarray(y * (stride + 1) + 1, (y + 1) * (stride + 1)));
+    for (let i = 0; i < stride; i++) {
+      const a = i ? line[i - 1] : 0, b = prev[i], c = i ? prev[i - 1] : 0;
+      const pa = Math.abs(b - c), pb = Math.abs(a - c), pc = Math.abs(a + b - 2 * c);
+      const pred = [0, a, b, (a + b) >> 1, pa <= pb && pa <= pc ? a : pb <= pc ? b : c][f];
+      line[i] = (line[i] + pred) & 0xff;
+    }
+    rows.push(line);
+    prev = line;
+  }
+  const W = 640, H = 480, size = 440, y0 = (H - size) / 2, x0 = (W - size) / 2;
+  const Y = Buffer.alloc(W * H, 235);
+  for (let y = 0; y < size; y++)
+    for (let x = 0; x < size; x++) {
+      const sx = Math.floor((x * w) / size), sy = Math.floor((y * hgt) / size);
+      const bit = (rows[sy][sx >> 3] >> (7 - (sx & 7))) & 1;
+      Y[(y0 + y) * W + x0 + x] = bit ? 235 : 16;
+    }
+  const UV = Buffer.alloc((W / 2) * (H / 2), 128);
+  const frame = Buffer.concat([Buffer.from('FRAME\n'), Y, UV, UV]);
+  writeFileSync(y4mPath, Buffer.concat([Buffer.from(`YUV4MPEG2 W${W} H${H} F10:1 Ip A1:1 C420jpeg\n`), frame, frame, frame]));
+}
 
 async function main() {
   const year = new Date().getFullYear();
@@ -371,6 +412,32 @@ async function main() {
   await syncAndWait(A.page, 'A with a rotation required');
   check(await A.page.evaluate(async () => (await window.doorstepField.db.meta('device')).epoch) === 2, 'phone A now signs with key epoch 2');
   check(fieldValues(await api(await login(), `/api/persons/${person2}`), 'note').includes('换钥匙之后'), 'the edit after the rotation reached the server');
+
+  // 5. Enrollment with the camera: Chromium's fake camera shows the QR code.
+  step = 'camera';
+  const pngE = join(tmp, 'e.png'), y4m = join(tmp, 'e.y4m');
+  ctl('device', 'enroll', '--volunteer', '孙丽', '--households', hhs[0], '--png', pngE, '--no-qr');
+  pngToY4m(pngE, y4m);
+  const cam = await chromium.launch({ executablePath: CHROMIUM, headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+      '--disable-sync', '--no-first-run', '--disable-quic', '--use-fake-ui-for-media-stream',
+      '--use-fake-device-for-media-stream', `--use-file-for-fake-video-capture=${y4m}`] });
+  try {
+    const ctx = await cam.newContext({ viewport: { width: 390, height: 844 }, locale: 'zh-CN', permissions: ['camera'] });
+    const page = await ctx.newPage();
+    await page.goto(`http://127.0.0.1:${port}/field/`);
+    await page.waitForSelector('#scan');
+    await page.click('#scan');
+    await until(page, () => document.querySelector('#token').value.startsWith('doorstep://enroll?'), null,
+      'the camera read the QR code', 20000);
+    check(true, 'the camera scan read the enrollment QR code');
+    await page.click('#do-enroll');
+    await until(page, () => location.hash === '#/' && document.querySelectorAll('.list li').length === 1, null,
+      'camera-enrolled phone lists its household', 30000);
+    check(true, 'the phone enrolled from the camera scan shows its household');
+  } finally {
+    await cam.close();
+  }
   ctl('verify');
   console.log('PASS field app end to end');
 }
