@@ -131,11 +131,17 @@ static void idnum_of(uint64_t *rng, int by, unsigned region, unsigned seq, char 
     snprintf(birth, 11, "%04d-%02u-%02u", y, m, d);
 }
 
-static void visit_date(uint32_t year, uint32_t day, char out[11])
+/* China Standard Time (UTC+8, no DST), the stations' clock, as sync/api.c counts days. */
+#define SIM_TZ_OFFSET_MS (8ull * 3600 * 1000)
+
+/* Visit days follow the clock: the last day this run simulates is today (in
+ * the station's time zone), the ones before it the calendar days before, so
+ * the dashboard's 本周走访 counts the demo's visits on the day it runs. */
+static void visit_date(int64_t today, int64_t last_day, uint32_t day, char out[11])
 {
     int y;
     unsigned m, d;
-    crdt_civil_from_days(crdt_days_from_civil((int)year, 9, 1) + day % 120, &y, &m, &d);
+    crdt_civil_from_days(today - (last_day - (int64_t)day), &y, &m, &d);
     snprintf(out, 11, "%04d-%02u-%02u", y, m, d);
 }
 
@@ -178,6 +184,8 @@ typedef struct sim {
     simdev *devs;            /* [0] = station, [1..V] volunteers */
     size_t n;
     uint32_t day0;           /* first day number of this run */
+    int64_t today;           /* days since 1970-01-01 of today, station time */
+    int64_t last_day;        /* the day number this run dates today */
 } sim;
 
 static int dev_open(sim *S, simdev *d, const char *name)
@@ -681,7 +689,7 @@ static void volunteer_day(sim *S, simdev *d, uint32_t day)
     slist sc = {0}, own = {0};
     char date[11];
     int rc = 0;
-    visit_date(S->year, day, date);
+    visit_date(S->today, S->last_day, day, date);
     if ((rc = dsd_record_foreach(d->h, "person", collect_person, &pl)) ||
         (rc = dsd_scope_foreach(d->h, collect_scope, &sc)))
         goto out;
@@ -763,7 +771,7 @@ static void station_day(sim *S, simdev *d, uint32_t day)
     plist pl = {.year = S->year};
     char date[11], year[8];
     int rc = 0;
-    visit_date(S->year, day, date);
+    visit_date(S->today, S->last_day, day, date);
     snprintf(year, sizeof year, "%u", S->year);
     if ((rc = dsd_record_foreach(d->h, "person", collect_conflict, &cs))) goto out;
     for (size_t i = 0; i < cs.n && !rc; i++) {
@@ -1103,10 +1111,12 @@ int sim_run(store *st, const sim_opts *oin, sim_result *r)
         if ((rc = first_error(&S, r->why, sizeof r->why))) goto out;
     }
     double t1 = mono_s();
+    S.today = (int64_t)((now_ms() + SIM_TZ_OFFSET_MS) / 86400000ull);
+    S.last_day = (int64_t)S.day0 + (int64_t)o.days - 1;
     for (uint32_t d = 0; d < o.days; d++) {
         uint32_t day = S.day0 + d;
         char date[11];
-        visit_date(S.year, day, date);
+        visit_date(S.today, S.last_day, day, date);
         double td = mono_s();
         for_all(&S, dev_day, &day);
         if ((rc = first_error(&S, r->why, sizeof r->why))) goto out;

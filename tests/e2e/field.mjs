@@ -206,6 +206,8 @@ async function main() {
     '--volunteers', '4', '--households', '24', '--days', '1', '--seed', '7'],
   { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
   const cookie = await login();
+  const ov = await api(cookie, '/api/overview');
+  check(ov.station.visits_week > 0, `the demo's visits are dated by the clock: 本周走访 = ${ov.station.visits_week} on ${ov.today}`);
   const hhs = ['H00001', 'H00002', 'H00003'];
   const hh0 = await api(cookie, `/api/households/${hhs[0]}`);
   check(hh0.members && hh0.members.length > 0, 'the sim made households with members');
