@@ -14,11 +14,12 @@
 // Screenshots go to ARTIFACT_DIR (default BUILD_DIR/e2e-artifacts).
 //
 // Exit codes: 0 pass, 1 fail, 77 skip (only when Debian's chromium is absent).
-import { spawn, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { startDoorstepd, stopDoorstepd, until } from './common.mjs';
 
 const CHROMIUM = '/usr/bin/chromium';
 const here = dirname(fileURLToPath(import.meta.url));
@@ -48,7 +49,8 @@ for (const b of ['doorstepd', 'doorstepctl', 'doorstep-sim']) {
 const tmp = mkdtempSync(join(tmpdir(), 'doorstep-e2e-'));
 const data = join(tmp, 'data');
 mkdirSync(artifacts, { recursive: true });
-let server = null, context = null, serverErr = '';
+let server = null, context = null;
+const serverErr = () => (server ? server.stderr() : '');
 let step = 'start';
 
 function ctl(...args) {
@@ -60,40 +62,12 @@ function check(cond, what) {
 }
 
 async function startServer() {
-  server = spawn(join(build, 'doorstepd'), ['--data', data, '--listen', '127.0.0.1:0',
-    '--static', join(repo, 'clients', 'dashboard'), '--log-level', '1'],
-    { stdio: ['ignore', 'pipe', 'pipe'] });
-  server.stderr.on('data', (d) => { serverErr += d; });
-  return await new Promise((ok, fail) => {
-    let out = '';
-    const timer = setTimeout(() => fail(new Error('doorstepd did not start: ' + out + serverErr)), 20000);
-    server.stdout.on('data', (d) => {
-      out += d;
-      const m = /ws:\/\/127\.0\.0\.1:(\d+)\/sync/.exec(out);
-      if (m) { clearTimeout(timer); ok(Number(m[1])); }
-    });
-    server.on('exit', (c) => { clearTimeout(timer); fail(new Error(`doorstepd exited ${c}: ${serverErr}`)); });
-  });
+  server = await startDoorstepd(join(build, 'doorstepd'), ['--data', data, '--listen', '127.0.0.1:0',
+    '--static', join(repo, 'clients', 'dashboard'), '--log-level', '1']);
+  return server.port;
 }
 
-async function stopServer() {
-  if (!server || server.exitCode !== null) return;
-  const done = new Promise((ok) => server.on('exit', ok));
-  server.kill('SIGTERM');
-  await Promise.race([done, new Promise((ok) => setTimeout(ok, 10000))]);
-  if (server.exitCode === null) server.kill('SIGKILL');
-}
-
-// page.waitForFunction evaluates a string in the page, which the server's
-// CSP (script-src 'self', no unsafe-eval) rightly refuses: poll instead.
-async function until(page, fn, arg, what, ms = 15000) {
-  const end = Date.now() + ms;
-  for (;;) {
-    if (await page.evaluate(fn, arg)) return;
-    if (Date.now() > end) throw new Error('timed out waiting for ' + what);
-    await new Promise((ok) => setTimeout(ok, 100));
-  }
-}
+async function stopServer() { await stopDoorstepd(server); }
 
 async function shot(page, name) {
   await page.screenshot({ path: join(artifacts, name + '.png'), fullPage: true });
@@ -295,11 +269,11 @@ try {
 } finally {
   if (context) await context.close().catch(() => {});
   await stopServer();
-  if (/ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:/.test(serverErr)) {
-    console.error('FAIL: doorstepd sanitizer report:\n' + serverErr);
+  if (/ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:/.test(serverErr())) {
+    console.error('FAIL: doorstepd sanitizer report:\n' + serverErr());
     code = 1;
   } else if (code) {
-    console.error('doorstepd stderr:\n' + serverErr.slice(-4000));
+    console.error('doorstepd stderr:\n' + serverErr().slice(-4000));
   }
   rmSync(tmp, { recursive: true, force: true });
 }

@@ -24,12 +24,13 @@
 // Screenshots of every screen go to ARTIFACT_DIR and are checked for the
 // CJK font (a Chinese string must render wider than a box glyph would).
 // Exit codes: 0 pass, 1 fail, 77 skip (only when Debian's chromium is absent).
-import { spawn, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { inflateSync } from 'node:zlib';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { startDoorstepd, stopDoorstepd, until as pollUntil } from './common.mjs';
 
 const CHROMIUM = '/usr/bin/chromium';
 const here = dirname(fileURLToPath(import.meta.url));
@@ -50,7 +51,7 @@ for (const f of ['doorstepd', 'doorstepctl', 'doorstep-sim', 'field_cphone', 'fi
 const tmp = mkdtempSync(join(tmpdir(), 'doorstep-field-e2e-'));
 const data = join(tmp, 'data');
 mkdirSync(artifacts, { recursive: true });
-let server = null, serverErr = '', port = 0, browser = null, step = 'start';
+let server = null, pastErr = '', port = 0, browser = null, step = 'start';
 const phones = [];
 
 function ctl(...args) {
@@ -65,36 +66,14 @@ function cphone(...args) {
 function check(cond, what) { if (!cond) throw new Error(`check failed: ${what}`); console.log('ok   ' + what); }
 
 async function startServer() {
-  server = spawn(join(build, 'doorstepd'), ['--data', data, '--listen', `127.0.0.1:${port}`,
-    '--field', join(build, 'field'), '--log-level', '1'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  server.stderr.on('data', (d) => { serverErr += d; });
-  port = await new Promise((ok, fail) => {
-    let out = '';
-    const timer = setTimeout(() => fail(new Error('doorstepd did not start: ' + out + serverErr)), 20000);
-    server.stdout.on('data', (d) => {
-      out += d;
-      const m = /ws:\/\/127\.0\.0\.1:(\d+)\/sync/.exec(out);
-      if (m) { clearTimeout(timer); ok(Number(m[1])); }
-    });
-    server.on('exit', (c) => { clearTimeout(timer); fail(new Error(`doorstepd exited ${c}: ${serverErr}`)); });
-  });
+  if (server) pastErr += server.stderr();
+  server = await startDoorstepd(join(build, 'doorstepd'), ['--data', data, '--listen', `127.0.0.1:${port}`,
+    '--field', join(build, 'field'), '--log-level', '1']);
+  port = server.port; // the same port again after a restart: phones keep their server URL
 }
-async function stopServer(sig = 'SIGTERM') {
-  if (!server || server.exitCode !== null) return;
-  const done = new Promise((ok) => server.on('exit', ok));
-  server.kill(sig);
-  await Promise.race([done, new Promise((ok) => setTimeout(ok, 10000))]);
-  if (server.exitCode === null) server.kill('SIGKILL');
-}
-
-async function until(page, fn, arg, what, ms = 20000) {
-  const end = Date.now() + ms;
-  for (;;) {
-    if (await page.evaluate(fn, arg)) return;
-    if (Date.now() > end) throw new Error('timed out waiting for ' + what);
-    await new Promise((ok) => setTimeout(ok, 150));
-  }
-}
+const stopServer = (sig) => stopDoorstepd(server, sig);
+const serverErr = () => pastErr + (server ? server.stderr() : '');
+const until = (page, fn, arg, what, ms = 20000) => pollUntil(page, fn, arg, what, ms);
 
 // A screenshot, and a check that Chinese text is drawn with a real CJK font:
 // 医保走访 in the page's font must be much wider than four missing-glyph boxes
@@ -346,6 +325,16 @@ async function main() {
     check(a && a === b && b === c && c === d,
       `person ${id}: phones A, B, the C-library phone and C (the server's snapshot) hold identical bytes`);
   }
+  // A sync cut off between a changes page and fetching the persons it named
+  // leaves their ids in "fetch"; the next sync fetches them.
+  const before = await recordHex(A.page, 'person', person2);
+  await A.page.evaluate(async (pid) => {
+    const { db } = window.doorstepField;
+    await db.write((s) => { s.records.delete(`person/${pid}`); s.meta.put([pid], 'fetch'); });
+  }, person2);
+  await syncAndWait(A.page, 'A with a person left to fetch');
+  check(await recordHex(A.page, 'person', person2) === before, 'a person left to fetch by a cut-off sync is fetched by the next one');
+  check((await A.page.evaluate(async () => window.doorstepField.db.meta('fetch'))).length === 0, 'and leaves the fetch list');
   const pc = await api(cookie, `/api/persons/${person}`);
   const names = pc.conflicts.filter((f) => f.name === 'name').flatMap((f) => f.values.map((v) => v.value));
   check(['王建国', '王建华', '王建民'].every((n) => names.includes(n)), 'the staff API shows the three-way name conflict');
@@ -449,7 +438,7 @@ try {
   await main();
 } catch (e) {
   console.error(`FAIL at step "${step}": ${e.stack || e}`);
-  if (serverErr) console.error('doorstepd stderr:\n' + serverErr.slice(-2000));
+  if (serverErr()) console.error('doorstepd stderr:\n' + serverErr().slice(-2000));
   for (const p of phones) {
     const text = await p.page.evaluate(() => document.body.innerText).catch((x) => String(x));
     console.error(`phone ${p.name} shows:\n${text.slice(0, 1500)}`);

@@ -330,7 +330,8 @@ async function screenNewPerson(hhId) {
     inputs.id_number.value = inputs.id_number.value.toUpperCase().replace(/\s/g, '');
     const v = inputs.id_number.value;
     const e = v.length ? checkValue(f('id_number'), v) : null;
-    errs.id_number.textContent = e && v.length >= 18 ? t('v_' + e) : (e && v.length > 18 ? t('v_' + e) : '');
+    /* Complain once all 18 characters are typed, not at every keystroke before. */
+    errs.id_number.textContent = e && v.length >= 18 ? t('v_' + e) : '';
     const facts = idnumFacts(v);
     okLine.textContent = facts ? t('id_ok', facts.birth, facts.gender) : '';
     if (facts) { inputs.birth_date.value = facts.birth; inputs.gender.value = facts.gender; }

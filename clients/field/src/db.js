@@ -5,7 +5,8 @@
  *   meta     key → value: "device" {dev, epoch, srv, server, volunteer},
  *            "keys" {epoch → key record (keys.js)}, "pending_key" {epoch, key},
  *            "chain" {seq, head, hlc}, "cursor", "scope" [household ids],
- *            "clock" (ms to add to the phone's clock), "last_sync" {ms, ok, msg}
+ *            "clock" (ms to add to the phone's clock), "last_sync" {ms, ok, msg},
+ *            "fetch" [person ids to fetch merged: new to the phone, seen in changes]
  *   records  "kind/id" → {kind, id, bytes (canonical record bytes), hh}
  *   outbox   seq → {seq, env, delta, kind, id, summary, at}: signed, not yet acked
  *   held     seq → {seq, kind, id, code, reason, summary, at}: the server kept it

@@ -126,7 +126,6 @@ async function hello(conn, pinned) {
     throw new SyncError('proto', 'first frame is not a hello');
   if (pinned && !equalBytes(pinned, h.srv))
     throw new SyncError('server_key', 'the server key differs from the one this phone enrolled with');
-  await db.write((s) => s.meta.put(num(h.now) - Date.now(), 'clock'));
   return h;
 }
 
@@ -480,19 +479,38 @@ async function snapshot(conn, report, ids, sum) {
   }
 }
 
+/*
+ * Persons new to the phone (created, or moved into one of its households)
+ * have a history older than the cursor, so they are fetched merged with
+ * `snapshot` `k`.  Their ids are stored ("fetch") in the transaction that
+ * moves the cursor past their deltas, and leave only once fetched, so a sync
+ * cut off in between fetches them next time instead of losing them.
+ */
+async function fetchPersons(conn, report, sum) {
+  for (;;) {
+    const ids = (await db.meta('fetch')) || [];
+    if (!ids.length) return;
+    const batch = ids.slice(0, 500);
+    await snapshot(conn, report, batch, sum);
+    await db.write(async (s, req) => {
+      const cur = (await req(s.meta.get('fetch'))) || [];
+      s.meta.put(cur.filter((x) => !batch.includes(x)), 'fetch');
+    });
+  }
+}
+
 async function pull(conn, report, sum) {
   const { compiled } = await schema();
-  let id = 1;
-  for (;;) {
+  await fetchPersons(conn, report, sum);
+  for (let id = 501; ; id++) {
     const a = (await db.meta('cursor')) || 0;
-    conn.send({ t: 'pull', id: 500 + id, a, m: 500 });
+    conn.send({ t: 'pull', id, a, m: 500 });
     const f = await conn.next(60000);
     if (f.t === 'error') throw serverError(f);
-    if (f.t !== 'changes' || num(f.id) !== 500 + id) throw new SyncError('proto', 'expected changes');
-    id++;
-    const unknown = new Set();
+    if (f.t !== 'changes' || num(f.id) !== id) throw new SyncError('proto', 'expected changes');
     await db.write(async (s, req) => {
       const chain = await req(s.meta.get('chain'));
+      const fetch = new Set((await req(s.meta.get('fetch'))) || []);
       let hlc = chain.hlc;
       for (const env of f.e || []) {
         const d = crdt.decodeDelta(decodeEnvelope(env).b);
@@ -500,9 +518,7 @@ async function pull(conn, report, sum) {
         const key = db.recordKey(d.k, d.i);
         const row = await req(s.records.get(key));
         if (!row && d.k === 'person') {
-          /* New to this phone (created, or moved into one of its households):
-           * its history may be older than the cursor, so fetch it merged. */
-          unknown.add(d.i);
+          fetch.add(d.i);
           continue;
         }
         const rec = row ? crdt.decodeRecord(row.bytes) : crdt.newRecord(d.k, d.i);
@@ -511,9 +527,10 @@ async function pull(conn, report, sum) {
         sum.pulled++;
       }
       s.meta.put({ ...chain, hlc }, 'chain');
+      s.meta.put([...fetch], 'fetch');
       s.meta.put(num(f.n), 'cursor');
     });
-    if (unknown.size) await snapshot(conn, report, [...unknown].slice(0, 500), sum);
+    await fetchPersons(conn, report, sum);
     report({ phase: 'pull', pulled: sum.pulled });
     if (!f.more) return;
   }

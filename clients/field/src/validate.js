@@ -38,18 +38,13 @@ export function idnumFacts(s) {
     gender: (+s[16]) % 2 ? '男' : '女' };
 }
 
-/** CRDT_EPHONE (-55): mobile 1[3-9]xxxxxxxxx or landline 0xx(x)[-]xxxxxxx(x). */
+/**
+ * CRDT_EPHONE (-55) unless s is a mainland mobile number (11 digits, "1" then
+ * 3..9) or a landline: "0" and 2 or 3 more area digits, an optional "-", and
+ * 7 or 8 digits (crdt_check_phone's two area lengths, as one pattern).
+ */
 export function checkPhone(s) {
-  if (/^1[3-9]\d{9}$/.test(s)) return null;
-  if (/^0\d{2,3}-?\d{7,8}$/.test(s)) {
-    for (const area of [3, 4]) {
-      let rest = s.slice(area);
-      if (!/^\d+$/.test(s.slice(0, area))) continue;
-      if (rest.startsWith('-')) rest = rest.slice(1);
-      if (/^\d{7,8}$/.test(rest)) return null;
-    }
-  }
-  return 'phone';
+  return /^1[3-9]\d{9}$/.test(s) || /^0\d{2,3}-?\d{7,8}$/.test(s) ? null : 'phone';
 }
 
 /** CRDT_EDATE (-56): YYYY-MM-DD, a real date in 1900..2100. */
