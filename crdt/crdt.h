@@ -629,6 +629,18 @@ int crdt_record_encode(const crdt_record *r, crdt_buf *out);
  */
 int crdt_record_decode(const uint8_t *p, size_t n, crdt_record **out);
 
+/*
+ * crdt_field_conflict — is this field instance a conflict a person must
+ * resolve?  Only an mv field can be: its live concurrent writes hold more
+ * than one DISTINCT value.  Two phones that wrote the same value agree, so
+ * 代缴 and 代缴 are one value with two writers, not a conflict.  Every count
+ * of conflicts (dashboard, reports, exports, the simulator) uses this.
+ */
+bool crdt_field_conflict(const crdt_field *f);
+
+/* Number of field instances of r for which crdt_field_conflict holds. */
+uint32_t crdt_record_conflicts(const crdt_record *r);
+
 /* Find a field instance; key may be {NULL,0}.  NULL if absent. */
 const crdt_field *crdt_record_field(const crdt_record *r, const char *name,
                                     crdt_blob key);

@@ -526,6 +526,22 @@ fail:
 
 /* ---- queries ------------------------------------------------------------- */
 
+bool crdt_field_conflict(const crdt_field *f)
+{
+    if (!f || f->type != CRDT_F_MV) return false;
+    for (uint32_t i = 1; i < f->n; i++)
+        if (crdt_blob_cmp(f->e[i].v, f->e[0].v)) return true;
+    return false;
+}
+
+uint32_t crdt_record_conflicts(const crdt_record *r)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; r && i < r->n_fields; i++)
+        if (crdt_field_conflict(&r->fields[i])) n++;
+    return n;
+}
+
 const crdt_field *crdt_record_field(const crdt_record *r, const char *name, crdt_blob key)
 {
     if (!r || !name) return NULL;

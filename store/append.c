@@ -58,15 +58,10 @@ int store_device_next_id(store_txn *t, uint32_t *id)
     return STORE_OK;
 }
 
-int store_device_put(store_txn *t, const store_device *d)
+/* Write d's record (no admin generation bump: see the callers). */
+static int device_write(store_txn *t, const store_device *d)
 {
     uint8_t k[4], v[DEV_BYTES];
-    uint64_t gen;
-    int rc = store_admin_gen(t, &gen);
-    if (rc) return rc;
-    uint8_t g[8];
-    be64(g, gen + 1);
-    if ((rc = store_put(t, DB_META, "admin_gen", 9, g, 8))) return rc;
     be32(k, d->id);
     memset(v, 0, sizeof v);
     v[0] = DEV_LAYOUT;
@@ -78,6 +73,29 @@ int store_device_put(store_txn *t, const store_device *d)
     memcpy(v + 30, d->volunteer, strnlen(d->volunteer, sizeof d->volunteer - 1));
     v[DEV_BYTES_V1] = d->flags;
     return store_put(t, DB_DEVICES, k, 4, v, sizeof v);
+}
+
+int store_device_put(store_txn *t, const store_device *d)
+{
+    uint64_t gen;
+    int rc = store_admin_gen(t, &gen);
+    if (rc) return rc;
+    uint8_t g[8];
+    be64(g, gen + 1);
+    if ((rc = store_put(t, DB_META, "admin_gen", 9, g, 8))) return rc;
+    return device_write(t, d);
+}
+
+int store_device_seen(store_txn *t, uint32_t dev, uint64_t ms)
+{
+    store_device d;
+    int rc = store_device_get(t, dev, &d);
+    if (rc) return rc;
+    if (ms <= d.last_sync_ms) return STORE_OK; /* never moves back */
+    d.last_sync_ms = ms;
+    /* Only the time changes: no admin generation bump, so live sessions
+     * are not rechecked for it. */
+    return device_write(t, &d);
 }
 
 int store_device_get(store_txn *t, uint32_t id, store_device *out)

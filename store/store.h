@@ -273,7 +273,8 @@ typedef struct store_device {
     uint32_t epoch;              /* current key epoch */
     uint64_t revoked_at_seq;     /* soft revocation: highest seq held then */
     uint64_t created_ms;
-    uint64_t last_sync_ms;
+    uint64_t last_sync_ms;       /* server time of its last sync step (auth, push
+                                  * acked, pull, snapshot): store_device_seen */
     char volunteer[64];          /* NUL-terminated */
     uint8_t flags;               /* STORE_DEVF_* */
 } store_device;
@@ -285,6 +286,17 @@ enum { STORE_DEVF_ROTATE_REQUIRED = 1 };  /* rotate the key before pushing */
  * polling interval that a device was revoked, frozen or changed.
  * 0 or an LMDB error. */
 int store_device_put(store_txn *t, const store_device *d);
+
+/* The device synced at ms (server time): raise its last_sync_ms to ms (a
+ * smaller ms changes nothing).  Unlike store_device_put it does not bump
+ * the admin generation: a sync is not an administrative change.  Returns
+ * 0, STORE_ENOTFOUND, or an LMDB error. */
+int store_device_seen(store_txn *t, uint32_t dev, uint64_t ms);
+
+typedef struct store_seen {
+    uint32_t dev;
+    uint64_t ms;
+} store_seen;
 /* A counter bumped by every device change (any process). 0 if never. */
 int store_admin_gen(store_txn *t, uint64_t *gen);
 /* The next free device id (greatest id in use + 1; ids start at 1). */

@@ -218,6 +218,11 @@ static int commit_once(store *st, const sync_config *cfg, sync_job *jobs, uint64
                 return rc;
             }
         }
+        /* The push is a sync: its last-sync time is durable with it. */
+        if (j->n && (rc = store_device_seen(t, j->dev, now_ms)) && rc != STORE_ENOTFOUND) {
+            store_abort(t);
+            return rc;
+        }
     }
     return store_commit(t);
 }

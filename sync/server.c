@@ -123,6 +123,19 @@ struct sync_server {
     uint64_t last_snapshot_mono;      /* coverage history: snapshot every 10 min */
     uint64_t admin_gen;
 
+    /* Last-sync times (DESIGN: what staff see as 最后同步).  The loop
+     * thread notes every completed sync step in seen_ms (by device id) and
+     * lists each device once in seen_dirty; every cfg->seen_flush_ms admin_poll
+     * hands the list to the writer (seen_q, under mu), which records it in
+     * one short transaction.  Pushes also record it in their own commit. */
+    uint64_t *seen_ms;
+    uint32_t seen_cap;
+    uint32_t *seen_dirty;
+    size_t n_seen_dirty, seen_dirty_cap;
+    store_seen *seen_q;
+    size_t n_seen_q;
+    uint64_t seen_flush_mono;
+
     volatile sig_atomic_t stop_requested;
     bool draining;
     uint64_t drain_deadline;
@@ -147,6 +160,68 @@ static uint64_t mono_ms(void)
 #define GET(field) __atomic_load_n(&sv->m.field, __ATOMIC_RELAXED)
 
 /* ---- worker and writer threads ---------------------------------------------------- */
+
+/* Loop thread: device dev completed a sync step now. */
+static void seen_note(sync_server *sv, uint32_t dev, uint64_t ms)
+{
+    if (!dev) return;
+    if (dev >= sv->seen_cap) {
+        uint32_t nc = sv->seen_cap ? sv->seen_cap : 64;
+        while (nc <= dev && nc < UINT32_MAX / 2) nc *= 2;
+        if (nc <= dev) return;
+        uint64_t *p = realloc(sv->seen_ms, (size_t)nc * sizeof *p);
+        if (!p) return; /* out of memory costs only a last-sync time */
+        memset(p + sv->seen_cap, 0, (size_t)(nc - sv->seen_cap) * sizeof *p);
+        sv->seen_ms = p;
+        sv->seen_cap = nc;
+    }
+    if (!sv->seen_ms[dev]) {
+        if (sv->n_seen_dirty == sv->seen_dirty_cap) {
+            size_t nc = sv->seen_dirty_cap ? sv->seen_dirty_cap * 2 : 64;
+            uint32_t *p = realloc(sv->seen_dirty, nc * sizeof *p);
+            if (!p) return;
+            sv->seen_dirty = p;
+            sv->seen_dirty_cap = nc;
+        }
+        sv->seen_dirty[sv->n_seen_dirty++] = dev;
+    }
+    sv->seen_ms[dev] = ms;
+}
+
+/* Loop thread: hand the noted times to the writer (seen_q). */
+static void seen_flush(sync_server *sv)
+{
+    if (!sv->n_seen_dirty) return;
+    pthread_mutex_lock(&sv->mu);
+    store_seen *q = realloc(sv->seen_q, (sv->n_seen_q + sv->n_seen_dirty) * sizeof *q);
+    if (q) {
+        sv->seen_q = q;
+        for (size_t i = 0; i < sv->n_seen_dirty; i++) {
+            uint32_t d = sv->seen_dirty[i];
+            q[sv->n_seen_q++] = (store_seen){d, sv->seen_ms[d]};
+        }
+        pthread_cond_signal(&sv->cv_commit);
+    }
+    pthread_mutex_unlock(&sv->mu);
+    for (size_t i = 0; i < sv->n_seen_dirty; i++) sv->seen_ms[sv->seen_dirty[i]] = 0;
+    sv->n_seen_dirty = 0;
+}
+
+/* Writer thread: record last-sync times (a device deleted meanwhile is
+ * skipped).  Not data: a failure is logged, never retried. */
+static void seen_commit(sync_server *sv, const store_seen *v, size_t n)
+{
+    store_txn *t;
+    int rc = sv->write_failed ? STORE_EIO : store_begin(sv->st, STORE_RW, &t);
+    for (size_t i = 0; !rc && i < n; i++) {
+        rc = store_device_seen(t, v[i].dev, v[i].ms);
+        if (rc == STORE_ENOTFOUND) rc = 0;
+    }
+    if (!rc) rc = store_commit(t);
+    else if (!sv->write_failed) store_abort(t);
+    if (rc && sv->o.log_level >= 2)
+        lwsl_user("last-sync times of %zu devices not recorded: %s\n", n, store_strerror(rc));
+}
 
 static void *worker_main(void *arg)
 {
@@ -213,8 +288,20 @@ static void *writer_main(void *arg)
     sync_server *sv = arg;
     pthread_mutex_lock(&sv->mu);
     for (;;) {
-        while (!sv->threads_stop && !(sv->jobs && sv->jobs->state == JOB_VERIFIED))
+        while (!sv->threads_stop && !(sv->jobs && sv->jobs->state == JOB_VERIFIED) &&
+               !sv->n_seen_q)
             pthread_cond_wait(&sv->cv_commit, &sv->mu);
+        if (sv->n_seen_q) {
+            store_seen *seen = sv->seen_q;
+            size_t nseen = sv->n_seen_q;
+            sv->seen_q = NULL;
+            sv->n_seen_q = 0;
+            pthread_mutex_unlock(&sv->mu);
+            seen_commit(sv, seen, nseen);
+            free(seen);
+            pthread_mutex_lock(&sv->mu);
+            continue;
+        }
         if (!(sv->jobs && sv->jobs->state == JOB_VERIFIED)) break; /* stopping, idle */
         /* Take the verified prefix: one group commit. */
         sync_job *batch = NULL, **bt = &batch;
@@ -337,6 +424,11 @@ static void *writer_main(void *arg)
 
 static void conn_queue(conn *c, sync_out *out)
 {
+    if (out->synced) {
+        sync_server *sv = lws_context_user(lws_get_context(c->wsi));
+        seen_note(sv, sync_session_device(c->sess), now_ms());
+        out->synced = false;
+    }
     for (sync_frame *f = out->frames; f;) {
         sync_frame *next = f->next;
         f->next = NULL;
@@ -484,6 +576,10 @@ static void admin_poll(lws_sorted_usec_list_t *sul)
         sync_out_append(&out, sync_frame_error(SYNC_EAUTHTIME, NULL, 0));
         out.close_code = LWS_CLOSE_STATUS_POLICY_VIOLATION;
         conn_queue(c, &out);
+    }
+    if (mono - sv->seen_flush_mono >= sv->cfg->seen_flush_ms) {
+        sv->seen_flush_mono = mono;
+        seen_flush(sv);
     }
     if (gen != sv->admin_gen) {
         sv->admin_gen = gen;
@@ -1342,6 +1438,7 @@ int sync_server_run(sync_server *sv)
             if ((!jobs_pending(sv) && !queued) || mono_ms() > sv->drain_deadline) break;
         }
     }
+    seen_flush(sv); /* the writer records them before it stops (sync_server_free) */
     /* Close every session with "going away". */
     for (conn *c = sv->conns; c; c = c->next) {
         c->close_code = LWS_CLOSE_STATUS_GOINGAWAY;
@@ -1392,6 +1489,9 @@ void sync_server_free(sync_server *sv)
     sync_limiter_free(sv->limiter);
     pthread_cond_destroy(&sv->cv_api);
     free(sv->touched);
+    free(sv->seen_ms);
+    free(sv->seen_dirty);
+    free(sv->seen_q);
     free(sv->workers);
     pthread_mutex_destroy(&sv->mu);
     pthread_cond_destroy(&sv->cv_work);

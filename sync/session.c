@@ -24,7 +24,7 @@
 #include <string.h>
 
 const sync_config sync_config_default = {
-    CRDT_LIMITS_DEFAULT_INIT, 500, 500, 192 * 1024, 24ull * 3600 * 1000, 10, 4, 200, 5000
+    CRDT_LIMITS_DEFAULT_INIT, 500, 500, 192 * 1024, 24ull * 3600 * 1000, 10, 4, 200, 5000, 10000
 };
 
 const char *sync_strerror(int code)
@@ -88,6 +88,7 @@ void sync_out_init(sync_out *o)
     o->job = NULL;
     o->close_code = 0;
     o->wake_live = false;
+    o->synced = false;
 }
 
 void sync_out_append(sync_out *o, sync_frame *f)
@@ -267,6 +268,16 @@ static void fail(sync_out *out, int code, uint64_t id, int close_code)
     if (close_code) out->close_code = close_code;
 }
 
+/* A read (pull, subscribe, snapshot) by a soft-revoked device: refused,
+ * the connection stays open for pushes. */
+static void fail_restricted(sync_out *out, uint64_t id)
+{
+    sync_out_append(out, sync_frame_error(SYNC_EREVOKED,
+                                          "device revoked (soft): push only, reads refused; "
+                                          "delete local data",
+                                          id));
+}
+
 static int welcome(sync_session *s, uint32_t dev, uint32_t epoch, uint64_t now_ms,
                    sync_out *out);
 
@@ -345,8 +356,9 @@ static int welcome(sync_session *s, uint32_t dev, uint32_t epoch, uint64_t now_m
     s->state = ST_READY;
     s->dev = dev;
     s->epoch = epoch;
-    s->rotate_required = dv.flags & STORE_DEVF_ROTATE_REQUIRED;
     s->restricted = dv.state == STORE_DEV_REVOKED_SOFT ? SYNC_EREVOKED : 0;
+    /* A revoked key is not rotated: restricted mode only hands work in. */
+    s->rotate_required = !s->restricted && (dv.flags & STORE_DEVF_ROTATE_REQUIRED);
 
     crdt_buf b = {0};
     msgpack_packer pk;
@@ -530,6 +542,11 @@ static int on_rotate(sync_session *s, const msgpack_object *m, uint64_t now_ms, 
         fail(out, SYNC_EPROTO, 0, 0);
         return SYNC_OK;
     }
+    if (s->restricted) { /* a revoked key never hands over to a new one */
+        sync_out_append(out, sync_frame_error(SYNC_EREVOKED,
+                                              "device revoked (soft): no key rotation", 0));
+        return SYNC_OK;
+    }
     if (e != (uint64_t)s->epoch + 1) {
         sync_out_append(out, sync_frame_error(SYNC_EEPOCH, "new epoch must be the current one + 1", 0));
         return SYNC_OK;
@@ -539,6 +556,13 @@ static int on_rotate(sync_session *s, const msgpack_object *m, uint64_t now_ms, 
     if ((rc = store_begin(s->st, STORE_RW, &t))) goto unavailable;
     if ((rc = store_key_get(t, s->dev, s->epoch, &old)) || (rc = store_chain_head(t, s->dev, &head, hh)))
         goto unavailable;
+    if (old.state != STORE_KEY_ACTIVE) {
+        /* Revoked or retired since this session authenticated (the admin
+         * recheck has not run yet): it must stay so. */
+        store_abort(t);
+        sync_out_append(out, sync_frame_error(SYNC_EEPOCH, "the session's key is no longer active", 0));
+        return SYNC_OK;
+    }
     /* The old key hands over, the new key countersigns. */
     if (crypto_sign_verify_detached(so, msg, sizeof msg, old.pk) != 0 ||
         crypto_sign_verify_detached(sn, msg, sizeof msg, pk) != 0) {
@@ -586,6 +610,7 @@ static int on_rotate(sync_session *s, const msgpack_object *m, uint64_t now_ms, 
     sync_frame *f = frame_of(&b);
     if (!f) return CRDT_ENOMEM;
     sync_out_append(out, f);
+    out->synced = true;
     return SYNC_OK;
 unavailable:
     store_abort(t);
@@ -603,9 +628,21 @@ int sync_session_recheck(sync_session *s, sync_out *out)
     store_abort(t);
     if (rc) return SYNC_OK;
     if (d.state == STORE_DEV_FROZEN) fail(out, SYNC_EFROZEN, 0, 1008);
-    else if (d.state == STORE_DEV_REVOKED_SOFT || d.state == STORE_DEV_REVOKED_HARD)
-        fail(out, SYNC_EREVOKED, 0, 1008);
-    else if (d.flags & STORE_DEVF_ROTATE_REQUIRED) s->rotate_required = true;
+    else if (d.state == STORE_DEV_REVOKED_HARD) fail(out, SYNC_EREVOKED, 0, 1008);
+    else if (d.state == STORE_DEV_REVOKED_SOFT) {
+        /* Soft: the session becomes restricted in place, as if it had
+         * authenticated now: pushes go on (into quarantine beyond the seq
+         * held at revocation), reads are refused from here on.  A live
+         * subscription ends with one SYNC_EREVOKED error (no close). */
+        if (!s->restricted) {
+            s->restricted = SYNC_EREVOKED;
+            s->rotate_required = false;
+            if (s->subscribed) {
+                s->subscribed = false;
+                fail_restricted(out, 0);
+            }
+        }
+    } else if (d.flags & STORE_DEVF_ROTATE_REQUIRED) s->rotate_required = true;
     return SYNC_OK;
 }
 
@@ -755,6 +792,7 @@ int sync_session_job_done(sync_session *s, sync_job *j, sync_out *out)
     sync_frame *f = frame_of(&b);
     if (!f) return CRDT_ENOMEM;
     sync_out_append(out, f);
+    out->synced = true;
     return SYNC_OK;
 }
 
@@ -866,7 +904,7 @@ static int on_pull(sync_session *s, const msgpack_object *m, sync_out *out)
     bool more;
     get_u64(m, "id", &id);
     if (s->restricted) {
-        fail(out, s->restricted, id, 0);
+        fail_restricted(out, id);
         return SYNC_OK;
     }
     if (!only_keys(m, keys, 3) || id == 0 ||
@@ -879,6 +917,7 @@ static int on_pull(sync_session *s, const msgpack_object *m, sync_out *out)
                            &next, &more, &count);
     if (rc == CRDT_ENOMEM) return rc;
     if (rc) fail(out, SYNC_EUNAVAILABLE, id, 0);
+    else out->synced = true;
     return SYNC_OK;
 }
 
@@ -887,7 +926,7 @@ static int on_subscribe(sync_session *s, const msgpack_object *m, sync_out *out)
     static const char *const keys[] = {"a"};
     uint64_t after = 0;
     if (s->restricted) {
-        fail(out, s->restricted, 0, 0);
+        fail_restricted(out, 0);
         return SYNC_OK;
     }
     if (!only_keys(m, keys, 1) || (get(m, "a") && !get_u64(m, "a", &after))) {
@@ -1052,7 +1091,7 @@ static int on_snapshot(sync_session *s, const msgpack_object *m, sync_out *out)
     int rc;
     get_u64(m, "id", &id);
     if (s->restricted) {
-        fail(out, s->restricted, id, 0);
+        fail_restricted(out, id);
         return SYNC_OK;
     }
     const msgpack_object *want = get(m, "k"); /* optional: these persons only */
@@ -1139,6 +1178,7 @@ static int on_snapshot(sync_session *s, const msgpack_object *m, sync_out *out)
         sync_out_append(out, f);
         f = next;
     }
+    out->synced = true;
     return SYNC_OK;
 fail:
     store_abort(t);

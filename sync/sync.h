@@ -72,6 +72,9 @@ typedef struct sync_config {
                                  * (200; 0 = no limit); see sync/limit.c */
     uint32_t device_burst;      /* deltas one device may push at once (5000; the
                                  * server wants >= max_push) */
+    uint32_t seen_flush_ms;     /* devices' last-sync times of sessions without a
+                                 * push reach the store within this (10 s; pushes
+                                 * record it in their own commit) */
 } sync_config;
 
 extern const sync_config sync_config_default;
@@ -200,6 +203,9 @@ typedef struct sync_out {
     sync_job *job;
     int close_code;
     bool wake_live;             /* a subscription started: call sync_session_live */
+    bool synced;                /* the device just completed a sync step (auth,
+                                 * push acked, pull or snapshot answered): the
+                                 * server records its last sync time */
 } sync_out;
 
 void sync_out_init(sync_out *o);
@@ -235,8 +241,11 @@ int sync_session_job_done(sync_session *s, sync_job *j, sync_out *out);
 int sync_session_live(sync_session *s, sync_out *out, bool *more);
 
 /* After an administrative change (store_admin_gen moved): is the session's
- * device still allowed?  If it was revoked or frozen meanwhile, out gets an
- * error frame and close code 1008. */
+ * device still allowed?  Frozen or hard-revoked meanwhile: out gets an error
+ * frame and close code 1008.  Soft-revoked: the session becomes restricted
+ * (pushes go on, reads are refused; a live subscription ends with one
+ * SYNC_EREVOKED error frame, no close).  Rotation required: the next push is
+ * refused until the device rotates. */
 int sync_session_recheck(sync_session *s, sync_out *out);
 
 /* Does the session care about a commit that touched these households? */

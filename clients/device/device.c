@@ -60,13 +60,14 @@ const char *dsd_strerror(int code)
     case DSD_EKEYFILE: return "device key file missing, unsafe or not this device's";
     case DSD_ENOCONFLICT: return "no conflict to resolve";
     case DSD_ESCHEMA: return "schema could not be loaded";
+    case DSD_EREVOKED: return "the station revoked this device; its pending edits were handed in";
     /* codes the server sends (sync/sync.h, store/store.h) */
     case -300: return "frame malformed";
     case -301: return "unknown frame type";
     case -302: return "frame not allowed now";
     case -303: return "unknown device";
     case -304: return "device frozen: a cloned key was detected; contact the station";
-    case -305: return "device revoked";
+    case -305: return "device revoked by the station";
     case -306: return "authentication signature does not verify";
     case -307: return "key epoch unknown, retired or revoked";
     case -308: return "too many deltas in one push";
@@ -396,8 +397,10 @@ int dsd_status_get(dsd *h, dsd_status *out)
         (rc = dsd_meta_bin(h, t, "prev", out->head, 32, NULL)) ||
         (rc = dsd_meta_u64(h, t, "cursor", &out->cursor)) ||
         (rc = dsd_meta_u64(h, t, "off", &off)) ||
-        (rc = dsd_meta_bin(h, t, "rot_pk", tmp, 32, &rot)))
+        (rc = dsd_meta_bin(h, t, "rot_pk", tmp, 32, &rot)) ||
+        (rc = dsd_meta_u64(h, t, "revoked", &v)))
         goto out;
+    out->revoked = v != 0;
     out->clock_offset_ms = (int64_t)off;
     out->rotate_pending = rot;
     out->outbox = count_db(t, h->db_out);
@@ -866,6 +869,12 @@ int dsd_edit_commit(dsd_edit *e, uint64_t *seq_out)
         goto out;
     if (!dev) {
         rc = dsd_fail(h, DSD_ENOTENROLLED, "enroll the device before editing");
+        goto out;
+    }
+    uint64_t revoked;
+    if ((rc = dsd_meta_u64(h, t, "revoked", &revoked))) goto out;
+    if (revoked) {
+        rc = dsd_fail(h, DSD_EREVOKED, "the station revoked this device: it takes no more edits");
         goto out;
     }
     if ((rc = rec_load(h, t, e->kind, e->id, &r))) goto out;

@@ -68,7 +68,9 @@ enum {
     DSD_EBLOCKED = -416,      /* a rejected delta blocks the chain: see dsd_rejected */
     DSD_EKEYFILE = -417,      /* secret key file missing, wrong mode or mismatched */
     DSD_ENOCONFLICT = -418,   /* resolve: the field has a single value */
-    DSD_ESCHEMA = -419        /* schema file could not be loaded (see message) */
+    DSD_ESCHEMA = -419,       /* schema file could not be loaded (see message) */
+    DSD_EREVOKED = -420       /* the station revoked this device (soft): what was pending
+                               * was handed in; no more pulls or edits (see dsd_sync) */
 };
 
 /* A static English message for any code (never NULL). */
@@ -113,6 +115,7 @@ typedef struct dsd_status {
     uint64_t scope;           /* households in scope */
     int64_t clock_offset_ms;  /* correction learned from the server */
     bool rotate_pending;      /* a rotation was started and not confirmed */
+    bool revoked;             /* the station revoked this device (soft; see dsd_sync) */
 } dsd_status;
 
 int dsd_status_get(dsd *h, dsd_status *out);
@@ -232,6 +235,7 @@ typedef struct dsd_sync_report {
     uint32_t rounds;          /* push rounds */
     bool rotated;             /* the key was rotated in this session */
     bool filled;              /* the scope grew: pulled again from the start */
+    bool revoked;             /* soft-revoked: the outbox was handed in, nothing pulled */
 } dsd_sync_report;
 
 /*
@@ -242,6 +246,16 @@ typedef struct dsd_sync_report {
  * at most 500, at most 4 in flight), pull changes from the cursor, and
  * optionally stay subscribed for opts->live_ms.  opts and rep may be NULL.
  * Returns 0 or the first error (what was done before it stays done).
+ *
+ * A soft-revoked device (a lost or retired phone, docs/ADMIN.md) still
+ * authenticates: dsd_sync then hands in the whole outbox (the server keeps
+ * what it did not hold at revocation in quarantine for review; acks count in
+ * rep->quarantined), pulls nothing, records the revocation on disk and
+ * returns DSD_EREVOKED with rep->revoked set.  From then on dsd_sync hands in
+ * nothing new (there is nothing: edits are refused with DSD_EREVOKED) and
+ * dsd_status reports revoked; the application should tell the volunteer and
+ * delete the device directory.  A hard-revoked device is refused at
+ * authentication: -305 (SYNC_EREVOKED), nothing sent.
  */
 int dsd_sync(dsd *h, const char *url, const dsd_sync_opts *opts, dsd_sync_report *rep);
 

@@ -291,6 +291,30 @@ static int rotation_forget(dsd *h)
 
 /* Connect and authenticate (finishing a rotation the server confirmed but
  * we never recorded).  On success the welcome frame is in c->up. */
+/* Record on disk that the station revoked this device (how: 1 soft, 2
+ * hard), so dsd_status reports it and edits are refused.  Returns 0 or an
+ * LMDB error. */
+static int note_revoked(dsd *h, uint64_t how)
+{
+    MDB_txn *t;
+    int rc = dsd_txn_begin(h, true, &t);
+    if (!rc && (rc = dsd_meta_put_u64(h, t, "revoked", how))) mdb_txn_abort(t);
+    if (!rc) rc = dsd_lmdb(h, mdb_txn_commit(t), "commit");
+    return rc;
+}
+
+/* A read answered SYNC_EREVOKED: the device was soft-revoked during this
+ * session (what was pushed before the read stays handed in).  Returns
+ * DSD_EREVOKED, or an LMDB error if the fact could not be recorded. */
+static int mark_revoked(dsd *h, dsd_sync_report *rep)
+{
+    int rc = note_revoked(h, 1);
+    if (rc) return rc;
+    if (rep) rep->revoked = true;
+    return dsd_fail(h, DSD_EREVOKED, "the station revoked this device during the session; it "
+                                     "takes no more data");
+}
+
 static int connect_auth(dsd *h, conn *c, const char *url, const dsd_sync_opts *o, ident *id)
 {
     uint8_t sk[64];
@@ -332,6 +356,12 @@ static int connect_auth(dsd *h, conn *c, const char *url, const dsd_sync_opts *o
             return 0;
         }
         conn_close(c, true);
+        if (rc == -305) {
+            /* SYNC_EREVOKED at auth: hard-revoked (a soft-revoked device
+             * authenticates in restricted mode).  Nothing more is sent. */
+            int wrc = note_revoked(h, 2);
+            return wrc ? wrc : rc;
+        }
         if (rc != E_EPOCH || pending || !id->rot) return rc;
         /* Our epoch was retired: the server took a rotation we did not record. */
     }
@@ -345,8 +375,11 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Apply the welcome frame in c->up (enroll: record identity first). */
-static int on_welcome(conn *c, const ident *enrolled, dsd_sync_report *rep, bool *rotate)
+/* Apply the welcome frame in c->up (enroll: record identity first).
+ * *rotate: the station requires a key rotation; *revoked: the device is
+ * soft-revoked (restricted mode: push only), recorded on disk here. */
+static int on_welcome(conn *c, const ident *enrolled, dsd_sync_report *rep, bool *rotate,
+                      bool *revoked)
 {
     dsd *h = c->h;
     const msgpack_object *w = &c->up.data, *scope = get(w, "scope"), *req = get(w, "req");
@@ -357,7 +390,7 @@ static int on_welcome(conn *c, const ident *enrolled, dsd_sync_report *rep, bool
     char **ids = NULL;
     size_t nids = 0;
     int rc;
-    *rotate = false;
+    *rotate = *revoked = false;
     if (!get_u64(w, "d", &dev) || !get_u64(w, "e", &epoch) || !get_u64(w, "seq", &seq) ||
         !get_u64(w, "now", &now) || !get_bin(w, "h", hh, 32) || !scope ||
         scope->type != MSGPACK_OBJECT_ARRAY || dev == 0 || dev > UINT32_MAX)
@@ -368,6 +401,9 @@ static int on_welcome(conn *c, const ident *enrolled, dsd_sync_report *rep, bool
             if (r->type == MSGPACK_OBJECT_STR && r->via.str.size == 6 &&
                 !memcmp(r->via.str.ptr, "rotate", 6))
                 *rotate = true;
+            if (r->type == MSGPACK_OBJECT_STR && r->via.str.size == 7 &&
+                !memcmp(r->via.str.ptr, "revoked", 7))
+                *revoked = true;
         }
     ids = calloc(scope->via.array.size ? scope->via.array.size : 1, sizeof *ids);
     if (!ids) return dsd_fail(h, DSD_ENOMEM, "out of memory");
@@ -420,6 +456,7 @@ static int on_welcome(conn *c, const ident *enrolled, dsd_sync_report *rep, bool
         rc = dsd_lmdb(h, mrc, "outbox");
         goto out;
     }
+    if (*revoked && (rc = dsd_meta_put_u64(h, t, "revoked", 1))) goto out;
     /* Clock: keep an offset so new HLCs are not behind the server's time. */
     int64_t off = (int64_t)now - (int64_t)dsd_wall_ms();
     if ((rc = dsd_meta_put_u64(h, t, "off", (uint64_t)off))) goto out;
@@ -1000,6 +1037,9 @@ static int do_pull(conn *c, dsd_sync_report *rep)
             if (!strcmp(c->type, "error")) {
                 const msgpack_object *code = get(&c->up.data, "c");
                 rc = code ? (int)code->via.i64 : DSD_EPROTO;
+                /* Revoked (soft) while this session was open: the server
+                 * keeps the connection for pushes and refuses reads. */
+                if (rc == -305 && rid == id) rc = mark_revoked(h, rep);
                 goto out;
             }
             if (!strcmp(c->type, "changes") && rid == id) break;
@@ -1055,14 +1095,29 @@ static int do_live(conn *c, int live_ms, dsd_sync_report *rep)
 static int session(dsd *h, conn *c, ident *id, const dsd_sync_opts *o, dsd_sync_report *rep,
                    const ident *enrolled)
 {
-    bool rotate = false;
-    int rc = on_welcome(c, enrolled, rep, &rotate);
+    dsd_sync_report local;
+    if (!rep) {
+        memset(&local, 0, sizeof local);
+        rep = &local;
+    }
+    bool rotate = false, revoked = false;
+    int rc = on_welcome(c, enrolled, rep, &rotate, &revoked);
     if (rc) return rc;
+    if (revoked) {
+        /* Restricted mode: hand in the outbox (the server quarantines what
+         * it did not hold at revocation), then stop; reads are refused. */
+        if ((rc = do_push(c, o, rep))) return rc;
+        rep->revoked = true;
+        return dsd_fail(h, DSD_EREVOKED,
+                        "the station revoked this device; %llu pending edit(s) handed in (%llu "
+                        "kept for review); it takes no more data",
+                        (unsigned long long)(rep->pushed + rep->quarantined),
+                        (unsigned long long)rep->quarantined);
+    }
     if (rotate && (rc = do_rotate(c, id, rep))) return rc;
     if (!(o && o->no_push) && (rc = do_push(c, o, rep))) return rc;
     if (!(o && o->no_pull) && (rc = do_pull(c, rep))) return rc;
     if (o && o->live_ms > 0 && (rc = do_live(c, o->live_ms, rep))) return rc;
-    (void)h;
     return 0;
 }
 
@@ -1094,7 +1149,10 @@ int dsd_rotate(dsd *h, const char *url, const dsd_sync_opts *o)
     memset(&c, 0, sizeof c);
     c.ws.fd = -1;
     int rc = connect_auth(h, &c, url, o, &id);
-    if (!rc) rc = on_welcome(&c, NULL, NULL, &rotate);
+    bool revoked;
+    if (!rc) rc = on_welcome(&c, NULL, NULL, &rotate, &revoked);
+    if (!rc && revoked)
+        rc = dsd_fail(h, DSD_EREVOKED, "the station revoked this device: no key rotation");
     if (!rc) rc = do_rotate(&c, &id, NULL);
     conn_close(&c, rc != 0);
     return rc;

@@ -130,6 +130,11 @@ int main(int argc, char **argv)
     printf("sim: %llu devices; %llu deltas made in this run; server log %llu deltas; check %.2f s\n",
            (unsigned long long)r.devices, (unsigned long long)r.deltas_run,
            (unsigned long long)r.server_deltas, r.converge_s);
+    if (r.revoked)
+        printf("sim: %llu revoked device%s (not compared); %llu of their deltas kept in "
+               "quarantine for review\n",
+               (unsigned long long)r.revoked, r.revoked == 1 ? "" : "s",
+               (unsigned long long)r.handed_in);
     if (r.converged) {
         printf("converged: yes deltas=%llu conflicts=%llu\n", (unsigned long long)r.deltas,
                (unsigned long long)r.conflicts);

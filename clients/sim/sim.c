@@ -173,6 +173,7 @@ typedef struct simdev {
     uint64_t rng;
     uint32_t babies;
     int err;
+    bool revoked;            /* the station revoked it: no more edits or syncs */
     char errmsg[300];
 } simdev;
 
@@ -202,6 +203,7 @@ static int dev_open(sim *S, simdev *d, const char *name)
     if (!(rc = dsd_status_get(d->h, &stt))) {
         d->dev = stt.dev;
         d->seq0 = stt.seq;
+        d->revoked = stt.revoked;
     }
     return rc;
 }
@@ -257,12 +259,25 @@ static void for_all(sim *S, dev_fn fn, void *arg)
 static void dev_sync(sim *S, simdev *d, void *arg)
 {
     (void)arg;
-    if (d->err) return;
+    if (d->err || d->revoked) return;
     dsd_sync_opts so = {.timeout_ms = 60000};
+    dsd_sync_report rep;
     int rc = 0;
     for (int attempt = 0; attempt < 5; attempt++) {
-        rc = dsd_sync(d->h, S->o->server, &so, NULL);
+        rc = dsd_sync(d->h, S->o->server, &so, &rep);
         if (rc == 0) return;
+        /* An administrator revoked the phone (doorstepctl device revoke):
+         * soft, it handed in its outbox; hard, it was refused.  Either way
+         * it takes no further part, and the rest of the street goes on. */
+        if (rc == DSD_EREVOKED || rc == -305) {
+            d->revoked = true;
+            LOG(S->o, "device %u: revoked by the station (%s); %llu pending edit(s) handed in, "
+                      "%llu of them kept for review",
+                d->dev, rc == DSD_EREVOKED ? "soft" : "hard",
+                (unsigned long long)(rep.pushed + rep.quarantined),
+                (unsigned long long)rep.quarantined);
+            return;
+        }
         /* busy / unavailable / rate limited / transport: try again */
         if (!(rc == -311 || rc == -312 || rc == -316 || rc == DSD_ECLOSED || rc == DSD_ETIMEOUT ||
               rc == DSD_ECONNECT))
@@ -811,7 +826,7 @@ out:
 static void dev_day(sim *S, simdev *d, void *arg)
 {
     uint32_t day = *(uint32_t *)arg;
-    if (d->err) return;
+    if (d->err || d->revoked) return;
     if (d->idx < 0) station_day(S, d, day);
     else volunteer_day(S, d, day);
 }
@@ -848,14 +863,6 @@ static int compare_record(const char *kind, const char *id, const uint8_t *p, si
     return 0;
 }
 
-static uint64_t count_conflicts(const crdt_record *r)
-{
-    uint64_t k = 0;
-    for (uint32_t i = 0; i < r->n_fields; i++)
-        if (r->fields[i].type == CRDT_F_MV && r->fields[i].n > 1) k++;
-    return k;
-}
-
 typedef struct cwalk {
     store_txn *t;
     uint64_t k;
@@ -868,7 +875,7 @@ static int count_server_conflicts(const char *kind, const char *id, const uint8_
     crdt_record *r = NULL;
     (void)p, (void)len;
     if (store_get_record(w->t, kind, id, &r) == 0) {
-        w->k += count_conflicts(r);
+        w->k += crdt_record_conflicts(r); /* distinct values, as staff see them */
         crdt_record_free(r);
     }
     return 0;
@@ -1004,6 +1011,57 @@ out:
     if (rc && !r->why[0]) snprintf(r->why, sizeof r->why, "check failed: %s", store_strerror(rc));
     return rc;
 #undef PROBLEM
+}
+
+/*
+ * Revoked devices: nothing they made is lost.  Each one's outbox is empty
+ * (handed in), and every seq it signed is either in the server's chain or
+ * in quarantine (a soft revocation keeps later arrivals for review).  A
+ * device revoked before it handed in its last edits (hard, or not synced
+ * since) may still hold them: they are counted, not lost, and reported.
+ */
+int sim_check_revoked(store *st, dsd *const *devs, size_t n, sim_result *r)
+{
+    store_txn *t = NULL;
+    uint64_t nq = 0;
+    int rc = store_begin(st, STORE_RDONLY, &t);
+    if (!rc) rc = store_quarantine_count(t, &nq);
+    for (size_t i = 0; !rc && i < n; i++) {
+        dsd_status s;
+        uint64_t head, held = 0;
+        uint8_t hh[CRDT_HASH_BYTES];
+        if ((rc = dsd_status_get(devs[i], &s)) || (rc = store_chain_head(t, s.dev, &head, hh))) break;
+        r->revoked++;
+        /* Seqs above the chain head must each be in quarantine. */
+        uint8_t *seen = s.seq > head ? calloc(s.seq - head, 1) : NULL;
+        if (s.seq > head && !seen) {
+            rc = DSD_ENOMEM;
+            break;
+        }
+        for (uint64_t q = 1; !rc && q <= nq && s.seq > head; q++) {
+            store_qentry e;
+            if ((rc = store_quarantine_get(t, q, &e))) {
+                if (rc == STORE_ENOTFOUND) rc = 0;
+                continue;
+            }
+            if (e.dev == s.dev && e.seq > head && e.seq <= s.seq && !seen[e.seq - head - 1]) {
+                seen[e.seq - head - 1] = 1;
+                held++;
+            }
+            crdt_buf_free(&e.env);
+        }
+        free(seen);
+        r->handed_in += held;
+        if (!rc && head + held + s.outbox < s.seq && !r->why[0])
+            snprintf(r->why, sizeof r->why,
+                     "revoked device %u signed %llu deltas: the log holds %llu, quarantine %llu, "
+                     "its outbox %llu",
+                     s.dev, (unsigned long long)s.seq, (unsigned long long)head,
+                     (unsigned long long)held, (unsigned long long)s.outbox);
+    }
+    if (t) store_abort(t);
+    if (r->why[0]) r->converged = false;
+    return rc;
 }
 
 /* ---- the run ----------------------------------------------------------------------------------- */
@@ -1144,8 +1202,15 @@ int sim_run(store *st, const sim_opts *oin, sim_result *r)
         rc = DSD_ENOMEM;
         goto out;
     }
-    for (size_t i = 0; i < S.n; i++) hs[i] = S.devs[i].h;
-    rc = sim_check(st, hs, S.n, o.test_skip_sseq, r);
+    /* Revoked phones pull nothing more, so their views are not compared;
+     * what they made must be in the log or in quarantine (sim_check_revoked). */
+    size_t nh = 0;
+    for (size_t i = 0; i < S.n; i++)
+        if (!S.devs[i].revoked) hs[nh++] = S.devs[i].h;
+    rc = sim_check(st, hs, nh, o.test_skip_sseq, r);
+    for (size_t i = 0, k = 0; !rc && i < S.n; i++)
+        if (S.devs[i].revoked) hs[k++] = S.devs[i].h;
+    if (!rc && nh < S.n) rc = sim_check_revoked(st, hs, S.n - nh, r);
     free(hs);
     r->converge_s = mono_s() - t2;
     for (size_t i = 0; i < S.n; i++) {

@@ -37,7 +37,10 @@ typedef struct sim_result {
     uint64_t devices;
     uint64_t deltas;           /* deltas made by the simulated devices (all runs) */
     uint64_t deltas_run;       /* ... in this run */
-    uint64_t conflicts;        /* mv field instances with more than one value */
+    uint64_t conflicts;        /* mv field instances with more than one distinct value
+                                * (crdt_field_conflict) */
+    uint64_t revoked;          /* devices the station revoked (not checked for views) */
+    uint64_t handed_in;        /* of their deltas: kept in quarantine for review */
     uint64_t server_deltas;    /* envelopes in the server log */
     double seed_s, days_s, converge_s;
     char why[512];             /* first problem, if not converged */
@@ -50,6 +53,11 @@ void sim_opts_defaults(sim_opts *o);
  * when the run completed (converged or not: see r->converged), or a
  * negative code when it could not run (message in r->why). */
 int sim_run(store *st, const sim_opts *o, sim_result *r);
+
+/* For devices the station revoked: every delta each one signed is in the
+ * server's chain, in quarantine or still in its outbox (r->revoked and
+ * r->handed_in count them; r->why says what is missing).  0 or an error. */
+int sim_check_revoked(store *st, dsd *const *devs, size_t n, sim_result *r);
 
 /* Create a one-time enrollment token for volunteer with scope (household
  * ids or "community/grid"), valid for a day.  0 or a store error. */

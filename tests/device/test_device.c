@@ -244,6 +244,101 @@ static void test_enroll_edit_sync(void **state)
     srv_stop(&s);
 }
 
+static void revoke_dev(srv *s, dsd *h, int how)
+{
+    dsd_status st;
+    store_txn *t;
+    must(h, dsd_status_get(h, &st), "status");
+    assert_int_equal(store_begin(s->st, STORE_RW, &t), 0);
+    assert_int_equal(store_device_revoke(t, st.dev, how, 1, "admin:test"), 0);
+    assert_int_equal(store_commit(t), 0);
+}
+
+/* A lost phone, soft-revoked while it holds offline edits: the next sync
+ * hands them in (quarantined for review, nothing lost), pulls nothing and
+ * says so (DSD_EREVOKED, rep.revoked); the phone then refuses edits.  The
+ * other phones go on syncing and converge.  A hard-revoked phone is refused
+ * at authentication and knows it is revoked. */
+static void test_revocation(void **state)
+{
+    (void)state;
+    srv s;
+    srv_start(&s);
+    const char *scope[] = {"H1"};
+    dsd *a = dev_enroll(&s, "a", scope, 1), *b = dev_enroll(&s, "b", scope, 1),
+        *c = dev_enroll(&s, "c", scope, 1);
+    make_household(a, "H1", "C01", "C01-G01");
+    make_person(a, "P1", "H1", 1);
+    sync_ok(a, &s, NULL);
+    sync_ok(b, &s, NULL);
+    sync_ok(c, &s, NULL);
+    /* a edits offline, then is lost; b edits too. */
+    must(a, dsd_set(a, "person", "P1", "phone", NULL, "13800138000"), "a phone");
+    must(a, dsd_tag_add(a, "P1", "低保"), "a tag");
+    must(b, dsd_set(b, "person", "P1", "note", NULL, "b 的备注"), "b note");
+    revoke_dev(&s, a, STORE_REVOKE_SOFT);
+    uint64_t q0;
+    store_txn *t;
+    assert_int_equal(store_begin(s.st, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_quarantine_count(t, &q0), 0);
+    store_abort(t);
+
+    dsd_sync_report rep;
+    int rc = dsd_sync(a, s.url, NULL, &rep);
+    assert_int_equal(rc, DSD_EREVOKED);
+    assert_true(rep.revoked);
+    assert_int_equal(rep.quarantined, 2);
+    assert_int_equal(rep.pulled, 0);
+    assert_non_null(strstr(dsd_errmsg(a), "handed in"));
+    dsd_status st;
+    must(a, dsd_status_get(a, &st), "status a");
+    assert_true(st.revoked);
+    assert_int_equal(st.outbox, 0);
+    /* Both edits are in quarantine, from device a, as device_revoked. */
+    uint64_t q1;
+    assert_int_equal(store_begin(s.st, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_quarantine_count(t, &q1), 0);
+    assert_int_equal(q1, q0 + 2);
+    for (uint64_t q = q0 + 1; q <= q1; q++) {
+        store_qentry e;
+        assert_int_equal(store_quarantine_get(t, q, &e), 0);
+        assert_int_equal(e.dev, st.dev);
+        assert_int_equal(e.reason, STORE_Q_REVOKED);
+        crdt_buf_free(&e.env);
+    }
+    store_abort(t);
+    /* No more edits on the revoked phone; syncing again hands in nothing. */
+    assert_int_equal(dsd_set(a, "person", "P1", "note", NULL, "x"), DSD_EREVOKED);
+    assert_int_equal(dsd_rotate(a, s.url, NULL), DSD_EREVOKED);
+    assert_int_equal(dsd_sync(a, s.url, NULL, &rep), DSD_EREVOKED);
+    assert_int_equal(rep.pushed + rep.quarantined, 0);
+    /* The others carry on and converge (the simulator's check, as in make run). */
+    sync_ok(b, &s, NULL);
+    sync_ok(c, &s, &rep);
+    assert_int_equal(rep.pulled, 1);
+    dsd *devs[] = {b, c};
+    check_converged(&s, devs, 2);
+    dsd *gone[] = {a};
+    sim_result r;
+    memset(&r, 0, sizeof r);
+    assert_int_equal(sim_check_revoked(s.st, gone, 1, &r), 0);
+    assert_int_equal(r.revoked, 1);
+    assert_int_equal(r.handed_in, 2);
+    assert_string_equal(r.why, "");
+    /* Hard: refused at auth, nothing sent; the phone records it. */
+    must(c, dsd_set(c, "person", "P1", "note", NULL, "c 的备注"), "c note");
+    revoke_dev(&s, c, STORE_REVOKE_HARD);
+    assert_int_equal(dsd_sync(c, s.url, NULL, &rep), -305);
+    must(c, dsd_status_get(c, &st), "status c");
+    assert_true(st.revoked);
+    assert_int_equal(st.outbox, 1);
+    assert_int_equal(dsd_set(c, "person", "P1", "note", NULL, "y"), DSD_EREVOKED);
+    dsd_close(a);
+    dsd_close(b);
+    dsd_close(c);
+    srv_stop(&s);
+}
+
 static void test_errors(void **state)
 {
     (void)state;
@@ -678,7 +773,7 @@ int main(void)
         cmocka_unit_test(test_killed_during_push), cmocka_unit_test(test_offline_days),
         cmocka_unit_test(test_scope_reassignment), cmocka_unit_test(test_rotation),
         cmocka_unit_test(test_live), cmocka_unit_test(test_person_moves_in),
-        cmocka_unit_test(test_rate_limited_sync),
+        cmocka_unit_test(test_rate_limited_sync), cmocka_unit_test(test_revocation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -115,6 +115,7 @@ static int group_setup(void **state)
     S.st = su_store_new(&S.d, NULL);
     S.cfg = sync_config_default;
     S.cfg.auth_timeout_s = 2;
+    S.cfg.seen_flush_ms = 300;
     sync_server_opts o = {.listen_host = "127.0.0.1", .port = 0, .verify_threads = 2,
                           .log_level = 0};
     if (sync_server_new(S.st, &S.cfg, &o, &S.sv, err, sizeof err)) fail_msg("server: %s", err);
@@ -899,6 +900,93 @@ static void test_revoked_device(void **state)
     assert_int_equal(wsc_send(&c, f.p, f.n), 0);
     expect_error(&c, SYNC_EREVOKED, 0);
     wsc_close(&c);
+    /* Soft-revoked while connected and subscribed (store_device_revoke, as
+     * doorstepctl does: the key is revoked too): the session is not closed
+     * but becomes restricted: the subscription ends with one SYNC_EREVOKED
+     * error without id, pushes go on (into quarantine), reads and key
+     * rotation are refused, the connection stays open throughout. */
+    su_dev k;
+    char hh4[16];
+    new_device(&k, hh4, STORE_DEV_ACTIVE);
+    connect_ok(&c, &k, NULL);
+    frame_subscribe(&f, 0);
+    assert_int_equal(wsc_send(&c, f.p, f.n), 0);
+    {
+        store_txn *t;
+        assert_int_equal(store_begin(S.st, STORE_RW, &t), 0);
+        assert_int_equal(store_device_revoke(t, k.id, STORE_REVOKE_SOFT, wall_ms(), "admin:test"), 0);
+        assert_int_equal(store_commit(t), 0);
+    }
+    /* The subscription may deliver the witnesses' backlog first. */
+    for (;;) {
+        crdt_buf m = {0};
+        int cc = 0;
+        int op = wsc_recv(&c, 5000, &m, &cc);
+        if (op != WSC_BINARY) fail_msg("expected the revocation error, got op %d (close %d)", op, cc);
+        bool done = !strcmp(mp_type(m.p, m.n), "error");
+        if (done) {
+            int64_t code = 0;
+            uint64_t id = 0;
+            assert_true(mp_get_i64(m.p, m.n, "c", &code));
+            assert_int_equal(code, SYNC_EREVOKED);
+            assert_false(mp_get_u64(m.p, m.n, "id", &id));
+        } else {
+            assert_string_equal(mp_type(m.p, m.n), "changes");
+        }
+        crdt_buf_free(&m);
+        if (done) break;
+    }
+    hh_delta(&k, hh4, "handed in after revocation", &env[0]);
+    q0 = quarantine_count();
+    push_acked(&c, 7, env, 1, r);
+    assert_string_equal(r[0].r, "quarantined");
+    assert_int_equal(r[0].c, STORE_Q_REVOKED);
+    assert_int_equal(quarantine_count(), q0 + 1);
+    frame_pull(&f, 8, 0, 10);
+    assert_int_equal(wsc_send(&c, f.p, f.n), 0);
+    expect_error_id(&c, SYNC_EREVOKED, 0, 8);
+    frame_subscribe(&f, 0);
+    assert_int_equal(wsc_send(&c, f.p, f.n), 0);
+    expect_error(&c, SYNC_EREVOKED, 0);
+    {
+        /* A correctly signed rotation: a revoked key must not hand over to
+         * a fresh active one. */
+        uint8_t npk[32], nsk[64], msg[WIRE_ROTATE_MSG_BYTES], so[64], sn[64];
+        crypto_sign_keypair(npk, nsk);
+        wire_rotate_msg(k.id, 2, npk, 1, msg);
+        crypto_sign_detached(so, NULL, msg, sizeof msg, k.sk);
+        crypto_sign_detached(sn, NULL, msg, sizeof msg, nsk);
+        msgpack_packer pk;
+        crdt_buf_reset(&f);
+        msgpack_packer_init(&pk, &f, crdt_buf_pack_write);
+        msgpack_pack_map(&pk, 6);
+        pstr(&pk, "e");
+        msgpack_pack_uint32(&pk, 2);
+        pstr(&pk, "pk");
+        msgpack_pack_bin_with_body(&pk, npk, 32);
+        pstr(&pk, "seal");
+        msgpack_pack_uint64(&pk, 1);
+        pstr(&pk, "sn");
+        msgpack_pack_bin_with_body(&pk, sn, 64);
+        pstr(&pk, "so");
+        msgpack_pack_bin_with_body(&pk, so, 64);
+        pstr(&pk, "t");
+        pstr(&pk, "rotate");
+        assert_int_equal(wsc_send(&c, f.p, f.n), 0);
+        expect_error(&c, SYNC_EREVOKED, 0);
+        store_txn *t;
+        store_key key;
+        assert_int_equal(store_begin(S.st, STORE_RDONLY, &t), 0);
+        assert_int_equal(store_key_get(t, k.id, 1, &key), 0);
+        assert_int_equal(key.state, STORE_KEY_REVOKED);
+        assert_int_equal(store_key_get(t, k.id, 2, &key), STORE_ENOTFOUND);
+        store_abort(t);
+    }
+    wsc_close(&c);
+    /* Reconnecting: restricted mode from the welcome on (req "revoked"). */
+    connect_ok(&c, &k, &w);
+    assert_non_null(memmem(w.p, w.n, "revoked", 7));
+    wsc_close(&c);
     /* Revoked while connected: the live session is closed. */
     su_dev g;
     char hh3[16];
@@ -911,6 +999,56 @@ static void test_revoked_device(void **state)
     crdt_buf_free(&env[0]);
     crdt_buf_free(&env[1]);
     crdt_buf_free(&f);
+    check_after();
+}
+
+static uint64_t last_sync_of(uint32_t dev, uint64_t *admin_gen)
+{
+    store_txn *t;
+    store_device d;
+    assert_int_equal(store_begin(S.st, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_device_get(t, dev, &d), 0);
+    if (admin_gen) assert_int_equal(store_admin_gen(t, admin_gen), 0);
+    store_abort(t);
+    return d.last_sync_ms;
+}
+
+/* 最后同步 (issue #14): a device's last sync is recorded on every session
+ * that authenticates and pulls (within cfg.seen_flush_ms, not per frame),
+ * and by a push in the push's own commit; recording it is not an
+ * administrative change (the admin generation does not move). */
+static void test_last_sync(void **state)
+{
+    (void)state;
+    su_dev d;
+    char hh[16];
+    new_device(&d, hh, STORE_DEV_ACTIVE);
+    uint64_t gen0, gen1;
+    assert_int_equal(last_sync_of(d.id, &gen0), 0);
+    uint64_t t0 = wall_ms();
+    wsc c;
+    crdt_buf f = {0}, m = {0}, env = {0};
+    connect_ok(&c, &d, NULL);
+    for (uint64_t id = 1; id <= 20; id++) { /* pulls: noted in memory, flushed later */
+        frame_pull(&f, id, 0, 10);
+        assert_int_equal(wsc_send(&c, f.p, f.n), 0);
+        expect_frame(&c, &m, "changes");
+    }
+    uint64_t seen = 0;
+    for (int i = 0; i < 100 && !(seen = last_sync_of(d.id, NULL)); i++) usleep(50 * 1000);
+    assert_true(seen >= t0);
+    assert_true(seen <= wall_ms());
+    /* A push: recorded when its ack arrives, without waiting for a flush. */
+    usleep(20 * 1000);
+    uint64_t t1 = wall_ms();
+    hh_delta(&d, hh, "visit", &env);
+    push_expect(&c, 30, &env, "applied", 0);
+    assert_true(last_sync_of(d.id, &gen1) >= t1);
+    assert_int_equal(gen1, gen0);
+    wsc_close(&c);
+    crdt_buf_free(&f);
+    crdt_buf_free(&m);
+    crdt_buf_free(&env);
     check_after();
 }
 
@@ -1647,7 +1785,7 @@ int main(void)
         cmocka_unit_test(test_bad_signature),
         cmocka_unit_test(test_wrong_key_epoch),
         cmocka_unit_test(test_unknown_device),
-        cmocka_unit_test(test_revoked_device),
+        cmocka_unit_test(test_revoked_device), cmocka_unit_test(test_last_sync),
         cmocka_unit_test(test_frozen_device),
         cmocka_unit_test(test_seq_gap),
         cmocka_unit_test(test_seq_reuse_clone),

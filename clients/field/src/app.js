@@ -390,7 +390,8 @@ async function runSync() {
     } catch (e) {
       status = '';
       if (e.code === -305) {
-        toast(t('revoked_wiped'), true);
+        /* soft: handed in (and wiped when all went); hard: refused at auth */
+        toast(t(e.wiped ? 'revoked_wiped' : e.soft ? 'revoked_pending' : 'revoked_hard'), true);
       } else {
         toast(t('sync_failed', errText(e)) + (e.retry ? ' ' + t('will_retry') : ''), true);
         if (e.retry) retryLater();

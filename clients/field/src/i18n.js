@@ -28,6 +28,8 @@ const zh = {
   outbox: '待上传', nothing: '无', device: '本机', device_id: '设备号', language: 'English',
   new_person: '新增人员', person_id: '档案号', id_ok: '校验通过：{0}，{1}', required: '必填',
   revoked_wiped: '本机已被工作站停用，记录已交回，本机数据已清除。',
+  revoked_pending: '本机已被工作站停用，还有记录未能交回，下次同步时再试。',
+  revoked_hard: '本机已被工作站吊销，不能再同步。请把手机带到工作站处理。',
   /* validation (validate.js keys) */
   v_idnum_format: '身份证号应为 18 位，最后一位可为 X', v_idnum_region: '地区码不能为 000000',
   v_idnum_date: '身份证号中的出生日期不存在', v_idnum_check: '身份证号校验位不对，请核对',
@@ -76,6 +78,8 @@ const en = {
   outbox: 'To send', nothing: 'none', device: 'This phone', device_id: 'Device', language: '中文',
   new_person: 'New person', person_id: 'File id', id_ok: 'Valid: {0}, {1}', required: 'required',
   revoked_wiped: 'The station retired this phone; its edits were handed in and its data deleted.',
+  revoked_pending: 'The station retired this phone; some edits could not be handed in yet: sync again.',
+  revoked_hard: 'The station revoked this phone; it cannot sync any more. Take it to the station.',
   v_idnum_format: 'ID number: 18 characters, last may be X', v_idnum_region: 'Region 000000 is invalid',
   v_idnum_date: 'The birth date in the ID number does not exist', v_idnum_check: 'ID number check digit is wrong',
   v_phone: 'Phone: 11-digit mobile or area-number', v_date: 'Date: YYYY-MM-DD',

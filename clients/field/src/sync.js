@@ -217,14 +217,33 @@ async function afterWelcome(conn, w, report, sum) {
   await trimOutbox(num(w.seq));
   if (req.includes('rotate')) await rotate(conn, num(w.d));
   await push(conn, report, sum);
-  if (revoked) {
-    /* Soft-revoked: what was recorded is handed in; the phone keeps no data. */
-    const left = await db.count('outbox');
-    if (left === 0) await db.wipe();
-    throw new SyncError(-305, 'this phone was revoked by the station', false);
+  if (revoked) await handIn(conn, report, sum, false);
+  try {
+    await applyScope(conn, w.scope.map(String), report, sum);
+    await pull(conn, report, sum);
+  } catch (e) {
+    /* Soft-revoked while this session was open: the server keeps the
+     * connection for pushes and refuses reads with SYNC_EREVOKED. */
+    if (e instanceof SyncError && e.code === -305) await handIn(conn, report, sum, true);
+    throw e;
   }
-  await applyScope(conn, w.scope.map(String), report, sum);
-  await pull(conn, report, sum);
+}
+
+/**
+ * The station soft-revoked this phone (lost or retired, docs/ADMIN.md): what
+ * was recorded is handed in (the server keeps it in quarantine for review),
+ * then the phone deletes its data.  If anything could not be handed in, the
+ * data stays and the next sync tries again.  Always throws SyncError -305,
+ * with `wiped` saying whether the data is gone.
+ */
+async function handIn(conn, report, sum, again) {
+  if (again) await push(conn, report, sum);
+  const left = await db.count('outbox');
+  if (left === 0) await db.wipe();
+  const e = new SyncError(-305, 'this phone was revoked by the station', false);
+  e.wiped = left === 0;
+  e.soft = true;
+  throw e;
 }
 
 /** Drop outbox entries the server already holds (its chain reaches them). */
