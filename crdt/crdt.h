@@ -89,6 +89,7 @@ enum {
     CRDT_EENUM = -57,        /* value not among the field's allowed values */
     CRDT_EKEY = -58,         /* field key missing, unexpected or invalid */
     CRDT_ETEXT = -59,        /* text too long for the field */
+    CRDT_EBLANK = -60,       /* a required text is empty or only spaces */
 
     /* Schema definitions (loading). */
     CRDT_ESCHEMA = -70,      /* the schema definition itself is invalid */
@@ -100,6 +101,18 @@ enum {
 
 /* Static English message for a code; never NULL. */
 const char *crdt_strerror(int code);
+
+/*
+ * crdt_value_message — why a value was refused, for people: Chinese first,
+ * then English ("不是有效的电话号码。Not a valid phone number").  For the codes
+ * crdt_vspec_check / crdt_fspec_check_value return (CRDT_EVALUE, CRDT_ETEXT,
+ * CRDT_EBLANK, CRDT_ERANGE, CRDT_EDATE, CRDT_EENUM, CRDT_EIDNUM, CRDT_EPHONE,
+ * CRDT_ERECID, CRDT_EMISSING, CRDT_EUNKNOWNKEY, CRDT_EKEY); any other code
+ * gives crdt_strerror's text.  Every write path (staff API, ledger import,
+ * device deltas) answers with this text, so the same mistake reads the same
+ * everywhere.
+ */
+const char *crdt_value_message(int code);
 
 /* ------------------------------------------------------------------------ */
 /* Limits on untrusted input (DESIGN.md §7)                                  */
@@ -377,6 +390,8 @@ typedef enum crdt_valtype {
 typedef struct crdt_vspec {
     uint8_t vtype;              /* crdt_valtype */
     uint32_t max_len;           /* TEXT: bytes (default 200) */
+    bool nonblank;              /* TEXT: not empty nor only spaces (the schema's
+                                 * "required" on a field or an entry member) */
     int64_t min, max;           /* INT range */
     char **enum_values;         /* ENUM: owned NUL-terminated strings */
     uint32_t n_enum;

@@ -51,9 +51,31 @@ const char *crdt_strerror(int code)
     case CRDT_EENUM: return "value not allowed for this field";
     case CRDT_EKEY: return "field key missing, unexpected or invalid";
     case CRDT_ETEXT: return "text too long for this field";
+    case CRDT_EBLANK: return "required text is empty";
     case CRDT_ESCHEMA: return "invalid schema";
     case CRDT_EMISMATCH: return "records or fields do not match";
     case CRDT_ECORRUPT: return "stored record is corrupt";
     default: return "unknown crdt error";
+    }
+}
+
+const char *crdt_value_message(int code)
+{
+    switch (code) {
+    case CRDT_EIDNUM:
+        return "不是有效的身份证号码（格式、出生日期或校验位错误）。Not a valid GB 11643 ID number "
+               "(format, birth date or checksum)";
+    case CRDT_EENUM: return "不是允许的取值。Not one of the field's allowed values";
+    case CRDT_EDATE: return "日期应为 YYYY-MM-DD。Not a valid YYYY-MM-DD date";
+    case CRDT_EPHONE: return "不是有效的电话号码。Not a valid phone number";
+    case CRDT_ETEXT: return "文字太长。Text too long for the field";
+    case CRDT_EBLANK: return "必填，不能为空。Required: must not be empty";
+    case CRDT_ERANGE: return "超出范围。Out of range";
+    case CRDT_EVALUE: return "取值类型不对。Not a value of the field's type";
+    case CRDT_ERECID: return "编号无效（1 至 64 个字母、数字或 _ . -）。Not a valid record id";
+    case CRDT_EMISSING: return "缺少必填项。A required item is missing";
+    case CRDT_EUNKNOWNKEY: return "含有未定义的项。Holds an item the field does not define";
+    case CRDT_EKEY: return "年度（键）无效。The field's key is missing or invalid";
+    default: return crdt_strerror(code);
     }
 }

@@ -115,6 +115,22 @@ static bool has_control(const char *s, size_t n)
     return false;
 }
 
+/* Empty, or only spaces: ASCII space, tab, newline, CR and the ideographic
+ * space U+3000 (UTF-8 E3 80 80) a Chinese input method types. */
+static bool is_blank(const char *s, size_t n)
+{
+    const uint8_t *p = (const uint8_t *)s;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r') continue;
+        if (p[i] == 0xe3 && i + 2 < n && p[i + 1] == 0x80 && p[i + 2] == 0x80) {
+            i += 2;
+            continue;
+        }
+        return false;
+    }
+    return true;
+}
+
 int crdt_vspec_check(const crdt_vspec *v, const crdt_val *val)
 {
     if (!v || !val) return CRDT_EINVAL;
@@ -131,7 +147,8 @@ int crdt_vspec_check(const crdt_vspec *v, const crdt_val *val)
     case CRDT_VT_TEXT:
         if (val->len > v->max_len) return CRDT_ETEXT;
         if (!crdt_utf8_valid((const uint8_t *)val->s, val->len)) return CRDT_EVALUE;
-        return has_control(val->s, val->len) ? CRDT_EVALUE : CRDT_OK;
+        if (has_control(val->s, val->len)) return CRDT_EVALUE;
+        return v->nonblank && is_blank(val->s, val->len) ? CRDT_EBLANK : CRDT_OK;
     case CRDT_VT_DATE: return crdt_check_date(val->s, val->len);
     case CRDT_VT_ENUM:
         return crdt_vspec_enum_index(v, val->s, val->len) < 0 ? CRDT_EENUM : CRDT_OK;

@@ -52,6 +52,19 @@ const char *sync_strerror(int code)
     }
 }
 
+/* The ack's "m" for a rejected delta: a value the schema refuses reads as
+ * it does for staff and in imports (crdt_value_message). */
+static const char *reject_text(int code)
+{
+    switch (code) {
+    case CRDT_EVALUE: case CRDT_ETEXT: case CRDT_EBLANK: case CRDT_ERANGE: case CRDT_EDATE:
+    case CRDT_EENUM: case CRDT_EIDNUM: case CRDT_EPHONE: case CRDT_ERECID: case CRDT_EMISSING:
+    case CRDT_EUNKNOWNKEY: case CRDT_EKEY:
+        return crdt_value_message(code);
+    default: return sync_strerror(code);
+    }
+}
+
 bool sync_retryable(int code)
 {
     return code == SYNC_EBUSY || code == SYNC_EUNAVAILABLE || code == SYNC_ESHUTDOWN ||
@@ -771,7 +784,7 @@ int sync_session_job_done(sync_session *s, sync_job *j, sync_out *out)
             msgpack_pack_int64(&pk, code);
             pk_str(&pk, "m");
             pk_str(&pk, result == STORE_QUARANTINED ? store_qreason_name(code)
-                                                    : sync_strerror(code));
+                                                    : reject_text(code));
         }
         if (it->out.sseq) {
             pk_str(&pk, "q");

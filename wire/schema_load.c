@@ -294,7 +294,9 @@ static int load_member(ld *l, const char *path, json_t *jm, crdt_member *m)
     req = json_object_get(jm, "required");
     if (req && !json_is_boolean(req)) return lerr(l, mp, "required", "expected true or false");
     m->required = req && json_is_true(req);
-    return load_vspec(l, mp, jm, &m->v);
+    if ((rc = load_vspec(l, mp, jm, &m->v))) return rc;
+    m->v.nonblank = m->required; /* a required text member must say something */
+    return CRDT_OK;
 }
 
 static int load_key(ld *l, const char *path, json_t *jk, crdt_vspec *k)
@@ -318,7 +320,7 @@ static int load_field(ld *l, const char *path, json_t *jf, crdt_fspec *f)
 {
     static const char *const attrs[] = {"name", "crdt", "type", "max_len", "min", "max",
                                         "values", "ref", "key", "members", "inc_max",
-                                        "doc", NULL};
+                                        "required", "doc", NULL};
     char fp[PATH_MAX_LEN];
     json_t *jk, *jm;
     const char *s;
@@ -346,6 +348,16 @@ static int load_field(ld *l, const char *path, json_t *jf, crdt_fspec *f)
         return rc;
     }
     if ((rc = load_vspec(l, fp, jf, &f->v))) return rc;
+
+    /* required (text of lww and mv fields): a value may not be blank */
+    json_t *req = json_object_get(jf, "required");
+    if (req && !json_is_boolean(req)) return lerr(l, fp, "required", "expected true or false");
+    if (req && json_is_true(req)) {
+        if (f->v.vtype != CRDT_VT_TEXT || (f->type != CRDT_F_LWW && f->type != CRDT_F_MV))
+            return lerr(l, fp, "required", "applies only to text values of lww and mv fields "
+                                           "(other types cannot be blank)");
+        f->v.nonblank = true;
+    }
 
     /* members (entry only) */
     jm = json_object_get(jf, "members");

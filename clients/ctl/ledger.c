@@ -515,16 +515,20 @@ static int val_bytes(const crdt_vspec *v, const char *s, crdt_buf *out)
     return crdt_val_put_str(out, s, strlen(s));
 }
 
-/* Why value s fails its column, in words (after the schema said rc). */
+/* Why value s fails its column, in words (after the schema said rc): the
+ * text every write path gives (crdt_value_message), then what helps fix
+ * the cell (the allowed values; the check character the checksum wants). */
 static void reason(const crdt_schema *sc, int rc, int col, const char *s, char *buf, size_t cap)
 {
     const ledger_col *lc = &ledger_cols[col];
+    size_t n = (size_t)snprintf(buf, cap, "%s", crdt_value_message(rc));
+    if (n >= cap) return;
     if (rc == CRDT_EENUM && lc->field) {
         const char *kind = lc->kind == 'h' ? "household" : "person";
         const crdt_kspec *k = crdt_schema_kind(sc, kind, strlen(kind));
         const crdt_fspec *f = k ? crdt_schema_field(k, lc->field, strlen(lc->field)) : NULL;
         if (f && f->v.vtype == CRDT_VT_ENUM) {
-            size_t n = (size_t)snprintf(buf, cap, "not one of");
+            n += (size_t)snprintf(buf + n, cap - n, ":");
             for (uint32_t i = 0; i < f->v.n_enum && n < cap; i++)
                 n += (size_t)snprintf(buf + n, cap - n, " %s", f->v.enum_values[i]);
             return;
@@ -532,13 +536,10 @@ static void reason(const crdt_schema *sc, int rc, int col, const char *s, char *
     }
     if (col == LEDGER_COL_IDNUM && strlen(s) == 18) {
         char c = crdt_idnum_check_char(s);
-        if (c && c != s[17]) {
-            snprintf(buf, cap, "wrong check character '%c' (the GB 11643 checksum gives '%c')",
-                     s[17], c);
-            return;
-        }
+        if (c && c != s[17])
+            snprintf(buf + n, cap - n, ": wrong check character '%c' (the GB 11643 checksum "
+                                       "gives '%c')", s[17], c);
     }
-    snprintf(buf, cap, "%s", crdt_strerror(rc));
 }
 
 /* Check ops against the schema as one delta on kind/id; 0 or a CRDT code. */
@@ -826,7 +827,8 @@ static int check_row(ledger_import *li, ledger_row *row, const ledger_row *h, co
         return 0;
     }
     if (!*ir->v[LEDGER_COL_NAME])
-        problem(li, row->line, "%s: empty", col_label(LEDGER_COL_NAME, hdr));
+        problem(li, row->line, "%s: %s", col_label(LEDGER_COL_NAME, hdr),
+                crdt_value_message(CRDT_EBLANK));
     const char *pid = ir->v[LEDGER_COL_PID];
     if (*pid && !crdt_recid_valid(pid, strlen(pid)))
         problem(li, row->line, "%s: \"%s\" is not a valid record id",

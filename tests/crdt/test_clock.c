@@ -204,7 +204,7 @@ static void test_strerror_complete(void **state)
         CRDT_EUNKNOWNKEY, CRDT_ENONCANON, CRDT_ERANGE, CRDT_ERECID,
         CRDT_ETOOMANYOPS, CRDT_EOPCODE, CRDT_EDUPOP, CRDT_EOBS, CRDT_ENOOPS,
         CRDT_EKIND, CRDT_EFIELD, CRDT_EOP, CRDT_EVALUE, CRDT_EIDNUM, CRDT_EPHONE,
-        CRDT_EDATE, CRDT_EENUM, CRDT_EKEY, CRDT_ETEXT, CRDT_ESCHEMA,
+        CRDT_EDATE, CRDT_EENUM, CRDT_EKEY, CRDT_ETEXT, CRDT_EBLANK, CRDT_ESCHEMA,
         CRDT_EMISMATCH, CRDT_ECORRUPT};
     for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
         assert_string_not_equal(crdt_strerror(codes[i]), fallback);

@@ -158,7 +158,7 @@ static void test_check_messages(void **state)
     assert_int_equal(li.n_hh, 3);
     assert_int_equal(li.problems.n, 3);
     assert_int_equal(ledger_msgs_sort(&li.problems), 2);
-    assert_string_equal(li.problems.v[0], "p.csv:3: name: empty");
+    assert_string_equal(li.problems.v[0], "p.csv:3: name: 必填，不能为空。Required: must not be empty");
     assert_string_equal(li.problems.v[1], "p.csv:3: id_number: 110105195003121015 is already on "
                                           "line 2 (one row per person)");
     assert_string_equal(li.problems.v[2], "p.csv:4: person_id: P1 is already on line 3 (one "
@@ -168,6 +168,16 @@ static void test_check_messages(void **state)
     assert_int_equal(store_begin(s, STORE_RW, &t), 0);
     assert_int_equal(ledger_import_txn(t, &li), LEDGER_EINVAL);
     store_abort(t);
+    ledger_import_free(&li);
+    /* A name of only an ideographic space (trimming takes ASCII blanks) is
+     * blank to the schema: the same words as the staff API and the acks. */
+    assert_int_equal(parse_text("household_id,name,id_number\n"
+                                "H1,\xe3\x80\x80,110105195003121015\n", &d), 0);
+    init_import(&li, s, "b.csv");
+    assert_int_equal(ledger_check(&li, &d), 0);
+    assert_int_equal(li.problems.n, 1);
+    assert_string_equal(li.problems.v[0], "b.csv:2: name: \"\xe3\x80\x80\": "
+                                          "必填，不能为空。Required: must not be empty");
     ledger_import_free(&li);
     /* No rows. */
     assert_int_equal(parse_text("household_id,name\n", &d), 0);

@@ -390,7 +390,7 @@ async function main() {
   check(await outboxCount(A.page) === 0, 'nothing is left waiting after the refusal');
   await A.page.goto(`http://127.0.0.1:${port}/field/#/sync`);
   await A.page.waitForSelector('#refused li');
-  check((await A.page.textContent('#refused')).includes('电话号码无效'), 'the refused edit shows the reason in Chinese');
+  check((await A.page.textContent('#refused')).includes('不是有效的电话号码'), 'the refused edit shows the reason in Chinese');
   check(fieldValues(await api(await login(), `/api/persons/${person2}`), 'note').includes('拒收后的修改'),
     'the edit signed after the refused one was re-signed and reached the server');
   await shot(A.page, '10-sync-refused');

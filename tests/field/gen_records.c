@@ -129,7 +129,7 @@ static crdt_scalar gen_scalar(const crdt_vspec *v, char *buf, size_t cap)
         const char *t;
         do {
             t = below(12) == 0 ? long_text : texts[below(sizeof texts / sizeof texts[0])];
-        } while (strlen(t) > v->max_len);
+        } while (strlen(t) > v->max_len || (v->nonblank && !*t)); /* "required" text */
         snprintf(buf, cap, "%s", t);
         break;
     }

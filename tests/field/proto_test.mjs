@@ -12,7 +12,8 @@ import {
 } from '../../clients/field/src/proto.js';
 import { decodeDelta, encodeDelta, decodeRecord, encodeRecord, newRecord, applyDelta, compileSchema,
   visibleValues, observedDots } from '../../clients/field/src/crdt.js';
-import { checkIdnum, checkPhone, checkDate, idCheckChar } from '../../clients/field/src/validate.js';
+import { checkIdnum, checkPhone, checkDate, checkValue, idCheckChar } from '../../clients/field/src/validate.js';
+import { STRINGS } from '../../clients/field/src/i18n.js';
 
 let failed = 0;
 function check(name, ok, detail = '') {
@@ -94,6 +95,22 @@ check('ID number checksum', checkIdnum(id17 + idCheckChar(id17)) === null && che
 check('ID number date', checkIdnum('110105194902300021') !== null);
 check('phone', checkPhone('13812345678') === null && checkPhone('010-12345678') === null && checkPhone('12345') === 'phone');
 check('date', checkDate('2024-02-29') === null && checkDate('2023-02-29') === 'date');
+
+// "required" text (CRDT_EBLANK): blank, spaces and the ideographic space refused, as crdt_vspec_check.
+const nameSpec = JSON.parse(readFileSync(new URL('../../crdt/schema/yibao.json', import.meta.url)))
+  .kinds.find((k) => k.name === 'person').fields.find((f) => f.name === 'name');
+check('required text: blank refused', ['', '  ', '\u3000', ' \t'].every((v) => checkValue(nameSpec, v) === 'required')
+  && checkValue(nameSpec, ' 王芳 ') === null);
+
+// 4. Refused values read the same on the phone as from the server (crdt_value_message's Chinese).
+const errorsC = readFileSync(new URL('../../crdt/errors.c', import.meta.url), 'utf8');
+const body = errorsC.slice(errorsC.indexOf('const char *crdt_value_message'));
+const codes = { CRDT_EVALUE: -53, CRDT_EIDNUM: -54, CRDT_EPHONE: -55, CRDT_EDATE: -56, CRDT_EENUM: -57,
+  CRDT_EKEY: -58, CRDT_ETEXT: -59, CRDT_EBLANK: -60 };
+for (const [name, code] of Object.entries(codes)) {
+  const m = new RegExp(`case ${name}:\\s*(?:return\\s*)?"([^"。]*)。`).exec(body);
+  check(`field app text for ${name} is crdt_value_message's`, m && STRINGS.zh[`e_${code}`] === m[1]);
+}
 
 console.log(failed ? `${failed} check(s) failed` : 'all checks passed');
 process.exit(failed ? 1 : 0);

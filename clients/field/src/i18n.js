@@ -47,8 +47,11 @@ const zh = {
   'e_-306': '本机签名验证失败', 'e_-307': '本机密钥已失效', 'e_-311': '服务器繁忙',
   'e_-312': '服务器暂时无法保存', 'e_-313': '服务器正在重启', 'e_-315': '需要先更换密钥',
   'e_-316': '上传太快，稍后继续', 'e_-310': '修改不属于本机', 'e_-101': '签名无效',
-  'e_-53': '内容不符合要求', 'e_-54': '身份证号无效', 'e_-55': '电话号码无效', 'e_-56': '日期无效',
-  'e_-57': '选项无效', 'e_-58': '年度无效', 'e_-59': '内容太长', 'e_-51': '没有这一项',
+  /* value errors: the Chinese of crdt_value_message (crdt/errors.c), word for word, so a
+   * refused edit reads as the server, the dashboard and the import say it (field_proto) */
+  'e_-53': '取值类型不对', 'e_-54': '不是有效的身份证号码（格式、出生日期或校验位错误）',
+  'e_-55': '不是有效的电话号码', 'e_-56': '日期应为 YYYY-MM-DD', 'e_-57': '不是允许的取值',
+  'e_-58': '年度（键）无效', 'e_-59': '文字太长', 'e_-60': '必填，不能为空', 'e_-51': '没有这一项',
   q_1: '手机时间比服务器快太多', q_2: '同一序号出现两份不同记录（设备被冻结）', q_3: '设备已被冻结',
   q_4: '设备已被停用', q_5: '旧密钥签名', q_6: '记录链断开', q_7: '不在本机负责的住户范围内',
 };
@@ -96,10 +99,14 @@ const en = {
   'e_-312': 'Server cannot store now', 'e_-313': 'Server restarting', 'e_-315': 'Key rotation required',
   'e_-316': 'Rate limited', 'e_-310': 'Not this device', 'e_-101': 'Bad signature',
   'e_-53': 'Invalid value', 'e_-54': 'Invalid ID number', 'e_-55': 'Invalid phone', 'e_-56': 'Invalid date',
-  'e_-57': 'Invalid option', 'e_-58': 'Invalid year', 'e_-59': 'Too long', 'e_-51': 'Unknown field',
+  'e_-57': 'Invalid option', 'e_-58': 'Invalid year', 'e_-59': 'Too long', 'e_-60': 'Required',
+  'e_-51': 'Unknown field',
   q_1: 'Phone clock far ahead', q_2: 'Clone detected', q_3: 'Device frozen', q_4: 'Device revoked',
   q_5: 'Old key', q_6: 'Chain fork', q_7: 'Outside this phone\'s households',
 };
+
+/** Both tables, for tests (tests/field/proto_test.mjs). */
+export const STRINGS = { zh, en };
 
 let lang = (typeof localStorage !== 'undefined' && localStorage.getItem('lang')) || 'zh';
 

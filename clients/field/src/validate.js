@@ -70,7 +70,9 @@ export function checkValue(spec, v) {
     case 'text':
       if (typeof v !== 'string') return 'value';
       if (te.encode(v).length > spec.max_len) return 'text_long';
-      return hasControl(v) ? 'value' : null;
+      if (hasControl(v)) return 'value';
+      /* CRDT_EBLANK (-60): the schema's "required" text may not be blank */
+      return spec.required && /^[ \t\n\r\u3000]*$/.test(v) ? 'required' : null;
     case 'date': return typeof v === 'string' ? checkDate(v) : 'value';
     case 'enum': return spec.values.includes(v) ? null : 'enum';
     case 'idnum': return typeof v === 'string' ? checkIdnum(v) : 'value';
