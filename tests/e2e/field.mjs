@@ -68,7 +68,7 @@ function check(cond, what) { if (!cond) throw new Error(`check failed: ${what}`)
 async function startServer() {
   if (server) pastErr += server.stderr();
   server = await startDoorstepd(join(build, 'doorstepd'), ['--data', data, '--listen', `127.0.0.1:${port}`,
-    '--field', join(build, 'field'), '--log-level', '1']);
+    '--field', join(build, 'field'), '--static', join(repo, 'clients', 'dashboard'), '--log-level', '1']);
   port = server.port; // the same port again after a restart: phones keep their server URL
 }
 const stopServer = (sig) => stopDoorstepd(server, sig);
@@ -403,6 +403,71 @@ async function main() {
   await syncAndWait(A.page, 'A with a rotation required');
   check(await A.page.evaluate(async () => (await window.doorstepField.db.meta('device')).epoch) === 2, 'phone A now signs with key epoch 2');
   check(fieldValues(await api(await login(), `/api/persons/${person2}`), 'note').includes('换钥匙之后'), 'the edit after the rotation reached the server');
+
+  // 4e. Phone B is lost with two edits made offline; the station soft-revokes it
+  // (doorstepctl device revoke --soft). Its next sync hands both in (to the
+  // quarantine), then the phone deletes its data and says so. An admin reviews
+  // them in the dashboard's 隔离区 page: accepts one (it reaches the person's
+  // file), rejects the other. The street goes on: doorstep-sim converges.
+  step = 'soft revocation';
+  const devB = await B.page.evaluate(async () => (await window.doorstepField.db.meta('device')).dev);
+  await B.ctx.setOffline(true);
+  await B.page.evaluate(async (pid) => window.doorstepField.commitEdit('person', pid,
+    [{ f: 'note', o: 'set', v: '丢失前的备注' }], '备注'), person2);
+  await B.page.evaluate(async (pid) => window.doorstepField.commitEdit('person', pid,
+    [{ f: 'phone', o: 'set', v: '13900001111' }], '电话'), person2);
+  check(await outboxCount(B.page) === 2, 'phone B holds two offline edits');
+  const rv = ctl('device', 'revoke', String(devB), '--soft');
+  check(/revoked \(soft\)/.test(rv), 'doorstepctl soft-revoked phone B');
+  await B.ctx.setOffline(false);
+  const bsum = await B.page.evaluate(async () => (await window.doorstepField.runSync()));
+  check(bsum === null, 'the revoked phone\'s sync ends with the revocation');
+  await until(B.page, () => [...document.querySelectorAll('.toast')].some((e) => e.textContent.includes('记录已交回，本机数据已清除')),
+    null, 'B says its edits were handed in and its data deleted');
+  check(await B.page.evaluate(async () => (await window.doorstepField.db.count('records')) === 0 &&
+    (await window.doorstepField.db.count('outbox')) === 0), 'phone B deleted its records and outbox');
+  await B.page.goto(`http://127.0.0.1:${port}/field/`);
+  await B.page.waitForSelector('#do-enroll');
+  await shot(B.page, '11-revoked-wiped');
+  // The dashboard, as the administrator.
+  const dash = await browser.newContext({ viewport: { width: 1280, height: 900 }, locale: 'zh-CN', timezoneId: 'Asia/Shanghai' });
+  const dp = await dash.newPage();
+  await dp.goto(`http://127.0.0.1:${port}/`);
+  await dp.waitForSelector('#login:not([hidden])');
+  await dp.fill('#login-user', 'admin');
+  await dp.fill('#login-password', PASSWORD);
+  await dp.click('#login-form button[type=submit]');
+  await dp.waitForSelector('#login', { state: 'hidden' });
+  await dp.goto(`http://127.0.0.1:${port}/#/quarantine`);
+  await until(dp, () => [...document.querySelectorAll('[data-testid=quarantine] tbody tr')]
+    .filter((tr) => tr.textContent.includes('张伟') && tr.querySelector('button.danger')).length >= 2, null,
+  'two handed-in edits pending in the quarantine view');
+  const qtext = await dp.textContent('[data-testid=quarantine]');
+  check(qtext.includes('张伟'), 'the quarantine view names the revoked phone\'s volunteer');
+  await shot(dp, '12-dashboard-quarantine');
+  const pendingOfB = () => dp.locator('[data-testid=quarantine] tbody tr', { hasText: '张伟' })
+    .filter({ has: dp.locator('button.danger') });
+  await pendingOfB().first().locator('button:not(.danger)').click();      // 接受
+  await until(dp, () => [...document.querySelectorAll('[data-testid=quarantine] tbody tr')]
+    .filter((tr) => tr.textContent.includes('张伟') && tr.querySelector('button.danger')).length === 1, null,
+  'one handed-in edit left to decide');
+  await pendingOfB().first().locator('button.danger').click();            // 拒绝
+  await until(dp, () => [...document.querySelectorAll('[data-testid=quarantine] tbody tr')]
+    .filter((tr) => tr.textContent.includes('张伟') && tr.querySelector('button.danger')).length === 0, null,
+  'both handed-in edits decided');
+  await shot(dp, '13-dashboard-quarantine-decided');
+  const q = await (await fetch(`http://127.0.0.1:${port}/api/quarantine?state=all`, { headers: { cookie: await login() } })).json();
+  const mine = q.items.filter((e) => e.dev === devB);
+  check(mine.length === 2, 'the server kept both handed-in edits: ' + JSON.stringify(mine.map((e) => e.state)));
+  check(mine.some((e) => e.state === 'accepted') && mine.some((e) => e.state === 'rejected'),
+    'the admin accepted one and rejected the other in the dashboard');
+  const pB = await api(await login(), `/api/persons/${person2}`);
+  check(fieldValues(pB, 'note').includes('丢失前的备注') || fieldValues(pB, 'phone').includes('13900001111'),
+    'the accepted edit is in the person\'s file');
+  await dash.close();
+  const simOut = execFileSync(join(build, 'doorstep-sim'), ['--server', `ws://127.0.0.1:${port}`, '--data', data,
+    '--volunteers', '4', '--households', '24', '--days', '1', '--seed', '7'], { encoding: 'utf8' });
+  check(/converged: yes/.test(simOut), 'the street keeps converging after the revocation: ' + simOut.trim().split('\n').pop());
 
   // 5. Enrollment with the camera: Chromium's fake camera shows the QR code.
   step = 'camera';

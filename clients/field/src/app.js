@@ -234,10 +234,19 @@ async function textField(kind, id, rec, name, key = null) {
     if (spec.crdt === 'mv') op.x = crdt.observedDots(rec, name, key);
     await save(kind, id, [op], `${t(name)} = ${input.value}`);
   } }, t('save'));
-  const conflict = spec.crdt === 'mv' && vals.length > 1
-    ? h('div', { class: 'conflict' }, t('conflict'), vals.map((x) => h('button', { class: 'btn small ghost',
+  /* Concurrent writes of the same value agree: a conflict is two or more
+   * DISTINCT values (crdt_field_conflict), each shown once with how many
+   * wrote it.  Choosing one supersedes every concurrent write. */
+  const distinct = [];
+  for (const x of vals) {
+    const d = distinct.find((y) => y.value === x.value);
+    if (d) d.n++; else distinct.push({ value: x.value, n: 1 });
+  }
+  const conflict = spec.crdt === 'mv' && distinct.length > 1
+    ? h('div', { class: 'conflict' }, t('conflict'), distinct.map((x) => h('button', { class: 'btn small ghost',
       onclick: () => save(kind, id, [{ f: name, o: 'set', v: x.value, ...(key !== null ? { k: key } : {}),
-        x: crdt.observedDots(rec, name, key) }], `${t(name)} = ${x.value}`) }, `${t('choose')}：${x.value}`)))
+        x: crdt.observedDots(rec, name, key) }], `${t(name)} = ${x.value}`) },
+      `${t('choose')}：${x.value}` + (x.n > 1 ? t('writers', x.n) : ''))))
     : null;
   return h('div', { class: 'field', 'data-field': name }, h('label', {}, t(name) + (key !== null ? ` ${key}` : '')),
     h('div', { class: 'row' }, input, saveBtn), err, conflict);
