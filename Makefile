@@ -1,7 +1,7 @@
 # Doorstep — top-level Makefile.  The README's two commands live here:
 #   make run    install what is missing, build, start the server with a demo street
-#   make test   install what is missing, build twice (gcc; clang+ASan+UBSan), run ctest on both,
-#               and every fuzz target for FUZZ_SECONDS in build-fuzz/ (before the ASan run)
+#   make test   install what is missing, build three times (gcc; gcc Release, build only; clang+ASan+UBSan),
+#               run ctest on the first and last, and every fuzz target for FUZZ_SECONDS in build-fuzz/ (before ASan)
 # Also: make bench, make fuzz, make memcheck, make soak, make clean.  Build trees: build/ and build-asan/.
 
 JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
@@ -10,7 +10,7 @@ ASAN     ?= build-asan
 FUZZ     ?= build-fuzz
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build build-asan test test-normal test-asan run bench fuzz clean
+.PHONY: all deps build build-asan build-release test test-normal test-asan run bench fuzz clean
 
 all: build
 
@@ -18,11 +18,11 @@ deps:
 	@scripts/install-deps
 
 build: deps
-	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=gcc >/dev/null
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=gcc -DDOORSTEP_WERROR=ON >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
 
 build-asan: deps
-	@cmake -S . -B $(ASAN) -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang -DDOORSTEP_SANITIZE=ON >/dev/null
+	@cmake -S . -B $(ASAN) -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang -DDOORSTEP_SANITIZE=ON -DDOORSTEP_WERROR=ON >/dev/null
 	@cmake --build $(ASAN) -j $(JOBS)
 
 test-normal: build
@@ -34,7 +34,16 @@ test-asan: build-asan
 	@cd $(ASAN) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		ctest --output-on-failure -j $(JOBS) </dev/null
 
-test: test-normal test-fuzz test-asan
+# The optimised build packagers make (-O3 -DNDEBUG finds warnings -O2 does not):
+# built once, with warnings as errors, so it stays buildable.  Not run: the
+# normal build's tests cover the same code.
+RELEASE  ?= build-release
+build-release: deps
+	@echo "== build: Release (gcc, $(RELEASE)/) =="
+	@cmake -S . -B $(RELEASE) -DCMAKE_BUILD_TYPE=Release -DCMAKE_C_COMPILER=gcc -DDOORSTEP_WERROR=ON >/dev/null
+	@cmake --build $(RELEASE) -j $(JOBS)
+
+test: test-normal build-release test-fuzz test-asan
 
 run: build
 	@scripts/run-demo $(BUILD)
@@ -43,12 +52,12 @@ bench: build
 	@scripts/run-bench $(BUILD)
 
 fuzz: deps
-	@cmake -S . -B $(FUZZ) -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang -DDOORSTEP_FUZZ=ON >/dev/null
+	@cmake -S . -B $(FUZZ) -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang -DDOORSTEP_FUZZ=ON -DDOORSTEP_WERROR=ON >/dev/null
 	@cmake --build $(FUZZ) -j $(JOBS)
 	@scripts/run-fuzz $(FUZZ) $(FUZZ_SECONDS)
 
 clean:
-	rm -rf $(BUILD) $(ASAN) $(FUZZ)
+	rm -rf $(BUILD) $(ASAN) $(FUZZ) $(RELEASE)
 
 # ---- reliability (issue #9; docs/RELIABILITY.md) ------------------------------------
 # test-fuzz: every libFuzzer target for FUZZ_SECONDS (60) as ctest tests in
@@ -71,7 +80,7 @@ VALGRIND = valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indire
 
 test-fuzz: deps
 	@cmake -S . -B $(FUZZ) -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang -DDOORSTEP_FUZZ=ON \
-		-DDOORSTEP_FUZZ_SECONDS=$(FUZZ_SECONDS) >/dev/null
+		-DDOORSTEP_FUZZ_SECONDS=$(FUZZ_SECONDS) -DDOORSTEP_WERROR=ON >/dev/null
 	@cmake --build $(FUZZ) -j $(JOBS)
 	@echo "== ctest: fuzz targets, $(FUZZ_SECONDS)s each ($(FUZZ)/) =="
 	@cd $(FUZZ) && ctest --output-on-failure -j $(JOBS) -R '^fuzz_' </dev/null

@@ -138,6 +138,7 @@ static int get_int(ld *l, const char *path, json_t *obj, const char *attr, int64
                    int64_t hi, int64_t *out, bool *present)
 {
     json_t *v = json_object_get(obj, attr);
+    *out = 0; /* defined on every path: callers read it only when *present */
     *present = v != NULL;
     if (!v) return CRDT_OK;
     if (!json_is_integer(v)) return lerr(l, path, attr, "expected an integer");
