@@ -1,11 +1,13 @@
 /*
  * doorstepctl.c — the administrator's command.
  *
- *   doorstepctl [--data DIR] [--key-file F] COMMAND [SUBCOMMAND] [ARGS]
+ *   doorstepctl [--data DIR] [--key-file F] [--tz ZONE] COMMAND [SUBCOMMAND] [ARGS]
  *
- * Global options come before the command; DOORSTEP_DATA and
- * DOORSTEP_KEY_FILE are the environment defaults; the key file defaults to
- * DIR.key, as for doorstepd.  It works while doorstepd runs (LMDB's
+ * Global options come before the command; DOORSTEP_DATA, DOORSTEP_KEY_FILE
+ * and DOORSTEP_TZ are the environment defaults; the key file defaults to
+ * DIR.key, as for doorstepd.  Times are printed in the station's time zone
+ * (--tz, default Asia/Shanghai, as the dashboard), whatever TZ the process
+ * inherited.  It works while doorstepd runs (LMDB's
  * multi-process locking): every change is one short write transaction, and
  * a device change bumps the admin generation that doorstepd watches, so a
  * revocation closes the phone's live session within a second.
@@ -25,6 +27,7 @@
  *     authentication: doorstepctl's authority is access to the data
  *     directory and the data key file.
  *   - Every subcommand parses its options with getopt_long and has --help.
+ *   - Counts are printed with the noun in the right number (plural()).
  *   - Exit codes: 0 ok, 1 failure (message on stderr), 2 usage.  Nothing is printed to stdout before a failure is known,
  *     except what a command has already committed.
  *   - Passwords and enrollment tokens are wiped (sodium_memzero) after use;
@@ -57,7 +60,7 @@ enum { EXIT_FAIL = 1, EXIT_USAGE = 2 };
 static const char *data_dir, *key_file;
 
 static const char usage_text[] =
-    "usage: doorstepctl [--data DIR] [--key-file F] COMMAND [ARGS]\n"
+    "usage: doorstepctl [--data DIR] [--key-file F] [--tz ZONE] COMMAND [ARGS]\n"
     "commands:\n"
     "  init [--schema F] [--campaign-year Y] [--admin NAME]\n"
     "  verify | backup DEST | stats [--json]\n"
@@ -72,12 +75,14 @@ static const char usage_text[] =
     "  staff add USERNAME --role staff|admin [--display NAME] [--password-stdin]\n"
     "  staff list [--json] | passwd USERNAME [--password-stdin]\n"
     "  staff role USERNAME staff|admin | disable USERNAME | enable USERNAME\n"
-    "  audit list [--after N] [--limit N] [--json]\n"
+    "  audit list [--after N] [--before N] [--limit N] [--json] | audit verify\n"
     "  import --csv FILE [--encoding utf-8|gbk] [--dry-run]\n"
     "  export --csv FILE [--headers en|zh]\n"
     "state-changing commands take --as USERNAME (default $USER), recorded in the audit log.\n"
     "every command and subcommand takes --help.\n"
-    "environment: DOORSTEP_DATA, DOORSTEP_KEY_FILE, DOORSTEP_ADMIN_PASSWORD (init),\n"
+    "--tz ZONE: the station's time zone for the times printed, an IANA name\n"
+    "  (default Asia/Shanghai; the TZ variable is not used).\n"
+    "environment: DOORSTEP_DATA, DOORSTEP_KEY_FILE, DOORSTEP_TZ, DOORSTEP_ADMIN_PASSWORD (init),\n"
     "  DOORSTEP_PASSWORD (staff add/passwd), DOORSTEP_SERVER (enrollment URI), USER\n"
     "exit codes: 0 ok, 1 failure, 2 usage\n";
 
@@ -113,7 +118,105 @@ static uint64_t now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* Local time "2026-05-01 12:34:56 +0800", or "never" for 0. */
+/* The noun for n things: plural(1, "household", "households") is
+ * "household", plural(0, ...) "households". */
+static const char *plural(uint64_t n, const char *one, const char *many)
+{
+    return n == 1 ? one : many;
+}
+
+/* ---- the station's time zone --------------------------------------------------------
+ *
+ * Every time is printed in the station's zone, as the dashboard shows it:
+ * --tz ZONE, else DOORSTEP_TZ, else Asia/Shanghai -- never the TZ the
+ * process happened to inherit.  station_tz_set checks the IANA name against
+ * the zone database ($TZDIR, else /usr/share/zoneinfo, where the C library
+ * reads it) and then sets the process's TZ to that zone file, so that
+ * localtime_r gives the station's wall clock and the UTC offset of each
+ * instant, daylight saving time included.
+ */
+
+#define STATION_TZ_DEFAULT "Asia/Shanghai"
+#define TZ_NAME_MAX 64          /* the longest IANA name is about 30 bytes */
+
+/* Zones known without the zone database (tzdata not installed), as POSIX
+ * TZ rules.  A fixed +08:00 is exact for Asia/Shanghai: China has had no
+ * daylight saving time since 1991, before any time doorstepctl prints. */
+static const struct {
+    const char *name, *rule;
+} tz_builtin[] = {{"Asia/Shanghai", "CST-8"}, {"UTC", "UTC0"}, {"Etc/UTC", "UTC0"}};
+
+/* An IANA zone name as the database spells it: parts of A-Z a-z 0-9 _ + -
+ * joined by single '/', at most TZ_NAME_MAX bytes.  No '.', and no '/' at
+ * either end, so it names a file below the zone directory and nothing else. */
+static bool tz_name_ok(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > TZ_NAME_MAX || name[0] == '/' || name[n - 1] == '/') return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                  c == '_' || c == '+' || c == '-' || (c == '/' && name[i + 1] != '/');
+        if (!ok) return false;
+    }
+    return true;
+}
+
+/* Where the C library reads zone files from. */
+static const char *tz_dir(void)
+{
+    const char *d = getenv("TZDIR");
+    return d && *d ? d : "/usr/share/zoneinfo";
+}
+
+/* Is tz_dir()/name a zone file (it starts with the TZif magic; a directory
+ * such as "Asia", or a missing file, is not)? */
+static bool tz_file_ok(const char *name)
+{
+    char path[4096], magic[4];
+    int n = snprintf(path, sizeof path, "%s/%s", tz_dir(), name);
+    if (n < 0 || (size_t)n >= sizeof path) return false;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    ssize_t r = read(fd, magic, sizeof magic);
+    close(fd);
+    return r == (ssize_t)sizeof magic && !memcmp(magic, "TZif", sizeof magic);
+}
+
+/* Make the zone `name` (given by `from`: "--tz", "DOORSTEP_TZ" or the
+ * default) the one localtime_r uses.  0; EXIT_USAGE with a message for a
+ * name that is not a zone here; EXIT_FAIL if TZ cannot be set. */
+static int station_tz_set(const char *name, const char *from)
+{
+    char tz[TZ_NAME_MAX + 2];
+    if (!tz_name_ok(name)) {
+        fprintf(stderr, "doorstepctl: %s \"%s\" is not a time zone name (an IANA name such as "
+                        "Asia/Shanghai or Europe/Berlin)\n", from, name);
+        return EXIT_USAGE;
+    }
+    if (tz_file_ok(name)) {
+        snprintf(tz, sizeof tz, ":%s", name); /* ':': a zone file, never a POSIX rule */
+    } else {
+        const char *rule = NULL;
+        for (size_t i = 0; i < sizeof tz_builtin / sizeof *tz_builtin && !rule; i++)
+            if (!strcmp(name, tz_builtin[i].name)) rule = tz_builtin[i].rule;
+        if (!rule) {
+            fprintf(stderr, "doorstepctl: %s \"%s\": unknown time zone (no zone file %s/%s; "
+                            "is tzdata installed?)\n", from, name, tz_dir(), name);
+            return EXIT_USAGE;
+        }
+        snprintf(tz, sizeof tz, "%s", rule);
+    }
+    if (setenv("TZ", tz, 1) != 0) {
+        fprintf(stderr, "doorstepctl: cannot set the time zone: %s\n", strerror(errno));
+        return EXIT_FAIL;
+    }
+    tzset();
+    return 0;
+}
+
+/* Station time "2026-05-01 12:34:56 +0800" (the offset of that instant in
+ * the station's zone), or "never" for 0. */
 static const char *fmt_time(uint64_t ms, char buf[40])
 {
     if (!ms) return "never";
@@ -437,10 +540,11 @@ static int cmd_init(int argc, char **argv)
         }
     }
     if (optind < argc) return usage_err("init", "unexpected argument %s", argv[optind]);
-    if (!year) {
+    if (!year) { /* this year at the station */
         time_t t = time(NULL);
         struct tm tm;
-        gmtime_r(&t, &tm);
+        if (!localtime_r(&t, &tm))
+            return fail("init", "cannot read the clock; give --campaign-year");
         year = tm.tm_year + 1900;
     }
     char err[512] = "";
@@ -512,8 +616,9 @@ static bool no_options(const char *cmd, int argc, char **argv, int want_args,
         return false;
     }
     if (argc - optind != want_args) {
-        *rc = usage_err(cmd, want_args ? "expected %d argument(s)" : "takes no arguments",
-                        want_args);
+        *rc = want_args ? usage_err(cmd, "expected %d %s", want_args,
+                                    plural((uint64_t)want_args, "argument", "arguments"))
+                        : usage_err(cmd, "takes no arguments");
         return false;
     }
     return true;
@@ -543,7 +648,8 @@ static int cmd_verify(int argc, char **argv)
         return 0;
     }
     if (rc == STORE_EVERIFY) {
-        printf("verify: %llu problem(s)\n", (unsigned long long)problems);
+        printf("verify: %llu %s\n", (unsigned long long)problems,
+               plural(problems, "problem", "problems"));
         return 1;
     }
     fprintf(stderr, "doorstepctl verify: %s\n", store_strerror(rc));
@@ -588,14 +694,20 @@ static int count_pending(const store_qentry *q, const store_qreview *r, void *ar
 /* ---- stats: coverage per community and grid, from the aggregates -------------------- */
 
 #define DAY_MS (24ull * 3600 * 1000)
-#define TZ_OFFSET_MS (8ull * 3600 * 1000) /* China Standard Time, as the dashboard */
 
-/* The instant the dashboard asks the aggregates about: noon of today's local
- * (CST) day, so the "visits this week" figures agree with its overview. */
+/* The instant the aggregates are asked about: noon UTC of today's date in
+ * the station's zone.  Visits count by their YYYY-MM-DD date and
+ * store_agg_get takes the week of the instant's UTC date, so "visits this
+ * week" is the station's week, as in the dashboard's overview. */
 static uint64_t agg_instant(uint64_t now)
 {
-    uint64_t day = (now + TZ_OFFSET_MS) / DAY_MS;
-    return day * DAY_MS + DAY_MS / 2;
+    time_t t = (time_t)(now / 1000);
+    struct tm tm;
+    int64_t day = (int64_t)(now / DAY_MS); /* the UTC date, if localtime_r fails */
+    if (localtime_r(&t, &tm))
+        day = crdt_days_from_civil(tm.tm_year + 1900, (unsigned)tm.tm_mon + 1,
+                                   (unsigned)tm.tm_mday);
+    return (uint64_t)day * DAY_MS + DAY_MS / 2;
 }
 
 /* One aggregate as JSON: the same members as the dashboard's /api/overview
@@ -888,8 +1000,8 @@ static int enroll_txn(store_txn *t, void *arg)
                                 e->token);
     if (rc) return rc;
     size_t o = (size_t)snprintf(detail, sizeof detail,
-                                "enrollment token for %s, %zu scope entr%s (", e->volunteer,
-                                e->n_scope, e->n_scope == 1 ? "y" : "ies");
+                                "enrollment token for %s, %zu scope %s (", e->volunteer,
+                                e->n_scope, plural(e->n_scope, "entry", "entries"));
     for (size_t i = 0; i < e->n_scope && o < sizeof detail - 64; i++)
         o += (size_t)snprintf(detail + o, sizeof detail - o, "%s%s", i ? " " : "", e->scope[i]);
     if (o >= sizeof detail - 64) o += (size_t)snprintf(detail + o, sizeof detail - o, " ...");
@@ -1012,8 +1124,8 @@ static int device_enroll(int argc, char **argv)
              enc_server, *enc_server ? "&" : "", e.token, spk);
     char when[40];
     printf("enrollment token for %s: %zu %s, expires %s\n", volunteer, scope->n,
-           households ? (scope->n == 1 ? "household" : "households")
-                      : (scope->n == 1 ? "grid" : "grids"),
+           households ? plural(scope->n, "household", "households")
+                      : plural(scope->n, "grid", "grids"),
            fmt_time(e.expires, when));
     printf("token: %s\n", e.token);
     printf("uri: %s\n", uri);
@@ -1211,9 +1323,9 @@ static int device_show(int argc, char **argv)
            fmt_time(d.last_sync_ms, t2));
     printf("  chain head:  seq %llu", (unsigned long long)head);
     if (head) printf(", hash %s...", hh);
-    printf("\n  quarantine:  %llu entr%s, %llu pending\n", (unsigned long long)dq.total,
-           dq.total == 1 ? "y" : "ies", (unsigned long long)dq.pending);
-    printf("  scope:       %zu household%s", scope.n, scope.n == 1 ? "" : "s");
+    printf("\n  quarantine:  %llu %s, %llu pending\n", (unsigned long long)dq.total,
+           plural(dq.total, "entry", "entries"), (unsigned long long)dq.pending);
+    printf("  scope:       %zu %s", scope.n, plural(scope.n, "household", "households"));
     for (size_t i = 0; i < scope.n && i < 50; i++) printf("%s%s", i ? " " : ": ", scope.id[i]);
     if (scope.n > 50) printf(" ... (%zu more)", scope.n - 50);
     printf("\nkeys:\n");
@@ -1261,8 +1373,10 @@ static int scope_txn(store_txn *t, void *arg)
     char detail[STORE_AUDIT_DETAIL_MAX + 1];
     const ledger_strv *given = c->hh->n ? c->hh : c->gr;
     size_t o = (size_t)snprintf(detail, sizeof detail,
-                                "device %u (%s) scope set to %zu household(s) from %s:", c->dev,
-                                d.volunteer, c->all.n, c->hh->n ? "households" : "grids");
+                                "device %u (%s) scope set to %zu %s from %s:", c->dev,
+                                d.volunteer, c->all.n,
+                                plural(c->all.n, "household", "households"),
+                                c->hh->n ? "households" : "grids");
     for (size_t i = 0; i < given->n && o < sizeof detail - 64; i++)
         o += (size_t)snprintf(detail + o, sizeof detail - o, " %s", given->v[i]);
     if (o >= sizeof detail - 64) snprintf(detail + o, sizeof detail - o, " ...");
@@ -1314,7 +1428,8 @@ static int device_scope(int argc, char **argv)
     if (rc == STORE_ENOTFOUND) xrc = fail(cmd, "no device %u", id);
     else if (rc && *sc.why) xrc = fail(cmd, "%s; nothing changed", sc.why);
     else if (rc) xrc = fail(cmd, "%s", store_strerror(rc));
-    else printf("device %u: scope set to %zu household(s)\n", id, sc.all.n);
+    else printf("device %u: scope set to %zu %s\n", id, sc.all.n,
+                plural(sc.all.n, "household", "households"));
     ledger_strv_free(&sc.all);
 out:
     ledger_strv_free(&hh);
@@ -1494,8 +1609,8 @@ static int list_token(const store_token *tok, void *arg)
                               (json_int_t)tok->used_ms, "used_dev", (json_int_t)tok->used_dev);
         return o ? json_array_append_new(l->arr, o) : CRDT_ENOMEM;
     }
-    printf("token %s  %s  scope %zu entr%s  created %s  expires %s  %s\n", tok->id,
-           tok->volunteer, tok->n_scope, tok->n_scope == 1 ? "y" : "ies",
+    printf("token %s  %s  scope %zu %s  created %s  expires %s  %s\n", tok->id,
+           tok->volunteer, tok->n_scope, plural(tok->n_scope, "entry", "entries"),
            fmt_time(tok->created_ms, t1), fmt_time(tok->expires_ms, t2), status);
     return 0;
 }
@@ -1625,7 +1740,7 @@ static void print_val(crdt_blob b)
     crdt_val v;
     if (!b.n) return;
     if (crdt_val_parse(b, &v)) {
-        printf("<%u bytes, undecodable>", b.n);
+        printf("<%u %s, undecodable>", b.n, plural(b.n, "byte", "bytes"));
         return;
     }
     switch (v.t) {
@@ -1709,8 +1824,8 @@ static int quarantine_show(int argc, char **argv)
     drc = wire_envelope_decode(q.env.p, q.env.n, &crdt_limits_default, &db, &dl, &sig);
     if (!drc) drc = crdt_delta_decode(db, dl, &crdt_limits_default, a, &d, &err_op);
     if (drc) {
-        printf("  delta:     does not decode: %s (op %d); %zu envelope bytes kept\n",
-               store_strerror(drc), err_op, q.env.n);
+        printf("  delta:     does not decode: %s (op %d); %zu envelope %s kept\n",
+               store_strerror(drc), err_op, q.env.n, plural(q.env.n, "byte", "bytes"));
         goto out;
     }
     char prev[17];
@@ -2129,33 +2244,103 @@ static int list_audit(const store_audit *e, void *arg)
     return 0;
 }
 
+/* The entries listed: those numbered after < aseq < before, the newest
+ * `limit` of them, newest first. */
 typedef struct audit_range {
-    uint64_t after;
+    uint64_t after, before;
     size_t limit;
 } audit_range;
 
+#define AUDIT_STOP 1            /* a callback's "past the range" (store codes are < 0) */
+#define AUDIT_CHUNK 256         /* entries copied at a time while listing backwards */
+
+typedef struct audit_ids {
+    uint64_t *v;                /* the entry numbers in range, oldest first */
+    size_t n, cap;
+    uint64_t before;
+} audit_ids;
+
+static int collect_aseq(const store_audit *e, void *arg)
+{
+    audit_ids *ids = arg;
+    if (e->aseq >= ids->before) return AUDIT_STOP;
+    if (ids->n == ids->cap) {
+        size_t cap = ids->cap ? 2 * ids->cap : 1024;
+        uint64_t *v = realloc(ids->v, cap * sizeof *v);
+        if (!v) return CRDT_ENOMEM;
+        ids->v = v;
+        ids->cap = cap;
+    }
+    ids->v[ids->n++] = e->aseq;
+    return 0;
+}
+
+typedef struct audit_chunk {
+    store_audit *e;             /* AUDIT_CHUNK entries, copied (store_audit_read lends them) */
+    size_t n;
+} audit_chunk;
+
+static int copy_audit(const store_audit *e, void *arg)
+{
+    audit_chunk *ch = arg;
+    if (ch->n == AUDIT_CHUNK) return AUDIT_STOP;
+    ch->e[ch->n++] = *e;
+    return 0;
+}
+
+/* Newest first.  store_audit_read walks forwards only, so a first pass
+ * collects the numbers of the entries in range; then the newest `limit`
+ * are read in chunks from the newest end backwards, each chunk printed in
+ * reverse.  Both passes run in the caller's one read transaction, so they
+ * see the same log; memory is 8 bytes per entry plus one chunk. */
 static int walk_audit(store_txn *t, list_ctx *l, const void *arg)
 {
     const audit_range *r = arg;
+    audit_ids ids = {.before = r->before};
+    audit_chunk ch = {NULL, 0};
     uint64_t next;
-    return store_audit_read(t, r->after, r->limit, list_audit, l, &next);
+    int rc = store_audit_read(t, r->after, SIZE_MAX, collect_aseq, &ids, &next);
+    if (rc == AUDIT_STOP) rc = 0;
+    size_t lo = ids.n > r->limit ? ids.n - r->limit : 0;
+    if (!rc && ids.n > lo && !(ch.e = malloc(AUDIT_CHUNK * sizeof *ch.e))) rc = CRDT_ENOMEM;
+    for (size_t end = ids.n; !rc && end > lo;) {
+        size_t start = end - lo > AUDIT_CHUNK ? end - AUDIT_CHUNK : lo;
+        ch.n = 0;
+        /* Entries ids.v[start..end): those after the one before start. */
+        rc = store_audit_read(t, start ? ids.v[start - 1] : r->after, end - start, copy_audit,
+                              &ch, &next);
+        if (!rc && ch.n != end - start) rc = STORE_ECORRUPT; /* the log changed under us? */
+        for (size_t i = ch.n; !rc && i > 0; i--) rc = list_audit(&ch.e[i - 1], l);
+        end = start;
+    }
+    if (ch.e) {
+        sodium_memzero(ch.e, AUDIT_CHUNK * sizeof *ch.e); /* as store_audit_read does */
+        free(ch.e);
+    }
+    free(ids.v);
+    return rc;
 }
 
 static int cmd_audit(int argc, char **argv)
 {
     static const struct option opts[] = {{"after", required_argument, NULL, 'A'},
+                                         {"before", required_argument, NULL, 'B'},
                                          {"limit", required_argument, NULL, 'l'},
                                          {"json", no_argument, NULL, 'j'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     const char *cmd = "audit list";
-    uint64_t after = 0, limit = UINT64_MAX;
+    uint64_t after = 0, before = UINT64_MAX, limit = UINT64_MAX;
     bool json = false;
     int c;
-    static const char help[] = "usage: doorstepctl audit list [--after N] [--limit N] [--json]\n"
+    static const char help[] = "usage: doorstepctl audit list [--after N] [--before N] [--limit N] "
+                               "[--json]\n"
                                "       doorstepctl audit verify\n"
-                               "list: the append-only audit log, oldest first: number, time, "
-                               "chain hash (prefix), actor, action, detail\n"
+                               "list: the append-only audit log, newest first: number, time "
+                               "(station time, see --tz),\nchain hash (prefix), actor, action, "
+                               "detail.  --after N: only entries after entry N;\n--before N: "
+                               "only entries before entry N; --limit N: only the newest N of "
+                               "those.\n"
                                "verify: check the hash chain (each entry names the hash of the "
                                "one before; the head is kept apart): a removed, edited or "
                                "reordered entry is reported\n";
@@ -2199,6 +2384,10 @@ static int cmd_audit(int argc, char **argv)
             if (!parse_u64(optarg, UINT64_MAX - 1, &after))
                 return usage_err(cmd, "--after must be an entry number");
             break;
+        case 'B':
+            if (!parse_u64(optarg, UINT64_MAX, &before) || !before)
+                return usage_err(cmd, "--before must be an entry number");
+            break;
         case 'l':
             if (!parse_u64(optarg, UINT64_MAX, &limit) || !limit)
                 return usage_err(cmd, "--limit must be a positive number");
@@ -2209,8 +2398,10 @@ static int cmd_audit(int argc, char **argv)
         }
     }
     if (optind < argc) return usage_err(cmd, "unexpected argument %s", argv[optind]);
-    audit_range r = {after, limit > SIZE_MAX ? SIZE_MAX : (size_t)limit};
-    return list_run(cmd, json, walk_audit, &r, "the audit log is empty");
+    audit_range r = {after, before, limit > SIZE_MAX ? SIZE_MAX : (size_t)limit};
+    return list_run(cmd, json, walk_audit, &r,
+                    after || before != UINT64_MAX ? "no audit entries in that range"
+                                                  : "the audit log is empty");
 }
 
 /* ---- CSV ledgers: import and export (issue #6) ------------------------------------------------
@@ -2249,6 +2440,18 @@ static const char import_help[] =
     "the server (device 0).  --dry-run checks and counts, writes nothing.\n";
 
 static int import_txn(store_txn *t, void *arg) { return ledger_import_txn(t, arg); }
+
+/* "6 rows, 3 households (3 new), 6 persons (6 new); 9 deltas (40 ops)"
+ * (one row per person; "would write" before the deltas of a dry run). */
+static void print_import_counts(const ledger_import *li, bool dry)
+{
+    printf("%zu %s, %zu %s (%zu new), %zu %s (%zu new); %s%zu %s (%zu %s)", li->n_rows,
+           plural(li->n_rows, "row", "rows"), li->n_hh,
+           plural(li->n_hh, "household", "households"), li->hh_new, li->n_rows,
+           plural(li->n_rows, "person", "persons"), li->persons_new, dry ? "would write " : "",
+           li->deltas, plural(li->deltas, "delta", "deltas"), li->ops,
+           plural(li->ops, "op", "ops"));
+}
 
 static int cmd_import(int argc, char **argv)
 {
@@ -2328,18 +2531,17 @@ static int cmd_import(int argc, char **argv)
         /* In line order (the checks run in passes); count the lines. */
         size_t lines = ledger_msgs_sort(&li.problems);
         for (size_t i = 0; i < li.problems.n; i++) fprintf(stderr, "%s\n", li.problems.v[i]);
-        xrc = fail(cmd, "%s: %zu problem(s) on %zu line(s); nothing imported", path,
-                   li.problems.n, lines);
+        xrc = fail(cmd, "%s: %zu %s on %zu %s; nothing imported", path, li.problems.n,
+                   plural(li.problems.n, "problem", "problems"), lines,
+                   plural(lines, "line", "lines"));
     } else if (dry) {
-        printf("dry run: %s (%s): %zu rows, %zu households (%zu new), %zu persons (%zu new); "
-               "would write %zu deltas (%zu ops); nothing written\n",
-               path, used, li.n_rows, li.n_hh, li.hh_new, li.n_rows, li.persons_new, li.deltas,
-               li.ops);
+        printf("dry run: %s (%s): ", path, used);
+        print_import_counts(&li, true);
+        printf("; nothing written\n");
     } else {
-        printf("imported %s (%s): %zu rows, %zu households (%zu new), %zu persons (%zu new); "
-               "%zu deltas (%zu ops) signed by the server",
-               path, used, li.n_rows, li.n_hh, li.hh_new, li.n_rows, li.persons_new, li.deltas,
-               li.ops);
+        printf("imported %s (%s): ", path, used);
+        print_import_counts(&li, false);
+        printf(" signed by the server");
         if (li.deltas)
             printf(", device 0 seq %llu..%llu", (unsigned long long)li.first_seq,
                    (unsigned long long)li.last_seq);
@@ -2357,6 +2559,7 @@ typedef struct export_ctx {
     store *s;
     FILE *f;
     uint32_t year;
+    bool zh;                           /* Chinese column names (--headers zh) */
     size_t persons, conflicts;
     char cur_hh[CRDT_RECID_MAX + 1];   /* household cache */
     crdt_record *hh;
@@ -2389,7 +2592,9 @@ static bool set_text(const crdt_field *f, const crdt_fspec *fs, char *out, size_
 }
 
 /* The live values of a field instance as text: distinct values joined by
- * " | " (more than one: a conflict); set elements joined by ";". */
+ * " | ", set elements by ";".  *conflict: crdt_field_conflict, the
+ * dashboard's test, so concurrent writes of one value (two phones that both
+ * wrote 代缴) are one value and no conflict. */
 static bool field_text(const crdt_field *f, char *out, size_t cap, bool *conflict)
 {
     size_t k = 0, distinct = 0;
@@ -2413,7 +2618,7 @@ static bool field_text(const crdt_field *f, char *out, size_t cap, bool *conflic
         k += (size_t)w;
         distinct++;
     }
-    *conflict = f->type != CRDT_F_SET && distinct > 1;
+    *conflict = crdt_field_conflict(f);
     return true;
 }
 
@@ -2512,9 +2717,10 @@ static int export_person(const crdt_record *p, void *arg)
         } else if (f && !field_text(f, buf, sizeof buf, &conflict)) {
             return CRDT_ENOMEM;
         }
-        if (conflict) {
+        if (conflict) { /* named as in the header, so a Chinese ledger stays Chinese */
             size_t n = strlen(conflicts);
-            snprintf(conflicts + n, sizeof conflicts - n, "%s%s", n ? ";" : "", lc->field);
+            snprintf(conflicts + n, sizeof conflicts - n, "%s%s", n ? ";" : "",
+                     x->zh ? lc->zh : lc->en);
         }
         ledger_csv_put(x->f, buf, col == 0);
     }
@@ -2528,10 +2734,11 @@ static const char export_help[] =
     "writes the 一人一档 ledger: one row per person (deleted records left out), UTF-8 with a\n"
     "BOM, CRLF line ends, created 0600 (it holds ID numbers).  Columns: person_id household_id\n"
     "community grid address name id_number gender birth_date phone relation insurance_type\n"
-    "payment (for the campaign year) tags (;-separated) life_status note conflict (the fields\n"
-    "with conflicting values, written \"a | b\") last_changed_by (volunteer, or server)\n"
-    "last_changed_device last_changed_at (ISO 8601 UTC, from the HLC).  FILE - is standard\n"
-    "output.  --headers zh writes the Chinese column names.  Audited as export.csv.\n";
+    "payment (for the campaign year) tags (;-separated) life_status note conflict (the columns\n"
+    "with conflicting values, written \"a | b\", named as in the header) last_changed_by\n"
+    "(volunteer, or server) last_changed_device last_changed_at (ISO 8601 UTC, from the\n"
+    "HLC).  FILE - is standard output.  --headers zh writes the Chinese column names.\n"
+    "Audited as export.csv.\n";
 
 static int export_txn(store_txn *t, void *arg)
 {
@@ -2614,6 +2821,7 @@ static int cmd_export(int argc, char **argv)
     x.s = s;
     x.f = f;
     x.year = store_campaign_year(s);
+    x.zh = zh;
     x.cur_dev = UINT32_MAX;
     crdt_buf yk = {0};
     if (crdt_val_put_int(&yk, x.year)) {
@@ -2646,8 +2854,8 @@ static int cmd_export(int argc, char **argv)
         char shown[512], detail[STORE_AUDIT_DETAIL_MAX + 1];
         shown_name(to_stdout ? "(standard output)" : path, shown, sizeof shown);
         snprintf(detail, sizeof detail,
-                 "file %s: %zu persons (%zu with conflicts), campaign year %u", shown, x.persons,
-                 x.conflicts, x.year);
+                 "file %s: %zu %s (%zu with conflicts), campaign year %u", shown, x.persons,
+                 plural(x.persons, "person", "persons"), x.conflicts, x.year);
         audit_ctx ac = {actor, "export.csv", detail, now_ms()};
         rc = run_rw(s, audit_only_txn, &ac);
     }
@@ -2665,8 +2873,9 @@ static int cmd_export(int argc, char **argv)
         return xr;
     }
     free(tmp);
-    fprintf(to_stdout ? stderr : stdout, "exported %zu persons (%zu with conflicts) to %s\n",
-            x.persons, x.conflicts, to_stdout ? "standard output" : path);
+    fprintf(to_stdout ? stderr : stdout, "exported %zu %s (%zu with conflicts) to %s\n",
+            x.persons, plural(x.persons, "person", "persons"), x.conflicts,
+            to_stdout ? "standard output" : path);
     return 0;
 }
 
@@ -2719,16 +2928,26 @@ int main(int argc, char **argv)
 {
     static const struct option opts[] = {{"data", required_argument, NULL, 'd'},
                                          {"key-file", required_argument, NULL, 'k'},
+                                         {"tz", required_argument, NULL, 'z'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     int c;
     data_dir = getenv("DOORSTEP_DATA");
     key_file = getenv("DOORSTEP_KEY_FILE");
+    const char *tz = getenv("DOORSTEP_TZ"), *tz_from = "DOORSTEP_TZ";
+    if (!tz || !*tz) {
+        tz = STATION_TZ_DEFAULT;
+        tz_from = "the default zone";
+    }
     /* "+": stop at the command; its options are its own. */
     while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
         switch (c) {
         case 'd': data_dir = optarg; break;
         case 'k': key_file = optarg; break;
+        case 'z':
+            tz = optarg;
+            tz_from = "--tz";
+            break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return EXIT_USAGE;
         }
@@ -2737,6 +2956,9 @@ int main(int argc, char **argv)
         usage(stderr);
         return EXIT_USAGE;
     }
+    /* Before anything is read or printed: a bad zone is a usage error. */
+    int tzrc = station_tz_set(tz, tz_from);
+    if (tzrc) return tzrc;
     const char *cmd = argv[optind];
     int sub_argc = argc - optind;
     char **sub_argv = argv + optind;
