@@ -18,9 +18,10 @@
  *     log entry (audit "person.read", actor "staff:NAME"); if that entry
  *     cannot be written the record is not shown (503).
  *   - Pages read indexes and aggregates (store_get_record, store_lookup,
- *     store_household_members, store_agg_get); the only scans are the
- *     queue pages, bounded by API_SCAN_BUDGET records per request, and they
- *     say so in their responses.
+ *     store_household_members, store_agg_get).  The conflicts and review
+ *     queues read an index the API keeps in memory (qx_*: built by one walk
+ *     over the persons when first needed, then caught up from the delta log
+ *     on each use), so they have exact totals and pages.
  *   - The server writes only server-signed deltas (device 0, its own chain,
  *     HLC past the store's high-water mark), appended with their audit
  *     entry in ONE write transaction: a staff edit is never stored without
@@ -47,13 +48,15 @@
 #define API_SESS_IDLE_MS (2ull * 3600 * 1000)    /* idle expiry */
 #define API_SESS_ABS_MS (12ull * 3600 * 1000)    /* absolute expiry */
 #define API_COOKIE "ds_session"
-#define API_SCAN_BUDGET 5000       /* records one queue request may read */
 #define API_HISTORY_MAX 500        /* deltas shown in a person's history */
 #define API_DEVICES_MAX 100000     /* device ids walked for listings */
 #define API_TZ_OFFSET_MS (8ull * 3600 * 1000) /* China Standard Time, no DST */
 #define API_DAY_MS 86400000ull
 #define API_SERVER_DEV 0u          /* the server's own device id */
 #define API_WRITE_TRIES 4
+#define API_OFFSET_MAX 10000000u   /* paging: the greatest offset accepted */
+/* Between the Chinese and the English of an error message (send_err). */
+#define EN "\x1f"
 
 /* ---- the API object ------------------------------------------------------------ */
 
@@ -72,6 +75,12 @@ typedef struct srv_dot {         /* server delta seq -> staff who made it */
     char username[STORE_USER_MAX + 1];
 } srv_dot;
 
+typedef struct qx_ent {         /* a person in the conflicts or review queue */
+    char id[CRDT_RECID_MAX + 1];
+    uint16_t conflicts;          /* crdt_record_conflicts (0: none) */
+    int16_t stage;               /* open review ordinal, -1: none or done */
+} qx_ent;
+
 struct sync_api {
     store *st;
     sync_config cfg;
@@ -79,6 +88,11 @@ struct sync_api {
     api_sess *sess;              /* API_SESS_MAX slots */
     srv_dot *dots;               /* API thread only */
     size_t n_dots, cap_dots;
+    /* The queue index (API thread only; see "queues" below). */
+    qx_ent *qx;                  /* sorted by id */
+    size_t qx_n, qx_cap;
+    uint64_t qx_sseq;            /* current through this server seq */
+    bool qx_ready;
 };
 
 /* One request being handled. */
@@ -127,13 +141,23 @@ static void send_json(rq *q, int status, json_t *j)
 __attribute__((format(printf, 4, 5)))
 static int send_err(rq *q, int status, const char *code, const char *fmt, ...)
 {
-    char msg[512];
+    char msg[1024];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     json_t *j = json_object();
     json_object_set_new(j, "error", json_string(code));
+    /* "中文" EN "English": message is both (Chinese first), message_zh and
+     * message_en each one, so a page shows one language. */
+    char *sep = strchr(msg, EN[0]);
+    if (sep) {
+        *sep = 0;
+        json_t *zh = json_string(msg), *en = json_string(sep + 1);
+        json_object_set_new(j, "message_zh", zh ? zh : json_null());
+        json_object_set_new(j, "message_en", en ? en : json_null());
+        *sep = ' ';
+    }
     json_t *m = json_string(msg);
     json_object_set_new(j, "message", m ? m : json_string("(message not UTF-8)"));
     send_json(q, status, j);
@@ -143,10 +167,13 @@ static int send_err(rq *q, int status, const char *code, const char *fmt, ...)
 /* A store error as a response: retryable ones are 503. */
 static int send_store_err(rq *q, int rc, const char *what)
 {
-    if (rc == STORE_ENOTFOUND) return send_err(q, 404, "not_found", "%s: not found", what);
+    if (rc == STORE_ENOTFOUND)
+        return send_err(q, 404, "not_found", "没有找到。" EN "%s: not found", what);
     if (store_retryable(rc) || rc == STORE_EBUSY)
-        return send_err(q, 503, "unavailable", "%s: %s (retry later)", what, store_strerror(rc));
-    return send_err(q, 500, "internal", "%s: %s", what, store_strerror(rc));
+        return send_err(q, 503, "unavailable", "服务器正忙，请稍后再试。" EN "%s: %s (retry later)",
+                        what, store_strerror(rc));
+    return send_err(q, 500, "internal", "服务器内部错误，请联系管理员。" EN "%s: %s", what,
+                    store_strerror(rc));
 }
 
 /* ---- small helpers ------------------------------------------------------------------- */
@@ -161,14 +188,35 @@ static bool recid_ok(const char *s, size_t n)
     return true;
 }
 
-/* Query parameter `name` (the server decoded each component); NULL if absent. */
+/*
+ * The query parameters the routes read.  The server hands over the decoded
+ * arguments joined with '&' (server.c, query_copy), so a decoded '&' inside a
+ * value (a searched name, say) cannot be told from a separator by itself: a
+ * parameter ends at the end of the string or at a '&' that one of these names
+ * and '=' follow.  None of the values the routes accept holds "&name=".
+ */
+static const char *const QNAMES[] = {"q", "offset", "limit", "after", "stage", "state",
+                                     "community", "grid", "week", "stale_days"};
+
+/* Does a known parameter ("name=") start at p?  Its name length, or 0. */
+static size_t qname_at(const char *p)
+{
+    for (size_t i = 0; i < sizeof QNAMES / sizeof *QNAMES; i++) {
+        size_t n = strlen(QNAMES[i]);
+        if (!strncmp(p, QNAMES[i], n) && p[n] == '=') return n;
+    }
+    return 0;
+}
+
+/* Query parameter `name` (decoded by the server) into buf; NULL if absent. */
 static const char *qparam(rq *q, const char *name, char *buf, size_t cap)
 {
     const char *p = q->req->query ? q->req->query : "";
     size_t nl = strlen(name);
     while (*p) {
-        const char *amp = strchr(p, '&');
-        size_t len = amp ? (size_t)(amp - p) : strlen(p);
+        /* The parameter at p ends where '&' and the next known one start. */
+        size_t len = 0;
+        while (p[len] && !(p[len] == '&' && qname_at(p + len + 1))) len++;
         if (len > nl && p[nl] == '=' && !memcmp(p, name, nl)) {
             size_t vl = len - nl - 1;
             if (vl >= cap) vl = cap - 1;
@@ -200,8 +248,10 @@ static int qnum(rq *q, const char *name, uint64_t lo, uint64_t hi, uint64_t def,
     *out = x;
     return 0;
 bad:
-    send_err(q, 400, "bad_parameter", "parameter '%s' must be an integer from %llu to %llu",
-             name, (unsigned long long)lo, (unsigned long long)hi);
+    send_err(q, 400, "bad_parameter", "参数 %s 应为 %llu 至 %llu 的整数。" EN
+             "Parameter '%s' must be an integer from %llu to %llu", name,
+             (unsigned long long)lo, (unsigned long long)hi, name, (unsigned long long)lo,
+             (unsigned long long)hi);
     return -1;
 }
 
@@ -288,9 +338,23 @@ static json_t *val_json(crdt_blob b)
 
 /* Volunteers by device id, cached for one request. */
 typedef struct devcache {
-    size_t n;
+    size_t n, ns;
     struct { uint32_t dev; bool found; char volunteer[64]; } e[64];
+    struct { char user[STORE_USER_MAX + 1]; char display[STORE_DISPLAY_MAX + 1]; } s[8];
 } devcache;
+
+/* A staff member's display name (cached for one request); NULL if unknown. */
+static const char *staff_display(store_txn *t, devcache *c, const char *user)
+{
+    for (size_t i = 0; i < c->ns; i++)
+        if (!strcmp(c->s[i].user, user)) return *c->s[i].display ? c->s[i].display : NULL;
+    store_staff st;
+    bool found = store_staff_get(t, user, &st) == STORE_OK;
+    size_t i = c->ns < 8 ? c->ns++ : 7; /* full: the last slot is reused */
+    snprintf(c->s[i].user, sizeof c->s[i].user, "%s", user);
+    snprintf(c->s[i].display, sizeof c->s[i].display, "%s", found ? st.display : "");
+    return *c->s[i].display ? c->s[i].display : NULL;
+}
 
 static const char *volunteer_of(store_txn *t, devcache *c, uint32_t dev)
 {
@@ -348,6 +412,9 @@ static json_t *stamp_json(rq *q, store_txn *t, devcache *dc, crdt_stamp st)
         json_object_set_new(o, "server", json_true());
         const char *who = staff_of_server_seq(q->api, st.dot.seq);
         json_object_set_new(o, "staff", who ? json_string(who) : json_null());
+        const char *disp = who ? staff_display(t, dc, who) : NULL;
+        json_t *dj = disp ? json_string(disp) : NULL;
+        json_object_set_new(o, "staff_display", dj ? dj : json_null());
         json_object_set_new(o, "volunteer", json_null());
     } else {
         const char *v = volunteer_of(t, dc, st.dot.dev);
@@ -394,18 +461,6 @@ static const char *field_cstr(const crdt_record *r, const char *name, char *buf,
     return buf;
 }
 
-/* All live values of an unkeyed field, as a JSON array (distinct). */
-static json_t *field_values(const crdt_record *r, const char *name)
-{
-    const crdt_field *f = crdt_record_field(r, name, (crdt_blob){NULL, 0});
-    json_t *a = json_array();
-    for (uint32_t i = 0; f && i < f->n; i++) {
-        bool dup = false;
-        for (uint32_t j = 0; j < i; j++) dup |= !crdt_blob_cmp(f->e[i].v, f->e[j].v);
-        if (!dup) json_array_append_new(a, val_json(f->e[i].v));
-    }
-    return a;
-}
 
 static json_t *key_json(crdt_blob k) { return k.n ? val_json(k) : json_null(); }
 
@@ -423,21 +478,35 @@ static crdt_blob year_key(uint32_t year, uint8_t buf[9])
 }
 
 /* An mv field is in conflict when its live writes hold more than one
- * distinct value (two phones writing the same value agree). */
-static bool mv_conflict(const crdt_field *f)
+ * distinct value: two phones writing the same value agree (代缴 and 代缴 are
+ * one value with two writers).  The one rule for every count here (person
+ * summaries, the conflicts queue and its total, the person page) is
+ * crdt_field_conflict, which the simulator and doorstepctl use too. */
+static bool mv_conflict(const crdt_field *f) { return crdt_field_conflict(f); }
+
+static uint32_t mv_conflicts(const crdt_record *r) { return crdt_record_conflicts(r); }
+
+/* Is entry i of f the first one holding its value? */
+static bool first_of_value(const crdt_field *f, uint32_t i)
 {
-    if (!f || f->type != CRDT_F_MV) return false;
-    for (uint32_t i = 1; i < f->n; i++)
-        if (crdt_blob_cmp(f->e[i].v, f->e[0].v)) return true;
-    return false;
+    for (uint32_t j = 0; j < i; j++)
+        if (!crdt_blob_cmp(f->e[i].v, f->e[j].v)) return false;
+    return true;
 }
 
-static uint32_t mv_conflicts(const crdt_record *r)
+/* The distinct values of a keyed or unkeyed field instance, as a JSON array. */
+static json_t *instance_values(const crdt_field *f)
 {
-    uint32_t n = 0;
-    for (uint32_t i = 0; i < r->n_fields; i++)
-        if (mv_conflict(&r->fields[i])) n++;
-    return n;
+    json_t *a = json_array();
+    for (uint32_t i = 0; f && i < f->n; i++)
+        if (first_of_value(f, i)) json_array_append_new(a, val_json(f->e[i].v));
+    return a;
+}
+
+/* All live values of an unkeyed field, as a JSON array (distinct). */
+static json_t *field_values(const crdt_record *r, const char *name)
+{
+    return instance_values(crdt_record_field(r, name, (crdt_blob){NULL, 0}));
 }
 
 /* A short summary of a person (search results, members, queues). */
@@ -452,6 +521,7 @@ static json_t *person_summary(rq *q, store_txn *t, const crdt_record *p)
     const crdt_field *f = crdt_record_field(p, "id_number", (crdt_blob){NULL, 0});
     for (uint32_t i = 0; f && i < f->n; i++) {
         crdt_val v;
+        if (!first_of_value(f, i)) continue; /* one number, however many writers */
         if (crdt_val_parse(f->e[i].v, &v) || v.t != CRDT_V_STR) continue;
         mask_idnum(v.s, v.len, m, sizeof m);
         json_array_append_new(ids, json_string(m));
@@ -467,9 +537,7 @@ static json_t *person_summary(rq *q, store_txn *t, const crdt_record *p)
     json_object_set_new(o, "life_status", field_values(p, "life_status"));
     const crdt_field *pay = crdt_record_field(p, "payment",
                                               year_key(store_campaign_year(q->api->st), kb));
-    json_t *pa = json_array();
-    for (uint32_t i = 0; pay && i < pay->n; i++) json_array_append_new(pa, val_json(pay->e[i].v));
-    json_object_set_new(o, "payment", pa);
+    json_object_set_new(o, "payment", instance_values(pay)); /* distinct: 代缴 once */
     json_object_set_new(o, "tags", field_values(p, "tags"));
     const crdt_field *rv = crdt_record_field(p, "review", (crdt_blob){NULL, 0});
     json_object_set_new(o, "review_ordinal", json_integer(rv ? crdt_field_stage(rv) : -1));
@@ -620,25 +688,28 @@ static json_t *body_json(rq *q)
 {
     const char *ct = q->req->content_type ? q->req->content_type : "";
     if (strncasecmp(ct, "application/json", 16) != 0) {
-        send_err(q, 400, "bad_content_type",
-                 "the request body must be JSON (Content-Type: application/json)");
+        send_err(q, 400, "bad_content_type", "请求内容必须是 JSON。" EN
+                 "The request body must be JSON (Content-Type: application/json)");
         return NULL;
     }
     if (q->req->body_len > SYNC_API_BODY_MAX) {
-        send_err(q, 413, "too_large", "request body larger than %d bytes", SYNC_API_BODY_MAX);
+        send_err(q, 413, "too_large", "请求内容太大（最多 %d 字节）。" EN
+                 "Request body larger than %d bytes", SYNC_API_BODY_MAX, SYNC_API_BODY_MAX);
         return NULL;
     }
     json_error_t e;
     json_t *j = json_loadb((const char *)q->req->body, q->req->body_len,
                            JSON_REJECT_DUPLICATES, &e);
     if (!j) {
-        send_err(q, 400, "bad_json", "request body is not valid JSON: %s (line %d, column %d)",
+        send_err(q, 400, "bad_json", "请求内容不是有效的 JSON（第 %d 行第 %d 列）。" EN
+                 "Request body is not valid JSON: %s (line %d, column %d)", e.line, e.column,
                  e.text, e.line, e.column);
         return NULL;
     }
     if (!json_is_object(j)) {
         json_decref(j);
-        send_err(q, 400, "bad_json", "request body must be a JSON object");
+        send_err(q, 400, "bad_json", "请求内容必须是 JSON 对象。" EN
+                 "Request body must be a JSON object");
         return NULL;
     }
     return j;
@@ -649,12 +720,13 @@ static const char *body_str(rq *q, json_t *j, const char *name, size_t maxlen)
 {
     json_t *v = json_object_get(j, name);
     if (!v || !json_is_string(v)) {
-        send_err(q, 400, "bad_parameter", "'%s' is required and must be a string", name);
+        send_err(q, 400, "bad_parameter", "缺少必填项 %s（应为文字）。" EN
+                 "'%s' is required and must be a string", name, name);
         return NULL;
     }
     if (json_string_length(v) > maxlen || strlen(json_string_value(v)) != json_string_length(v)) {
-        send_err(q, 400, "bad_parameter", "'%s' must be at most %zu bytes without NUL", name,
-                 maxlen);
+        send_err(q, 400, "bad_parameter", "%s 最多 %zu 字节。" EN
+                 "'%s' must be at most %zu bytes without NUL", name, maxlen, name, maxlen);
         return NULL;
     }
     return json_string_value(v);
@@ -707,13 +779,14 @@ static int route_login(rq *q)
     if (rc == STORE_ELOCKED) {
         audit_write(q, actor, "staff.login_locked", detail);
         return send_err(q, 429, "locked",
-                        "too many failed logins: the account is locked for a while "
-                        "(账户因多次登录失败已被暂时锁定，请稍后再试或联系管理员)");
+                        "账户因多次登录失败已被暂时锁定，请稍后再试或联系管理员。" EN
+                        "Too many failed logins: the account is locked for a while");
     }
     if (rc == STORE_EBADPASS || rc == STORE_ENOTFOUND || rc == STORE_EDISABLED ||
         rc == STORE_EINVAL) {
         audit_write(q, actor, "staff.login_failed", detail);
-        return send_err(q, 401, "bad_login", "wrong username or password (用户名或密码错误)");
+        return send_err(q, 401, "bad_login", "用户名或密码错误。" EN
+                        "Wrong username or password");
     }
     return send_store_err(q, rc, "login");
 }
@@ -761,48 +834,181 @@ static json_t *agg_json(rq *q, const store_agg *a)
     return o;
 }
 
-/* The station's aggregate and each community with its grids. */
-static int build_tree(rq *q, store_txn *t, uint64_t at, json_t **station, json_t **comms)
+/* Which part of the tree a page shows: communities offset..offset+limit of
+ * those matching the filters (community, and grid inside it). */
+typedef struct tree_opts {
+    const char *community, *grid; /* NULL: any */
+    uint64_t offset, limit;
+} tree_opts;
+
+static const tree_opts tree_all = {NULL, NULL, 0, UINT64_MAX};
+
+/* The station's aggregate and the communities tree_opts selects, each with
+ * its grids (only the filtered grid if there is one); *total receives the
+ * number of communities matching the filters.  pl: store_agg_place_list. */
+static int build_tree(rq *q, store_txn *t, const store_places *pl, uint64_t at,
+                      const tree_opts *to, json_t **station, json_t **comms, uint64_t *total)
 {
-    store_places pl = {0};
     store_agg a;
-    int rc = store_agg_place_list(t, &pl);
-    if (rc) goto out;
-    if ((rc = store_agg_get(t, NULL, NULL, at, &a))) goto out;
+    json_t *c = NULL;
+    uint64_t n = 0;
+    int rc = store_agg_get(t, NULL, NULL, at, &a);
+    *station = *comms = NULL;
+    if (rc) return rc;
     *station = agg_json(q, &a);
     *comms = json_array();
-    for (size_t i = 0; i < pl.n;) {
+    for (size_t i = 0; i < pl->n;) {
         size_t j = i;
-        if ((rc = store_agg_get(t, pl.p[i].community, NULL, at, &a))) goto out;
-        json_t *c = agg_json(q, &a);
-        json_object_set_new(c, "community", json_string(pl.p[i].community));
+        const char *cn = pl->p[i].community;
+        while (j < pl->n && !strcmp(pl->p[j].community, cn)) j++;
+        bool want = !to->community || !strcmp(to->community, cn);
+        if (want && to->grid) {
+            want = false;
+            for (size_t k = i; k < j; k++) want |= !strcmp(pl->p[k].grid, to->grid);
+        }
+        if (!want || n++ < to->offset || n > to->offset + to->limit) {
+            i = j;
+            continue;
+        }
+        if ((rc = store_agg_get(t, cn, NULL, at, &a))) goto fail;
+        c = agg_json(q, &a);
+        json_object_set_new(c, "community", json_string(cn));
         json_t *grids = json_array();
-        for (; j < pl.n && !strcmp(pl.p[j].community, pl.p[i].community); j++) {
-            if ((rc = store_agg_get(t, pl.p[j].community, pl.p[j].grid, at, &a))) goto out;
+        json_object_set_new(c, "grids", grids);
+        for (size_t k = i; k < j; k++) {
+            if (to->grid && strcmp(pl->p[k].grid, to->grid)) continue;
+            if ((rc = store_agg_get(t, cn, pl->p[k].grid, at, &a))) goto fail;
             json_t *g = agg_json(q, &a);
-            json_object_set_new(g, "grid", json_string(pl.p[j].grid));
+            json_object_set_new(g, "grid", json_string(pl->p[k].grid));
             json_array_append_new(grids, g);
         }
-        json_object_set_new(c, "grids", grids);
         json_array_append_new(*comms, c);
+        c = NULL;
         i = j;
     }
-out:
-    store_places_free(&pl);
+    *total = n;
+    return 0;
+fail:
+    json_decref(c);
+    json_decref(*station);
+    json_decref(*comms);
+    *station = *comms = NULL;
     return rc;
 }
+
+/* Every community with the codes of its grids (the filter's choices). */
+static json_t *places_json(const store_places *pl)
+{
+    json_t *out = json_array(), *grids = NULL;
+    for (size_t i = 0; i < pl->n; i++) {
+        if (!i || strcmp(pl->p[i].community, pl->p[i - 1].community)) {
+            grids = json_array();
+            json_array_append_new(out, json_pack("{s:s, s:o}", "community", pl->p[i].community,
+                                                 "grids", grids));
+        }
+        json_array_append_new(grids, json_string(pl->p[i].grid));
+    }
+    return out;
+}
+
+/* A place filter parameter: absent (NULL), or 1..32 bytes of UTF-8 without
+ * control characters (the schema's community and grid codes).  -1: 400 sent. */
+static int place_param(rq *q, const char *name, const char *what_zh, char *buf, size_t cap,
+                       const char **out)
+{
+    const char *v = qparam(q, name, buf, cap);
+    *out = NULL;
+    if (!v) return 0;
+    size_t n = strlen(v);
+    bool ok = n >= 1 && n <= 32 && crdt_utf8_valid((const uint8_t *)v, n);
+    for (size_t i = 0; ok && i < n; i++) ok = (unsigned char)v[i] >= 0x20;
+    if (!ok) {
+        send_err(q, 400, "bad_parameter", "参数 %s（%s代码）应为 1 至 32 字节的文字。" EN
+                 "'%s' must be a %s code of 1..32 bytes of UTF-8", name, what_zh, name, name);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int qcount_cb(const store_qentry *e, const store_qreview *rv, void *arg)
+{
+    (void)e;
+    (void)rv;
+    (*(uint64_t *)arg)++;
+    return 0;
+}
+
+/* Quarantine entries in state (0: all), walking the list as doorstepctl
+ * stats does (the quarantine has no per-state count). */
+static int quarantine_in_state(store_txn *t, int state, uint64_t *n)
+{
+    uint64_t next = 0;
+    *n = 0;
+    if (!state) return store_quarantine_count(t, n);
+    return store_quarantine_list(t, 0, SIZE_MAX, state, qcount_cb, n, &next);
+}
+
+static int qx_sync(rq *q, store_txn *t);
+static void qx_conflict_totals(const sync_api *api, uint64_t *persons, uint64_t *fields);
 
 static int route_overview(rq *q)
 {
     uint64_t stale_days;
-    if (qnum(q, "stale_days", 1, 365, 3, &stale_days)) return 400;
+    char cb[64], gb[64];
+    tree_opts to = tree_all;
+    if (qnum(q, "stale_days", 1, 365, 3, &stale_days) ||
+        qnum(q, "offset", 0, 10000, 0, &to.offset) || qnum(q, "limit", 1, 100, 100, &to.limit) ||
+        place_param(q, "community", "社区", cb, sizeof cb, &to.community) ||
+        place_param(q, "grid", "网格", gb, sizeof gb, &to.grid))
+        return 400;
     store_txn *t = NULL;
+    store_places pl = {0};
     json_t *station = NULL, *comms = NULL, *o = json_object();
     int64_t today = local_day(q->now), monday = week_monday(today);
+    uint64_t ncomm = 0, cpersons = 0, cfields = 0;
     char ds[16];
     int rc = store_begin(q->api->st, STORE_RDONLY, &t);
-    if (!rc) rc = build_tree(q, t, agg_time(today), &station, &comms);
+    if (!rc) rc = store_agg_place_list(t, &pl);
     if (rc) goto fail;
+    /* The filters must name places that exist (and a grid its community). */
+    if (to.community || to.grid) {
+        const char *gc = NULL;
+        bool cfound = false, gmany = false;
+        for (size_t i = 0; i < pl.n; i++) {
+            cfound |= to.community && !strcmp(pl.p[i].community, to.community);
+            if (to.grid && !strcmp(pl.p[i].grid, to.grid) &&
+                (!to.community || !strcmp(pl.p[i].community, to.community))) {
+                gmany |= gc && strcmp(gc, pl.p[i].community);
+                gc = pl.p[i].community;
+            }
+        }
+        int status = 0;
+        if (to.community && !cfound)
+            status = send_err(q, 400, "bad_parameter", "没有社区“%s”。" EN "No community '%s'",
+                              to.community, to.community);
+        else if (to.grid && !gc)
+            status = to.community
+                         ? send_err(q, 400, "bad_parameter",
+                                    "社区“%s”中没有网格“%s”。" EN "Community '%s' has no grid '%s'",
+                                    to.community, to.grid, to.community, to.grid)
+                         : send_err(q, 400, "bad_parameter", "没有网格“%s”。" EN "No grid '%s'",
+                                    to.grid, to.grid);
+        else if (gmany)
+            status = send_err(q, 400, "bad_parameter",
+                              "多个社区都有网格“%s”，请同时指定社区（community）。" EN
+                              "Grid '%s' is in several communities: give 'community' too",
+                              to.grid, to.grid);
+        if (status) {
+            store_abort(t);
+            store_places_free(&pl);
+            json_decref(o);
+            return status;
+        }
+    }
+    if ((rc = build_tree(q, t, &pl, agg_time(today), &to, &station, &comms, &ncomm))) goto fail;
+    if ((rc = qx_sync(q, t))) goto fail;
+    qx_conflict_totals(q->api, &cpersons, &cfields);
     json_object_set_new(o, "campaign_year", json_integer(store_campaign_year(q->api->st)));
     json_object_set_new(o, "now_ms", json_integer((json_int_t)q->now));
     day_str(today, ds);
@@ -812,6 +1018,15 @@ static int route_overview(rq *q)
     json_object_set_new(o, "station", station);
     json_object_set_new(o, "communities", comms);
     station = comms = NULL;
+    json_object_set_new(o, "total_communities", json_integer((json_int_t)ncomm));
+    json_object_set_new(o, "offset", json_integer((json_int_t)to.offset));
+    json_object_set_new(o, "limit", json_integer((json_int_t)to.limit));
+    json_object_set_new(o, "filter", json_pack("{s:o, s:o}", "community",
+                                               to.community ? json_string(to.community) : json_null(),
+                                               "grid", to.grid ? json_string(to.grid) : json_null()));
+    json_object_set_new(o, "places", places_json(&pl));
+    json_object_set_new(o, "conflicts", json_pack("{sIsI}", "persons", (json_int_t)cpersons,
+                                                  "fields", (json_int_t)cfields));
 
     /* Devices: a walk over device ids (hundreds per station), not records. */
     uint32_t next_id = 1;
@@ -847,14 +1062,19 @@ static int route_overview(rq *q)
     json_object_set_new(dv, "stale_days", json_integer((json_int_t)stale_days));
     json_object_set_new(dv, "stale", stale);
     json_object_set_new(o, "devices", dv);
-    uint64_t nq = 0;
-    store_quarantine_count(t, &nq);
+    uint64_t nq = 0, npend = 0;
+    if ((rc = store_quarantine_count(t, &nq)) ||
+        (rc = quarantine_in_state(t, STORE_QSTATE_PENDING, &npend)))
+        goto fail;
     json_object_set_new(o, "quarantine", json_integer((json_int_t)nq));
+    json_object_set_new(o, "quarantine_pending", json_integer((json_int_t)npend));
     store_abort(t);
+    store_places_free(&pl);
     send_json(q, 200, o);
     return 200;
 fail:
     store_abort(t);
+    store_places_free(&pl);
     json_decref(o);
     json_decref(station);
     json_decref(comms);
@@ -870,7 +1090,8 @@ static int report_week(rq *q, int64_t *monday)
     if (!w) return 0;
     int64_t day;
     if (crdt_date_days(w, strlen(w), &day)) {
-        send_err(q, 400, "bad_parameter", "'week' must be a date YYYY-MM-DD, got '%s'", w);
+        send_err(q, 400, "bad_parameter", "参数 week 应为日期 YYYY-MM-DD，而不是“%s”。" EN
+                 "'week' must be a date YYYY-MM-DD, got '%s'", w, w);
         return -1;
     }
     *monday = week_monday(day);
@@ -902,11 +1123,16 @@ static int route_weekly(rq *q)
     int64_t monday;
     if (report_week(q, &monday)) return 400;
     store_txn *t = NULL;
+    store_places pl = {0};
     json_t *station = NULL, *comms = NULL, *o = json_object();
+    uint64_t ncomm = 0, cpersons = 0, cfields = 0;
     char ds[16];
     int rc = store_begin(q->api->st, STORE_RDONLY, &t);
-    if (!rc) rc = build_tree(q, t, agg_time(monday), &station, &comms);
+    if (!rc) rc = store_agg_place_list(t, &pl);
+    if (!rc) rc = build_tree(q, t, &pl, agg_time(monday), &tree_all, &station, &comms, &ncomm);
+    if (!rc) rc = qx_sync(q, t);
     if (rc) goto fail;
+    qx_conflict_totals(q->api, &cpersons, &cfields);
     day_str(monday, ds);
     json_object_set_new(o, "week_start", json_string(ds));
     day_str(monday + 6, ds);
@@ -916,6 +1142,9 @@ static int route_weekly(rq *q)
     json_object_set_new(o, "station", station);
     json_object_set_new(o, "communities", comms);
     station = comms = NULL;
+    /* Open conflicts now (crdt_field_conflict, as everywhere). */
+    json_object_set_new(o, "conflicts", json_pack("{sIsI}", "persons", (json_int_t)cpersons,
+                                                  "fields", (json_int_t)cfields));
     /* Visits per week over the last 16 weeks (the aggregates keep weeks). */
     json_t *weeks = json_array();
     for (int i = 15; i >= 0; i--) {
@@ -950,11 +1179,13 @@ static int route_weekly(rq *q)
                                     " The coverage curve comes from the server's daily "
                                     "snapshots; visits are per week."));
     store_abort(t);
+    store_places_free(&pl);
     audit_write(q, q->actor, "report.weekly", ds);
     send_json(q, 200, o);
     return 200;
 fail:
     store_abort(t);
+    store_places_free(&pl);
     json_decref(o);
     json_decref(station);
     json_decref(comms);
@@ -1040,42 +1271,83 @@ static int route_weekly_csv(rq *q)
 
 /* ---- search ------------------------------------------------------------------------------- */
 
+/* The household head {"id", "names"} of household record hh, or null. */
+static json_t *head_json(store_txn *t, const crdt_record *hh)
+{
+    char hb[CRDT_RECID_MAX + 1];
+    field_cstr(hh, "head", hb, sizeof hb);
+    if (!*hb || !recid_ok(hb, strlen(hb))) return json_null();
+    json_t *o = json_pack("{ss}", "id", hb);
+    crdt_record *p = NULL;
+    if (store_get_record(t, "person", hb, &p) == STORE_OK)
+        json_object_set_new(o, "names", field_values(p, "name"));
+    else
+        json_object_set_new(o, "names", json_array());
+    crdt_record_free(p);
+    return o;
+}
+
+/* A person summary's place: community, grid, address and household head,
+ * from the person's household record (nothing if it has not synced). */
+static void add_place(store_txn *t, json_t *s, const crdt_record *p)
+{
+    char hb[CRDT_RECID_MAX + 1], tmp[256];
+    crdt_record *hh = NULL;
+    field_cstr(p, "household", hb, sizeof hb);
+    if (!*hb || !recid_ok(hb, strlen(hb)) || store_get_record(t, "household", hb, &hh)) return;
+    json_object_set_new(s, "community", json_string(field_cstr(hh, "community", tmp, sizeof tmp)));
+    json_object_set_new(s, "grid", json_string(field_cstr(hh, "grid", tmp, sizeof tmp)));
+    json_t *addr = json_string(field_cstr(hh, "address", tmp, sizeof tmp));
+    json_object_set_new(s, "address", addr ? addr : json_null());
+    json_object_set_new(s, "household_head", head_json(t, hh));
+    crdt_record_free(hh);
+}
+
+static int idlist_cmp(const void *a, const void *b) { return strcmp(a, b); }
+
 static int idnum_problem(rq *q, const char *s, size_t n)
 {
     if (n != 18)
         return send_err(q, 400, "bad_idnum",
-                        "身份证号码应为18位（当前%zu位）。An ID number has 18 characters, this one "
-                        "has %zu.", n, n);
+                        "身份证号码应为18位（当前%zu位）。" EN "An ID number has 18 characters, "
+                        "this one has %zu.", n, n);
     for (size_t i = 0; i < 17; i++)
         if (!isdigit((unsigned char)s[i]))
             return send_err(q, 400, "bad_idnum",
-                            "身份证号码前17位必须是数字（第%zu位不是）。The first 17 characters "
-                            "must be digits (character %zu is not).", i + 1, i + 1);
+                            "身份证号码前17位必须是数字（第%zu位不是）。" EN "The first 17 "
+                            "characters must be digits (character %zu is not).", i + 1, i + 1);
     char want = crdt_idnum_check_char(s);
     if (s[17] != want)
         return send_err(q, 400, "bad_idnum_checksum",
-                        "身份证号码校验位错误：第18位应为 %c，而不是 %c，请核对号码。Checksum "
-                        "error: the 18th character should be %c, not %c (GB 11643 MOD 11-2); "
-                        "check the number.", want, s[17], want, s[17]);
+                        "身份证号码校验位错误：第18位应为 %c，而不是 %c，请核对号码。" EN
+                        "Checksum error: the 18th character should be %c, not %c (GB 11643 "
+                        "MOD 11-2); check the number.", want, s[17], want, s[17]);
     return send_err(q, 400, "bad_idnum",
-                    "身份证号码中的出生日期或地区码无效。The birth date (characters 7-14) or the "
-                    "region code of this ID number is not valid.");
+                    "身份证号码中的出生日期或地区码无效。" EN "The birth date (characters 7-14) "
+                    "or the region code of this ID number is not valid.");
 }
 
 static int route_search(rq *q)
 {
     char raw[256], v[256];
+    uint64_t offset, limit;
+    if (qnum(q, "offset", 0, API_OFFSET_MAX, 0, &offset) || qnum(q, "limit", 1, 200, 50, &limit))
+        return 400;
     const char *qs = qparam(q, "q", raw, sizeof raw);
-    if (!qs) return send_err(q, 400, "bad_parameter", "parameter 'q' is required");
+    if (!qs)
+        return send_err(q, 400, "bad_parameter", "请输入要查询的身份证号码、手机号或姓名。" EN
+                                                 "Parameter 'q' is required");
     /* Trim spaces; uppercase a trailing x of an ID number. */
     const char *b = qs;
     while (*b == ' ' || *b == '\t') b++;
     size_t n = strlen(b);
     while (n && (b[n - 1] == ' ' || b[n - 1] == '\t')) n--;
-    if (!n) return send_err(q, 400, "bad_parameter", "parameter 'q' is empty");
+    if (!n)
+        return send_err(q, 400, "bad_parameter", "请输入要查询的身份证号码、手机号或姓名。" EN
+                                                 "Parameter 'q' is empty");
     if (n >= sizeof v - 1)
-        return send_err(q, 400, "bad_parameter", "parameter 'q' is longer than %zu bytes",
-                        sizeof v - 2);
+        return send_err(q, 400, "bad_parameter", "查询内容太长（最多 %zu 字节）。" EN
+                        "Parameter 'q' is longer than %zu bytes", sizeof v - 2, sizeof v - 2);
     memcpy(v, b, n);
     v[n] = 0;
     size_t digits = 0;
@@ -1090,8 +1362,9 @@ static int route_search(rq *q)
         if ((n == 11 && v[0] == '1' && digits == n) || (v[0] == '0' && n <= 13 && !x_last)) {
             if (crdt_check_phone(v, n))
                 return send_err(q, 400, "bad_phone",
-                                "“%s”不是有效的电话号码（手机11位，1开头；固话区号开头）。Not a "
-                                "valid mobile (11 digits, 1[3-9]…) or landline number.", v);
+                                "“%s”不是有效的电话号码（手机11位，1开头；固话区号开头）。" EN
+                                "Not a valid mobile (11 digits, 1[3-9]…) or landline number.",
+                                v);
             what = STORE_LOOKUP_PHONE;
             kind = "phone";
         } else if (n >= 15 && !dash) {
@@ -1101,12 +1374,14 @@ static int route_search(rq *q)
             kind = "idnum";
         } else {
             return send_err(q, 400, "bad_parameter",
-                            "“%s”既不是身份证号码（18位）也不是手机号（11位）。Neither an ID "
-                            "number (18 characters) nor a mobile number (11 digits).", v);
+                            "“%s”既不是身份证号码（18位）也不是手机号（11位）。" EN
+                            "Neither an ID number (18 characters) nor a mobile number (11 "
+                            "digits).", v);
         }
     } else {
         if (!crdt_utf8_valid((const uint8_t *)v, n) || n > 64)
-            return send_err(q, 400, "bad_parameter", "a name is 1..64 bytes of UTF-8");
+            return send_err(q, 400, "bad_parameter", "姓名最多 64 字节。" EN
+                                                     "A name is 1..64 bytes of UTF-8");
         what = STORE_LOOKUP_NAME;
         kind = "name";
     }
@@ -1115,25 +1390,15 @@ static int route_search(rq *q)
     json_t *items = json_array();
     int rc = store_begin(q->api->st, STORE_RDONLY, &t);
     if (!rc) rc = store_lookup(t, what, v, n, &ids);
-    for (size_t i = 0; !rc && i < ids.n && i < 200; i++) {
+    if (!rc && ids.n > 1) qsort(ids.id, ids.n, sizeof *ids.id, idlist_cmp); /* stable pages */
+    for (size_t i = (size_t)offset; !rc && i < ids.n && json_array_size(items) < limit; i++) {
         crdt_record *p = NULL;
         if (store_get_record(t, "person", ids.id[i], &p)) continue;
         json_t *s = person_summary(q, t, p);
-        char hb[CRDT_RECID_MAX + 1], tmp[128];
-        field_cstr(p, "household", hb, sizeof hb);
-        crdt_record *hh = NULL;
-        if (*hb && store_get_record(t, "household", hb, &hh) == STORE_OK) {
-            json_object_set_new(s, "community", json_string(field_cstr(hh, "community", tmp,
-                                                                       sizeof tmp)));
-            json_object_set_new(s, "grid", json_string(field_cstr(hh, "grid", tmp, sizeof tmp)));
-            json_t *addr = json_string(field_cstr(hh, "address", tmp, sizeof tmp));
-            json_object_set_new(s, "address", addr ? addr : json_null());
-        }
-        crdt_record_free(hh);
+        add_place(t, s, p);
         crdt_record_free(p);
         json_array_append_new(items, s);
-    }
-    store_abort(t);
+    }    store_abort(t);
     if (rc) {
         store_ids_free(&ids);
         json_decref(items);
@@ -1144,6 +1409,7 @@ static int route_search(rq *q)
     else if (what == STORE_LOOKUP_PHONE) mask_phone(v, n, m, sizeof m);
     else snprintf(m, sizeof m, "(%zu bytes)", n);
     snprintf(detail, sizeof detail, "%s %s: %zu results", kind, m, ids.n);
+    size_t total = ids.n;
     store_ids_free(&ids);
     if ((rc = audit_write(q, q->actor, "person.search", detail))) {
         json_decref(items);
@@ -1151,6 +1417,9 @@ static int route_search(rq *q)
     }
     json_t *o = json_object();
     json_object_set_new(o, "kind", json_string(kind));
+    json_object_set_new(o, "total", json_integer((json_int_t)total));
+    json_object_set_new(o, "offset", json_integer((json_int_t)offset));
+    json_object_set_new(o, "limit", json_integer((json_int_t)limit));
     json_object_set_new(o, "count", json_integer((json_int_t)json_array_size(items)));
     json_object_set_new(o, "results", items);
     send_json(q, 200, o);
@@ -1263,6 +1532,26 @@ static json_t *entry_json(rq *q, store_txn *t, devcache *dc, const crdt_fspec *f
     return o;
 }
 
+/* An mv field instance as a person reads it: its distinct values, each with
+ * every live write holding it ({"value", "writers": [PROVENANCE…]}), in the
+ * order of their first write (entries are sorted by dot).  Two phones that
+ * both wrote 代缴 give one side with two writers, not a conflict. */
+static json_t *sides_json(rq *q, store_txn *t, devcache *dc, const crdt_field *f)
+{
+    json_t *sides = json_array();
+    for (uint32_t i = 0; f && i < f->n; i++) {
+        if (!first_of_value(f, i)) continue;
+        json_t *side = json_object(), *w = json_array();
+        json_object_set_new(side, "value", val_json(f->e[i].v));
+        for (uint32_t j = i; j < f->n; j++)
+            if (!crdt_blob_cmp(f->e[j].v, f->e[i].v))
+                json_array_append_new(w, stamp_json(q, t, dc, f->e[j].st));
+        json_object_set_new(side, "writers", w);
+        json_array_append_new(sides, side);
+    }
+    return sides;
+}
+
 /* Ops of the history that touched field (name, key). */
 static json_t *field_history(json_t *hist_j, const char *name, json_t *key)
 {
@@ -1308,6 +1597,7 @@ static json_t *field_json(rq *q, store_txn *t, devcache *dc, const crdt_fspec *f
     for (uint32_t i = 0; f && i < f->n; i++)
         json_array_append_new(vals, entry_json(q, t, dc, fs, &f->e[i]));
     json_object_set_new(o, "values", vals);
+    if (fs->type == CRDT_F_MV) json_object_set_new(o, "sides", sides_json(q, t, dc, f));
     if (fs->type == CRDT_F_COUNTER)
         json_object_set_new(o, "total", json_integer(f ? crdt_field_counter(f) : 0));
     json_object_set_new(o, "conflict", json_boolean(mv_conflict(f)));
@@ -1326,7 +1616,8 @@ static int route_person(rq *q, const char *id)
     if (!rc) rc = store_get_record(t, "person", id, &p);
     if (rc == STORE_ENOTFOUND) {
         store_abort(t);
-        return send_err(q, 404, "not_found", "no person '%s'", id);
+        return send_err(q, 404, "not_found", "没有编号为 %s 的人员档案。" EN "No person '%s'",
+                        id, id);
     }
     if (!rc) rc = history_json(q, t, &dc, "person", id, &hist_j, &trunc);
     if (rc) goto fail;
@@ -1365,6 +1656,7 @@ static int route_person(rq *q, const char *id)
         json_object_set_new(h, "community", json_string(field_cstr(hh, "community", tmp,
                                                                    sizeof tmp)));
         json_object_set_new(h, "grid", json_string(field_cstr(hh, "grid", tmp, sizeof tmp)));
+        json_object_set_new(h, "head", head_json(t, hh));
         json_object_set_new(o, "household", h);
     } else {
         json_object_set_new(o, "household", *hb ? json_pack("{ss}", "id", hb) : json_null());
@@ -1407,7 +1699,8 @@ static int route_household(rq *q, const char *id)
         rc = store_household_members(t, id, &mem);
         if (!rc && !mem.n) {
             store_abort(t);
-            return send_err(q, 404, "not_found", "no household '%s'", id);
+            return send_err(q, 404, "not_found", "没有编号为 %s 的户档案。" EN
+                            "No household '%s'", id, id);
         }
     } else if (!rc) {
         rc = store_household_members(t, id, &mem);
@@ -1429,6 +1722,7 @@ static int route_household(rq *q, const char *id)
         json_array_append_new(fields, field_json(q, t, &dc, fs, f, NULL));
     }
     json_object_set_new(o, "fields", fields);
+    json_object_set_new(o, "head", hh ? head_json(t, hh) : json_null());
     json_object_set_new(o, "visits", visits);
     json_t *members = json_array(), *pvisits = json_array();
     for (size_t i = 0; i < mem.n; i++) {
@@ -1501,7 +1795,8 @@ static int srv_write_once(rq *q, srv_write *w, bool *sent)
     if (rc) goto out;
     rc = store_get_record(t, "person", w->person, &p);
     if (rc == STORE_ENOTFOUND) {
-        send_err(q, 404, "not_found", "no person '%s'", w->person);
+        send_err(q, 404, "not_found", "没有编号为 %s 的人员档案。" EN "No person '%s'",
+                 w->person, w->person);
         *sent = true;
         rc = 0;
         goto out;
@@ -1526,9 +1821,9 @@ static int srv_write_once(rq *q, srv_write *w, bool *sent)
             }
             if (!same) {
                 send_err(q, 409, "changed",
-                         "该字段在您查看之后已有新的修改，请刷新后重新处理。The field changed "
-                         "since you loaded it (a device synced meanwhile); reload and resolve "
-                         "again.");
+                         "该字段在您查看之后已有新的修改，请刷新后重新处理。" EN "The field "
+                         "changed since you loaded it (a device synced meanwhile); reload and "
+                         "resolve again.");
                 *sent = true;
                 rc = 0;
                 goto out;
@@ -1551,8 +1846,8 @@ static int srv_write_once(rq *q, srv_write *w, bool *sent)
         int cur = f ? crdt_field_stage(f) : -1;
         if (cur >= w->stage_min) {
             send_err(q, 409, "stage",
-                     "业务已处于该阶段或之后，不能回退。The item is already at this stage or "
-                     "later; stages only move forward.");
+                     "业务已处于该阶段或之后，不能回退。" EN "The item is already at this "
+                     "stage or later; stages only move forward.");
             *sent = true;
             rc = 0;
             goto out;
@@ -1564,13 +1859,16 @@ static int srv_write_once(rq *q, srv_write *w, bool *sent)
                                   q->api->cfg.max_ahead_ms, &r)))
         goto out;
     if (r.invalid) {
-        send_err(q, 400, "bad_value", "the edit does not pass the schema: %s",
+        send_err(q, 400, "bad_value", "修改不符合档案格式：%s" EN
+                 "The edit does not pass the schema: %s", crdt_value_message(r.invalid),
                  crdt_strerror(r.invalid));
         *sent = true;
         goto out;
     }
     if (r.oc.result != STORE_APPLIED) {
-        send_err(q, 409, "not_applied", "the server's delta was not applied (%s: %s)",
+        send_err(q, 409, "not_applied", "服务器的修改未能写入（%s）。" EN
+                 "The server's delta was not applied (%s: %s)",
+                 r.oc.result == STORE_REJECTED ? "被拒绝" : "被隔离",
                  r.oc.result == STORE_REJECTED ? "rejected" : "quarantined",
                  r.oc.result == STORE_REJECTED ? store_strerror(r.oc.code)
                                                : store_qreason_name(r.oc.code));
@@ -1640,20 +1938,8 @@ static const char *json_to_val(const crdt_vspec *v, json_t *j, crdt_buf *out)
     }
 }
 
-static const char *vcheck_msg(int rc)
-{
-    switch (rc) {
-    case CRDT_EIDNUM:
-        return "不是有效的身份证号码（格式、出生日期或校验位错误）。Not a valid GB 11643 ID "
-               "number (format, birth date or checksum)";
-    case CRDT_EENUM: return "不是允许的取值。Not one of the field's allowed values";
-    case CRDT_EDATE: return "日期应为 YYYY-MM-DD。Not a valid YYYY-MM-DD date";
-    case CRDT_EPHONE: return "不是有效的电话号码。Not a valid phone number";
-    case CRDT_ETEXT: return "文字太长。Text too long for the field";
-    case CRDT_ERANGE: return "超出范围。Out of range";
-    default: return crdt_strerror(rc);
-    }
-}
+/* The same text for a refused value on every write path (crdt_value_message). */
+static const char *vcheck_msg(int rc) { return crdt_value_message(rc); }
 
 /* Parse {"field","key"?,"value"} into w->op for person field spec; 400 sent
  * on failure (returns -1). */
@@ -1731,12 +2017,13 @@ static int route_resolve(rq *q, const char *id)
         size_t i;
         json_t *x;
         if (!json_is_array(obs) || json_array_size(obs) > 1024) {
-            send_err(q, 400, "bad_parameter", "'observed' must be an array of [device, seq]");
+            send_err(q, 400, "bad_parameter", "observed 应为 [设备, 序号] 的列表。" EN
+                     "'observed' must be an array of [device, seq]");
             goto out;
         }
         expect = calloc(json_array_size(obs) + 1, sizeof *expect);
         if (!expect) {
-            status = send_err(q, 500, "internal", "out of memory");
+            status = send_err(q, 500, "internal", "服务器内存不足。" EN "Out of memory");
             goto out;
         }
         json_array_foreach(obs, i, x) {
@@ -1744,7 +2031,7 @@ static int route_resolve(rq *q, const char *id)
             if (!json_is_array(x) || json_array_size(x) != 2 || !json_is_integer(dv) ||
                 !json_is_integer(sv) || json_integer_value(dv) < 0 ||
                 json_integer_value(dv) > UINT32_MAX || json_integer_value(sv) < 1) {
-                send_err(q, 400, "bad_parameter",
+                send_err(q, 400, "bad_parameter", "observed 应为 [设备, 序号] 的列表。" EN
                          "'observed' must be an array of [device, seq] pairs");
                 goto out;
             }
@@ -1813,7 +2100,8 @@ static int route_review_raise(rq *q, const char *id)
 {
     const crdt_fspec *fs = stage_field(q);
     if (!fs || fs->type != CRDT_F_STAGE)
-        return send_err(q, 404, "not_found", "the schema has no review stage field");
+        return send_err(q, 404, "not_found", "模式中没有业务审核阶段字段。" EN
+                        "The schema has no review stage field");
     json_t *j = body_json(q);
     if (!j) return 400;
     const char *stage = body_str(q, j, "stage", 255);
@@ -1827,11 +2115,12 @@ static int route_review_raise(rq *q, const char *id)
             strncat(list, i ? " < " : "", sizeof list - strlen(list) - 1);
             strncat(list, fs->v.enum_values[i], sizeof list - strlen(list) - 1);
         }
-        send_err(q, 400, "bad_stage", "'stage' must be one of: %s", list);
+        send_err(q, 400, "bad_stage", "审核阶段应为：%s。" EN "'stage' must be one of: %s", list,
+                 list);
         goto out;
     }
     if (crdt_val_put_str(&vb, stage, strlen(stage))) {
-        status = send_err(q, 500, "internal", "out of memory");
+        status = send_err(q, 500, "internal", "服务器内存不足。" EN "Out of memory");
         goto out;
     }
     srv_write w;
@@ -1865,108 +2154,348 @@ out:
     return status;
 }
 
-/* ---- queues (bounded scans) ------------------------------------------------------------------------ */
+/* ---- queues: an index kept in memory, caught up from the delta log ---------------------- */
 
-typedef struct qscan {
-    rq *q;
-    store_txn *t;
-    json_t *items;
-    size_t want;
-    int mode;                    /* 0 conflicts, 1 review */
-    int stage;                   /* review: only this ordinal (-2: any open) */
-    int last_stage;
-} qscan;
+/*
+ * The conflicts and review queues need totals and pages, and the store has
+ * no index of either.  The API keeps one in memory (API thread only): the
+ * person ids that have a conflict (crdt_record_conflicts > 0) or an open
+ * review stage, sorted by id, and the server seq through which it is
+ * current.  It is built by one walk over the person records the first time
+ * a page needs it, then caught up on each use from the deltas committed
+ * since (store_last_sseq, store_get_envelope): only the persons those
+ * deltas touched are read again.  Every merge (device push, staff write,
+ * quarantine accept, doorstepctl import) appends a delta, so nothing
+ * changes a person without passing through the log.  A gap larger than
+ * API_QX_CATCHUP_MAX deltas rebuilds instead.
+ */
+#define API_QX_CATCHUP_MAX 200000u /* deltas caught up one by one; more: rebuild */
+#define API_QX_WALK 10000u         /* records per store_records_page call */
 
-static int qscan_cb(const crdt_record *r, void *arg)
+/* The queue state of one person (what the index keeps). */
+static bool qx_entry_of(const crdt_record *r, int last_stage, qx_ent *e)
 {
-    qscan *s = arg;
-    if (crdt_record_deleted(r)) return 0;
-    if (s->mode == 0) {
-        json_t *fl = json_array();
-        for (uint32_t i = 0; i < r->n_fields; i++) {
-            const crdt_field *f = &r->fields[i];
-            if (!mv_conflict(f)) continue;
-            json_t *x = json_object();
-            json_object_set_new(x, "field", json_string(f->name));
-            json_object_set_new(x, "key", key_json(f->key));
-            json_t *vals = json_array();
-            for (uint32_t k = 0; k < f->n; k++) json_array_append_new(vals, val_json(f->e[k].v));
-            json_object_set_new(x, "values", vals);
-            json_array_append_new(fl, x);
-        }
-        if (!json_array_size(fl)) {
-            json_decref(fl);
-            return 0;
-        }
-        json_t *p = person_summary(s->q, s->t, r);
-        json_object_set_new(p, "conflict_fields", fl);
-        json_array_append_new(s->items, p);
-    } else {
-        const crdt_field *f = crdt_record_field(r, "review", (crdt_blob){NULL, 0});
-        int st = f ? crdt_field_stage(f) : -1;
-        if (st < 0 || st >= s->last_stage) return 0;
-        if (s->stage != -2 && st != s->stage) return 0;
-        json_t *p = person_summary(s->q, s->t, r);
-        json_array_append_new(s->items, p);
+    memset(e, 0, sizeof *e);
+    snprintf(e->id, sizeof e->id, "%s", r->id);
+    e->stage = -1;
+    if (crdt_record_deleted(r)) return false;
+    uint32_t c = mv_conflicts(r);
+    e->conflicts = (uint16_t)(c > UINT16_MAX ? UINT16_MAX : c);
+    const crdt_field *f = crdt_record_field(r, "review", (crdt_blob){NULL, 0});
+    int st = f ? crdt_field_stage(f) : -1;
+    if (st >= 0 && st < last_stage) e->stage = (int16_t)st;
+    return e->conflicts > 0 || e->stage >= 0;
+}
+
+static int qx_cmp(const void *a, const void *b)
+{
+    return strcmp(((const qx_ent *)a)->id, ((const qx_ent *)b)->id);
+}
+
+static int qx_push(qx_ent **v, size_t *n, size_t *cap, const qx_ent *e)
+{
+    if (*n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 256;
+        qx_ent *nv = realloc(*v, nc * sizeof *nv);
+        if (!nv) return CRDT_ENOMEM;
+        *v = nv;
+        *cap = nc;
     }
-    return json_array_size(s->items) >= s->want ? 1 : 0;
+    (*v)[(*n)++] = *e;
+    return 0;
+}
+
+typedef struct qx_walk {
+    sync_api *api;
+    int last_stage;
+    size_t visited;
+    int rc;
+} qx_walk;
+
+static int qx_walk_cb(const crdt_record *r, void *arg)
+{
+    qx_walk *w = arg;
+    qx_ent e;
+    w->visited++;
+    if (qx_entry_of(r, w->last_stage, &e) &&
+        (w->rc = qx_push(&w->api->qx, &w->api->qx_n, &w->api->qx_cap, &e)))
+        return w->rc;
+    return 0;
+}
+
+static int qx_last_stage(rq *q)
+{
+    const crdt_kspec *ks = crdt_schema_kind(store_schema(q->api->st), "person", 6);
+    const crdt_fspec *fs = ks ? crdt_schema_field(ks, "review", 6) : NULL;
+    return fs && fs->type == CRDT_F_STAGE ? (int)fs->v.n_enum - 1 : 0;
+}
+
+/* Rebuild from every person record, in t. */
+static int qx_build(rq *q, store_txn *t, uint64_t last)
+{
+    sync_api *api = q->api;
+    char after[CRDT_RECID_MAX + 1] = "", next[CRDT_RECID_MAX + 1];
+    qx_walk w = {api, qx_last_stage(q), 0, 0};
+    api->qx_ready = false;
+    api->qx_n = 0;
+    for (;;) {
+        w.visited = 0;
+        next[0] = 0;
+        int rc = store_records_page(t, "person", after, API_QX_WALK, qx_walk_cb, &w, next);
+        if (rc) return w.rc ? w.rc : rc;
+        if (w.visited < API_QX_WALK || !*next) break;
+        memcpy(after, next, sizeof after);
+    }
+    qsort(api->qx, api->qx_n, sizeof *api->qx, qx_cmp);
+    api->qx_sseq = last;
+    api->qx_ready = true;
+    return 0;
+}
+
+typedef struct idlist {
+    char (*id)[CRDT_RECID_MAX + 1];
+    size_t n, cap;
+} idlist;
+
+/* Catch up with the deltas (qx_sseq, last], in t. */
+static int qx_catch_up(rq *q, store_txn *t, uint64_t last)
+{
+    sync_api *api = q->api;
+    idlist touched = {0};
+    crdt_buf env = {0};
+    crdt_arena *a = crdt_arena_new(0);
+    qx_ent *nv = NULL;
+    size_t nn = 0, ncap = 0;
+    int rc = a ? 0 : CRDT_ENOMEM, last_stage = qx_last_stage(q);
+    for (uint64_t s = api->qx_sseq + 1; !rc && s <= last; s++) {
+        const uint8_t *db, *sig;
+        size_t dl;
+        crdt_delta d;
+        int err_op;
+        rc = store_get_envelope(t, s, &env);
+        if (rc == STORE_ENOTFOUND) {
+            rc = 0;
+            continue;
+        }
+        if (rc) break;
+        crdt_arena_reset(a);
+        if (wire_envelope_decode(env.p, env.n, &crdt_limits_default, &db, &dl, &sig) ||
+            crdt_delta_decode(db, dl, &crdt_limits_default, a, &d, &err_op))
+            continue; /* stored, so it decoded once; store_verify reports it */
+        if (d.kind_len != 6 || memcmp(d.kind, "person", 6) || !d.id_len ||
+            d.id_len > CRDT_RECID_MAX)
+            continue;
+        if (touched.n == touched.cap) {
+            size_t nc = touched.cap ? touched.cap * 2 : 64;
+            void *np = realloc(touched.id, nc * sizeof *touched.id);
+            if (!np) {
+                rc = CRDT_ENOMEM;
+                break;
+            }
+            touched.id = np;
+            touched.cap = nc;
+        }
+        memcpy(touched.id[touched.n], d.id, d.id_len);
+        touched.id[touched.n++][d.id_len] = 0;
+    }
+    if (rc) goto out;
+    qsort(touched.id, touched.n, sizeof *touched.id, idlist_cmp);
+    /* Merge: the old entries not touched, and the touched ones as they are now. */
+    size_t i = 0, k = 0;
+    while (!rc && (i < api->qx_n || k < touched.n)) {
+        int c = i == api->qx_n ? 1 : k == touched.n ? -1 : strcmp(api->qx[i].id, touched.id[k]);
+        if (c < 0) {
+            rc = qx_push(&nv, &nn, &ncap, &api->qx[i++]);
+            continue;
+        }
+        if (c == 0) i++;
+        const char *id = touched.id[k];
+        while (k < touched.n && !strcmp(touched.id[k], id)) k++; /* duplicates */
+        crdt_record *r = NULL;
+        qx_ent e;
+        int g = store_get_record(t, "person", id, &r);
+        if (g && g != STORE_ENOTFOUND) rc = g;
+        else if (!g && qx_entry_of(r, last_stage, &e)) rc = qx_push(&nv, &nn, &ncap, &e);
+        crdt_record_free(r);
+    }
+    if (rc) goto out;
+    free(api->qx);
+    api->qx = nv;
+    api->qx_n = nn;
+    api->qx_cap = ncap;
+    nv = NULL;
+    api->qx_sseq = last;
+out:
+    free(nv);
+    free(touched.id);
+    crdt_buf_free(&env);
+    crdt_arena_free(a);
+    return rc;
+}
+
+/* Make the index current as of t's snapshot. */
+static int qx_sync(rq *q, store_txn *t)
+{
+    uint64_t last = 0;
+    int rc = store_last_sseq(t, &last);
+    if (rc) return rc;
+    sync_api *api = q->api;
+    if (api->qx_ready && last == api->qx_sseq) return 0;
+    if (!api->qx_ready || last < api->qx_sseq || last - api->qx_sseq > API_QX_CATCHUP_MAX)
+        rc = qx_build(q, t, last);
+    else
+        rc = qx_catch_up(q, t, last);
+    if (rc) api->qx_ready = false; /* rebuilt next time */
+    return rc;
+}
+
+/* Persons with conflicts and the conflicting field instances (index totals). */
+static void qx_conflict_totals(const sync_api *api, uint64_t *persons, uint64_t *fields)
+{
+    *persons = *fields = 0;
+    for (size_t i = 0; i < api->qx_n; i++)
+        if (api->qx[i].conflicts) {
+            (*persons)++;
+            *fields += api->qx[i].conflicts;
+        }
+}
+
+/* The conflicting field instances of r, each with its distinct values and,
+ * per value, every writer. */
+static json_t *conflict_fields_json(rq *q, store_txn *t, devcache *dc, const crdt_record *r)
+{
+    json_t *fl = json_array();
+    for (uint32_t i = 0; i < r->n_fields; i++) {
+        const crdt_field *f = &r->fields[i];
+        if (!mv_conflict(f)) continue;
+        json_t *x = json_object();
+        json_object_set_new(x, "field", json_string(f->name));
+        json_object_set_new(x, "key", key_json(f->key));
+        json_object_set_new(x, "values", instance_values(f));
+        json_object_set_new(x, "sides", sides_json(q, t, dc, f));
+        json_array_append_new(fl, x);
+    }
+    return fl;
+}
+
+/* Paging parameters: offset (0..API_OFFSET_MAX) or after (an id), limit. */
+static int page_params(rq *q, uint64_t def_limit, uint64_t max_limit, char after[CRDT_RECID_MAX + 2],
+                       bool *has_after, uint64_t *offset, uint64_t *limit)
+{
+    char ob[32];
+    const char *af = qparam(q, "after", after, CRDT_RECID_MAX + 2);
+    *has_after = af && *af;
+    if (*has_after && !recid_ok(af, strlen(af))) {
+        send_err(q, 400, "bad_parameter",
+                 "参数 after 应为档案编号（1 至 64 个字母、数字或 _ . -）。" EN
+                 "'after' must be a record id (1..64 of A-Z a-z 0-9 _ . -)");
+        return -1;
+    }
+    if (qnum(q, "offset", 0, API_OFFSET_MAX, 0, offset) || qnum(q, "limit", 1, max_limit, def_limit, limit))
+        return -1;
+    if (*has_after && qparam(q, "offset", ob, sizeof ob)) {
+        send_err(q, 400, "bad_parameter",
+                 "参数 after 与 offset 只能给一个。" EN "Give either 'after' or 'offset', not both");
+        return -1;
+    }
+    return 0;
 }
 
 static int route_queue(rq *q, int mode)
 {
-    char after[CRDT_RECID_MAX + 2], sb[256], next[CRDT_RECID_MAX + 1];
-    const char *af = qparam(q, "after", after, sizeof after);
-    uint64_t limit;
-    if (af && *af && !recid_ok(af, strlen(af)))
-        return send_err(q, 400, "bad_parameter", "'after' must be a record id");
-    if (qnum(q, "limit", 1, 200, 50, &limit)) return 400;
-    qscan s = {q, NULL, json_array(), (size_t)limit, mode, -2, 0};
+    char after[CRDT_RECID_MAX + 2], sb[256];
+    bool has_after;
+    uint64_t offset, limit;
+    int stage = -2; /* review: only this ordinal (-2: any open) */
+    if (page_params(q, 50, 200, after, &has_after, &offset, &limit)) return 400;
     const crdt_fspec *rf = stage_field(q);
     if (mode == 1) {
-        if (!rf) {
-            json_decref(s.items);
-            return send_err(q, 404, "not_found", "the schema has no review stage field");
-        }
-        s.last_stage = (int)rf->v.n_enum - 1;
+        if (!rf || rf->type != CRDT_F_STAGE)
+            return send_err(q, 404, "not_found", "模式中没有业务审核阶段字段。" EN
+                                                 "The schema has no review stage field");
         const char *sv = qparam(q, "stage", sb, sizeof sb);
         if (sv && *sv) {
-            s.stage = crdt_vspec_enum_index(&rf->v, sv, strlen(sv));
-            if (s.stage < 0 || s.stage >= s.last_stage) {
-                json_decref(s.items);
+            stage = crdt_vspec_enum_index(&rf->v, sv, strlen(sv));
+            if (stage < 0 || stage >= (int)rf->v.n_enum - 1) {
+                char list[512] = "";
+                for (uint32_t i = 0; i + 1 < rf->v.n_enum; i++) {
+                    strncat(list, i ? "、" : "", sizeof list - strlen(list) - 1);
+                    strncat(list, rf->v.enum_values[i], sizeof list - strlen(list) - 1);
+                }
                 return send_err(q, 400, "bad_parameter",
-                                "'stage' must be an open review stage (not the last one)");
+                                "参数 stage 应为未办结的审核阶段：%s。" EN
+                                "'stage' must be an open review stage: %s", list, list);
             }
         }
     }
-    int rc = store_begin(q->api->st, STORE_RDONLY, &s.t);
-    if (!rc) {
-        rc = store_records_page(s.t, "person", af ? af : "", API_SCAN_BUDGET, qscan_cb, &s, next);
-        if (rc == 1) rc = 0;
+    store_txn *t = NULL;
+    devcache dc = {0};
+    json_t *items = json_array();
+    uint64_t total = 0, shown = 0, by_stage[64] = {0};
+    size_t last_i = 0;
+    int rc = store_begin(q->api->st, STORE_RDONLY, &t);
+    if (!rc) rc = qx_sync(q, t);
+    if (rc) goto fail;
+    const sync_api *api = q->api;
+    /* Where the page starts: offset, or just after the id `after`. */
+    if (has_after) {
+        offset = 0;
+        for (size_t i = 0; i < api->qx_n && strcmp(api->qx[i].id, after) <= 0; i++) {
+            const qx_ent *e = &api->qx[i];
+            bool match = mode == 0 ? e->conflicts > 0
+                                   : e->stage >= 0 && (stage == -2 || e->stage == stage);
+            offset += match;
+        }
     }
-    store_abort(s.t);
-    if (rc) {
-        json_decref(s.items);
-        return send_store_err(q, rc, "queue");
+    for (size_t i = 0; i < api->qx_n; i++) {
+        const qx_ent *e = &api->qx[i];
+        if (mode == 1 && e->stage >= 0 && e->stage < 64) by_stage[e->stage]++;
+        bool match = mode == 0 ? e->conflicts > 0
+                               : e->stage >= 0 && (stage == -2 || e->stage == stage);
+        if (!match) continue;
+        if (total++ < offset || shown >= limit) continue;
+        crdt_record *r = NULL;
+        int g = store_get_record(t, "person", e->id, &r);
+        if (g == STORE_ENOTFOUND) continue;
+        if (g) {
+            rc = g;
+            goto fail;
+        }
+        json_t *p = person_summary(q, t, r);
+        add_place(t, p, r);
+        if (mode == 0) json_object_set_new(p, "conflict_fields", conflict_fields_json(q, t, &dc, r));
+        json_array_append_new(items, p);
+        crdt_record_free(r);
+        shown++;
+        last_i = i;
     }
-    /* Complete when the walk ended before both the budget and the page. */
+    store_abort(t);
+    t = NULL;
     json_t *o = json_object();
-    size_t got = json_array_size(s.items);
-    json_object_set_new(o, "items", s.items);
-    json_object_set_new(o, "scan_budget", json_integer(API_SCAN_BUDGET));
-    json_object_set_new(o, "next", *next ? json_string(next) : json_null());
-    json_object_set_new(o, "note",
-                        json_string("bounded scan: each page reads at most scan_budget person "
-                                    "records; pass next as ?after= to continue"));
-    (void)got;
-    if (mode == 1 && rf) {
-        json_t *st = json_array();
-        for (uint32_t i = 0; i < rf->v.n_enum; i++)
+    json_object_set_new(o, "items", items);
+    json_object_set_new(o, "total", json_integer((json_int_t)total));
+    json_object_set_new(o, "offset", json_integer((json_int_t)offset));
+    json_object_set_new(o, "limit", json_integer((json_int_t)limit));
+    json_object_set_new(o, "next", shown && offset + shown < total ? json_string(api->qx[last_i].id)
+                                                                   : json_null());
+    if (mode == 1) {
+        json_t *st = json_array(), *counts = json_array();
+        for (uint32_t i = 0; i < rf->v.n_enum; i++) {
             json_array_append_new(st, json_string(rf->v.enum_values[i]));
+            if (i + 1 < rf->v.n_enum && i < 64)
+                json_array_append_new(counts, json_pack("{sssI}", "stage", rf->v.enum_values[i],
+                                                        "count", (json_int_t)by_stage[i]));
+        }
         json_object_set_new(o, "stages", st);
+        json_object_set_new(o, "open_stages", counts);
     }
     audit_write(q, q->actor, mode ? "queue.review" : "queue.conflicts", NULL);
     send_json(q, 200, o);
     return 200;
+fail:
+    store_abort(t);
+    json_decref(items);
+    return send_store_err(q, rc, "queue");
 }
 
 /* ---- admin: quarantine, devices, staff ------------------------------------------------------------- */
@@ -1976,11 +2505,16 @@ typedef struct qlist {
     store_txn *t;
     devcache dc;
     json_t *items;
+    uint64_t skip;               /* entries of the walk before the page */
 } qlist;
 
 static int qlist_cb(const store_qentry *e, const store_qreview *rv, void *arg)
 {
     qlist *l = arg;
+    if (l->skip) {
+        l->skip--;
+        return 0;
+    }
     json_t *x = json_object();
     json_object_set_new(x, "qid", json_integer((json_int_t)e->qid));
     json_object_set_new(x, "reason", json_string(store_qreason_name(e->reason)));
@@ -2031,12 +2565,17 @@ static int qlist_cb(const store_qentry *e, const store_qreview *rv, void *arg)
 
 static int route_quarantine(rq *q)
 {
-    uint64_t after, limit, next = 0, total = 0;
-    char sb[32];
+    uint64_t after, limit, offset, next = 0, total = 0, counts[4] = {0};
+    char sb[32], ob[32];
     int state = STORE_QSTATE_PENDING;
     if (qnum(q, "after", 0, UINT64_MAX - 1, 0, &after) ||
+        qnum(q, "offset", 0, API_OFFSET_MAX, 0, &offset) ||
         qnum(q, "limit", 1, 500, 100, &limit))
         return 400;
+    if (after && qparam(q, "offset", ob, sizeof ob))
+        return send_err(q, 400, "bad_parameter",
+                        "参数 after 与 offset 只能给一个。" EN "Give either 'after' or 'offset', "
+                        "not both");
     const char *sv = qparam(q, "state", sb, sizeof sb);
     if (sv) {
         if (!strcmp(sv, "pending")) state = STORE_QSTATE_PENDING;
@@ -2045,15 +2584,25 @@ static int route_quarantine(rq *q)
         else if (!strcmp(sv, "all")) state = 0;
         else
             return send_err(q, 400, "bad_parameter",
-                            "'state' must be pending, accepted, rejected or all");
+                            "参数 state 应为 pending（待审）、accepted（已接受）、rejected（已拒绝）"
+                            "或 all（全部）。" EN "'state' must be pending, accepted, rejected or "
+                            "all");
     }
     qlist l;
     memset(&l, 0, sizeof l);
     l.q = q;
     l.items = json_array();
+    l.skip = after ? 0 : offset;
+    static const int states[4] = {0, STORE_QSTATE_PENDING, STORE_QSTATE_ACCEPTED,
+                                  STORE_QSTATE_REJECTED};
     int rc = store_begin(q->api->st, STORE_RDONLY, &l.t);
-    if (!rc) rc = store_quarantine_count(l.t, &total);
-    if (!rc) rc = store_quarantine_list(l.t, after, (size_t)limit, state, qlist_cb, &l, &next);
+    for (int i = 0; !rc && i < 4; i++) {
+        rc = quarantine_in_state(l.t, states[i], &counts[i]);
+        if (states[i] == state) total = counts[i];
+    }
+    if (!rc)
+        rc = store_quarantine_list(l.t, after, (size_t)(l.skip + limit), state, qlist_cb, &l,
+                                   &next);
     store_abort(l.t);
     if (rc) {
         json_decref(l.items);
@@ -2061,6 +2610,12 @@ static int route_quarantine(rq *q)
     }
     json_t *o = json_object();
     json_object_set_new(o, "total", json_integer((json_int_t)total));
+    json_object_set_new(o, "counts", json_pack("{sIsIsIsI}", "all", (json_int_t)counts[0],
+                                               "pending", (json_int_t)counts[1],
+                                               "accepted", (json_int_t)counts[2],
+                                               "rejected", (json_int_t)counts[3]));
+    json_object_set_new(o, "offset", json_integer((json_int_t)(after ? 0 : offset)));
+    json_object_set_new(o, "limit", json_integer((json_int_t)limit));
     json_object_set_new(o, "items", l.items);
     json_object_set_new(o, "next", json_integer((json_int_t)next));
     send_json(q, 200, o);
@@ -2075,13 +2630,15 @@ static int route_quarantine_decide(rq *q, const char *qs, bool accept)
     const char *note = NULL;
     json_t *j = NULL;
     if (!*qs || *end || !qid)
-        return send_err(q, 400, "bad_parameter", "quarantine id must be a positive integer");
+        return send_err(q, 400, "bad_parameter", "隔离记录编号应为正整数。" EN
+                        "Quarantine id must be a positive integer");
     if (q->req->body_len) {
         if (!(j = body_json(q))) return 400;
         json_t *n = json_object_get(j, "note");
         if (n && !json_is_string(n)) {
             json_decref(j);
-            return send_err(q, 400, "bad_parameter", "'note' must be a string");
+            return send_err(q, 400, "bad_parameter", "备注应为文字。" EN
+                            "'note' must be a string");
         }
         note = n ? json_string_value(n) : NULL;
     }
@@ -2101,13 +2658,17 @@ static int route_quarantine_decide(rq *q, const char *qs, bool accept)
         break;
     }
     json_decref(j);
-    if (rc == STORE_ENOTFOUND) return send_err(q, 404, "not_found", "no quarantine entry %llu", qid);
+    if (rc == STORE_ENOTFOUND)
+        return send_err(q, 404, "not_found", "没有第 %llu 号隔离记录。" EN
+                        "No quarantine entry %llu", qid, qid);
     if (rc == STORE_EINVAL)
         return send_err(q, 409, "decided",
-                        "entry %llu is already decided (or the note is not 1..%d bytes of UTF-8)",
-                        qid, STORE_QNOTE_MAX);
+                        "第 %llu 号隔离记录已经处理过（或备注超过 %d 字节）。" EN
+                        "Entry %llu is already decided (or the note is not 1..%d bytes of UTF-8)",
+                        qid, STORE_QNOTE_MAX, qid, STORE_QNOTE_MAX);
     if (rc < 0 && rc > -200)
-        return send_err(q, 409, "not_mergeable", "the kept delta cannot be merged: %s",
+        return send_err(q, 409, "not_mergeable", "该记录无法合并：%s" EN
+                        "The kept delta cannot be merged: %s", crdt_value_message(rc),
                         store_strerror(rc));
     if (rc) return send_store_err(q, rc, "quarantine");
     json_t *o = json_object();
@@ -2168,7 +2729,8 @@ static int route_device_action(rq *q, const char *ids, const char *action)
     char *end;
     unsigned long id = strtoul(ids, &end, 10);
     if (!*ids || *end || id == 0 || id > UINT32_MAX)
-        return send_err(q, 400, "bad_parameter", "device id must be a positive integer");
+        return send_err(q, 400, "bad_parameter", "设备编号应为正整数。" EN
+                        "Device id must be a positive integer");
     bool revoke = !strcmp(action, "revoke");
     int how = STORE_REVOKE_SOFT;
     if (revoke) {
@@ -2179,7 +2741,8 @@ static int route_device_action(rq *q, const char *ids, const char *action)
         if (!strcmp(mode, "hard")) how = STORE_REVOKE_HARD;
         else if (strcmp(mode, "soft")) {
             json_decref(j);
-            return send_err(q, 400, "bad_parameter", "'mode' must be \"soft\" or \"hard\"");
+            return send_err(q, 400, "bad_parameter", "吊销方式应为 soft（可交回）或 hard（已泄露）。" EN
+                            "'mode' must be \"soft\" or \"hard\"");
         }
         json_decref(j);
     }
@@ -2200,11 +2763,14 @@ static int route_device_action(rq *q, const char *ids, const char *action)
         if (rc == STORE_EMAPFULL && store_grow(q->api->st) == STORE_OK) continue;
         break;
     }
-    if (rc == STORE_ENOTFOUND) return send_err(q, 404, "not_found", "no device %lu", id);
+    if (rc == STORE_ENOTFOUND)
+        return send_err(q, 404, "not_found", "没有 %lu 号设备。" EN "No device %lu", id, id);
     if (rc == STORE_EINVAL)
         return send_err(q, 409, "state",
-                        revoke ? "device %lu is hard-revoked: it cannot go back to soft"
-                               : "device %lu is revoked: no rotation to require", id);
+                        revoke ? "%lu 号设备已彻底吊销，不能改为可交回。" EN
+                                 "Device %lu is hard-revoked: it cannot go back to soft"
+                               : "%lu 号设备已吊销，不能再要求更换密钥。" EN
+                                 "Device %lu is revoked: no rotation to require", id, id);
     if (rc) return send_store_err(q, rc, "device");
     json_t *o = json_object();
     json_object_set_new(o, "ok", json_true());
@@ -2235,18 +2801,19 @@ static int route_device_enroll(rq *q)
     int status = 400;
     if (!vol) goto out;
     if (!*vol) {
-        send_err(q, 400, "bad_parameter", "'volunteer' must not be empty");
+        send_err(q, 400, "bad_parameter", "请填写志愿者姓名。" EN "'volunteer' must not be empty");
         goto out;
     }
     if (!json_is_array(sc) || json_array_size(sc) == 0 || json_array_size(sc) > STORE_SCOPE_MAX) {
         send_err(q, 400, "bad_parameter",
+                 "负责范围应为 1 至 %d 个户编号或“社区/网格”。" EN
                  "'scope' must be a list of 1..%d household ids or community/grid entries",
-                 STORE_SCOPE_MAX);
+                 STORE_SCOPE_MAX, STORE_SCOPE_MAX);
         goto out;
     }
     json_int_t days = 7;
     if (ex && (!json_is_integer(ex) || json_integer_value(ex) < 1 || json_integer_value(ex) > 90)) {
-        send_err(q, 400, "bad_parameter", "'expires_days' must be 1..90");
+        send_err(q, 400, "bad_parameter", "有效天数应为 1 至 90。" EN "'expires_days' must be 1..90");
         goto out;
     }
     if (ex) days = json_integer_value(ex);
@@ -2260,7 +2827,8 @@ static int route_device_enroll(rq *q)
         json_t *e = json_array_get(sc, i);
         if (!json_is_string(e) || json_string_length(e) == 0 ||
             json_string_length(e) > STORE_SCOPE_ITEM_MAX) {
-            send_err(q, 400, "bad_parameter", "scope entry %zu must be a non-empty string", i + 1);
+            send_err(q, 400, "bad_parameter", "负责范围第 %zu 项不能为空。" EN
+                     "Scope entry %zu must be a non-empty string", i + 1, i + 1);
             goto out;
         }
         scope[i] = json_string_value(e);
@@ -2285,8 +2853,8 @@ static int route_device_enroll(rq *q)
         break;
     }
     if (rc == STORE_EINVAL) {
-        send_err(q, 400, "bad_parameter", "volunteer name or scope entries are not valid UTF-8 "
-                                          "of the allowed lengths");
+        send_err(q, 400, "bad_parameter", "志愿者姓名或负责范围的文字无效或太长。" EN
+                 "Volunteer name or scope entries are not valid UTF-8 of the allowed lengths");
         goto out;
     }
     if (rc) {
@@ -2371,16 +2939,19 @@ static int route_staff_create(rq *q)
     uint8_t r = !strcmp(role, "admin") ? STORE_ROLE_ADMIN : !strcmp(role, "staff")
                                                                 ? STORE_ROLE_STAFF : 0;
     if (!username_chars_ok(u)) {
-        send_err(q, 400, "bad_parameter", "'username' must be 1..32 of [a-z0-9_.-]");
+        send_err(q, 400, "bad_parameter",
+                 "用户名应为 1 至 32 个小写字母、数字或 _ . -。" EN
+                 "'username' must be 1..32 of [a-z0-9_.-]");
         goto out;
     }
     if (!r) {
-        send_err(q, 400, "bad_parameter", "'role' must be \"staff\" or \"admin\"");
+        send_err(q, 400, "bad_parameter", "角色应为工作人员（staff）或管理员（admin）。" EN
+                 "'role' must be \"staff\" or \"admin\"");
         goto out;
     }
     if (strlen(pw) < STORE_PASSWORD_MIN) {
-        send_err(q, 400, "bad_parameter", "'password' must have at least %d bytes",
-                 STORE_PASSWORD_MIN);
+        send_err(q, 400, "bad_parameter", "密码至少 %d 个字符。" EN
+                 "'password' must have at least %d bytes", STORE_PASSWORD_MIN, STORE_PASSWORD_MIN);
         goto out;
     }
     for (int tries = 0; tries < API_WRITE_TRIES; tries++) {
@@ -2397,11 +2968,14 @@ static int route_staff_create(rq *q)
         break;
     }
     if (rc == STORE_EEXIST) {
-        status = send_err(q, 409, "exists", "an account '%s' already exists", u);
+        status = send_err(q, 409, "exists", "账户 %s 已存在。" EN "An account '%s' already exists",
+                          u, u);
     } else if (rc == STORE_EINVAL) {
         status = send_err(q, 400, "bad_parameter",
-                          "invalid account: display name 1..127 bytes of UTF-8, password "
-                          "%d..%d bytes", STORE_PASSWORD_MIN, STORE_PASSWORD_MAX);
+                          "账户信息无效：姓名 1 至 127 字节，密码 %d 至 %d 字节。" EN
+                          "Invalid account: display name 1..127 bytes of UTF-8, password "
+                          "%d..%d bytes", STORE_PASSWORD_MIN, STORE_PASSWORD_MAX,
+                          STORE_PASSWORD_MIN, STORE_PASSWORD_MAX);
     } else if (rc) {
         status = send_store_err(q, rc, "staff");
     } else {
@@ -2450,13 +3024,14 @@ static int split_path(rq *q)
 static int need_admin(rq *q)
 {
     if (q->s.role == STORE_ROLE_ADMIN) return 0;
-    send_err(q, 403, "forbidden", "administrators only (仅限管理员)");
+    send_err(q, 403, "forbidden", "仅限管理员。" EN "Administrators only");
     return -1;
 }
 
 static int method_not_allowed(rq *q)
 {
-    return send_err(q, 405, "method", "%s is not allowed on %s", q->req->method, q->req->path);
+    return send_err(q, 405, "method", "不支持此操作（%s）。" EN "%s is not allowed on %s",
+                    q->req->method, q->req->method, q->req->path);
 }
 
 static int dispatch(rq *q)
@@ -2476,13 +3051,16 @@ static int dispatch(rq *q)
         return get ? route_search(q) : method_not_allowed(q);
     if (seg_is(q, 0, "households") && q->nseg == 2) {
         if (!recid_ok(q->seg[1], q->seg_len[1]))
-            return send_err(q, 400, "bad_parameter", "not a household id");
+            return send_err(q, 400, "bad_parameter",
+                            "户编号无效（1 至 64 个字母、数字或 _ . -）。" EN
+                            "Not a household id (1..64 of A-Z a-z 0-9 _ . -)");
         return get ? route_household(q, q->seg[1]) : method_not_allowed(q);
     }
     if (seg_is(q, 0, "persons") && (q->nseg == 2 || q->nseg == 3)) {
         if (!recid_ok(q->seg[1], q->seg_len[1]))
             return send_err(q, 400, "bad_parameter",
-                            "not a person id (1..64 of A-Z a-z 0-9 _ . -)");
+                            "人员编号无效（1 至 64 个字母、数字或 _ . -）。" EN
+                            "Not a person id (1..64 of A-Z a-z 0-9 _ . -)");
         if (q->nseg == 2) return get ? route_person(q, q->seg[1]) : method_not_allowed(q);
         if (seg_is(q, 2, "resolve")) return post ? route_resolve(q, q->seg[1])
                                                  : method_not_allowed(q);
@@ -2520,7 +3098,7 @@ static int dispatch(rq *q)
         if (post) return route_staff_create(q);
         return method_not_allowed(q);
     }
-    return send_err(q, 404, "not_found", "no route %s %s", m, q->req->path);
+    return send_err(q, 404, "not_found", "没有这个接口。" EN "No route %s %s", m, q->req->path);
 }
 
 int sync_api_handle(sync_api *api, const sync_http_req *req, uint64_t now_ms,
@@ -2539,7 +3117,7 @@ int sync_api_handle(sync_api *api, const sync_http_req *req, uint64_t now_ms,
     bool is_get = !strcmp(m, "GET") || !strcmp(m, "HEAD");
 
     if (split_path(&q)) {
-        send_err(&q, 404, "not_found", "no such API path");
+        send_err(&q, 404, "not_found", "没有这个接口。" EN "No such API path");
         return 0;
     }
     if (seg_is(&q, 0, "login") && q.nseg == 1) {
@@ -2548,7 +3126,7 @@ int sync_api_handle(sync_api *api, const sync_http_req *req, uint64_t now_ms,
         return 0;
     }
     if (!sess_find(api, req->cookie, now_ms, true, &q.s)) {
-        send_err(&q, 401, "unauthenticated", "please log in (请先登录)");
+        send_err(&q, 401, "unauthenticated", "请先登录。" EN "Please log in");
         return 0;
     }
     q.authed = true;
@@ -2557,7 +3135,8 @@ int sync_api_handle(sync_api *api, const sync_http_req *req, uint64_t now_ms,
         const char *tok = req->csrf ? req->csrf : "";
         if (strlen(tok) != 64 || sodium_memcmp(tok, q.s.csrf, 64) != 0) {
             send_err(&q, 403, "csrf",
-                     "missing or wrong X-CSRF-Token header (use the csrf value from login)");
+                     "页面已过期，请刷新后重试。" EN
+                     "Missing or wrong X-CSRF-Token header (use the csrf value from login)");
             sodium_memzero(&q.s, sizeof q.s);
             return 0;
         }
@@ -2634,6 +3213,7 @@ void sync_api_free(sync_api *api)
     sodium_memzero(api->sess, API_SESS_MAX * sizeof *api->sess);
     free(api->sess);
     free(api->dots);
+    free(api->qx);
     pthread_mutex_destroy(&api->mu);
     free(api);
 }

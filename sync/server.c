@@ -974,6 +974,31 @@ static void header_copy(struct lws *wsi, char *dst, size_t cap, enum lws_token_i
         dst[0] = 0;
 }
 
+/*
+ * The query's arguments, decoded by lws, one fragment each ("x=1", "y=2"),
+ * joined with '&' into dst.  lws_hdr_copy joins them with ',' (as for a
+ * repeated header), which cannot be told from a ',' in a value.  Empty if
+ * the whole does not fit: a route then sees no parameters, never half.
+ */
+static void query_copy(struct lws *wsi, char *dst, size_t cap)
+{
+    size_t used = 0;
+    char frag[1024];
+    dst[0] = 0;
+    for (int i = 0; i < 64; i++) {
+        int n = lws_hdr_copy_fragment(wsi, frag, (int)sizeof frag, WSI_TOKEN_HTTP_URI_ARGS, i);
+        if (n < 0) break;
+        if (used + (used ? 1 : 0) + (size_t)n >= cap) {
+            dst[0] = 0;
+            return;
+        }
+        if (used) dst[used++] = '&';
+        memcpy(dst + used, frag, (size_t)n);
+        used += (size_t)n;
+        dst[used] = 0;
+    }
+}
+
 static void custom_copy(struct lws *wsi, char *dst, size_t cap, const char *name)
 {
     int n = lws_hdr_custom_length(wsi, name, (int)strlen(name));
@@ -1069,7 +1094,7 @@ static int http_callback(struct lws *wsi, enum lws_callback_reasons reason, void
             }
             snprintf(h->method, sizeof h->method, "%s", post ? "POST" : "GET");
             snprintf(h->path, sizeof h->path, "%s", uri);
-            header_copy(wsi, h->query, sizeof h->query, WSI_TOKEN_HTTP_URI_ARGS);
+            query_copy(wsi, h->query, sizeof h->query);
             header_copy(wsi, h->cookie, sizeof h->cookie, WSI_TOKEN_HTTP_COOKIE);
             header_copy(wsi, h->ctype, sizeof h->ctype, WSI_TOKEN_HTTP_CONTENT_TYPE);
             header_copy(wsi, h->origin, sizeof h->origin, WSI_TOKEN_ORIGIN);

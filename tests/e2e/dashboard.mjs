@@ -19,7 +19,7 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startDoorstepd, stopDoorstepd, until } from './common.mjs';
+import { boxedGlyphs, latinWords, startDoorstepd, stopDoorstepd, until } from './common.mjs';
 
 const CHROMIUM = '/usr/bin/chromium';
 const here = dirname(fileURLToPath(import.meta.url));
@@ -49,7 +49,8 @@ for (const b of ['doorstepd', 'doorstepctl', 'doorstep-sim']) {
 const tmp = mkdtempSync(join(tmpdir(), 'doorstep-e2e-'));
 const data = join(tmp, 'data');
 mkdirSync(artifacts, { recursive: true });
-let server = null, context = null;
+let server = null, context = null, lastPage = null;
+const pageErrors = [];
 const serverErr = () => (server ? server.stderr() : '');
 let step = 'start';
 
@@ -69,8 +70,20 @@ async function startServer() {
 
 async function stopServer() { await stopDoorstepd(server); }
 
-async function shot(page, name) {
+// Latin words a Chinese screen may show: the switch to English (named in its
+// own language) and file formats that have no Chinese name.  Ids and units
+// with digits pass by themselves (common.mjs, latinWords).
+const LATIN_OK = ['English', 'CSV', 'Doorstep'];
+
+// A screenshot; on a Chinese screen (zh, the default) also: no Chinese glyph
+// drawn as a box, and no Latin word outside LATIN_OK.
+async function shot(page, name, zh = true) {
   await page.screenshot({ path: join(artifacts, name + '.png'), fullPage: true });
+  if (!zh) return;
+  const boxed = await boxedGlyphs(page);
+  check(boxed.length === 0, `${name}: Chinese glyphs drawn as boxes (no CJK font?): ${boxed.join('')}`);
+  const latin = await latinWords(page, LATIN_OK);
+  check(latin.length === 0, `${name}: Latin words on a Chinese screen: ${latin.join('; ')}`);
 }
 
 async function main() {
@@ -96,7 +109,8 @@ async function main() {
       '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
   const page = context.pages()[0] || await context.newPage();
-  const errors = [];
+  lastPage = page;
+  const errors = pageErrors;
   page.on('pageerror', (e) => errors.push(String(e)));
   // Expected refusals (401 before login or for a wrong password, 400 for a
   // mistyped ID number) show up as failed loads; anything else is an error.
@@ -133,8 +147,8 @@ async function main() {
   // doorstepctl stats --json reads the same aggregates: the station's and
   // every community's persons, enrolled and coverage must be the overview's.
   const stats = JSON.parse(ctl('stats', '--json'));
-  check(Number(await kpi('kpi-quarantine')) === stats.quarantine,
-    `quarantine on the page = doorstepctl stats (${stats.quarantine})`);
+  check(Number(await kpi('kpi-quarantine')) === stats.quarantine_pending,
+    `pending quarantine on the page = doorstepctl stats (${stats.quarantine_pending})`);
   const same = (a, b, where) => {
     for (const k of ['persons', 'enrolled', 'paid', 'unpaid']) {
       check(a[k] === b[k], `${where} ${k}: overview ${a[k]} = doorstepctl stats ${b[k]}`);
@@ -194,6 +208,8 @@ async function main() {
   check(fieldsShown >= 12, 'the person page lists every field');
   await shot(page, '04-person-conflict');
 
+  const conflictsBefore = (await api('/api/overview')).conflicts.persons;
+  const drop = (await api('/api/persons/' + encodeURIComponent(personId))).fields.filter((x) => x.conflict).length === 1 ? 1 : 0;
   // Resolve: take the first side; the page shows one server-signed value.
   step = 'resolve';
   const chosen = (await sides[0].$eval('.side-v', (e) => e.textContent)).trim();
@@ -202,12 +218,18 @@ async function main() {
   const cell = (await page.textContent(`tr[data-field="${field}"] td.val`)).trim();
   check(cell.startsWith(chosen) && !cell.includes('≠'), `converged value shown (${cell} vs ${chosen})`);
   const rowText = await page.textContent(`tr[data-field="${field}"]`);
-  check(rowText.includes('工作人员 admin') && rowText.includes('服务器签名'),
+  check(rowText.includes('工作人员 管理员') && rowText.includes('服务器签名'),
     'provenance names the staff member and the server signature: ' + rowText);
   const person = await api('/api/persons/' + encodeURIComponent(personId));
   const f = person.fields.find((x) => x.name === field && !x.conflict);
   check(f && f.values.every((v) => v.by.server), 'the API shows the server-signed value');
   await shot(page, '05-person-resolved');
+  // One count of persons in conflict everywhere, one fewer after the resolution
+  // (if that was the person's only conflicting field).
+  const counts = [(await api('/api/overview')).conflicts.persons, (await api('/api/report/weekly')).conflicts.persons,
+    (await api('/api/queues/conflicts')).total];
+  check(counts.every((n) => n === conflictsBefore - drop),
+    `persons in conflict: ${conflictsBefore} before, then overview/report/queue ${counts.join('/')}`);
   const verify = ctl('verify');
   check(/verify: ok/.test(verify), 'doorstepctl verify after the resolution: ' + verify);
 
@@ -218,8 +240,8 @@ async function main() {
   // A locator, not an element handle: live updates may re-render the table.
   await page.locator('[data-testid=devices] tbody tr[data-device="1"] button.revoke').click();
   await until(page, () => {
-    const c = document.querySelector('[data-testid=devices] tr[data-device="1"] .dev-state');
-    return c && c.textContent.includes('revoked_soft');
+    const r = document.querySelector('[data-testid=devices] tr[data-device="1"]');
+    return r && r.dataset.state === 'revoked_soft' && r.querySelector('.dev-state').textContent.includes('已吊销（可交回）');
   }, null, 'device 1 revoked');
   // Enroll a phone from the page: a one-time token and its QR code on screen.
   await page.locator('[data-testid=enroll-volunteer]').fill('王志愿');
@@ -246,13 +268,92 @@ async function main() {
   check(csv.text.includes('社区,网格,人数'), 'CSV header');
   await shot(page, '07-report');
 
+  // Every other page in Chinese, with the paging and filters staff use.
+  step = 'household';
+  await page.goto(base + '/' + personHref);
+  await page.waitForSelector('[data-testid=person-household] a');
+  await page.click('[data-testid=person-household] a');
+  await page.waitForSelector('[data-testid=household-head]');
+  const hhId = decodeURIComponent(page.url().split('/').pop());
+  const hh = await api('/api/households/' + encodeURIComponent(hhId));
+  check(hh.head && hh.head.names.length > 0, 'the API names the household head');
+  const headText = await page.textContent('[data-testid=household-head]');
+  check(headText.includes(hh.head.names[0]) && !headText.includes(hh.head.id),
+    `the household head is shown by name: ${headText}`);
+  check((await page.textContent('#view h1')).includes(hh.head.names[0] + '户'), 'the household is titled by its head');
+  check(await page.$$eval('[data-testid=visits] li', (l) => l.length) > 0, 'the household lists its visits');
+  await shot(page, '09-household');
+  await page.goto(base + '/' + personHref);
+  await page.waitForSelector('[data-testid=legend]');
+  const legend = await page.textContent('[data-testid=legend]');
+  check(legend.includes('≠') && legend.includes('冲突') && legend.includes('取代'),
+    'the history markers are explained in words: ' + legend);
+
+  step = 'queue-paging';
+  const cq = await api('/api/queues/conflicts?limit=1');
+  check(cq.total >= 2, 'the conflicts queue has a total count: ' + cq.total);
+  await page.goto(base + '/#/queues/conflicts?limit=1');
+  await page.waitForSelector('[data-testid=queue] tbody tr');
+  check((await page.textContent('[data-testid=pager]')).includes(`共 ${cq.total} 条`), 'the queue shows its total');
+  const firstQ = await page.getAttribute('[data-testid=queue] tbody tr a.person-link', 'href');
+  await page.click('[data-testid=pager] a.next');
+  await until(page, (h) => {
+    const a = document.querySelector('[data-testid=queue] tbody tr a.person-link');
+    return a && a.getAttribute('href') !== h && document.querySelector('[data-testid=pager]').textContent.includes('第 2–2 条');
+  }, firstQ, 'the next page of the conflicts queue');
+  await shot(page, '10-conflicts-page-2');
+  const rq = await api('/api/queues/review');
+  await page.goto(base + '/#/queues/review');
+  await page.waitForSelector('[data-testid=stage-filter]');
+  check((await page.textContent('[data-testid=pager]')).includes(rq.total ? `共 ${rq.total} 条` : '共 0 条'),
+    'the review queue shows its total: ' + rq.total);
+  await shot(page, '11-review');
+
+  step = 'overview-filter';
+  const ovAll = await api('/api/overview');
+  const c2 = ovAll.places[1];
+  await page.goto(base + '/#/overview?limit=1');
+  await page.waitForSelector('[data-testid=overview-table]');
+  check(await page.$$eval('[data-testid=overview-table] tbody tr', (r) => r.filter((x) => x.classList.contains('community')).length) === 1,
+    'one community per page');
+  check((await page.textContent('[data-testid=pager]')).includes(`共 ${ovAll.total_communities} 个`),
+    'the overview pager counts communities');
+  await page.selectOption('[data-testid=filter-community]', c2.community);
+  await until(page, (c) => {
+    const g = document.querySelector('[data-testid=filter-grid]');   // null while the view reloads
+    return location.hash.includes('community=' + encodeURIComponent(c)) && g && !g.disabled;
+  }, c2.community, 'the community filter');
+  const ovC = await api('/api/overview?community=' + encodeURIComponent(c2.community));
+  check(ovC.communities.length === 1 && ovC.communities[0].community === c2.community, 'the API filters by community');
+  await until(page, (c) => [...document.querySelectorAll('[data-testid=overview-table] tbody td:first-child')]
+    .every((td) => td.textContent.startsWith(c)), c2.community, 'only that community in the table');
+  await page.selectOption('[data-testid=filter-grid]', c2.grids[0]);
+  await until(page, (g) => location.hash.includes('grid=' + encodeURIComponent(g)), c2.grids[0], 'the grid filter');
+  await page.waitForSelector('[data-testid=overview-table]');
+  await shot(page, '12-overview-filtered');
+
+  step = 'quarantine-page';
+  await page.goto(base + '/#/quarantine');
+  await page.waitForSelector('[data-testid=quarantine-state]');
+  await shot(page, '13-quarantine');
+  step = 'staff-page';
+  await page.goto(base + '/#/staff');
+  await page.waitForSelector('[data-testid=staff]');
+  await shot(page, '14-staff');
+  step = 'search-error-page';
+  await page.goto(base + '/#/search');
+  await page.fill('#search-q', '110105194901010010');
+  await page.press('#search-q', 'Enter');
+  await page.waitForSelector('[data-testid=search-error]');
+  await shot(page, '15-search-error');
+
   // English.
   step = 'english';
   await page.click('#lang');
   await until(page, () => document.querySelector('a[href="#/overview"]').textContent === 'Daily dispatch', null, 'English nav');
   await page.click('a[href="#/overview"]');
   await page.waitForSelector('[data-testid=kpi-persons]');
-  await shot(page, '08-overview-en');
+  await shot(page, '08-overview-en', false);
   await page.click('#lang');
 
   check(errors.length === 0, 'no errors in the page: ' + errors.join(' | '));
@@ -265,6 +366,8 @@ try {
   console.log('dashboard e2e: ok (screenshots in ' + artifacts + ')');
 } catch (e) {
   console.error(`FAIL at ${step}: ${e.stack || e}`);
+  if (pageErrors.length) console.error('page errors: ' + pageErrors.join(' | '));
+  if (lastPage) await shot(lastPage, 'failed-' + step).catch(() => {});
   code = 1;
 } finally {
   if (context) await context.close().catch(() => {});

@@ -633,6 +633,10 @@ static void t_resolve(void **state)
         {"{\"field\":\"id_number\",\"value\":\"110105194901010010\"}", "checksum"},
         {"{\"field\":\"name\"}", "'value' is required"},
         {"{\"field\":\"name\",\"value\":7}", "must be a string"},
+        /* a required text (the schema's "required"): blank is refused, with
+         * the text the import and the devices' acks give (crdt_value_message) */
+        {"{\"field\":\"name\",\"value\":\"\"}", "必填，不能为空。Required: must not be empty"},
+        {"{\"field\":\"name\",\"value\":\" \\u3000 \"}", "必填，不能为空"},
         {"[1]", "JSON object"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
@@ -888,6 +892,361 @@ static void t_reports(void **state)
     assert_int_equal(audit_count("staff:alice", "report.export", NULL), 1);
 }
 
+/* ---- issue #14: equal values, totals and pages, places, heads, Chinese errors ------------ */
+
+static su_dev dev3, dev4;
+
+/* The writers of a side as "dev:seq" pairs appended to a JSON array of [dev, seq]. */
+static void side_dots(json_t *side, json_t *out)
+{
+    size_t i;
+    json_t *w;
+    json_array_foreach(json_object_get(side, "writers"), i, w)
+        json_array_append_new(out, json_pack("[II]", jint(w, "dev"), jint(w, "seq")));
+}
+
+static json_t *side_with(json_t *field, const char *value)
+{
+    size_t i;
+    json_t *sd;
+    json_array_foreach(json_object_get(field, "sides"), i, sd)
+        if (!strcmp(jstr(sd, "value"), value)) return sd;
+    fail_msg("no side %s", value);
+    return NULL;
+}
+
+static json_t *item_of(json_t *items, const char *id)
+{
+    size_t i;
+    json_t *x;
+    json_array_foreach(items, i, x)
+        if (!strcmp(jstr(x, "id"), id)) return x;
+    return NULL;
+}
+
+/* Point 3: two phones writing 代缴 agree; 代缴, 代缴 and 已缴费 are two values. */
+static void t_equal_values(void **state)
+{
+    (void)state;
+    su_dev_init(&dev3, 3);
+    su_dev_init(&dev4, 4);
+    device(3, "赵六", NOW - 3600 * 1000);
+    device(4, "钱七", NOW - 3600 * 1000);
+    su_ops o;
+    memset(&o, 0, sizeof o);
+    uint64_t ms = NOW - 7200 * 1000;
+    /* P5: 代缴 from devices 1 and 3, 已缴费 from device 4, none seeing the others. */
+    su_set_str(&o, "household", "H1");
+    su_set_str(&o, "name", "孙八");
+    su_set_keyed(&o, "payment", YEAR, "代缴");
+    push(&W.dev1, "person", "P5", &o, ms);
+    su_set_keyed(&o, "payment", YEAR, "代缴");
+    push(&dev3, "person", "P5", &o, ms + 1);
+    su_set_keyed(&o, "payment", YEAR, "已缴费");
+    push(&dev4, "person", "P5", &o, ms + 2);
+    /* P6: 代缴 from devices 1 and 3 only: no conflict. */
+    su_set_str(&o, "household", "H1");
+    su_set_str(&o, "name", "周九");
+    su_set_keyed(&o, "payment", YEAR, "代缴");
+    push(&W.dev1, "person", "P6", &o, ms + 3);
+    su_set_keyed(&o, "payment", YEAR, "代缴");
+    push(&dev3, "person", "P6", &o, ms + 4);
+    su_ops_free(&o);
+
+    /* The person page: three writes, two values, each with its writers. */
+    reply r = call("GET", "/api/persons/P5", NULL, false, NULL);
+    assert_int_equal(r.status, 200);
+    json_t *pay = field_of(r.j, "payment", NULL);
+    assert_true(json_is_true(json_object_get(pay, "conflict")));
+    assert_int_equal(json_array_size(json_object_get(pay, "values")), 3);
+    assert_int_equal(json_array_size(json_object_get(pay, "sides")), 2);
+    json_t *daijiao = side_with(pay, "代缴"), *paid = side_with(pay, "已缴费");
+    assert_int_equal(json_array_size(json_object_get(daijiao, "writers")), 2);
+    assert_int_equal(json_array_size(json_object_get(paid, "writers")), 1);
+    json_t *w0 = json_array_get(json_object_get(daijiao, "writers"), 0);
+    json_t *w1 = json_array_get(json_object_get(daijiao, "writers"), 1);
+    assert_string_equal(jstr(w0, "volunteer"), "李四");
+    assert_string_equal(jstr(w1, "volunteer"), "赵六");
+    assert_true(jint(w0, "hlc_ms") > 0 && jint(w1, "hlc_ms") > 0);
+    assert_int_equal(json_array_size(json_object_get(r.j, "conflicts")), 1);
+    json_t *all = json_array(), *some = json_array();
+    side_dots(daijiao, all);
+    side_dots(paid, all);
+    side_dots(daijiao, some);
+    reply_free(&r);
+
+    /* P6: one value with two writers is no conflict anywhere. */
+    r = call("GET", "/api/persons/P6", NULL, false, NULL);
+    pay = field_of(r.j, "payment", NULL);
+    assert_false(json_is_true(json_object_get(pay, "conflict")));
+    assert_int_equal(json_array_size(json_object_get(pay, "sides")), 1);
+    assert_int_equal(json_array_size(json_object_get(side_with(pay, "代缴"), "writers")), 2);
+    assert_int_equal(json_array_size(json_object_get(r.j, "conflicts")), 0);
+    reply_free(&r);
+
+    /* Summaries (search, members, queue) list each value once. */
+    r = call("GET", "/api/search", "q=周九", false, NULL);
+    json_t *s6 = json_array_get(json_object_get(r.j, "results"), 0);
+    assert_int_equal(json_array_size(json_object_get(s6, "payment")), 1);
+    assert_int_equal(jint(s6, "conflicts"), 0);
+    reply_free(&r);
+    r = call("GET", "/api/queues/conflicts", NULL, false, NULL);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(jint(r.j, "total"), 1);
+    json_t *items = json_object_get(r.j, "items");
+    assert_null(item_of(items, "P6"));
+    json_t *i5 = item_of(items, "P5");
+    assert_non_null(i5);
+    assert_int_equal(jint(i5, "conflicts"), 1);
+    assert_int_equal(json_array_size(json_object_get(i5, "payment")), 2);
+    json_t *cf = json_array_get(json_object_get(i5, "conflict_fields"), 0);
+    assert_string_equal(jstr(cf, "field"), "payment");
+    assert_int_equal(json_array_size(json_object_get(cf, "values")), 2);
+    assert_int_equal(json_array_size(json_object_get(side_with(cf, "代缴"), "writers")), 2);
+    reply_free(&r);
+    /* The overview and the report count the same. */
+    r = call("GET", "/api/overview", NULL, false, NULL);
+    assert_int_equal(jint(json_object_get(r.j, "conflicts"), "persons"), 1);
+    assert_int_equal(jint(json_object_get(r.j, "conflicts"), "fields"), 1);
+    reply_free(&r);
+    r = call("GET", "/api/report/weekly", NULL, false, NULL);
+    assert_int_equal(jint(json_object_get(r.j, "conflicts"), "persons"), 1);
+    reply_free(&r);
+
+    /* 以此为准 must supersede every write: naming only the 代缴 writers is 409. */
+    char body[512], *obs = json_dumps(some, JSON_COMPACT);
+    snprintf(body, sizeof body,
+             "{\"field\":\"payment\",\"key\":%d,\"value\":\"代缴\",\"observed\":%s}", YEAR, obs);
+    free(obs);
+    r = call("POST", "/api/persons/P5/resolve", NULL, false, body);
+    assert_int_equal(r.status, 409);
+    assert_string_equal(jstr(r.j, "error"), "changed");
+    reply_free(&r);
+    obs = json_dumps(all, JSON_COMPACT);
+    snprintf(body, sizeof body,
+             "{\"field\":\"payment\",\"key\":%d,\"value\":\"代缴\",\"observed\":%s}", YEAR, obs);
+    free(obs);
+    r = call("POST", "/api/persons/P5/resolve", NULL, false, body);
+    if (r.status != 200) fail_msg("resolve P5: %d %s", r.status, r.body);
+    reply_free(&r);
+    json_decref(all);
+    json_decref(some);
+    r = call("GET", "/api/persons/P5", NULL, false, NULL);
+    pay = field_of(r.j, "payment", NULL);
+    assert_false(json_is_true(json_object_get(pay, "conflict")));
+    assert_int_equal(json_array_size(json_object_get(pay, "values")), 1);
+    assert_int_equal(json_array_size(json_object_get(pay, "sides")), 1);
+    json_t *wr = json_array_get(json_object_get(json_array_get(json_object_get(pay, "sides"), 0),
+                                                "writers"), 0);
+    assert_true(json_is_true(json_object_get(wr, "server")));
+    reply_free(&r);
+    r = call("GET", "/api/queues/conflicts", NULL, false, NULL);
+    assert_int_equal(jint(r.j, "total"), 0);
+    assert_int_equal(json_array_size(json_object_get(r.j, "items")), 0);
+    reply_free(&r);
+    r = call("GET", "/api/overview", NULL, false, NULL);
+    assert_int_equal(jint(json_object_get(r.j, "conflicts"), "persons"), 0);
+    reply_free(&r);
+    uint64_t problems = 99;
+    assert_int_equal(store_verify(W.st, report_line, NULL, &problems), 0);
+    assert_int_equal(problems, 0);
+}
+
+/* A 400 whose message names the parameter, in Chinese first (message_zh). */
+static void bad_query(const char *path, const char *query, bool admin, const char *sub)
+{
+    reply r = call("GET", path, query, admin, NULL);
+    if (r.status != 400 || !strstr(jstr(r.j, "message"), sub) || !*jstr(r.j, "message_zh") ||
+        !*jstr(r.j, "message_en"))
+        fail_msg("%s?%s: %d %s", path, query, r.status, r.body);
+    assert_string_equal(jstr(r.j, "error"), "bad_parameter");
+    reply_free(&r);
+}
+
+/* Point 6: totals and pages for queues, search and quarantine; the
+ * overview by community and grid, paged; household heads by name. */
+static void t_pages(void **state)
+{
+    (void)state;
+    su_ops o;
+    memset(&o, 0, sizeof o);
+    uint64_t ms = NOW - 3600 * 1000;
+    char id[16];
+    /* Seven persons named 同名; five of them with a name conflict (同名 / 童名). */
+    for (int i = 0; i < 7; i++) {
+        snprintf(id, sizeof id, "Q%d", i);
+        su_set_str(&o, "household", "H2");
+        su_set_str(&o, "name", "同名");
+        push(&W.dev1, "person", id, &o, ms + 10 * (uint64_t)i);
+        if (i < 5) {
+            su_set_str(&o, "name", "童名");
+            push(&dev3, "person", id, &o, ms + 10 * (uint64_t)i + 1);
+        }
+    }
+    /* H1's head is P1. */
+    su_set_str(&o, "head", "P1");
+    push(&W.dev1, "household", "H1", &o, ms + 100);
+    su_ops_free(&o);
+
+    /* The conflicts queue: five, two at a time, by offset or by after. */
+    reply r = call("GET", "/api/queues/conflicts", "limit=2", false, NULL);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(jint(r.j, "total"), 5);
+    assert_int_equal(json_array_size(json_object_get(r.j, "items")), 2);
+    assert_string_equal(jstr(json_array_get(json_object_get(r.j, "items"), 0), "id"), "Q0");
+    assert_string_equal(jstr(r.j, "next"), "Q1");
+    json_t *it = json_array_get(json_object_get(r.j, "items"), 0);
+    assert_string_equal(jstr(it, "community"), "C02");
+    reply_free(&r);
+    r = call("GET", "/api/queues/conflicts", "limit=2&after=Q1", false, NULL);
+    assert_int_equal(jint(r.j, "offset"), 2);
+    assert_string_equal(jstr(json_array_get(json_object_get(r.j, "items"), 0), "id"), "Q2");
+    reply_free(&r);
+    r = call("GET", "/api/queues/conflicts", "limit=2&offset=4", false, NULL);
+    assert_int_equal(jint(r.j, "total"), 5);
+    assert_int_equal(json_array_size(json_object_get(r.j, "items")), 1);
+    assert_string_equal(jstr(json_array_get(json_object_get(r.j, "items"), 0), "id"), "Q4");
+    assert_true(json_is_null(json_object_get(r.j, "next")));
+    reply_free(&r);
+    /* The server joins lws's decoded arguments with '&' (server.c,
+     * query_copy): a '&' inside a value that no known name follows is part
+     * of the value, so "q=同名&x" searches for "同名&x" (and finds nobody). */
+    r = call("GET", "/api/search", "q=同名&limit=3&offset=6", false, NULL);
+    assert_int_equal(jint(r.j, "total"), 7);
+    assert_int_equal(jint(r.j, "count"), 1);
+    reply_free(&r);
+    r = call("GET", "/api/search", "q=同名&x&limit=3", false, NULL);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(jint(r.j, "total"), 0);
+    assert_int_equal(jint(r.j, "limit"), 3);
+    reply_free(&r);
+    r = call("GET", "/api/queues/conflicts", "offset=9", false, NULL);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(json_array_size(json_object_get(r.j, "items")), 0);
+    reply_free(&r);
+    bad_query("/api/queues/conflicts", "limit=201", false, "limit");
+    bad_query("/api/queues/conflicts", "offset=-1", false, "offset");
+    bad_query("/api/queues/conflicts", "offset=1&after=Q1", false, "after");
+    bad_query("/api/queues/conflicts", "after=no%20id", false, "after");
+
+    /* A restart (a new API object, its index built from scratch) counts the
+     * same as the index caught up from the log. */
+    {
+        sync_api *old = W.api;
+        char cookie[128], csrf[65], sc[128], scs[65];
+        memcpy(sc, W.staff_cookie, sizeof sc);
+        memcpy(scs, W.staff_csrf, sizeof scs);
+        W.api = sync_api_new(W.st, &sync_config_default);
+        assert_int_equal(login("alice", "alice-password", cookie, sizeof cookie, csrf), 200);
+        memcpy(W.staff_cookie, cookie, sizeof cookie);
+        memcpy(W.staff_csrf, csrf, sizeof csrf);
+        r = call("GET", "/api/queues/conflicts", "limit=1", false, NULL);
+        assert_int_equal(jint(r.j, "total"), 5);
+        reply_free(&r);
+        sync_api_free(W.api);
+        W.api = old;
+        memcpy(W.staff_cookie, sc, sizeof sc);
+        memcpy(W.staff_csrf, scs, sizeof scs);
+    }
+
+    /* The review queue: totals per open stage, filtered, paged. */
+    for (int i = 0; i < 3; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "/api/persons/Q%d/review", i);
+        r = call("POST", path, NULL, false, i < 2 ? "{\"stage\":\"待初审\"}"
+                                                  : "{\"stage\":\"社区已初审\"}");
+        assert_int_equal(r.status, 200);
+        reply_free(&r);
+    }
+    r = call("GET", "/api/queues/review", "limit=1", false, NULL);
+    assert_int_equal(jint(r.j, "total"), 3);
+    assert_int_equal(json_array_size(json_object_get(r.j, "items")), 1);
+    json_t *os = json_object_get(r.j, "open_stages");
+    assert_int_equal(json_array_size(os), 2);
+    assert_string_equal(jstr(json_array_get(os, 0), "stage"), "待初审");
+    assert_int_equal(jint(json_array_get(os, 0), "count"), 2);
+    assert_int_equal(jint(json_array_get(os, 1), "count"), 1);
+    reply_free(&r);
+    r = call("GET", "/api/queues/review", "stage=社区已初审", false, NULL);
+    assert_int_equal(jint(r.j, "total"), 1);
+    assert_string_equal(jstr(json_array_get(json_object_get(r.j, "items"), 0), "id"), "Q2");
+    reply_free(&r);
+    bad_query("/api/queues/review", "stage=街道已办结", false, "stage");
+
+    /* Search: seven results, paged; the page says how many in all. */
+    r = call("GET", "/api/search", "q=同名&limit=3", false, NULL);
+    assert_int_equal(jint(r.j, "total"), 7);
+    assert_int_equal(jint(r.j, "count"), 3);
+    reply_free(&r);
+    r = call("GET", "/api/search", "q=同名&limit=3&offset=6", false, NULL);
+    assert_int_equal(jint(r.j, "count"), 1);
+    assert_string_equal(jstr(json_array_get(json_object_get(r.j, "results"), 0), "id"), "Q6");
+    reply_free(&r);
+    bad_query("/api/search", "q=同名&limit=0", false, "limit");
+
+    /* The overview by community and grid, one community a page. */
+    r = call("GET", "/api/overview", "limit=1", false, NULL);
+    assert_int_equal(jint(r.j, "total_communities"), 2);
+    assert_int_equal(json_array_size(json_object_get(r.j, "communities")), 1);
+    assert_int_equal(json_array_size(json_object_get(r.j, "places")), 2);
+    reply_free(&r);
+    r = call("GET", "/api/overview", "limit=1&offset=1", false, NULL);
+    assert_string_equal(jstr(json_array_get(json_object_get(r.j, "communities"), 0), "community"),
+                        "C02");
+    reply_free(&r);
+    r = call("GET", "/api/overview", "community=C01", false, NULL);
+    assert_int_equal(jint(r.j, "total_communities"), 1);
+    json_t *c1 = json_array_get(json_object_get(r.j, "communities"), 0);
+    assert_string_equal(jstr(c1, "community"), "C01");
+    assert_int_equal(json_array_size(json_object_get(c1, "grids")), 1);
+    reply_free(&r);
+    r = call("GET", "/api/overview", "grid=C02-G01", false, NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(jstr(json_array_get(json_object_get(r.j, "communities"), 0), "community"),
+                        "C02");
+    reply_free(&r);
+    bad_query("/api/overview", "community=C99", false, "C99");
+    bad_query("/api/overview", "grid=G77", false, "G77");
+    bad_query("/api/overview", "community=C01&grid=C02-G01", false, "C02-G01");
+    bad_query("/api/overview", "community=", false, "community");
+    bad_query("/api/overview",
+              "community=C0123456789012345678901234567890123456789", false, "community");
+    bad_query("/api/overview", "limit=0", false, "limit");
+    bad_query("/api/overview", "limit=101", false, "limit");
+    bad_query("/api/overview", "offset=10001", false, "offset");
+
+    /* Quarantine: counts per state, pages by offset. */
+    r = call("GET", "/api/quarantine", "state=all&limit=1", true, NULL);
+    assert_int_equal(r.status, 200);
+    json_t *qc = json_object_get(r.j, "counts");
+    assert_int_equal(jint(qc, "all"), jint(r.j, "total"));
+    assert_int_equal(jint(qc, "accepted"), 1);
+    assert_int_equal(jint(qc, "pending") + jint(qc, "accepted") + jint(qc, "rejected"),
+                     jint(qc, "all"));
+    reply_free(&r);
+    r = call("GET", "/api/quarantine", "state=accepted", true, NULL);
+    assert_int_equal(jint(r.j, "total"), 1);
+    reply_free(&r);
+    bad_query("/api/quarantine", "state=open", true, "state");
+
+    /* The household head by name, on the household and the person pages. */
+    r = call("GET", "/api/households/H1", NULL, false, NULL);
+    json_t *head = json_object_get(r.j, "head");
+    assert_string_equal(jstr(head, "id"), "P1");
+    assert_string_equal(json_string_value(json_array_get(json_object_get(head, "names"), 0)),
+                        "张三");
+    reply_free(&r);
+    r = call("GET", "/api/persons/P2", NULL, false, NULL);
+    head = json_object_get(json_object_get(r.j, "household"), "head");
+    assert_string_equal(json_string_value(json_array_get(json_object_get(head, "names"), 0)),
+                        "张三");
+    reply_free(&r);
+    r = call("GET", "/api/search", "q=李梅", false, NULL);
+    head = json_object_get(json_array_get(json_object_get(r.j, "results"), 0), "household_head");
+    assert_string_equal(jstr(head, "id"), "P1");
+    reply_free(&r);
+}
+
 static void t_misc(void **state)
 {
     (void)state;
@@ -924,6 +1283,7 @@ int main(void)
         cmocka_unit_test(t_person),        cmocka_unit_test(t_queue_conflicts),
         cmocka_unit_test(t_resolve),       cmocka_unit_test(t_review),
         cmocka_unit_test(t_roles),         cmocka_unit_test(t_reports),
+        cmocka_unit_test(t_equal_values),  cmocka_unit_test(t_pages),
         cmocka_unit_test(t_misc),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
