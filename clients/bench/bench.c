@@ -160,6 +160,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: doorstep-bench [--quick] [--json] [--dir DIR] [--persons N] [--seed S]\n"
             "                      [--batch N] [--schema FILE] [--server PATH] [--only store|net]\n"
+            "                      [--peer DIR | --no-peer]\n"
             "       doorstep-bench --report FILE.json > docs/BENCHMARKS.md\n"
             "       doorstep-bench --chart FILE.json OUT.svg\n"
             "\n"
@@ -174,10 +175,13 @@ static void usage(FILE *f)
             "  --server PATH  doorstepd to drive (default: beside doorstep-bench)\n"
             "  --only WHAT    store: limits and store figures only; net: limits and\n"
             "                 network figures only (the other section is null)\n"
+            "  --peer DIR     the wave peer (default %s/clients/bench/peer): the same\n"
+            "                 evening wave against y-websocket + y-leveldb, when installed\n"
+            "  --no-peer      skip the peer's wave\n"
             "  --report FILE  render a saved JSON result as Markdown and exit\n"
             "  --chart FILE OUT.svg  plot ack latency against load with gnuplot and exit\n"
             "                 (skipped, exit 0, if gnuplot is not installed)\n",
-            DOORSTEP_SOURCE_DIR);
+            DOORSTEP_SOURCE_DIR, DOORSTEP_SOURCE_DIR);
 }
 
 static int parse_u64(const char *s, uint64_t *out)
@@ -273,15 +277,17 @@ int main(int argc, char **argv)
         {"schema", required_argument, NULL, 'S'}, {"report", required_argument, NULL, 'r'},
         {"server", required_argument, NULL, 'D'}, {"only", required_argument, NULL, 'o'},
         {"chart", required_argument, NULL, 'c'}, {"help", no_argument, NULL, 'h'},
+        {"peer", required_argument, NULL, 'P'}, {"no-peer", no_argument, NULL, 'N'},
         {NULL, 0, NULL, 0}};
     bool quick = false, as_json = false, do_store = true, do_net = true;
     const char *base = NULL, *report = NULL, *chart = NULL, *server = NULL;
     const char *schema = DOORSTEP_SOURCE_DIR "/crdt/schema/yibao.json";
+    const char *peer_dir = DOORSTEP_SOURCE_DIR "/clients/bench/peer";
     uint64_t persons = 0, seed = 1, batch = 500;
     char server_buf[700];
     int c;
     t_start = bench_now();
-    while ((c = getopt_long(argc, argv, "qjd:n:s:b:S:r:D:o:c:h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "qjd:n:s:b:S:r:D:o:c:hP:N", longopts, NULL)) != -1) {
         switch (c) {
         case 'q': quick = true; break;
         case 'j': as_json = true; break;
@@ -308,6 +314,8 @@ int main(int argc, char **argv)
         case 'r': report = optarg; break;
         case 'D': server = optarg; break;
         case 'c': chart = optarg; break;
+        case 'P': peer_dir = optarg; break;
+        case 'N': peer_dir = NULL; break;
         case 'o':
             if (!strcmp(optarg, "store")) do_net = false;
             else if (!strcmp(optarg, "net")) do_store = false;
@@ -409,6 +417,19 @@ int main(int argc, char **argv)
             if (v2.all_cores_per_s > ver.all_cores_per_s) ver.all_cores_per_s = v2.all_cores_per_s;
         }
     }
+    /* The peer's wave, last (its own processes and scratch directories). */
+    json_t *peer = NULL;
+    char peer_why[512] = "";
+    if (!failed && do_net) {
+        if (!peer_dir) {
+            snprintf(peer_why, sizeof peer_why, "--no-peer");
+        } else {
+            bench_progress("peer: the evening wave against y-websocket + y-leveldb (%s)", peer_dir);
+            peer = bench_peer_wave(peer_dir, no.wave_devices, no.wave_deltas, no.wave_trials,
+                                   peer_why, sizeof peer_why);
+        }
+        if (!peer) bench_progress("peer: skipped: %s", peer_why);
+    }
     nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     if (failed) {
         json_decref(machine);
@@ -502,6 +523,12 @@ int main(int argc, char **argv)
     set_num(r, "ack_p999_ms", do_net, w->ack_p999_ms);
     set_num(r, "sustained_deltas_per_s", do_net, net.sust_per_s);
     set_num(r, "sustained_ratio_to_verify", do_net && vall > 0, net.sust_per_s / vall);
+    /* The peer's wave beside ours: how many times longer it takes. */
+    double peer_ms = peer ? json_number_value(json_object_get(peer, "median_ms")) : 0;
+    set_num(r, "peer_wave_ms", peer != NULL, peer_ms);
+    set_num(r, "wave_ratio_to_peer", peer != NULL && w->ms > 0, peer_ms / w->ms);
+    json_object_set_new(r, "peer_wave", peer ? peer : json_null());
+    json_object_set_new(r, "peer_skipped", peer || !do_net ? json_null() : json_string(peer_why));
     set_num(r, "pull_bytes", do_net, (double)net.pull_bytes);
     set_num(r, "pull_ms", do_net, net.pull_ms);
     set_num(r, "rss_per_conn_kib", do_net, net.rss_per_conn_kib);

@@ -205,6 +205,14 @@ typedef struct bench_net {
 /* All network sections; 0 or -1. */
 int bench_net_run(const bench_net_opts *o, bench_net *out);
 
+/*
+ * The evening wave against the peer in dir (y-websocket + y-leveldb, run by
+ * dir/ywave.mjs under node; peer.c): its JSON object, or NULL with the
+ * reason in why (not installed, node missing, a failed run).
+ */
+json_t *bench_peer_wave(const char *dir, unsigned devices, unsigned each, unsigned trials,
+                        char *why, size_t whylen);
+
 /* ---- chart.c ---------------------------------------------------------------------- */
 
 /* Plot ack latency against load from a result's "wave_chart" to an SVG with

@@ -34,6 +34,8 @@ static const budget budgets[] = {
      2},
     {"sustained_ratio_to_verify", "sustained ingest over WebSockets / all-core verify", "", 1,
      0.70, ">= 0.70 (ingest >= 70 % of all-core Ed25519 verify)", 0},
+    {"wave_ratio_to_peer", "evening wave: y-websocket + y-leveldb's time / Doorstep's", "", 1,
+     2.0, ">= 2 (Doorstep at least twice as fast, signing and fsyncing)", 2},
     {"rss_per_conn_kib", "server RSS per idle connection (10,000 devices)", "KiB", 2, 32.0,
      "<= 32 KiB", 3},
     {"lookup_p99_ms", "staff lookup by ID number, p99", "ms", 0, 1.0, "< 1 ms", 1},
@@ -148,6 +150,12 @@ void bench_print_table(const json_t *r)
         printf("    ack latency                 p50 %.1f ms, p99 %.1f ms, p99.9 %.1f ms "
                "(connect to welcome: p50 %.1f ms)\n", num(r, "ack_p50_ms"),
                num(r, "ack_p99_ms"), num(r, "ack_p999_ms"), num(mt, "auth_p50_ms"));
+        if (json_is_object(json_object_get(r, "peer_wave")))
+            printf("    same wave, y-websocket      %.0f ms: Doorstep %.2fx as fast (%s)\n",
+                   num(r, "peer_wave_ms"), num(r, "wave_ratio_to_peer"),
+                   str(json_object_get(r, "peer_wave"), "peer"));
+        else if (json_is_string(json_object_get(r, "peer_skipped")))
+            printf("    same wave, y-websocket      skipped: %s\n", str(r, "peer_skipped"));
         size_t i;
         json_t *cw;
         json_array_foreach((json_t *)ch, i, cw)
@@ -239,6 +247,35 @@ static void md_network(const json_t *r)
            "| ack p99.9 (ms) | connect to welcome p50 (ms) | CPU s server / client | load avg before |\n"
            "|---|---|---|---|---|---|---|---|---|---|\n");
     json_array_foreach((json_t *)tr, i, x) md_wave_row(x);
+
+    const json_t *pw = json_object_get(r, "peer_wave");
+    printf("\n### The same wave against y-websocket\n\n");
+    if (json_is_object(pw)) {
+        const json_t *pt = json_object_get(pw, "trials"), *ps = json_object_get(pw, "server_cpu_s"),
+                     *pc = json_object_get(pw, "client_cpu_s");
+        printf("In the same run, on the same machine: %s (`clients/bench/peer/ywave.mjs`), a "
+               "fresh server with an\nempty LevelDB per trial; %.0f devices, one room each, "
+               "%.0f updates each (one person's fields per\nupdate, %.0f bytes on average), "
+               "clock from before the first connect to the last answer (a sync\nstep 2 asked "
+               "for after the updates: y-websocket has no ack). The peer neither signs nor\n"
+               "verifies, does not fsync before answering, and checks no schema or scope.\n\n",
+               str(pw, "peer"), num(pw, "devices"), num(pw, "deltas_each"),
+               num(pw, "update_bytes_avg"));
+        printf("| | |\n|---|---|\n");
+        snprintf(v, sizeof v, "**%.0f ms** (median of %zu)", num(pw, "median_ms"),
+                 json_array_size(pt));
+        md_row2("y-websocket + y-leveldb, to the last answer", v);
+        snprintf(v, sizeof v, "**%.2f** (goal >= 2)", num(r, "wave_ratio_to_peer"));
+        md_row2("its time / Doorstep's", v);
+        printf("\n| trial | to last answer (ms) | CPU s server / client |\n|---|---|---|\n");
+        for (i = 0; i < json_array_size(pt); i++)
+            printf("| %zu | %.0f | %.2f / %.2f |\n", i + 1,
+                   json_number_value(json_array_get(pt, i)), json_number_value(json_array_get(ps, i)),
+                   json_number_value(json_array_get(pc, i)));
+    } else {
+        printf("Not measured in this run: %s.\n", json_is_string(json_object_get(r, "peer_skipped"))
+               ? str(r, "peer_skipped") : "the run predates the peer");
+    }
 
     printf("\n## Ack latency against load\n\n");
     printf("The same wave at several device counts (%.0f deltas per device; fresh server for "
