@@ -186,6 +186,20 @@ static void expect_error(wsc *c, int code, int close_code)
     expect_error_id(c, code, close_code, 0);
 }
 
+/* An error frame with code and no "id" key (the frame had no valid id to echo). */
+static void expect_error_no_id(wsc *c, int code)
+{
+    crdt_buf m = {0};
+    expect_frame(c, &m, "error");
+    int64_t got = 0;
+    uint64_t id = 0;
+    assert_true(mp_get_i64(m.p, m.n, "c", &got));
+    assert_int_equal(got, code);
+    if (mp_get_u64(m.p, m.n, "id", &id)) fail_msg("error carries id %llu, want none",
+                                                  (unsigned long long)id);
+    crdt_buf_free(&m);
+}
+
 /* Expect the connection to end: a close frame with close_code, or (if
  * drop_ok) the TCP connection simply dropping. */
 static void expect_close(wsc *c, int close_code, bool drop_ok, int timeout_ms)
@@ -732,20 +746,21 @@ static void test_unknown_key_in_frame(void **state)
     new_device(&d, hh, STORE_DEV_ACTIVE);
     wsc c;
     connect_ok(&c, &d, NULL);
-    /* pull with an extra key: SYNC_EPROTO, no close. */
+    /* pull with an extra key: SYNC_EPROTO, no close, and the frame's valid
+     * id echoed (PROTOCOL.md: an error names the request whenever it can). */
     static const uint8_t p[] = {0x83, 0xa1, 't', 0xa4, 'p', 'u', 'l', 'l', 0xa2, 'i', 'd', 0x01,
                                 0xa3, 'z', 'z', 'z', 0x01};
     assert_int_equal(wsc_send(&c, p, sizeof p), 0);
-    expect_error(&c, SYNC_EPROTO, 0);
+    expect_error_id(&c, SYNC_EPROTO, 0, 1);
     /* push with id 0, push whose d is not an array, push with a non-bin element */
     static const uint8_t id0[] = {0x83, 0xa1, 't', 0xa4, 'p', 'u', 's', 'h', 0xa2, 'i', 'd', 0x00,
                                   0xa1, 'd', 0x90};
     assert_int_equal(wsc_send(&c, id0, sizeof id0), 0);
-    expect_error(&c, SYNC_EPROTO, 0);
+    expect_error_no_id(&c, SYNC_EPROTO);
     static const uint8_t dmap[] = {0x83, 0xa1, 't', 0xa4, 'p', 'u', 's', 'h', 0xa2, 'i', 'd', 0x05,
                                    0xa1, 'd', 0x80};
     assert_int_equal(wsc_send(&c, dmap, sizeof dmap), 0);
-    expect_error(&c, SYNC_EPROTO, 0);
+    expect_error_id(&c, SYNC_EPROTO, 0, 5);
     static const uint8_t dint[] = {0x83, 0xa1, 't', 0xa4, 'p', 'u', 's', 'h', 0xa2, 'i', 'd', 0x06,
                                    0xa1, 'd', 0x91, 0x07};
     assert_int_equal(wsc_send(&c, dint, sizeof dint), 0);
@@ -774,6 +789,14 @@ static void test_push_before_auth(void **state)
     frame_pull(&f, 1, 0, 1);
     bad_bytes_case(f.p, f.n, SYNC_ESTATE, 1008, false);
     crdt_buf_free(&f);
+    /* Every other frame of a ready session too, whatever its keys
+     * (PROTOCOL.md, SYNC_ESTATE: the state is checked before the frame). */
+    static const uint8_t sub[] = {0x81, 0xa1, 't', 0xa9, 's', 'u', 'b', 's', 'c', 'r', 'i', 'b', 'e'};
+    static const uint8_t rot[] = {0x81, 0xa1, 't', 0xa6, 'r', 'o', 't', 'a', 't', 'e'};
+    static const uint8_t snap[] = {0x81, 0xa1, 't', 0xa8, 's', 'n', 'a', 'p', 's', 'h', 'o', 't'};
+    bad_bytes_case(sub, sizeof sub, SYNC_ESTATE, 1008, false);
+    bad_bytes_case(rot, sizeof rot, SYNC_ESTATE, 1008, false);
+    bad_bytes_case(snap, sizeof snap, SYNC_ESTATE, 1008, false);
     check_after();
 }
 
