@@ -17,6 +17,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -175,6 +176,35 @@ static int seal_ad(int db, const MDB_val *key, uint8_t *ad, size_t cap, size_t *
     return STORE_OK;
 }
 
+/*
+ * Seal nonces: 24 random bytes each, from the kernel's CSPRNG like any
+ * random XChaCha20 nonce, but fetched NONCE_POOL bytes at a time per thread:
+ * libsodium 1.0.18 makes one getrandom(2) system call per randombytes_buf,
+ * which was two system calls per stored delta on the single writer.  Each
+ * pool byte is handed out once.  A forked child drops the pool it inherited
+ * (pthread_atfork; only the forking thread lives on in the child), so parent
+ * and child never use the same nonce.
+ */
+#define NONCE_BYTES crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+#define NONCE_POOL (170 * NONCE_BYTES)
+static _Thread_local uint8_t nonce_pool[NONCE_POOL];
+static _Thread_local size_t nonce_used = NONCE_POOL;
+static pthread_once_t nonce_once = PTHREAD_ONCE_INIT;
+
+static void nonce_atfork_child(void) { nonce_used = NONCE_POOL; }
+static void nonce_init(void) { pthread_atfork(NULL, NULL, nonce_atfork_child); }
+
+static void seal_nonce(uint8_t nonce[NONCE_BYTES])
+{
+    pthread_once(&nonce_once, nonce_init);
+    if (nonce_used + NONCE_BYTES > NONCE_POOL) {
+        randombytes_buf(nonce_pool, NONCE_POOL);
+        nonce_used = 0;
+    }
+    memcpy(nonce, nonce_pool + nonce_used, NONCE_BYTES);
+    nonce_used += NONCE_BYTES;
+}
+
 int store_seal(const store *s, int db, const MDB_val *key, const uint8_t *plain, size_t n,
                crdt_buf *out)
 {
@@ -191,7 +221,7 @@ int store_seal(const store *s, int db, const MDB_val *key, const uint8_t *plain,
         out->cap = need;
     }
     uint8_t *nonce = out->p;
-    randombytes_buf(nonce, crypto_aead_xchacha20poly1305_ietf_NPUBBYTES);
+    seal_nonce(nonce);
     crypto_aead_xchacha20poly1305_ietf_encrypt(
         out->p + crypto_aead_xchacha20poly1305_ietf_NPUBBYTES, &clen, plain, n, ad, adlen,
         NULL, nonce, s->seal_key);
