@@ -248,6 +248,44 @@ for (const [, name, h] of vectors) {
   if (!err) sameHex(h, again, `golden ${name} re-encodes byte for byte`);
 }
 
+/* ---- golden record vectors (tests/vectors/records.txt, docs/RECORD.md) --------------- */
+
+const recPath = new URL('records.txt', new URL('file://' + (vectorsPath.startsWith('/') ? '' : process.cwd() + '/') + vectorsPath));
+const rv = Object.fromEntries([...readFileSync(recPath, 'utf8').matchAll(/^((?:delta|record)-[a-z0-9-]+): ([0-9a-f]+)$/gm)]
+  .map(([, n, h]) => [n, h]));
+check(['delta-a1', 'delta-a2', 'delta-b1', 'delta-b2', 'record-a', 'record-b', 'record-ab', 'record-ab-deleted']
+  .every((n) => rv[n]), 'golden record vectors found', Object.keys(rv).join(' '));
+{
+  const built = (names) => {
+    const r = crdt.newRecord('person', 'P-0001');
+    for (const n of names) crdt.applyDelta(r, crdt.decodeDelta(unhex(rv[n])), schema);
+    return r;
+  };
+  let a, b;
+  const err = attempt(() => {
+    a = built(['delta-a1', 'delta-a2']);
+    b = built(['delta-b1']);
+    sameHex(rv['record-a'], hex(crdt.encodeRecord(a)), 'record-a from its deltas, byte for byte');
+    sameHex(rv['record-b'], hex(crdt.encodeRecord(b)), 'record-b from its deltas, byte for byte');
+    sameHex(rv['record-ab'], hex(crdt.encodeRecord(crdt.mergeRecord(a, b))), 'record-ab = a ⊔ b');
+    sameHex(rv['record-ab'], hex(crdt.encodeRecord(crdt.mergeRecord(b, a))), 'record-ab = b ⊔ a');
+    sameHex(rv['record-ab-deleted'], hex(crdt.encodeRecord(built(['delta-b2', 'delta-b1', 'delta-a2', 'delta-a1']))),
+      'record-ab-deleted from the four deltas, last first');
+    for (const n of ['record-a', 'record-b', 'record-ab', 'record-ab-deleted'])
+      sameHex(rv[n], hex(crdt.encodeRecord(crdt.decodeRecord(unhex(rv[n])))), `${n} decodes and re-encodes`);
+    const ab = crdt.decodeRecord(unhex(rv['record-ab']));
+    const names = crdt.visibleValues(ab, 'name').map((x) => x.value).sort();
+    check(names.join('|') === '张三|张山', 'record-ab: name is a conflict of 张三 and 张山', names.join('|'));
+    check(crdt.setElements(ab, 'tags').length === 0, 'record-ab: the removed tag is gone');
+    check(crdt.counterValue(ab, 'errands_done') === 3n || crdt.counterValue(ab, 'errands_done') === 3,
+      'record-ab: errands_done = 3', String(crdt.counterValue(ab, 'errands_done')));
+    check(crdt.visibleValues(ab, 'note').map((x) => x.value).join() === '电话随访', 'record-ab: note = 电话随访');
+    check(!crdt.isDeleted(ab) && crdt.isDeleted(crdt.decodeRecord(unhex(rv['record-ab-deleted']))),
+      'record-ab-deleted is deleted, record-ab is not');
+  });
+  check(err === null, 'golden record vectors: no exception', err?.message);
+}
+
 /* ---- did the histories exercise what they should? ------------------------------------- */
 
 for (const op of ['set', 'add', 'rem', 'app', 'inc', 'raise', 'del', 'undel'])
