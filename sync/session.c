@@ -817,7 +817,33 @@ typedef struct page {
     uint32_t n;
     size_t bytes, max_bytes;
     uint32_t max_n;
+    /* The (device, key epoch) pairs that signed the page's envelopes, each
+     * once, for the key records (not the server's own, device 0). */
+    struct { uint32_t dev, epoch; } keys[1024];
+    uint32_t nkeys;
+    crdt_arena *arena;      /* decoding an envelope's delta header */
 } page;
+
+/* Note the signer of env (a stored, valid envelope) in p->keys. */
+static int page_note_key(page *p, const uint8_t *env, size_t len)
+{
+    const uint8_t *db, *sig;
+    size_t dl;
+    crdt_delta d;
+    int eo;
+    if (!p->arena && !(p->arena = crdt_arena_new(4096))) return CRDT_ENOMEM;
+    crdt_arena_reset(p->arena);
+    int rc = wire_envelope_decode(env, len, &crdt_limits_default, &db, &dl, &sig);
+    if (!rc) rc = crdt_delta_decode(db, dl, &crdt_limits_default, p->arena, &d, &eo);
+    if (rc == CRDT_ENOMEM) return rc;
+    if (rc || d.dev == 0) return 0; /* the device finds it cannot verify it and says so */
+    for (uint32_t i = 0; i < p->nkeys; i++)
+        if (p->keys[i].dev == d.dev && p->keys[i].epoch == d.epoch) return 0;
+    p->keys[p->nkeys].dev = d.dev;
+    p->keys[p->nkeys].epoch = d.epoch;
+    p->nkeys++;
+    return 0;
+}
 
 static int page_add(uint64_t sseq, const uint8_t *env, size_t len, void *arg)
 {
@@ -826,9 +852,55 @@ static int page_add(uint64_t sseq, const uint8_t *env, size_t len, void *arg)
     msgpack_packer pk;
     msgpack_packer_init(&pk, &p->envs, crdt_buf_pack_write);
     if (msgpack_pack_bin_with_body(&pk, env, len)) return CRDT_ENOMEM;
+    if (p->max_bytes != SIZE_MAX && page_note_key(p, env, len)) return CRDT_ENOMEM;
     p->sseqs[p->n++] = sseq;
     p->bytes += len;
     return 0;
+}
+
+/*
+ * The key records of page p, packed as a msgpack array into kr: for each
+ * signer, {d: dev, e: epoch, g: Ed25519(server key, wire_key_msg), p: pk},
+ * so a device verifies every envelope back to the phone that signed it
+ * (PROTOCOL.md, "Key records").  A key the store does not hold (it never
+ * drops one) is left out; the device then refuses the page.
+ */
+static int page_key_records(store_txn *t, const page *p, crdt_buf *kr)
+{
+    msgpack_packer pk;
+    uint32_t n = 0;
+    crdt_buf items = {0};
+    msgpack_packer_init(&pk, &items, crdt_buf_pack_write);
+    int rc = 0;
+    for (uint32_t i = 0; i < p->nkeys && !rc; i++) {
+        store_key key;
+        uint8_t msg[WIRE_KEY_MSG_BYTES], sig[64];
+        rc = store_key_get(t, p->keys[i].dev, p->keys[i].epoch, &key);
+        if (rc == STORE_ENOTFOUND) {
+            rc = 0;
+            continue;
+        }
+        if (rc) break;
+        wire_key_msg(key.dev, key.epoch, key.pk, msg);
+        if ((rc = store_server_sign(t, msg, sizeof msg, sig))) break;
+        /* d, e, g, p */
+        msgpack_pack_map(&pk, 4);
+        pk_str(&pk, "d");
+        msgpack_pack_uint32(&pk, key.dev);
+        pk_str(&pk, "e");
+        msgpack_pack_uint32(&pk, key.epoch);
+        pk_str(&pk, "g");
+        msgpack_pack_bin_with_body(&pk, sig, 64);
+        pk_str(&pk, "p");
+        msgpack_pack_bin_with_body(&pk, key.pk, 32);
+        n++;
+    }
+    if (!rc) {
+        msgpack_packer_init(&pk, kr, crdt_buf_pack_write);
+        if (msgpack_pack_array(&pk, n) || crdt_buf_append(kr, items.p, items.n)) rc = CRDT_ENOMEM;
+    }
+    crdt_buf_free(&items);
+    return rc;
 }
 
 /* One changes frame from cursor `after`; *next, *more describe the rest. */
@@ -839,6 +911,7 @@ static int changes_frame(sync_session *s, uint64_t req_id, uint64_t after, uint3
     page *p = calloc(1, sizeof *p);
     const char **hh = NULL;
     uint64_t last = 0;
+    crdt_buf krec = {0};    /* the key records, a packed array */
     int rc;
     *count = 0;
     if (!p) return CRDT_ENOMEM;
@@ -870,19 +943,22 @@ static int changes_frame(sync_session *s, uint64_t req_id, uint64_t after, uint3
         crdt_buf_free(&probe.envs);
         store_last_sseq(t, &last);
     }
+    if (!rc) rc = page_key_records(t, p, &krec);
     store_abort(t);
     t = NULL;
     if (rc) goto out;
     crdt_buf b = {0};
     msgpack_packer pk;
     msgpack_packer_init(&pk, &b, crdt_buf_pack_write);
-    /* e, id, more, n, q, t */
-    msgpack_pack_map(&pk, 6);
+    /* e, id, k, more, n, q, t */
+    msgpack_pack_map(&pk, 7);
     pk_str(&pk, "e");
     msgpack_pack_array(&pk, p->n);
     crdt_buf_pack_write(&b, (const char *)p->envs.p, p->envs.n);
     pk_str(&pk, "id");
     msgpack_pack_uint64(&pk, req_id);
+    pk_str(&pk, "k");
+    crdt_buf_pack_write(&b, (const char *)krec.p, krec.n);
     pk_str(&pk, "more");
     if (*more) msgpack_pack_true(&pk);
     else msgpack_pack_false(&pk);
@@ -904,7 +980,11 @@ static int changes_frame(sync_session *s, uint64_t req_id, uint64_t after, uint3
     sync_out_append(out, f);
 out:
     store_abort(t);
-    if (p) crdt_buf_free(&p->envs);
+    if (p) {
+        crdt_buf_free(&p->envs);
+        crdt_arena_free(p->arena);
+    }
+    crdt_buf_free(&krec);
     free(p);
     free(hh);
     return rc;

@@ -71,3 +71,12 @@ void wire_snapshot_msg(uint32_t dev, uint64_t cursor, uint32_t page, bool more,
     *p++ = more ? 1 : 0;
     put(p, digest, 32);
 }
+
+void wire_key_msg(uint32_t dev, uint32_t epoch, const uint8_t pk[WIRE_PK_BYTES],
+                  uint8_t out[WIRE_KEY_MSG_BYTES])
+{
+    uint8_t *p = put(out, WIRE_DOMAIN_KEY, sizeof WIRE_DOMAIN_KEY);
+    p = put32(p, dev);
+    p = put32(p, epoch);
+    put(p, pk, WIRE_PK_BYTES);
+}

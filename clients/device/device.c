@@ -61,6 +61,7 @@ const char *dsd_strerror(int code)
     case DSD_ENOCONFLICT: return "no conflict to resolve";
     case DSD_ESCHEMA: return "schema could not be loaded";
     case DSD_EREVOKED: return "the station revoked this device; its pending edits were handed in";
+    case DSD_EFORGED: return "the server sent an envelope that is not signed by its device's key";
     /* codes the server sends (sync/sync.h, store/store.h) */
     case -300: return "frame malformed";
     case -301: return "unknown frame type";

@@ -69,8 +69,11 @@ enum {
     DSD_EKEYFILE = -417,      /* secret key file missing, wrong mode or mismatched */
     DSD_ENOCONFLICT = -418,   /* resolve: the field has a single value */
     DSD_ESCHEMA = -419,       /* schema file could not be loaded (see message) */
-    DSD_EREVOKED = -420       /* the station revoked this device (soft): what was pending
+    DSD_EREVOKED = -420,      /* the station revoked this device (soft): what was pending
                                * was handed in; no more pulls or edits (see dsd_sync) */
+    DSD_EFORGED = -421        /* an envelope the server sent is not signed by the key its
+                               * key record (signed by the pinned server key) names:
+                               * nothing of that page was applied */
 };
 
 /* A static English message for any code (never NULL). */

@@ -848,7 +848,84 @@ out:
 
 /* ---- pull and live ----------------------------------------------------------------------- */
 
-/* Apply the changes frame in c->up: envelopes and the new cursor, one txn. */
+/*
+ * Is every envelope of the changes frame in c->up signed by the key the
+ * server vouches for?  The frame's key records ("k": {d, e, g, p}) each say
+ * "device d's key of epoch e is p", signed by the server key pinned at
+ * enrollment (wire_key_msg); an envelope of device d, epoch e must verify
+ * under that p, and one of the server itself (device 0) under the server
+ * key.  0, or DSD_EFORGED / DSD_EPROTO / DSD_ENOMEM with the reason.
+ */
+static int changes_verify(conn *c, const msgpack_object *e)
+{
+    dsd *h = c->h;
+    const msgpack_object *k = get(&c->up.data, "k");
+    if (!k || k->type != MSGPACK_OBJECT_ARRAY || k->via.array.size > 1024)
+        return dsd_fail(h, DSD_EPROTO, "changes frame lacks its key records (k)");
+    uint32_t nk = k->via.array.size;
+    struct { uint64_t dev, epoch; uint8_t pk[32]; } *keys = calloc(nk ? nk : 1, sizeof *keys);
+    crdt_arena *a = crdt_arena_new(4096);
+    int rc = 0;
+    if (!keys || !a) {
+        rc = dsd_fail(h, DSD_ENOMEM, "out of memory");
+        goto out;
+    }
+    for (uint32_t i = 0; i < nk; i++) {
+        const msgpack_object *r = &k->via.array.ptr[i];
+        uint8_t sig[64], msg[WIRE_KEY_MSG_BYTES];
+        if (!get_u64(r, "d", &keys[i].dev) || !get_u64(r, "e", &keys[i].epoch) ||
+            keys[i].dev == 0 || keys[i].dev > UINT32_MAX || keys[i].epoch > UINT32_MAX ||
+            !get_bin(r, "g", sig, 64) || !get_bin(r, "p", keys[i].pk, 32)) {
+            rc = dsd_fail(h, DSD_EPROTO, "a key record of a changes frame is malformed");
+            goto out;
+        }
+        wire_key_msg((uint32_t)keys[i].dev, (uint32_t)keys[i].epoch, keys[i].pk, msg);
+        if (crypto_sign_verify_detached(sig, msg, sizeof msg, c->srvpk) != 0) {
+            rc = dsd_fail(h, DSD_EFORGED, "the key record of device %llu epoch %llu is not "
+                          "signed by the server key", (unsigned long long)keys[i].dev,
+                          (unsigned long long)keys[i].epoch);
+            goto out;
+        }
+    }
+    for (uint32_t i = 0; i < e->via.array.size; i++) {
+        const msgpack_object *b = &e->via.array.ptr[i];
+        const uint8_t *db, *sig, *pk = NULL;
+        size_t dl;
+        crdt_delta d;
+        int eo;
+        if (b->type != MSGPACK_OBJECT_BIN) {
+            rc = dsd_fail(h, DSD_EPROTO, "changes entry is not bin");
+            goto out;
+        }
+        crdt_arena_reset(a);
+        if (wire_envelope_decode((const uint8_t *)b->via.bin.ptr, b->via.bin.size,
+                                 &crdt_limits_default, &db, &dl, &sig) ||
+            crdt_delta_decode(db, dl, &crdt_limits_default, a, &d, &eo)) {
+            rc = dsd_fail(h, DSD_EPROTO, "an envelope of a changes frame does not decode");
+            goto out;
+        }
+        if (d.dev == 0) pk = c->srvpk;
+        for (uint32_t j = 0; !pk && j < nk; j++)
+            if (keys[j].dev == d.dev && keys[j].epoch == d.epoch) pk = keys[j].pk;
+        if (!pk) {
+            rc = dsd_fail(h, DSD_EFORGED, "no key record for device %u epoch %u in a changes "
+                          "frame", d.dev, d.epoch);
+            goto out;
+        }
+        if (wire_delta_verify(db, dl, sig, pk)) {
+            rc = dsd_fail(h, DSD_EFORGED, "the envelope of device %u seq %llu is not signed "
+                          "by its key", d.dev, (unsigned long long)d.seq);
+            goto out;
+        }
+    }
+out:
+    crdt_arena_free(a);
+    free(keys);
+    return rc;
+}
+
+/* Apply the changes frame in c->up: envelopes and the new cursor, one txn,
+ * once every envelope was verified (changes_verify). */
 static int on_changes(conn *c, dsd_sync_report *rep, bool *more)
 {
     dsd *h = c->h;
@@ -858,7 +935,9 @@ static int on_changes(conn *c, dsd_sync_report *rep, bool *more)
     if (!e || e->type != MSGPACK_OBJECT_ARRAY || !get_u64(&c->up.data, "n", &n))
         return dsd_fail(h, DSD_EPROTO, "changes frame lacks e or n");
     if (more) *more = m && m->type == MSGPACK_OBJECT_BOOLEAN && m->via.boolean;
-    int rc = dsd_txn_begin(h, true, &t);
+    int rc = changes_verify(c, e);
+    if (rc) return rc;
+    rc = dsd_txn_begin(h, true, &t);
     if (rc) return rc;
     uint64_t cursor;
     if ((rc = dsd_meta_u64(h, t, "cursor", &cursor))) goto fail;

@@ -728,6 +728,65 @@ static void test_live(void **state)
     srv_stop(&s);
 }
 
+/*
+ * A server (or a disk, or a link) that hands out an envelope its device did
+ * not sign: the changes frame carries the device's key record, signed by the
+ * server key the phone pinned, and the phone verifies every envelope against
+ * it before applying anything.  The page is refused as a whole (DSD_EFORGED:
+ * nothing applied, the cursor stays), and the valid envelopes before the bad
+ * one are not applied either.  (The store does not check signatures: the
+ * server's verify workers do, which is what this test goes around.)
+ */
+static void test_forged_envelope(void **state)
+{
+    (void)state;
+    srv s;
+    srv_start(&s);
+    const char *scope[] = {"H9"};
+    dsd *b = dev_enroll(&s, "b", scope, 1);
+    /* Device 900, registered straight in the store, scope H9. */
+    su_dev d;
+    su_dev_init(&d, 900);
+    store_txn *t;
+    assert_int_equal(store_begin(s.st, STORE_RW, &t), 0);
+    store_device dv = {.id = 900, .state = STORE_DEV_ACTIVE, .epoch = 1};
+    snprintf(dv.volunteer, sizeof dv.volunteer, "forger");
+    assert_int_equal(store_device_put(t, &dv), 0);
+    store_key k = {.dev = 900, .epoch = 1, .state = STORE_KEY_ACTIVE};
+    memcpy(k.pk, d.pk, 32);
+    assert_int_equal(store_key_put(t, &k), 0);
+    assert_int_equal(store_device_scope_set(t, 900, scope, 1), 0);
+    assert_int_equal(store_commit(t), 0);
+    /* A genuine household delta, then one whose signature is damaged. */
+    su_ops o;
+    memset(&o, 0, sizeof o);
+    crdt_buf env = {0};
+    uint8_t hash[32];
+    su_set_str(&o, "address", "幸福路9号");
+    su_set_str(&o, "community", "C01");
+    su_set_str(&o, "grid", "C01-G01");
+    su_make(&d, "household", "H9", &o, (uint64_t)time(NULL) * 1000, &env, hash);
+    assert_int_equal(su_push(s.st, &env, (uint64_t)time(NULL) * 1000).result, STORE_APPLIED);
+    su_ops_reset(&o);
+    su_set_str(&o, "note", "伪造的修改");
+    su_make(&d, "household", "H9", &o, (uint64_t)time(NULL) * 1000 + 1, &env, hash);
+    env.p[env.n - 1] ^= 0x01;   /* the last byte of the envelope is the signature's */
+    assert_int_equal(su_push(s.st, &env, (uint64_t)time(NULL) * 1000).result, STORE_APPLIED);
+    /* The phone refuses the page; it holds nothing of H9. */
+    dsd_sync_report rep;
+    int rc = dsd_sync(b, s.url, NULL, &rep);
+    if (rc != DSD_EFORGED) fail_msg("sync gave %d (%s): %s", rc, dsd_strerror(rc), dsd_errmsg(b));
+    assert_non_null(strstr(dsd_errmsg(b), "device 900 seq 2"));
+    uint8_t *rp = NULL;
+    size_t rn = 0;
+    assert_int_equal(dsd_record_get(b, "household", "H9", &rp, &rn), DSD_ENOTFOUND);
+    free(rp);
+    crdt_buf_free(&env);
+    su_ops_free(&o);
+    dsd_close(b);
+    srv_stop(&s);
+}
+
 /* A person moves from one volunteer's household into another's: the
  * receiving phone never got the person's earlier history (the feed of its
  * household only has deltas from the move on), so it fetches the merged
@@ -772,7 +831,8 @@ int main(void)
         cmocka_unit_test(test_sim_converges),    cmocka_unit_test(test_drop_during_push),
         cmocka_unit_test(test_killed_during_push), cmocka_unit_test(test_offline_days),
         cmocka_unit_test(test_scope_reassignment), cmocka_unit_test(test_rotation),
-        cmocka_unit_test(test_live), cmocka_unit_test(test_person_moves_in),
+        cmocka_unit_test(test_live),
+        cmocka_unit_test(test_forged_envelope), cmocka_unit_test(test_person_moves_in),
         cmocka_unit_test(test_rate_limited_sync), cmocka_unit_test(test_revocation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -635,8 +635,10 @@ static void expect_changes(const sync_frame *f, const run *r, uint64_t id, unsig
     assert_int_equal(off, f->len);
     const msgpack_object *m = &up.data;
     assert_int_equal(m->type, MSGPACK_OBJECT_MAP);
-    assert_int_equal(m->via.map.size, 6);
+    assert_int_equal(m->via.map.size, 7);   /* e, id, k, more, n, q, t */
     const msgpack_object *t = mp_key(m, "t"), *e = mp_key(m, "e"), *q = mp_key(m, "q");
+    const msgpack_object *k = mp_key(m, "k");   /* the signers' key records */
+    assert_true(k && k->type == MSGPACK_OBJECT_ARRAY && (count == 0 || k->via.array.size > 0));
     assert_non_null(t);
     assert_true(t->type == MSGPACK_OBJECT_STR && t->via.str.size == 7 &&
                 !memcmp(t->via.str.ptr, "changes", 7));

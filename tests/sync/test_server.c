@@ -173,6 +173,48 @@ static void push_and_ack(wsc *c, uint64_t id, crdt_buf *envs, size_t n, const ch
 
 /* ---- the happy path ---------------------------------------------------------------- */
 
+/*
+ * The key records of the changes frame p[0..n) (PROTOCOL.md, "Key records"):
+ * each is signed by the server key over wire_key_msg, and the one for
+ * device dev names pk.  Returns how many records the frame has.
+ */
+static unsigned check_key_records(const uint8_t *p, size_t n, const uint8_t srvpk[32],
+                                  uint32_t dev, const uint8_t pk[32])
+{
+    msgpack_unpacked up;
+    size_t off = 0;
+    unsigned found = 0, count = 0;
+    msgpack_unpacked_init(&up);
+    assert_int_equal(msgpack_unpack_next(&up, (const char *)p, n, &off), MSGPACK_UNPACK_SUCCESS);
+    const msgpack_object *k = NULL;
+    for (uint32_t i = 0; i < up.data.via.map.size; i++)
+        if (up.data.via.map.ptr[i].key.via.str.size == 1 &&
+            up.data.via.map.ptr[i].key.via.str.ptr[0] == 'k')
+            k = &up.data.via.map.ptr[i].val;
+    assert_true(k && k->type == MSGPACK_OBJECT_ARRAY);
+    for (uint32_t i = 0; i < k->via.array.size; i++, count++) {
+        const msgpack_object *r = &k->via.array.ptr[i];
+        assert_int_equal(r->type, MSGPACK_OBJECT_MAP);
+        assert_int_equal(r->via.map.size, 4);   /* d, e, g, p, in that order */
+        const msgpack_object_kv *kv = r->via.map.ptr;
+        assert_int_equal(kv[0].val.type, MSGPACK_OBJECT_POSITIVE_INTEGER);
+        assert_int_equal(kv[2].val.via.bin.size, 64);
+        assert_int_equal(kv[3].val.via.bin.size, 32);
+        uint8_t msg[WIRE_KEY_MSG_BYTES];
+        wire_key_msg((uint32_t)kv[0].val.via.u64, (uint32_t)kv[1].val.via.u64,
+                     (const uint8_t *)kv[3].val.via.bin.ptr, msg);
+        assert_int_equal(crypto_sign_verify_detached((const uint8_t *)kv[2].val.via.bin.ptr, msg,
+                                                     sizeof msg, srvpk), 0);
+        if (kv[0].val.via.u64 == dev) {
+            assert_memory_equal(kv[3].val.via.bin.ptr, pk, 32);
+            found++;
+        }
+    }
+    assert_int_equal(found, 1);
+    msgpack_unpacked_destroy(&up);
+    return count;
+}
+
 static void test_happy_path(void **state)
 {
     (void)state;
@@ -223,6 +265,8 @@ static void test_happy_path(void **state)
     size_t got = 0;
     while (got < 2) {
         expect_frame(&cb, &m, "changes");
+        /* One key record, for A's key: B can verify A's envelopes itself. */
+        assert_int_equal(check_key_records(m.p, m.n, srvpk, 1, a.pk), 1);
         for (size_t i = 0; i < changes_count(m.p, m.n); i++) {
             crdt_buf e = {0};
             assert_true(changes_env(m.p, m.n, i, &e));
