@@ -7,8 +7,8 @@
 import { readFileSync } from 'node:fs';
 import { importSeedWebCrypto, sealSeed, sign, verify } from '../../clients/field/src/keys.js';
 import {
-  authInput, chainHash, decodeFrame, deltaSignInput, encodeEnvelope, encodeFrame, hex, parseEnrollment,
-  checkServerUrl, unhex,
+  authInput, chainHash, decodeFrame, deltaSignInput, encodeEnvelope, encodeFrame, hex, keyInput,
+  parseEnrollment, checkServerUrl, unhex,
 } from '../../clients/field/src/proto.js';
 import { decodeDelta, encodeDelta, decodeRecord, encodeRecord, newRecord, applyDelta, compileSchema,
   visibleValues, observedDots } from '../../clients/field/src/crdt.js';
@@ -35,6 +35,14 @@ for (const [label, key] of [['webcrypto', await importSeedWebCrypto(seed2a)], ['
   check(`envelope-set-name (${label} key)`, hex(env) === vec['envelope-set-name'], hex(env));
 }
 check('hash-set-name', hex(chainHash(delta)) === vec['hash-set-name'], hex(chainHash(delta)));
+
+// 1a. The key record's signed bytes (docs/PROTOCOL.md, "Key records"), as test_envelope.c spells them.
+{
+  const pk = Uint8Array.from({ length: 32 }, (_, i) => 0xc0 + i);
+  const want = '646f6f72737465702f76312f6b657900' + '0000012c' + '00000003' + hex(pk);
+  check('key record input: "doorstep/v1/key" NUL || d BE32 || e BE32 || pk', hex(keyInput(300, 3, pk)) === want,
+    hex(keyInput(300, 3, pk)));
+}
 
 // 1b. The JS delta codec reproduces every golden delta byte for byte.
 for (const name of ['delta-set-name', 'delta-mixed', 'delta-tombstone']) {

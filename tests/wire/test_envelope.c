@@ -211,6 +211,13 @@ static void test_handshake_layouts(void **state)
     assert_int_equal(WIRE_SNAPSHOT_MSG_BYTES, n);
     wire_snapshot_msg(5, 12345, 2, true, dg, got);
     assert_memory_equal(got, want, n);
+    /* key record */
+    memcpy(want, "doorstep/v1/key\0", 16), n = 16;
+    memcpy(want + n, "\x00\x00\x01\x2c\x00\x00\x00\x03", 8), n += 8;
+    memcpy(want + n, pk, 32), n += 32;
+    assert_int_equal(WIRE_KEY_MSG_BYTES, n);
+    wire_key_msg(300, 3, pk, got);
+    assert_memory_equal(got, want, n);
 }
 
 int main(void)

@@ -91,6 +91,11 @@ export function decodeEnvelope(bytes) {
   return e;
 }
 
+/** Key record signing input: "doorstep/v1/key" NUL || d BE32 || e BE32 || pk (docs/PROTOCOL.md, `changes`). */
+export function keyInput(dev, epoch, pk) {
+  return concat(domain('doorstep/v1/key'), be32(dev), be32(epoch), pk);
+}
+
 /** Snapshot page signing input (docs/PROTOCOL.md, `snapshot`). */
 export function snapshotInput(dev, n, page, more, records) {
   const parts = [];

@@ -22,7 +22,7 @@ import { generateKey, sign, verify } from './keys.js';
 import { schema, withChainLock } from './model.js';
 import {
   authInput, chainHash, checkServerUrl, decodeEnvelope, decodeFrame, deltaSignInput,
-  encodeEnvelope, encodeFrame, enrollInput, equalBytes, num, rotateInput, snapshotInput,
+  encodeEnvelope, encodeFrame, enrollInput, equalBytes, keyInput, num, rotateInput, snapshotInput,
 } from './proto.js';
 
 const PUSH_MAX = 100;        /* deltas per push (server allows 500; smaller shows progress) */
@@ -518,6 +518,32 @@ async function fetchPersons(conn, report, sum) {
   }
 }
 
+/*
+ * Every envelope of a changes frame, verified back to the phone that signed
+ * it (docs/PROTOCOL.md, "Key records"): each key record {d, e, g, p} must be
+ * signed by the server key pinned at enrollment, and each envelope must
+ * verify under its (device, epoch)'s key (the server's own, device 0, under
+ * the server key).  Throws SyncError('forged') before anything is applied.
+ */
+async function verifyChanges(f, srv) {
+  const keys = new Map();
+  for (const r of f.k || []) {
+    if (!(r && r.g instanceof Uint8Array && r.p instanceof Uint8Array && r.p.length === 32))
+      throw new SyncError('forged', 'a key record is malformed');
+    if (!(await verify(srv, keyInput(num(r.d), num(r.e), r.p), r.g)))
+      throw new SyncError('forged', `the key record of device ${num(r.d)} is not signed by the server`);
+    keys.set(`${num(r.d)}/${num(r.e)}`, r.p);
+  }
+  for (const env of f.e || []) {
+    const e = decodeEnvelope(env);
+    const d = crdt.decodeDelta(e.b);
+    const pk = num(d.d) === 0 ? srv : keys.get(`${num(d.d)}/${num(d.e)}`);
+    if (!pk) throw new SyncError('forged', `no key record for device ${num(d.d)}`);
+    if (!(await verify(pk, deltaSignInput(e.b), e.s)))
+      throw new SyncError('forged', `the change of device ${num(d.d)} seq ${num(d.s)} is not signed by its key`);
+  }
+}
+
 async function pull(conn, report, sum) {
   const { compiled } = await schema();
   await fetchPersons(conn, report, sum);
@@ -527,6 +553,7 @@ async function pull(conn, report, sum) {
     const f = await conn.next(60000);
     if (f.t === 'error') throw serverError(f);
     if (f.t !== 'changes' || num(f.id) !== id) throw new SyncError('proto', 'expected changes');
+    await verifyChanges(f, (await db.meta('device')).srv);
     await db.write(async (s, req) => {
       const chain = await req(s.meta.get('chain'));
       const fetch = new Set((await req(s.meta.get('fetch'))) || []);
