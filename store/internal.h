@@ -88,6 +88,8 @@ struct store {
     MDB_dbi dbi[DB_COUNT];
     char *dir;
     crdt_schema *schema;
+    uint8_t *schema_json;        /* the stored schema's JSON text, as in meta "schema" */
+    size_t schema_json_len;
     store_model model;
     uint8_t seal_key[crypto_aead_xchacha20poly1305_ietf_KEYBYTES];
     uint8_t lookup_key[crypto_generichash_KEYBYTES];

@@ -741,6 +741,12 @@ int store_open(const char *dir, const char *key_file, const store_opts *opts, st
     rc = wire_schema_load_buffer(v.mv_data, v.mv_size, "stored schema", &s->schema, err,
                                  errlen);
     if (rc) goto fail;
+    if (!(s->schema_json = malloc(v.mv_size ? v.mv_size : 1))) {
+        rc = CRDT_ENOMEM;
+        goto fail;
+    }
+    memcpy(s->schema_json, v.mv_data, v.mv_size);
+    s->schema_json_len = v.mv_size;
     if ((rc = load_model(s, err, errlen))) goto fail;
     if ((rc = store_get(t, DB_META, "server_pk", 9, &v)) || v.mv_size != 32) {
         rc = STORE_ECORRUPT;
@@ -827,6 +833,7 @@ void store_close(store *s)
     store_zdict_free(s);
     pthread_mutex_destroy(&s->zlock);
     crdt_schema_free(s->schema);
+    free(s->schema_json);
     sodium_memzero(s->seal_key, sizeof s->seal_key);
     sodium_memzero(s->lookup_key, sizeof s->lookup_key);
     free(s->dir);
@@ -835,5 +842,11 @@ void store_close(store *s)
 }
 
 const crdt_schema *store_schema(const store *s) { return s->schema; }
+
+const uint8_t *store_schema_json(const store *s, size_t *n)
+{
+    *n = s->schema_json_len;
+    return s->schema_json;
+}
 const uint8_t *store_server_pk(const store *s) { return s->server_pk; }
 uint32_t store_campaign_year(const store *s) { return s->campaign_year; }

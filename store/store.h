@@ -105,6 +105,9 @@ char *store_default_key_file(const char *dir);
 void store_close(store *s);
 
 const crdt_schema *store_schema(const store *s);
+/* The schema's JSON text exactly as stored (what store_schema was loaded
+ * from), *n bytes; owned by the store, valid until store_close. */
+const uint8_t *store_schema_json(const store *s, size_t *n);
 /* The server's public key (for hello frames and snapshot signatures). */
 const uint8_t *store_server_pk(const store *s);
 uint32_t store_campaign_year(const store *s);

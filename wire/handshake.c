@@ -10,6 +10,7 @@
  */
 #include "wire.h"
 
+#include <sodium.h>
 #include <string.h>
 
 static uint8_t *put(uint8_t *p, const void *b, size_t n)
@@ -79,4 +80,10 @@ void wire_key_msg(uint32_t dev, uint32_t epoch, const uint8_t pk[WIRE_PK_BYTES],
     p = put32(p, dev);
     p = put32(p, epoch);
     put(p, pk, WIRE_PK_BYTES);
+}
+
+void wire_schema_msg(const uint8_t *json, size_t n, uint8_t out[WIRE_SCHEMA_MSG_BYTES])
+{
+    uint8_t *p = put(out, WIRE_DOMAIN_SCHEMA, sizeof WIRE_DOMAIN_SCHEMA);
+    crypto_generichash(p, 32, json, n, NULL, 0);
 }

@@ -53,12 +53,14 @@ enum {
  *   rotate    domain | dev u32 | new epoch u32 | new pk | seal seq u64
  *   snapshot  domain | dev u32 | cursor u64 | page u32 | more u8 | digest
  *   key       domain | dev u32 | epoch u32 | pk      (a key record, in changes)
+ *   schema    domain | BLAKE2b-256(schema JSON text)  (the schema frame)
  */
 #define WIRE_DOMAIN_AUTH "doorstep/v1/auth"
 #define WIRE_DOMAIN_ENROLL "doorstep/v1/enroll"
 #define WIRE_DOMAIN_ROTATE "doorstep/v1/rotate"
 #define WIRE_DOMAIN_SNAPSHOT "doorstep/v1/snapshot"
 #define WIRE_DOMAIN_KEY "doorstep/v1/key"
+#define WIRE_DOMAIN_SCHEMA "doorstep/v1/schema"
 #define WIRE_NONCE_BYTES 32
 #define WIRE_TOKEN_MAX 64
 #define WIRE_AUTH_MSG_BYTES (sizeof WIRE_DOMAIN_AUTH + 3 * 32 + 8)
@@ -66,6 +68,7 @@ enum {
 #define WIRE_ROTATE_MSG_BYTES (sizeof WIRE_DOMAIN_ROTATE + 4 + 4 + 32 + 8)
 #define WIRE_SNAPSHOT_MSG_BYTES (sizeof WIRE_DOMAIN_SNAPSHOT + 4 + 8 + 4 + 1 + 32)
 #define WIRE_KEY_MSG_BYTES (sizeof WIRE_DOMAIN_KEY + 4 + 4 + 32)
+#define WIRE_SCHEMA_MSG_BYTES (sizeof WIRE_DOMAIN_SCHEMA + 32)
 
 void wire_auth_msg(const uint8_t spk[WIRE_PK_BYTES], const uint8_t snonce[WIRE_NONCE_BYTES],
                    const uint8_t cnonce[WIRE_NONCE_BYTES], uint32_t dev, uint32_t epoch,
@@ -82,6 +85,8 @@ void wire_snapshot_msg(uint32_t dev, uint64_t cursor, uint32_t page, bool more,
 /* What the server signs in a key record: device dev's key of epoch `epoch` is pk. */
 void wire_key_msg(uint32_t dev, uint32_t epoch, const uint8_t pk[WIRE_PK_BYTES],
                   uint8_t out[WIRE_KEY_MSG_BYTES]);
+/* What the server signs in a schema frame: the hash of the schema's JSON text. */
+void wire_schema_msg(const uint8_t *json, size_t n, uint8_t out[WIRE_SCHEMA_MSG_BYTES]);
 
 /* Messages for WIRE_E* and, for anything else, crdt_strerror(). */
 const char *wire_strerror(int code);

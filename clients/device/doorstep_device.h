@@ -271,6 +271,18 @@ int dsd_sync(dsd *h, const char *url, const dsd_sync_opts *opts, dsd_sync_report
  */
 int dsd_rotate(dsd *h, const char *url, const dsd_sync_opts *opts);
 
+/*
+ * dsd_schema_fetch — the record schema the server checks deltas with, as its
+ * JSON text (the format of crdt/schema/yibao.json, docs/SCHEMA.md), over a
+ * fresh authenticated connection.  The server signs it (PROTOCOL.md,
+ * `schema`); the signature is checked with the server key pinned at
+ * enrollment (DSD_EFORGED if it fails).  On success *json (n bytes, not
+ * NUL-terminated) is malloc'd: free it with dsd_free.  An application saves
+ * it and passes the file to dsd_open, so it needs no copy of its own.
+ */
+int dsd_schema_fetch(dsd *h, const char *url, const dsd_sync_opts *opts, uint8_t **json,
+                     size_t *n);
+
 #ifdef __cplusplus
 }
 #endif

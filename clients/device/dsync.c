@@ -1237,6 +1237,60 @@ int dsd_rotate(dsd *h, const char *url, const dsd_sync_opts *o)
     return rc;
 }
 
+int dsd_schema_fetch(dsd *h, const char *url, const dsd_sync_opts *o, uint8_t **json, size_t *n)
+{
+    conn c;
+    ident id;
+    bool rotate, revoked;
+    if (!h || !json || !n) return DSD_EINVAL;
+    *json = NULL;
+    *n = 0;
+    memset(&c, 0, sizeof c);
+    c.ws.fd = -1;
+    h->err[0] = 0;
+    int rc = connect_auth(h, &c, url, o, &id);
+    if (!rc) rc = on_welcome(&c, NULL, NULL, &rotate, &revoked);
+    crdt_buf f = {0};
+    if (!rc) {
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &f, crdt_buf_pack_write);
+        msgpack_pack_map(&pk, 2);
+        pstr(&pk, "id");
+        msgpack_pack_uint64(&pk, 1);
+        pstr(&pk, "t");
+        pstr(&pk, "schema");
+        rc = f.p ? conn_send(&c, &f) : dsd_fail(h, DSD_ENOMEM, "out of memory");
+    }
+    /* Live changes are not subscribed here: the next frame is the answer. */
+    if (!rc) rc = conn_recv(&c, c.timeout_ms);
+    if (!rc && !strcmp(c.type, "error")) {
+        const msgpack_object *code = get(&c.up.data, "c");
+        rc = code ? (int)code->via.i64 : DSD_EPROTO;
+    } else if (!rc && strcmp(c.type, "schema")) {
+        rc = dsd_fail(h, DSD_EPROTO, "expected a schema frame, got %s", c.type);
+    }
+    if (!rc) {
+        const msgpack_object *b = get(&c.up.data, "b");
+        uint8_t sig[64], msg[WIRE_SCHEMA_MSG_BYTES];
+        if (!b || b->type != MSGPACK_OBJECT_BIN || !b->via.bin.size || !get_bin(&c.up.data, "g", sig, 64)) {
+            rc = dsd_fail(h, DSD_EPROTO, "schema frame lacks b or g");
+        } else {
+            wire_schema_msg((const uint8_t *)b->via.bin.ptr, b->via.bin.size, msg);
+            if (crypto_sign_verify_detached(sig, msg, sizeof msg, c.srvpk) != 0)
+                rc = dsd_fail(h, DSD_EFORGED, "the schema is not signed by the server key");
+            else if (!(*json = malloc(b->via.bin.size)))
+                rc = dsd_fail(h, DSD_ENOMEM, "out of memory");
+            else {
+                memcpy(*json, b->via.bin.ptr, b->via.bin.size);
+                *n = b->via.bin.size;
+            }
+        }
+    }
+    crdt_buf_free(&f);
+    conn_close(&c, rc != 0);
+    return rc;
+}
+
 int dsd_enroll(dsd *h, const char *url, const char *token)
 {
     conn c;

@@ -787,6 +787,48 @@ static void test_forged_envelope(void **state)
     srv_stop(&s);
 }
 
+/* The schema from the server, signed: byte for byte the JSON the store was
+ * made with, and usable by dsd_open, so a phone needs no copy of its own. */
+static void test_schema_fetch(void **state)
+{
+    (void)state;
+    srv s;
+    srv_start(&s);
+    const char *scope[] = {"H1"};
+    dsd *a = dev_enroll(&s, "a", scope, 1);
+    uint8_t *json = NULL;
+    size_t n = 0;
+    must(a, dsd_schema_fetch(a, s.url, NULL, &json, &n), "schema fetch");
+    size_t fl = 0;
+    char *file = NULL;
+    FILE *f = fopen(SCHEMA, "rb");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, 0, SEEK_END), 0);
+    fl = (size_t)ftell(f);
+    rewind(f);
+    file = malloc(fl);
+    assert_non_null(file);
+    assert_int_equal(fread(file, 1, fl, f), fl);
+    fclose(f);
+    assert_int_equal(n, fl);
+    assert_memory_equal(json, file, n);
+    /* Saved to a file, it opens a device as the source tree's copy does. */
+    char path[512], dir[512], err[256];
+    snprintf(path, sizeof path, "%s/fetched-schema.json", s.d.root);
+    f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(json, 1, n, f), n);
+    fclose(f);
+    snprintf(dir, sizeof dir, "%s/c", s.d.root);
+    dsd *c = NULL;
+    if (dsd_open(dir, path, &c, err, sizeof err)) fail_msg("dsd_open with the fetched schema: %s", err);
+    dsd_close(c);
+    free(file);
+    dsd_free(json);
+    dsd_close(a);
+    srv_stop(&s);
+}
+
 /* A person moves from one volunteer's household into another's: the
  * receiving phone never got the person's earlier history (the feed of its
  * household only has deltas from the move on), so it fetches the merged
@@ -832,7 +874,7 @@ int main(void)
         cmocka_unit_test(test_killed_during_push), cmocka_unit_test(test_offline_days),
         cmocka_unit_test(test_scope_reassignment), cmocka_unit_test(test_rotation),
         cmocka_unit_test(test_live),
-        cmocka_unit_test(test_forged_envelope), cmocka_unit_test(test_person_moves_in),
+        cmocka_unit_test(test_forged_envelope), cmocka_unit_test(test_schema_fetch), cmocka_unit_test(test_person_moves_in),
         cmocka_unit_test(test_rate_limited_sync), cmocka_unit_test(test_revocation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

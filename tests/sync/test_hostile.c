@@ -794,6 +794,8 @@ static void test_push_before_auth(void **state)
     static const uint8_t sub[] = {0x81, 0xa1, 't', 0xa9, 's', 'u', 'b', 's', 'c', 'r', 'i', 'b', 'e'};
     static const uint8_t rot[] = {0x81, 0xa1, 't', 0xa6, 'r', 'o', 't', 'a', 't', 'e'};
     static const uint8_t snap[] = {0x81, 0xa1, 't', 0xa8, 's', 'n', 'a', 'p', 's', 'h', 'o', 't'};
+    static const uint8_t schem[] = {0x81, 0xa1, 't', 0xa6, 's', 'c', 'h', 'e', 'm', 'a'};
+    bad_bytes_case(schem, sizeof schem, SYNC_ESTATE, 1008, false);
     bad_bytes_case(sub, sizeof sub, SYNC_ESTATE, 1008, false);
     bad_bytes_case(rot, sizeof rot, SYNC_ESTATE, 1008, false);
     bad_bytes_case(snap, sizeof snap, SYNC_ESTATE, 1008, false);

@@ -218,6 +218,13 @@ static void test_handshake_layouts(void **state)
     assert_int_equal(WIRE_KEY_MSG_BYTES, n);
     wire_key_msg(300, 3, pk, got);
     assert_memory_equal(got, want, n);
+    /* schema: domain, then the unkeyed BLAKE2b-256 of the JSON text */
+    static const char json[] = "{\"name\": \"s\"}";
+    memcpy(want, "doorstep/v1/schema\0", 19), n = 19;
+    crypto_generichash(want + n, 32, (const uint8_t *)json, sizeof json - 1, NULL, 0), n += 32;
+    assert_int_equal(WIRE_SCHEMA_MSG_BYTES, n);
+    wire_schema_msg((const uint8_t *)json, sizeof json - 1, got);
+    assert_memory_equal(got, want, n);
 }
 
 int main(void)
