@@ -563,13 +563,16 @@
       const nameF = p.fields.find(f => f.name === 'name');
       const names = nameF ? sidesOf(nameF).map(s => valText(s.value)) : [];
       const rows = [];
+      const hhNow = p.household;
       for (const f of p.fields) {
         if (f.crdt === 'log' || f.name === 'review') continue;
         const hist = h('details', {class: 'hist'}, h('summary', {}, t('p.show_history', {n: f.history.length})),
           historyList(f.history));
         rows.push(h('tr', {class: f.conflict ? 'conflict-row' : '', 'data-field': f.name},
           h('th', {title: docText(f.doc)}, fname(f.name) + keyLabel(f)),
-          h('td', {class: 'val', 'data-testid': 'value-' + f.name}, fieldValue(f),
+          h('td', {class: 'val', 'data-testid': 'value-' + f.name},
+            /* The household by its head's name (户主), the id beside it. */
+            f.name === 'household' && hhNow && fieldValue(f) === hhNow.id ? householdLink(hhNow.id, hhNow.head) : fieldValue(f),
             f.conflict ? h('span', {class: 'badge'}, t('p.conflict')) : null),
           h('td', {}, provCell(f)),
           h('td', {}, f.history.length ? hist : null)));

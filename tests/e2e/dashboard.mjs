@@ -285,6 +285,8 @@ async function main() {
   await shot(page, '09-household');
   await page.goto(base + '/' + personHref);
   await page.waitForSelector('[data-testid=legend]');
+  const hhCell = await page.textContent('[data-testid=value-household]');
+  check(hhCell.includes(hh.head.names[0] + '户'), `the person's household field names its head: ${hhCell}`);
   const legend = await page.textContent('[data-testid=legend]');
   check(legend.includes('≠') && legend.includes('冲突') && legend.includes('取代'),
     'the history markers are explained in words: ' + legend);
