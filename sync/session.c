@@ -824,37 +824,59 @@ typedef struct page {
     crdt_arena *arena;      /* decoding an envelope's delta header */
 } page;
 
-/* Note the signer of env (a stored, valid envelope) in p->keys. */
-static int page_note_key(page *p, const uint8_t *env, size_t len)
+/* Bytes a key record may take in the frame ({d, e, g, p}: at most 119). */
+#define KEY_RECORD_BYTES 128
+
+/* The signer (device, epoch) of env, a stored envelope; *dev 0 if it is the
+ * server's own or does not decode (the device then refuses it and says so). */
+static int page_signer(page *p, const uint8_t *env, size_t len, uint32_t *dev, uint32_t *epoch)
 {
     const uint8_t *db, *sig;
     size_t dl;
     crdt_delta d;
     int eo;
+    *dev = *epoch = 0;
     if (!p->arena && !(p->arena = crdt_arena_new(4096))) return CRDT_ENOMEM;
     crdt_arena_reset(p->arena);
     int rc = wire_envelope_decode(env, len, &crdt_limits_default, &db, &dl, &sig);
     if (!rc) rc = crdt_delta_decode(db, dl, &crdt_limits_default, p->arena, &d, &eo);
     if (rc == CRDT_ENOMEM) return rc;
-    if (rc || d.dev == 0) return 0; /* the device finds it cannot verify it and says so */
-    for (uint32_t i = 0; i < p->nkeys; i++)
-        if (p->keys[i].dev == d.dev && p->keys[i].epoch == d.epoch) return 0;
-    p->keys[p->nkeys].dev = d.dev;
-    p->keys[p->nkeys].epoch = d.epoch;
-    p->nkeys++;
+    if (!rc) {
+        *dev = d.dev;
+        *epoch = d.epoch;
+    }
     return 0;
 }
 
+/*
+ * Add env to the page unless it is full.  The page's byte budget counts the
+ * key record a new signer adds too, so envelopes and key records together
+ * stay within max_bytes (plus one envelope), well inside a device's 256 KiB
+ * message limit.  (The probe page, max_bytes SIZE_MAX, keeps no signers.)
+ */
 static int page_add(uint64_t sseq, const uint8_t *env, size_t len, void *arg)
 {
     page *p = arg;
-    if (p->n >= p->max_n || (p->n && p->bytes + len > p->max_bytes)) return 1; /* full */
+    uint32_t dev = 0, epoch = 0;
+    bool fresh = false;
+    if (p->max_bytes != SIZE_MAX) {
+        if (page_signer(p, env, len, &dev, &epoch)) return CRDT_ENOMEM;
+        fresh = dev != 0;
+        for (uint32_t i = 0; fresh && i < p->nkeys; i++)
+            if (p->keys[i].dev == dev && p->keys[i].epoch == epoch) fresh = false;
+    }
+    size_t add = len + (fresh ? KEY_RECORD_BYTES : 0);
+    if (p->n >= p->max_n || (p->n && p->bytes + add > p->max_bytes)) return 1; /* full */
     msgpack_packer pk;
     msgpack_packer_init(&pk, &p->envs, crdt_buf_pack_write);
     if (msgpack_pack_bin_with_body(&pk, env, len)) return CRDT_ENOMEM;
-    if (p->max_bytes != SIZE_MAX && page_note_key(p, env, len)) return CRDT_ENOMEM;
+    if (fresh) {
+        p->keys[p->nkeys].dev = dev;
+        p->keys[p->nkeys].epoch = epoch;
+        p->nkeys++;
+    }
     p->sseqs[p->n++] = sseq;
-    p->bytes += len;
+    p->bytes += add;
     return 0;
 }
 

@@ -52,6 +52,7 @@ static void *run_thread(void *arg)
 }
 
 static store_opts *next_opts; /* for the next fresh server (NULL: defaults) */
+static size_t next_page_bytes; /* for the next fresh server (0: default) */
 
 static void srv_start_on(srv *s, bool fresh)
 {
@@ -63,6 +64,7 @@ static void srv_start_on(srv *s, bool fresh)
         s->st = su_store_new(&s->d, next_opts);
         s->cfg = sync_config_default;
         s->cfg.auth_timeout_s = 2;
+        if (next_page_bytes) s->cfg.page_bytes = next_page_bytes;
     } else {
         store_opts so = {.no_sync = true};
         assert_int_equal(store_open(s->d.data, s->d.key, &so, &s->st, err, sizeof err), 0);
@@ -1130,10 +1132,68 @@ static void test_map_growth_under_load(void **state)
     srv_stop(&s);
 }
 
+/*
+ * A changes page's byte budget counts the key records its envelopes bring
+ * (one per new signer), so a page of many signers stays within the budget a
+ * device can take: with room for two envelopes but not for two envelopes and
+ * two key records, three signers come one per page, each with its record.
+ */
+static void test_key_records_in_page_budget(void **state)
+{
+    (void)state;
+    srv s;
+    const char *scope[] = {"H1"};
+    su_dev w[3], r;
+    wsc c;
+    crdt_buf env = {0}, f = {0}, m = {0};
+    /* The envelope's size first (a throwaway device of the same id makes
+     * the same bytes but for the signature), then a budget of two of them. */
+    su_dev_init(&w[0], 11);
+    hh_delta(&w[0], "H1", "走访", &env);
+    size_t envlen = env.n, budget = 2 * envlen + 40;
+    next_page_bytes = budget;
+    srv_start_on(&s, true);
+    next_page_bytes = 0;
+    for (uint32_t i = 0; i < 3; i++) {
+        add_device(&s, &w[i], 11 + i, scope, 1, STORE_DEV_ACTIVE);
+        assert_int_equal(device_connect(&c, s.port, 11 + i, 1, w[i].sk, NULL), 0);
+        hh_delta(&w[i], "H1", "走访", &env);
+        assert_int_equal(env.n, envlen);
+        push_and_ack(&c, 1, &env, 1, "applied");
+        wsc_close(&c);
+    }
+    assert_true(2 * envlen <= budget && 2 * (envlen + 100) > budget); /* this test's case */
+    add_device(&s, &r, 20, scope, 1, STORE_DEV_ACTIVE);
+    assert_int_equal(device_connect(&c, s.port, 20, 1, r.sk, NULL), 0);
+    uint64_t cursor = 0;
+    size_t pages = 0, got = 0;
+    for (bool more = true; more; pages++) {
+        frame_pull(&f, 100 + pages, cursor, 500);
+        assert_int_equal(wsc_send(&c, f.p, f.n), 0);
+        expect_frame(&c, &m, "changes");
+        size_t n = changes_count(m.p, m.n);
+        got += n;
+        if (n) {
+            assert_int_equal(n, 1);
+            assert_int_equal(check_key_records(m.p, m.n, store_server_pk(s.st), 11 + (uint32_t)(got - 1),
+                                               w[got - 1].pk), 1);
+        }
+        assert_true(mp_get_u64(m.p, m.n, "n", &cursor));
+        more = memmem(m.p, m.n, "\xa4more\xc3", 6) != NULL;
+    }
+    assert_int_equal(got, 3);
+    wsc_close(&c);
+    crdt_buf_free(&env);
+    crdt_buf_free(&f);
+    crdt_buf_free(&m);
+    srv_stop(&s);
+}
+
 int main(void)
 {
     wire_init();
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_key_records_in_page_budget),
         cmocka_unit_test(test_happy_path),
         cmocka_unit_test(test_auth_refusals),
         cmocka_unit_test(test_bad_input),
