@@ -120,5 +120,30 @@ for (const [name, code] of Object.entries(codes)) {
   check(`field app text for ${name} is crdt_value_message's`, m && STRINGS.zh[`e_${code}`] === m[1]);
 }
 
+// Key records: the field app verifies a changes frame before applying it (sync.js verifyChanges).
+{
+  const ed = await import('@noble/ed25519');
+  const { verifyChanges } = await import('../../clients/field/src/sync.js');
+  const srvSeed = new Uint8Array(32).fill(0x07), otherSeed = new Uint8Array(32).fill(0x08);
+  const srv = await ed.getPublicKeyAsync(srvSeed);
+  const devPub = await ed.getPublicKeyAsync(seed2a);          // device 42's key (envelope-set-name)
+  const env = unhex(vec['envelope-set-name']);
+  const rec = async (seedForG, pub = devPub, d = 42) =>
+    ({ d, e: 1, g: await ed.signAsync(keyInput(d, 1, pub), seedForG), p: pub });
+  const outcome = async (f) => { try { await verifyChanges(f, srv); return 'ok'; } catch (e) { return e.code || e.message; } };
+  check('changes: a genuine envelope with its key record verifies',
+    await outcome({ e: [env], k: [await rec(srvSeed)] }) === 'ok');
+  const bad = env.slice();
+  bad[bad.length - 1] ^= 1;
+  check('changes: a damaged envelope signature is refused as forged',
+    await outcome({ e: [bad], k: [await rec(srvSeed)] }) === 'forged');
+  check('changes: a key record not signed by the server is refused as forged',
+    await outcome({ e: [env], k: [await rec(otherSeed)] }) === 'forged');
+  check('changes: an envelope without its key record is refused as forged',
+    await outcome({ e: [env], k: [] }) === 'forged');
+  check('changes: a key record naming another key is refused as forged',
+    await outcome({ e: [env], k: [await rec(srvSeed, await ed.getPublicKeyAsync(otherSeed))] }) === 'forged');
+}
+
 console.log(failed ? `${failed} check(s) failed` : 'all checks passed');
 process.exit(failed ? 1 : 0);

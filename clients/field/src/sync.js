@@ -525,7 +525,7 @@ async function fetchPersons(conn, report, sum) {
  * verify under its (device, epoch)'s key (the server's own, device 0, under
  * the server key).  Throws SyncError('forged') before anything is applied.
  */
-async function verifyChanges(f, srv) {
+export async function verifyChanges(f, srv) {
   const keys = new Map();
   for (const r of f.k || []) {
     if (!(r && r.g instanceof Uint8Array && r.p instanceof Uint8Array && r.p.length === 32))
