@@ -180,7 +180,14 @@ struct sync_session {
     uint32_t inflight;
     uint64_t serial;
     sync_limiter *limiter;      /* the server's, shared by all sessions; may be NULL */
+    /* Key records this session already signed (page_key_records), so a
+     * device pulling page after page, or live, costs one server signature
+     * per signer, not one per page.  Allocated on first use. */
+    struct keysig { uint32_t dev, epoch; uint8_t pk[32], sig[64]; } *keysigs;
+    uint32_t n_keysigs, next_keysig;
 };
+
+#define KEYSIG_CACHE 32          /* key records a session remembers (round robin) */
 
 sync_session *sync_session_new(store *st, const sync_config *cfg,
                                const uint8_t nonce[SYNC_NONCE_BYTES])
@@ -200,6 +207,7 @@ void sync_session_free(sync_session *s)
 {
     if (!s) return;
     store_ids_free(&s->scope);
+    free(s->keysigs);
     free(s);
 }
 
@@ -887,7 +895,34 @@ static int page_add(uint64_t sseq, const uint8_t *env, size_t len, void *arg)
  * (PROTOCOL.md, "Key records").  A key the store does not hold (it never
  * drops one) is left out; the device then refuses the page.
  */
-static int page_key_records(store_txn *t, const page *p, crdt_buf *kr)
+/* The server's signature of key (wire_key_msg), from the session's cache or
+ * made now (store_server_sign unseals the server key: not per page). */
+static int key_record_sig(sync_session *s, store_txn *t, const store_key *key, uint8_t sig[64])
+{
+    for (uint32_t i = 0; i < s->n_keysigs; i++) {
+        const struct keysig *c = &s->keysigs[i];
+        if (c->dev == key->dev && c->epoch == key->epoch && !memcmp(c->pk, key->pk, 32)) {
+            memcpy(sig, c->sig, 64);
+            return 0;
+        }
+    }
+    uint8_t msg[WIRE_KEY_MSG_BYTES];
+    wire_key_msg(key->dev, key->epoch, key->pk, msg);
+    int rc = store_server_sign(t, msg, sizeof msg, sig);
+    if (rc) return rc;
+    if (!s->keysigs && !(s->keysigs = calloc(KEYSIG_CACHE, sizeof *s->keysigs)))
+        return 0; /* no cache: still correct, only slower */
+    struct keysig *c = &s->keysigs[s->next_keysig];
+    s->next_keysig = (s->next_keysig + 1) % KEYSIG_CACHE;
+    if (s->n_keysigs < KEYSIG_CACHE) s->n_keysigs++;
+    c->dev = key->dev;
+    c->epoch = key->epoch;
+    memcpy(c->pk, key->pk, 32);
+    memcpy(c->sig, sig, 64);
+    return 0;
+}
+
+static int page_key_records(sync_session *s, store_txn *t, const page *p, crdt_buf *kr)
 {
     msgpack_packer pk;
     uint32_t n = 0;
@@ -896,15 +931,13 @@ static int page_key_records(store_txn *t, const page *p, crdt_buf *kr)
     int rc = 0;
     for (uint32_t i = 0; i < p->nkeys && !rc; i++) {
         store_key key;
-        uint8_t msg[WIRE_KEY_MSG_BYTES], sig[64];
+        uint8_t sig[64];
         rc = store_key_get(t, p->keys[i].dev, p->keys[i].epoch, &key);
         if (rc == STORE_ENOTFOUND) {
             rc = 0;
             continue;
         }
-        if (rc) break;
-        wire_key_msg(key.dev, key.epoch, key.pk, msg);
-        if ((rc = store_server_sign(t, msg, sizeof msg, sig))) break;
+        if (rc || (rc = key_record_sig(s, t, &key, sig))) break;
         /* d, e, g, p */
         msgpack_pack_map(&pk, 4);
         pk_str(&pk, "d");
@@ -965,7 +998,7 @@ static int changes_frame(sync_session *s, uint64_t req_id, uint64_t after, uint3
         crdt_buf_free(&probe.envs);
         store_last_sseq(t, &last);
     }
-    if (!rc) rc = page_key_records(t, p, &krec);
+    if (!rc) rc = page_key_records(s, t, p, &krec);
     store_abort(t);
     t = NULL;
     if (rc) goto out;

@@ -1182,6 +1182,12 @@ static void test_key_records_in_page_budget(void **state)
         more = memmem(m.p, m.n, "\xa4more\xc3", 6) != NULL;
     }
     assert_int_equal(got, 3);
+    /* Pulled again, the same records come from the session's cache: still valid. */
+    frame_pull(&f, 200, 0, 500);
+    assert_int_equal(wsc_send(&c, f.p, f.n), 0);
+    expect_frame(&c, &m, "changes");
+    assert_int_equal(changes_count(m.p, m.n), 1);
+    assert_int_equal(check_key_records(m.p, m.n, store_server_pk(s.st), 11, w[0].pk), 1);
     wsc_close(&c);
     crdt_buf_free(&env);
     crdt_buf_free(&f);
