@@ -848,136 +848,133 @@ out:
 
 /* ---- pull and live ----------------------------------------------------------------------- */
 
+/* The key records of a changes frame, each checked with the pinned server key. */
+typedef struct keyrecs {
+    uint32_t n;
+    struct { uint64_t dev, epoch; uint8_t pk[32]; } *k;
+} keyrecs;
+
 /*
- * Is every envelope of the changes frame in c->up signed by the key the
- * server vouches for?  The frame's key records ("k": {d, e, g, p}) each say
- * "device d's key of epoch e is p", signed by the server key pinned at
- * enrollment (wire_key_msg); an envelope of device d, epoch e must verify
- * under that p, and one of the server itself (device 0) under the server
- * key.  0, or DSD_EFORGED / DSD_EPROTO / DSD_ENOMEM with the reason.
+ * The frame's key records ("k": {d, e, g, p}): each says "device d's key of
+ * epoch e is p", signed by the server key pinned at enrollment
+ * (wire_key_msg).  0, or DSD_EFORGED / DSD_EPROTO / DSD_ENOMEM.
  */
-static int changes_verify(conn *c, const msgpack_object *e)
+static int keyrecs_load(conn *c, keyrecs *kr)
 {
     dsd *h = c->h;
     const msgpack_object *k = get(&c->up.data, "k");
+    kr->n = 0;
+    kr->k = NULL;
     if (!k || k->type != MSGPACK_OBJECT_ARRAY || k->via.array.size > 1024)
         return dsd_fail(h, DSD_EPROTO, "changes frame lacks its key records (k)");
     uint32_t nk = k->via.array.size;
-    struct { uint64_t dev, epoch; uint8_t pk[32]; } *keys = calloc(nk ? nk : 1, sizeof *keys);
-    crdt_arena *a = crdt_arena_new(4096);
-    int rc = 0;
-    if (!keys || !a) {
-        rc = dsd_fail(h, DSD_ENOMEM, "out of memory");
-        goto out;
-    }
+    if (!(kr->k = calloc(nk ? nk : 1, sizeof *kr->k))) return dsd_fail(h, DSD_ENOMEM, "out of memory");
     for (uint32_t i = 0; i < nk; i++) {
         const msgpack_object *r = &k->via.array.ptr[i];
         uint8_t sig[64], msg[WIRE_KEY_MSG_BYTES];
-        if (!get_u64(r, "d", &keys[i].dev) || !get_u64(r, "e", &keys[i].epoch) ||
-            keys[i].dev == 0 || keys[i].dev > UINT32_MAX || keys[i].epoch > UINT32_MAX ||
-            !get_bin(r, "g", sig, 64) || !get_bin(r, "p", keys[i].pk, 32)) {
-            rc = dsd_fail(h, DSD_EPROTO, "a key record of a changes frame is malformed");
-            goto out;
-        }
-        wire_key_msg((uint32_t)keys[i].dev, (uint32_t)keys[i].epoch, keys[i].pk, msg);
-        if (crypto_sign_verify_detached(sig, msg, sizeof msg, c->srvpk) != 0) {
-            rc = dsd_fail(h, DSD_EFORGED, "the key record of device %llu epoch %llu is not "
-                          "signed by the server key", (unsigned long long)keys[i].dev,
-                          (unsigned long long)keys[i].epoch);
-            goto out;
-        }
+        if (!get_u64(r, "d", &kr->k[i].dev) || !get_u64(r, "e", &kr->k[i].epoch) ||
+            kr->k[i].dev == 0 || kr->k[i].dev > UINT32_MAX || kr->k[i].epoch > UINT32_MAX ||
+            !get_bin(r, "g", sig, 64) || !get_bin(r, "p", kr->k[i].pk, 32))
+            return dsd_fail(h, DSD_EPROTO, "a key record of a changes frame is malformed");
+        wire_key_msg((uint32_t)kr->k[i].dev, (uint32_t)kr->k[i].epoch, kr->k[i].pk, msg);
+        if (crypto_sign_verify_detached(sig, msg, sizeof msg, c->srvpk) != 0)
+            return dsd_fail(h, DSD_EFORGED, "the key record of device %llu epoch %llu is not "
+                            "signed by the server key", (unsigned long long)kr->k[i].dev,
+                            (unsigned long long)kr->k[i].epoch);
+        kr->n++;
     }
-    for (uint32_t i = 0; i < e->via.array.size; i++) {
-        const msgpack_object *b = &e->via.array.ptr[i];
-        const uint8_t *db, *sig, *pk = NULL;
-        size_t dl;
-        crdt_delta d;
-        int eo;
-        if (b->type != MSGPACK_OBJECT_BIN) {
-            rc = dsd_fail(h, DSD_EPROTO, "changes entry is not bin");
-            goto out;
-        }
-        crdt_arena_reset(a);
-        if (wire_envelope_decode((const uint8_t *)b->via.bin.ptr, b->via.bin.size,
-                                 &crdt_limits_default, &db, &dl, &sig) ||
-            crdt_delta_decode(db, dl, &crdt_limits_default, a, &d, &eo)) {
-            rc = dsd_fail(h, DSD_EPROTO, "an envelope of a changes frame does not decode");
-            goto out;
-        }
-        if (d.dev == 0) pk = c->srvpk;
-        for (uint32_t j = 0; !pk && j < nk; j++)
-            if (keys[j].dev == d.dev && keys[j].epoch == d.epoch) pk = keys[j].pk;
-        if (!pk) {
-            rc = dsd_fail(h, DSD_EFORGED, "no key record for device %u epoch %u in a changes "
-                          "frame", d.dev, d.epoch);
-            goto out;
-        }
-        if (wire_delta_verify(db, dl, sig, pk)) {
-            rc = dsd_fail(h, DSD_EFORGED, "the envelope of device %u seq %llu is not signed "
-                          "by its key", d.dev, (unsigned long long)d.seq);
-            goto out;
-        }
-    }
-out:
-    crdt_arena_free(a);
-    free(keys);
-    return rc;
+    return 0;
 }
 
-/* Apply the changes frame in c->up: envelopes and the new cursor, one txn,
- * once every envelope was verified (changes_verify). */
+/*
+ * Envelope b[0..n) of a changes frame, decoded into *d (borrowing from b and
+ * a) and verified: signed by the key its (device, epoch) has in kr, or, for
+ * the server's own (device 0), by the pinned server key.  0, or DSD_EFORGED /
+ * DSD_EPROTO.
+ */
+static int envelope_verify(conn *c, const keyrecs *kr, const uint8_t *b, size_t n,
+                           crdt_arena *a, crdt_delta *d)
+{
+    const uint8_t *db, *sig, *pk = NULL;
+    size_t dl;
+    int eo;
+    crdt_arena_reset(a);
+    if (wire_envelope_decode(b, n, &crdt_limits_default, &db, &dl, &sig) ||
+        crdt_delta_decode(db, dl, &crdt_limits_default, a, d, &eo))
+        return dsd_fail(c->h, DSD_EPROTO, "an envelope of a changes frame does not decode");
+    if (d->dev == 0) pk = c->srvpk;
+    for (uint32_t j = 0; !pk && j < kr->n; j++)
+        if (kr->k[j].dev == d->dev && kr->k[j].epoch == d->epoch) pk = kr->k[j].pk;
+    if (!pk)
+        return dsd_fail(c->h, DSD_EFORGED, "no key record for device %u epoch %u in a changes "
+                        "frame", d->dev, d->epoch);
+    if (wire_delta_verify(db, dl, sig, pk))
+        return dsd_fail(c->h, DSD_EFORGED, "the envelope of device %u seq %llu is not signed "
+                        "by its key", d->dev, (unsigned long long)d->seq);
+    return 0;
+}
+
+/*
+ * Apply the changes frame in c->up: envelopes and the new cursor, one txn.
+ * Every envelope is verified (envelope_verify) before it is applied; one that
+ * fails aborts the txn, so nothing of the page is applied and the cursor stays.
+ */
 static int on_changes(conn *c, dsd_sync_report *rep, bool *more)
 {
     dsd *h = c->h;
     const msgpack_object *e = get(&c->up.data, "e"), *m = get(&c->up.data, "more");
     uint64_t n;
-    MDB_txn *t;
+    MDB_txn *t = NULL;
+    keyrecs kr = {0, NULL};
+    crdt_arena *a = NULL;
+    uint64_t pulled = 0, purged = 0;
+    uint32_t nfresh = c->nfresh;
     if (!e || e->type != MSGPACK_OBJECT_ARRAY || !get_u64(&c->up.data, "n", &n))
         return dsd_fail(h, DSD_EPROTO, "changes frame lacks e or n");
     if (more) *more = m && m->type == MSGPACK_OBJECT_BOOLEAN && m->via.boolean;
-    int rc = changes_verify(c, e);
-    if (rc) return rc;
-    rc = dsd_txn_begin(h, true, &t);
-    if (rc) return rc;
+    int rc = keyrecs_load(c, &kr);
+    if (!rc && !(a = crdt_arena_new(4096))) rc = dsd_fail(h, DSD_ENOMEM, "out of memory");
+    if (!rc) rc = dsd_txn_begin(h, true, &t);
+    if (rc) goto out;
     uint64_t cursor;
-    if ((rc = dsd_meta_u64(h, t, "cursor", &cursor))) goto fail;
+    if ((rc = dsd_meta_u64(h, t, "cursor", &cursor))) goto out;
     for (uint32_t i = 0; i < e->via.array.size; i++) {
         const msgpack_object *b = &e->via.array.ptr[i];
+        crdt_delta d;
         if (b->type != MSGPACK_OBJECT_BIN) {
             rc = dsd_fail(h, DSD_EPROTO, "changes entry is not bin");
-            goto fail;
+            goto out;
         }
+        const uint8_t *bp = (const uint8_t *)b->via.bin.ptr;
+        if ((rc = envelope_verify(c, &kr, bp, b->via.bin.size, a, &d))) goto out;
         bool fresh = false;
-        if ((rc = dsd_apply_remote(h, t, (const uint8_t *)b->via.bin.ptr, b->via.bin.size,
-                                   rep ? &rep->purged : NULL, &fresh)))
-            goto fail;
-        if (rep) rep->pulled++;
-        if (fresh && c->nfresh < FETCH_MAX) {
+        if ((rc = dsd_apply_remote(h, t, bp, b->via.bin.size, &purged, &fresh))) goto out;
+        pulled++;
+        if (fresh && nfresh < FETCH_MAX && d.id_len <= CRDT_RECID_MAX) {
             if (!c->fresh && !(c->fresh = calloc(FETCH_MAX, sizeof *c->fresh))) {
                 rc = dsd_fail(h, DSD_ENOMEM, "out of memory");
-                goto fail;
+                goto out;
             }
-            /* the envelope's record id, from the delta */
-            const uint8_t *db, *sig;
-            size_t dl;
-            crdt_arena *a = crdt_arena_new(0);
-            crdt_delta d;
-            int eo;
-            if (a && !wire_envelope_decode((const uint8_t *)b->via.bin.ptr, b->via.bin.size,
-                                           &crdt_limits_default, &db, &dl, &sig) &&
-                !crdt_delta_decode(db, dl, &crdt_limits_default, a, &d, &eo) &&
-                d.id_len <= CRDT_RECID_MAX) {
-                memcpy(c->fresh[c->nfresh], d.id, d.id_len);
-                c->fresh[c->nfresh][d.id_len] = 0;
-                c->nfresh++;
-            }
-            crdt_arena_free(a);
+            memcpy(c->fresh[nfresh], d.id, d.id_len); /* the envelope's record id */
+            c->fresh[nfresh][d.id_len] = 0;
+            nfresh++;
         }
     }
-    if (n > cursor && (rc = dsd_meta_put_u64(h, t, "cursor", n))) goto fail;
-    return dsd_lmdb(h, mdb_txn_commit(t), "commit");
-fail:
-    mdb_txn_abort(t);
+    if (n > cursor && (rc = dsd_meta_put_u64(h, t, "cursor", n))) goto out;
+    rc = dsd_lmdb(h, mdb_txn_commit(t), "commit");
+    t = NULL;
+    if (!rc) {
+        /* Counted, and persons to fetch noted, only once the page is in. */
+        c->nfresh = nfresh;
+        if (rep) {
+            rep->pulled += pulled;
+            rep->purged += purged;
+        }
+    }
+out:
+    if (t) mdb_txn_abort(t);
+    crdt_arena_free(a);
+    free(kr.k);
     return rc;
 }
 
