@@ -13,69 +13,17 @@
 #include <cmocka.h>
 
 #include "crdt.h"
+#include "tdelta.h"
 #include "testutil.h"
 
 static crdt_schema *schema;
 
-/* ---- a tiny delta builder ---------------------------------------------------- */
-
-typedef struct tdelta {
-    crdt_delta d;
-    crdt_op ops[8];
-    crdt_buf v[8], k[8];
-    crdt_dot obs[8][8];
-} tdelta;
+/* ---- deltas (tests/common/tdelta.h) on record t/r1 ---------------------------- */
 
 static void td_init(tdelta *t, uint32_t dev, uint64_t seq, uint64_t ms)
 {
-    memset(t, 0, sizeof *t);
-    t->d.dev = dev;
-    t->d.epoch = 1;
-    t->d.seq = seq;
+    td_init_for(t, "t", "r1", dev, seq, ms);
     if (seq > 1) t->d.prev[0] = 1;
-    t->d.hlc = CRDT_HLC_MAKE(ms, 0);
-    t->d.kind = "t";
-    t->d.kind_len = 1;
-    t->d.id = "r1";
-    t->d.id_len = 2;
-    t->d.ops = t->ops;
-}
-
-static crdt_op *td_op(tdelta *t, int code, const char *field)
-{
-    crdt_op *o = &t->ops[t->d.n_ops++];
-    o->code = (uint8_t)code;
-    o->field = field;
-    o->field_len = field ? (uint32_t)strlen(field) : 0;
-    return o;
-}
-
-static void td_str(tdelta *t, crdt_op *o, const char *s)
-{
-    crdt_buf *b = &t->v[o - t->ops];
-    assert_int_equal(crdt_val_put_str(b, s, strlen(s)), 0);
-    o->val = (crdt_blob){b->p, (uint32_t)b->n};
-}
-
-static void td_int(tdelta *t, crdt_op *o, int64_t i)
-{
-    crdt_buf *b = &t->v[o - t->ops];
-    assert_int_equal(crdt_val_put_int(b, i), 0);
-    o->val = (crdt_blob){b->p, (uint32_t)b->n};
-}
-
-static void td_key(tdelta *t, crdt_op *o, int64_t key)
-{
-    crdt_buf *b = &t->k[o - t->ops];
-    assert_int_equal(crdt_val_put_int(b, key), 0);
-    o->key = (crdt_blob){b->p, (uint32_t)b->n};
-}
-
-static void td_obs(tdelta *t, crdt_op *o, uint32_t dev, uint64_t seq)
-{
-    crdt_dot *arr = t->obs[o - t->ops];
-    arr[o->n_obs++] = (crdt_dot){dev, seq};
-    o->obs = arr;
 }
 
 /* Encode, decode, schema-check and apply; returns the apply code. */
@@ -91,10 +39,7 @@ static int td_apply(tdelta *t, crdt_record *r)
     rc = crdt_record_apply(r, schema, &d);
     crdt_buf_free(&enc);
     crdt_arena_free(a);
-    for (int i = 0; i < 8; i++) {
-        crdt_buf_free(&t->v[i]);
-        crdt_buf_free(&t->k[i]);
-    }
+    td_free(t);
     return rc;
 }
 

@@ -22,6 +22,7 @@
 #include <cmocka.h>
 
 #include "crdt.h"
+#include "tdelta.h"
 #include "testutil.h"
 #include "wire.h"
 
@@ -32,71 +33,10 @@ static crdt_schema *schema;
 
 /* ---- the four deltas ---------------------------------------------------------- */
 
-typedef struct vdelta {
-    crdt_delta d;
-    crdt_op ops[8];
-    crdt_buf v[8], k[8];
-    crdt_dot obs[8][2];
-} vdelta;
-
-static void vd_init(vdelta *t, uint32_t dev, uint64_t seq, uint64_t ms)
+static void vd_init(tdelta *t, uint32_t dev, uint64_t seq, uint64_t ms)
 {
-    memset(t, 0, sizeof *t);
-    t->d.dev = dev;
-    t->d.epoch = 1;
-    t->d.seq = seq;
+    td_init_for(t, "person", "P-0001", dev, seq, ms);
     memset(t->d.prev, seq > 1 ? 0x11 : 0, sizeof t->d.prev);
-    t->d.hlc = CRDT_HLC_MAKE(ms, 0);
-    t->d.kind = "person";
-    t->d.kind_len = 6;
-    t->d.id = "P-0001";
-    t->d.id_len = 6;
-    t->d.ops = t->ops;
-}
-
-static crdt_op *vd_op(vdelta *t, int code, const char *field)
-{
-    crdt_op *o = &t->ops[t->d.n_ops++];
-    o->code = (uint8_t)code;
-    o->field = field;
-    o->field_len = field ? (uint32_t)strlen(field) : 0;
-    return o;
-}
-
-static void vd_str(vdelta *t, crdt_op *o, const char *s)
-{
-    crdt_buf *b = &t->v[o - t->ops];
-    assert_int_equal(crdt_val_put_str(b, s, strlen(s)), 0);
-    o->val = (crdt_blob){b->p, (uint32_t)b->n};
-}
-
-static void vd_int(vdelta *t, crdt_op *o, int64_t i)
-{
-    crdt_buf *b = &t->v[o - t->ops];
-    assert_int_equal(crdt_val_put_int(b, i), 0);
-    o->val = (crdt_blob){b->p, (uint32_t)b->n};
-}
-
-static void vd_key(vdelta *t, crdt_op *o, int64_t k)
-{
-    crdt_buf *b = &t->k[o - t->ops];
-    assert_int_equal(crdt_val_put_int(b, k), 0);
-    o->key = (crdt_blob){b->p, (uint32_t)b->n};
-}
-
-static void vd_obs(vdelta *t, crdt_op *o, uint32_t dev, uint64_t seq)
-{
-    crdt_dot *d = t->obs[o - t->ops];
-    d[o->n_obs++] = (crdt_dot){dev, seq};
-    o->obs = d;
-}
-
-static void vd_free(vdelta *t)
-{
-    for (int i = 0; i < 8; i++) {
-        crdt_buf_free(&t->v[i]);
-        crdt_buf_free(&t->k[i]);
-    }
 }
 
 /*
@@ -109,28 +49,28 @@ static void vd_free(vdelta *t)
  *                                errands_done+2, review→社区已初审, note=电话随访
  * b2  device 7 seq 2, t0+200ms:  del (the record's tombstone)
  */
-static void build(vdelta *t, int which)
+static void build(tdelta *t, int which)
 {
     crdt_op *o;
     switch (which) {
     case 0:
         vd_init(t, 42, 1, MS0);
-        vd_str(t, vd_op(t, CRDT_OP_SET, "name"), "张三");
-        o = vd_op(t, CRDT_OP_SET, "payment");
-        vd_key(t, o, 2026);
-        vd_str(t, o, "未缴费");
-        vd_str(t, vd_op(t, CRDT_OP_ADD, "tags"), "低保");
-        vd_int(t, vd_op(t, CRDT_OP_INC, "errands_done"), 1);
-        vd_str(t, vd_op(t, CRDT_OP_RAISE, "review"), "待初审");
-        vd_str(t, vd_op(t, CRDT_OP_SET, "note"), "首次走访");
+        td_str(t, td_op(t, CRDT_OP_SET, "name"), "张三");
+        o = td_op(t, CRDT_OP_SET, "payment");
+        td_key(t, o, 2026);
+        td_str(t, o, "未缴费");
+        td_str(t, td_op(t, CRDT_OP_ADD, "tags"), "低保");
+        td_int(t, td_op(t, CRDT_OP_INC, "errands_done"), 1);
+        td_str(t, td_op(t, CRDT_OP_RAISE, "review"), "待初审");
+        td_str(t, td_op(t, CRDT_OP_SET, "note"), "首次走访");
         break;
     case 1: {
         vd_init(t, 42, 2, MS0 + 100);
-        o = vd_op(t, CRDT_OP_SET, "payment");
-        vd_key(t, o, 2026);
-        vd_str(t, o, "已缴费");
-        vd_obs(t, o, 42, 1);
-        o = vd_op(t, CRDT_OP_APP, "visits");
+        o = td_op(t, CRDT_OP_SET, "payment");
+        td_key(t, o, 2026);
+        td_str(t, o, "已缴费");
+        td_obs(t, o, 42, 1);
+        o = td_op(t, CRDT_OP_APP, "visits");
         static const char *const keys[] = {"date", "method", "result"};
         const crdt_scalar vals[] = {
             {.t = CRDT_V_STR, .s = "2026-12-01", .len = 10},
@@ -143,20 +83,20 @@ static void build(vdelta *t, int which)
     }
     case 2:
         vd_init(t, 7, 1, MS0 + 50);
-        vd_str(t, vd_op(t, CRDT_OP_SET, "name"), "张山");
-        o = vd_op(t, CRDT_OP_SET, "payment");
-        vd_key(t, o, 2026);
-        vd_str(t, o, "代缴");
-        o = vd_op(t, CRDT_OP_REM, "tags");
-        vd_str(t, o, "低保");
-        vd_obs(t, o, 42, 1);
-        vd_int(t, vd_op(t, CRDT_OP_INC, "errands_done"), 2);
-        vd_str(t, vd_op(t, CRDT_OP_RAISE, "review"), "社区已初审");
-        vd_str(t, vd_op(t, CRDT_OP_SET, "note"), "电话随访");
+        td_str(t, td_op(t, CRDT_OP_SET, "name"), "张山");
+        o = td_op(t, CRDT_OP_SET, "payment");
+        td_key(t, o, 2026);
+        td_str(t, o, "代缴");
+        o = td_op(t, CRDT_OP_REM, "tags");
+        td_str(t, o, "低保");
+        td_obs(t, o, 42, 1);
+        td_int(t, td_op(t, CRDT_OP_INC, "errands_done"), 2);
+        td_str(t, td_op(t, CRDT_OP_RAISE, "review"), "社区已初审");
+        td_str(t, td_op(t, CRDT_OP_SET, "note"), "电话随访");
         break;
     default:
         vd_init(t, 7, 2, MS0 + 200);
-        vd_op(t, CRDT_OP_DEL, NULL);
+        td_op(t, CRDT_OP_DEL, NULL);
         break;
     }
 }
@@ -197,12 +137,12 @@ static void pinned(const char *name, const uint8_t *got, size_t n)
 /* Delta i: encoded, pinned, then decoded from the pinned bytes and schema-checked. */
 static void delta_bytes(int i, crdt_buf *enc)
 {
-    vdelta t;
+    tdelta t;
     build(&t, i);
     crdt_buf_reset(enc);
     assert_int_equal(crdt_delta_encode(&t.d, enc), 0);
     pinned(DELTA_NAMES[i], enc->p, enc->n);
-    vd_free(&t);
+    td_free(&t);
 }
 
 /* r ⊔= the delta in bytes p[0..n) (decoded, schema-checked, applied). */
