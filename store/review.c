@@ -300,6 +300,36 @@ int store_quarantine_review(store_txn *t, uint64_t qid, store_qreview *out)
     return rc;
 }
 
+int store_quarantine_counts(store_txn *t, uint64_t counts[4])
+{
+    MDB_cursor *c;
+    MDB_val k, v;
+    crdt_buf rbuf = {0};
+    store_qreview r;
+    int rc = STORE_OK, mrc;
+    memset(counts, 0, 4 * sizeof *counts);
+    if ((mrc = mdb_cursor_open(t->txn, t->s->dbi[DB_QUAR], &c))) return store_lmdb_err(mrc);
+    for (mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == 0;
+         mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 8) {
+            rc = STORE_ECORRUPT;
+            break;
+        }
+        if ((rc = review_load(t, rd64(k.mv_data), &r, &rbuf))) break;
+        if (r.state < STORE_QSTATE_PENDING || r.state > STORE_QSTATE_REJECTED) {
+            rc = STORE_ECORRUPT;
+            break;
+        }
+        counts[0]++;
+        counts[r.state]++;
+    }
+    if (!rc && mrc && mrc != MDB_NOTFOUND) rc = store_lmdb_err(mrc);
+    mdb_cursor_close(c);
+    if (rbuf.p) sodium_memzero(rbuf.p, rbuf.cap);
+    crdt_buf_free(&rbuf);
+    return rc;
+}
+
 int store_quarantine_list(store_txn *t, uint64_t after, size_t limit, int state,
                           store_qreview_cb cb, void *arg, uint64_t *next)
 {

@@ -742,6 +742,11 @@ int store_quarantine_review(store_txn *t, uint64_t qid, store_qreview *out);
  * (entry->env included).  *next receives the last qid delivered (or
  * `after`).  cb returning non-zero stops early (not delivered) and that
  * value is returned; otherwise 0, STORE_ECORRUPT, or an LMDB error. */
+/* The quarantine's entries by state, in one walk that reads only the
+ * decisions (not the kept envelopes): counts[0] all, counts[STORE_QSTATE_*]
+ * each state.  Returns 0, STORE_ECORRUPT or an LMDB error. */
+int store_quarantine_counts(store_txn *t, uint64_t counts[4]);
+
 typedef int (*store_qreview_cb)(const store_qentry *q, const store_qreview *r, void *arg);
 int store_quarantine_list(store_txn *t, uint64_t after, size_t limit, int state,
                           store_qreview_cb cb, void *arg, uint64_t *next);

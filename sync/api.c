@@ -931,24 +931,6 @@ static int place_param(rq *q, const char *name, const char *what_zh, char *buf, 
     return 0;
 }
 
-static int qcount_cb(const store_qentry *e, const store_qreview *rv, void *arg)
-{
-    (void)e;
-    (void)rv;
-    (*(uint64_t *)arg)++;
-    return 0;
-}
-
-/* Quarantine entries in state (0: all), walking the list as doorstepctl
- * stats does (the quarantine has no per-state count). */
-static int quarantine_in_state(store_txn *t, int state, uint64_t *n)
-{
-    uint64_t next = 0;
-    *n = 0;
-    if (!state) return store_quarantine_count(t, n);
-    return store_quarantine_list(t, 0, SIZE_MAX, state, qcount_cb, n, &next);
-}
-
 static int qx_sync(rq *q, store_txn *t);
 static void qx_conflict_totals(const sync_api *api, uint64_t *persons, uint64_t *fields);
 
@@ -1062,12 +1044,10 @@ static int route_overview(rq *q)
     json_object_set_new(dv, "stale_days", json_integer((json_int_t)stale_days));
     json_object_set_new(dv, "stale", stale);
     json_object_set_new(o, "devices", dv);
-    uint64_t nq = 0, npend = 0;
-    if ((rc = store_quarantine_count(t, &nq)) ||
-        (rc = quarantine_in_state(t, STORE_QSTATE_PENDING, &npend)))
-        goto fail;
-    json_object_set_new(o, "quarantine", json_integer((json_int_t)nq));
-    json_object_set_new(o, "quarantine_pending", json_integer((json_int_t)npend));
+    uint64_t qc[4];
+    if ((rc = store_quarantine_counts(t, qc))) goto fail;
+    json_object_set_new(o, "quarantine", json_integer((json_int_t)qc[0]));
+    json_object_set_new(o, "quarantine_pending", json_integer((json_int_t)qc[STORE_QSTATE_PENDING]));
     store_abort(t);
     store_places_free(&pl);
     send_json(q, 200, o);
@@ -2593,13 +2573,9 @@ static int route_quarantine(rq *q)
     l.q = q;
     l.items = json_array();
     l.skip = after ? 0 : offset;
-    static const int states[4] = {0, STORE_QSTATE_PENDING, STORE_QSTATE_ACCEPTED,
-                                  STORE_QSTATE_REJECTED};
     int rc = store_begin(q->api->st, STORE_RDONLY, &l.t);
-    for (int i = 0; !rc && i < 4; i++) {
-        rc = quarantine_in_state(l.t, states[i], &counts[i]);
-        if (states[i] == state) total = counts[i];
-    }
+    if (!rc) rc = store_quarantine_counts(l.t, counts); /* [0] all, [state] each */
+    total = counts[state];
     if (!rc)
         rc = store_quarantine_list(l.t, after, (size_t)(l.skip + limit), state, qlist_cb, &l,
                                    &next);

@@ -683,14 +683,6 @@ static int cmd_backup(int argc, char **argv)
     return 0;
 }
 
-static int count_pending(const store_qentry *q, const store_qreview *r, void *arg)
-{
-    (void)q;
-    (void)r;
-    (*(uint64_t *)arg)++;
-    return 0;
-}
-
 /* ---- stats: coverage per community and grid, from the aggregates -------------------- */
 
 #define DAY_MS (24ull * 3600 * 1000)
@@ -818,17 +810,18 @@ static int cmd_stats(int argc, char **argv)
     store *s = open_store();
     if (!s) return 1;
     store_txn *t;
-    uint64_t last = 0, quar = 0, pending = 0, next;
+    uint64_t last = 0, quar = 0, pending = 0;
     crdt_hlc hwm = 0;
     size_t used, size;
     json_t *j = json ? json_object() : NULL;
     int rc = store_begin(s, STORE_RDONLY, &t);
     if (!rc) {
         store_last_sseq(t, &last);
-        store_quarantine_count(t, &quar);
         store_hlc_hwm(t, &hwm);
-        rc = store_quarantine_list(t, 0, SIZE_MAX, STORE_QSTATE_PENDING, count_pending, &pending,
-                                   &next);
+        uint64_t qc[4];
+        rc = store_quarantine_counts(t, qc);
+        quar = qc[0];
+        pending = qc[STORE_QSTATE_PENDING];
         store_map_usage(s, &used, &size);
         if (!rc && j) {
             json_object_set_new(j, "deltas", json_integer((json_int_t)last));

@@ -500,6 +500,15 @@ static void test_accept_reject(void **state)
     assert_int_equal(qs.reason[2], STORE_Q_REVOKED);
     assert_int_equal(list_q(s, STORE_QSTATE_PENDING, &qs), 3);
     assert_int_equal(list_q(s, STORE_QSTATE_ACCEPTED, &qs), 0);
+    {
+        store_txn *ct;
+        uint64_t qc[4];
+        assert_int_equal(store_begin(s, STORE_RDONLY, &ct), 0);
+        assert_int_equal(store_quarantine_counts(ct, qc), 0);
+        store_abort(ct);
+        assert_true(qc[0] == 3 && qc[STORE_QSTATE_PENDING] == 3 && qc[STORE_QSTATE_ACCEPTED] == 0 &&
+                    qc[STORE_QSTATE_REJECTED] == 0);
+    }
     /* Paging and early stop. */
     {
         uint64_t next;
@@ -604,6 +613,13 @@ static void test_accept_reject(void **state)
     assert_int_equal(count_quarantine(s), 3);
     const crdt_buf *orig[3] = {&q1env, &q2env, &q3env};
     assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    /* The counts by state agree with the lists (one walk of the decisions). */
+    uint64_t qc[4];
+    assert_int_equal(store_quarantine_counts(t, qc), 0);
+    assert_int_equal(qc[0], 3);
+    assert_int_equal(qc[STORE_QSTATE_PENDING], 0);
+    assert_int_equal(qc[STORE_QSTATE_ACCEPTED], 2);
+    assert_int_equal(qc[STORE_QSTATE_REJECTED], 1);
     for (uint64_t q = 1; q <= 3; q++) {
         store_qentry e;
         assert_int_equal(store_quarantine_get(t, q, &e), 0);
