@@ -189,43 +189,30 @@ static bool recid_ok(const char *s, size_t n)
 }
 
 /*
- * The query parameters the routes read.  The server hands over the decoded
- * arguments joined with '&' (server.c, query_copy), so a decoded '&' inside a
- * value (a searched name, say) cannot be told from a separator by itself: a
- * parameter ends at the end of the string or at a '&' that one of these names
- * and '=' follow.  None of the values the routes accept holds "&name=".
+ * Query parameter `name` into buf; NULL if absent.  The server hands the
+ * decoded arguments over joined by '&', with '%' and '&' inside them written
+ * %25 and %26 (sync_http_req.query), so a parameter ends at the next '&' and
+ * only those two escapes are undone here.  A value longer than cap - 1 bytes
+ * is cut there (every route's own check then refuses what it cannot take).
  */
-static const char *const QNAMES[] = {"q", "offset", "limit", "after", "stage", "state",
-                                     "community", "grid", "week", "stale_days"};
-
-/* Does a known parameter ("name=") start at p?  Its name length, or 0. */
-static size_t qname_at(const char *p)
-{
-    for (size_t i = 0; i < sizeof QNAMES / sizeof *QNAMES; i++) {
-        size_t n = strlen(QNAMES[i]);
-        if (!strncmp(p, QNAMES[i], n) && p[n] == '=') return n;
-    }
-    return 0;
-}
-
-/* Query parameter `name` (decoded by the server) into buf; NULL if absent. */
 static const char *qparam(rq *q, const char *name, char *buf, size_t cap)
 {
     const char *p = q->req->query ? q->req->query : "";
     size_t nl = strlen(name);
     while (*p) {
-        /* The parameter at p ends where '&' and the next known one start. */
-        size_t len = 0;
-        while (p[len] && !(p[len] == '&' && qname_at(p + len + 1))) len++;
-        if (len > nl && p[nl] == '=' && !memcmp(p, name, nl)) {
-            size_t vl = len - nl - 1;
-            if (vl >= cap) vl = cap - 1;
-            memcpy(buf, p + nl + 1, vl);
-            buf[vl] = 0;
-            return buf;
-        }
-        if (len == nl && !memcmp(p, name, nl)) {
-            buf[0] = 0;
+        size_t len = strcspn(p, "&");
+        if (len >= nl && !memcmp(p, name, nl) && (len == nl || p[nl] == '=')) {
+            size_t o = 0;
+            for (size_t i = len == nl ? len : nl + 1; i < len && o + 1 < cap; i++) {
+                if (p[i] == '%' && i + 2 < len && p[i + 1] == '2' &&
+                    (p[i + 2] == '5' || p[i + 2] == '6')) {
+                    buf[o++] = p[i + 2] == '5' ? '%' : '&';
+                    i += 2;
+                } else {
+                    buf[o++] = p[i];
+                }
+            }
+            buf[o] = 0;
             return buf;
         }
         p += len;

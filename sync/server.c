@@ -976,9 +976,11 @@ static void header_copy(struct lws *wsi, char *dst, size_t cap, enum lws_token_i
 
 /*
  * The query's arguments, decoded by lws, one fragment each ("x=1", "y=2"),
- * joined with '&' into dst.  lws_hdr_copy joins them with ',' (as for a
- * repeated header), which cannot be told from a ',' in a value.  Empty if
- * the whole does not fit: a route then sees no parameters, never half.
+ * joined with '&' into dst, with a '%' or '&' inside a fragment written %25 /
+ * %26, so the joined string splits at every '&' (sync_http_req.query).
+ * lws_hdr_copy joins them with ',' (as for a repeated header), which cannot
+ * be told from a ',' in a value.  Empty if the whole does not fit: a route
+ * then sees no parameters, never half of them.
  */
 static void query_copy(struct lws *wsi, char *dst, size_t cap)
 {
@@ -988,13 +990,21 @@ static void query_copy(struct lws *wsi, char *dst, size_t cap)
     for (int i = 0; i < 64; i++) {
         int n = lws_hdr_copy_fragment(wsi, frag, (int)sizeof frag, WSI_TOKEN_HTTP_URI_ARGS, i);
         if (n < 0) break;
-        if (used + (used ? 1 : 0) + (size_t)n >= cap) {
+        if (used && used + 1 < cap) dst[used++] = '&';
+        for (int j = 0; j < n && used < cap; j++) {
+            if (frag[j] == '%' || frag[j] == '&') {
+                if (used + 3 >= cap) break;
+                dst[used++] = '%';
+                dst[used++] = '2';
+                dst[used++] = frag[j] == '%' ? '5' : '6';
+            } else {
+                dst[used++] = frag[j];
+            }
+        }
+        if (used + 1 >= cap) {
             dst[0] = 0;
             return;
         }
-        if (used) dst[used++] = '&';
-        memcpy(dst + used, frag, (size_t)n);
-        used += (size_t)n;
         dst[used] = 0;
     }
 }

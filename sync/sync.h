@@ -266,7 +266,8 @@ uint32_t sync_session_inflight(const sync_session *s);
 typedef struct sync_http_req {
     const char *method;         /* "GET", "POST", ... */
     const char *path;           /* "/api/overview" (no query) */
-    const char *query;          /* "q=..." (URL-decoded by the server), or "" */
+    const char *query;          /* "a=1&q=..." or "": the arguments URL-decoded, joined by
+                                 * '&', with '%' and '&' inside them written %25 and %26 */
     const char *cookie;         /* the Cookie header, or "" */
     const char *csrf;           /* the X-CSRF-Token header, or "" */
     const char *content_type;   /* or "" */
