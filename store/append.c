@@ -172,6 +172,7 @@ int store_device_scope_get(store_txn *t, uint32_t dev, store_ids *out)
 static int quarantine(store_txn *t, uint8_t reason, uint32_t dev, uint64_t seq,
                       uint64_t now_ms, const uint8_t *env, size_t n)
 {
+    if (!t->rw) return STORE_EREADONLY;
     MDB_cursor *c;
     MDB_val k, v;
     uint64_t qid = 1;
@@ -191,6 +192,13 @@ static int quarantine(store_txn *t, uint8_t reason, uint32_t dev, uint64_t seq,
     rc = store_put_sealed_append(t, DB_QUAR, key, 8, plain, 21 + n); /* qid = last + 1 */
     free(plain);
     return rc;
+}
+
+int store_quarantine_put(store_txn *t, uint8_t reason, uint32_t dev, uint64_t seq,
+                         uint64_t now_ms, const uint8_t *env, size_t n)
+{
+    if (reason < STORE_Q_CLOCK_AHEAD || reason > STORE_Q_UNVERIFIED || (!env && n)) return STORE_EINVAL;
+    return quarantine(t, reason, dev, seq, now_ms, env, n);
 }
 
 int store_quarantine_count(store_txn *t, uint64_t *n)
@@ -234,6 +242,7 @@ const char *store_qreason_name(int reason)
     case STORE_Q_SEALED: return "key_sealed";
     case STORE_Q_FORK: return "chain_fork";
     case STORE_Q_SCOPE: return "out_of_scope";
+    case STORE_Q_UNVERIFIED: return "unverified";
     default: return "unknown";
     }
 }
@@ -654,6 +663,9 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
                  store_outcome *out)
 {
     const crdt_delta *d = it->delta;
+    /* cdev: whose chain (dots, head, device state) this is; the delta's own
+     * device unless it was relayed from another server. */
+    const uint32_t cdev = it->chain_dev ? it->chain_dev : d->dev;
     store_device dev;
     uint8_t dk[12], hash[CRDT_HASH_BYTES], hv[8 + CRDT_HASH_BYTES];
     uint64_t head = 0, old = 0;
@@ -666,8 +678,8 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
      *    since); clones.  The stored delta's hash is read from the dot, or
      *    recomputed from its envelope (store_dot_get): dots hit only on
      *    resends. */
-    dot_key(dk, d->dev, d->seq);
-    rc = store_dot_get(t, d->dev, d->seq, &old, hash);
+    dot_key(dk, cdev, d->seq);
+    rc = store_dot_get(t, cdev, d->seq, &old, hash);
     if (rc == STORE_OK) {
         if (memcmp(hash, it->hash, CRDT_HASH_BYTES) == 0) {
             out->result = STORE_DUPLICATE;
@@ -679,12 +691,12 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
         if (old) {
             rc = store_get_envelope(t, old, &prev_env);
             if (rc == STORE_OK)
-                rc = quarantine(t, STORE_Q_CLONE, d->dev, d->seq, now_ms, prev_env.p, prev_env.n);
+                rc = quarantine(t, STORE_Q_CLONE, cdev, d->seq, now_ms, prev_env.p, prev_env.n);
             crdt_buf_free(&prev_env);
             if (rc) return rc;
         }
-        if ((rc = freeze(t, d->dev, d->seq, now_ms, "clone"))) return rc;
-        if ((rc = quarantine(t, STORE_Q_CLONE, d->dev, d->seq, now_ms, it->env, it->env_len)))
+        if ((rc = freeze(t, cdev, d->seq, now_ms, "clone"))) return rc;
+        if ((rc = quarantine(t, STORE_Q_CLONE, cdev, d->seq, now_ms, it->env, it->env_len)))
             return rc;
         out->result = STORE_QUARANTINED;
         out->code = STORE_Q_CLONE;
@@ -695,7 +707,7 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
     /* 2. Device state: frozen and revoked devices go to quarantine, and so
      *    does a delta the caller holds back (e.g. signed with a retired key
      *    beyond its sealed seq). */
-    rc = store_device_get(t, d->dev, &dev);
+    rc = store_device_get(t, cdev, &dev);
     if (rc && rc != STORE_ENOTFOUND) return rc;
     if (rc == STORE_OK) {
         int reason = 0;
@@ -706,7 +718,7 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
         if (reason) goto quarantine_only;
     }
     if (it->quarantine && it->quarantine != STORE_Q_SCOPE) {
-        rc = quarantine(t, it->quarantine, d->dev, d->seq, now_ms, it->env, it->env_len);
+        rc = quarantine(t, it->quarantine, cdev, d->seq, now_ms, it->env, it->env_len);
         if (rc) return rc;
         out->result = STORE_QUARANTINED;
         out->code = it->quarantine;
@@ -714,7 +726,8 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
     }
 
     /* 3. The chain: next seq, and the previous hash must match the head. */
-    if ((rc = store_chain_head(t, d->dev, &head, hash))) return rc;
+    if ((rc = store_chain_head(t, cdev, &head, hash))) return rc;
+    if (it->relayed) goto chain_ok;
     if (d->seq != head + 1) {
         out->result = STORE_REJECTED;
         out->code = STORE_EGAP;
@@ -722,14 +735,15 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
         return STORE_OK;
     }
     if (memcmp(d->prev, hash, CRDT_HASH_BYTES) != 0) {
-        if ((rc = freeze(t, d->dev, d->seq, now_ms, "fork"))) return rc;
-        if ((rc = quarantine(t, STORE_Q_FORK, d->dev, d->seq, now_ms, it->env, it->env_len)))
+        if ((rc = freeze(t, cdev, d->seq, now_ms, "fork"))) return rc;
+        if ((rc = quarantine(t, STORE_Q_FORK, cdev, d->seq, now_ms, it->env, it->env_len)))
             return rc;
         out->result = STORE_QUARANTINED;
         out->code = STORE_Q_FORK;
         return STORE_OK;
     }
 
+chain_ok:
     /* 4. The chain advances whatever happens next (quarantine or merge), so
      *    the device's later deltas are not blocked by one held back.  A
      *    held-back dot keeps its hash (its envelope is not in deltas). */
@@ -738,9 +752,9 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
     int held = it->quarantine == STORE_Q_SCOPE ? STORE_Q_SCOPE
              : CRDT_HLC_MS(d->hlc) > now_ms + max_ahead_ms ? STORE_Q_CLOCK_AHEAD : 0;
     if (held) {
-        if ((rc = store_dot_put(t, d->dev, d->seq, 0, it->hash))) return rc;
-        if ((rc = store_put(t, DB_HEADS, dk, 4, hv, sizeof hv))) return rc;
-        if ((rc = quarantine(t, (uint8_t)held, d->dev, d->seq, now_ms, it->env, it->env_len)))
+        if ((rc = store_dot_put(t, cdev, d->seq, 0, it->hash))) return rc;
+        if (d->seq > head && (rc = store_put(t, DB_HEADS, dk, 4, hv, sizeof hv))) return rc;
+        if ((rc = quarantine(t, (uint8_t)held, cdev, d->seq, now_ms, it->env, it->env_len)))
             return rc;
         out->result = STORE_QUARANTINED;
         out->code = held;
@@ -751,14 +765,15 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
      *      merge half, shared with accepted quarantine entries); then the
      *      dot and the chain head, in the same transaction. */
     if ((rc = store_merge_reviewed(t, it, out))) return rc;
-    if ((rc = store_dot_put(t, d->dev, d->seq, out->sseq, it->hash))) return rc;
-    if ((rc = store_put(t, DB_HEADS, dk, 4, hv, sizeof hv))) return rc;
+    if ((rc = store_dot_put(t, cdev, d->seq, out->sseq, it->hash))) return rc;
+    /* A relayed chain may arrive out of order: the head is its highest seq. */
+    if (d->seq > head && (rc = store_put(t, DB_HEADS, dk, 4, hv, sizeof hv))) return rc;
     return STORE_OK;
 
 quarantine_only:
     if ((rc = quarantine(t, (uint8_t)(dev.state == STORE_DEV_FROZEN ? STORE_Q_FROZEN
                                                                      : STORE_Q_REVOKED),
-                         d->dev, d->seq, now_ms, it->env, it->env_len)))
+                         cdev, d->seq, now_ms, it->env, it->env_len)))
         return rc;
     out->result = STORE_QUARANTINED;
     out->code = dev.state == STORE_DEV_FROZEN ? STORE_Q_FROZEN : STORE_Q_REVOKED;

@@ -416,6 +416,12 @@ int store_quarantine_accept(store_txn *t, uint64_t qid, uint64_t now_ms, const c
     if (!t->rw) return STORE_EREADONLY;
     if (!text_ok(actor, STORE_AUDIT_ACTOR_MAX)) return STORE_EINVAL;
     if ((rc = load_pending(t, qid, &q, &r))) goto out;
+    /* A relayed envelope that failed verification here is evidence, not an
+     * edit: it can only be rejected. */
+    if (q.reason == STORE_Q_UNVERIFIED) {
+        rc = STORE_EINVAL;
+        goto out;
+    }
     if (!(a = crdt_arena_new(0))) {
         rc = CRDT_ENOMEM;
         goto out;
@@ -433,7 +439,7 @@ int store_quarantine_accept(store_txn *t, uint64_t qid, uint64_t now_ms, const c
     wire_delta_hash(db, dl, it.hash);
 
     /* The device's chain: is this exact delta already there? */
-    rc = store_dot_get(t, d.dev, d.seq, &held, dot_hash);
+    rc = store_dot_get(t, q.dev, d.seq, &held, dot_hash); /* q.dev: the chain (relay.c) */
     if (rc == STORE_OK) {
         if (memcmp(dot_hash, it.hash, CRDT_HASH_BYTES) == 0) {
             if (held) { /* applied already (a clone pair's first copy) */
@@ -449,7 +455,7 @@ int store_quarantine_accept(store_txn *t, uint64_t qid, uint64_t now_ms, const c
     if (!already) {
         if ((rc = store_merge_reviewed(t, &it, &oc))) goto out;
         r.sseq = oc.sseq;
-        if (link_dot && (rc = store_dot_put(t, d.dev, d.seq, oc.sseq, it.hash))) goto out;
+        if (link_dot && (rc = store_dot_put(t, q.dev, d.seq, oc.sseq, it.hash))) goto out;
     }
     snprintf(detail, sizeof detail,
              "quarantine %llu (%s) accepted: device %u seq %llu, %.*s %.*s; %s server seq %llu",

@@ -59,6 +59,7 @@ const char *store_strerror(int code)
     case STORE_EBADPASS: return "wrong password";
     case STORE_ELOCKED: return "account locked after too many failed logins";
     case STORE_EDISABLED: return "account disabled";
+    case STORE_ERELAYKEY: return "the relay presents a different server key than it pinned";
     default: return wire_strerror(code);
     }
 }

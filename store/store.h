@@ -58,7 +58,8 @@ enum {
     STORE_ETOKEN_EXPIRED = -217, /* enrollment token past its expiry */
     STORE_EBADPASS = -218,       /* wrong password */
     STORE_ELOCKED = -219,        /* account locked after too many failures */
-    STORE_EDISABLED = -220       /* account disabled */
+    STORE_EDISABLED = -220,      /* account disabled */
+    STORE_ERELAYKEY = -221       /* a relay presents another server key than it pinned */
 };
 
 const char *store_strerror(int code);
@@ -170,7 +171,9 @@ enum {  /* quarantine reasons */
     STORE_Q_REVOKED = 4,      /* device revoked (soft: beyond held seq; hard) */
     STORE_Q_SEALED = 5,       /* old key beyond its sealed seq */
     STORE_Q_FORK = 6,         /* prev hash does not match the chain head */
-    STORE_Q_SCOPE = 7         /* outside the device's scope when it arrived */
+    STORE_Q_SCOPE = 7,        /* outside the device's scope when it arrived */
+    STORE_Q_UNVERIFIED = 8    /* relayed, and fails the checks here (signature,
+                               * key record, decoding, schema): never merged */
 };
 const char *store_qreason_name(int reason);
 
@@ -203,6 +206,14 @@ typedef struct store_item {
                                * the sealing, which binds the value to its
                                * server seq, stays in the write txn. */
     size_t packed_len;
+    /* Relayed deltas (a street's envelopes at its district, relay.c): the
+     * device id this store keeps the delta's chain, dots and device state
+     * under (the delta's own `d` is another server's numbering; 0: the
+     * delta's d), and relayed = true: the chain is not checked for gaps or
+     * forks (the street checked it, and it relays deltas an admin accepted
+     * from quarantine after later ones), only for duplicates and clones. */
+    uint32_t chain_dev;
+    bool relayed;
 } store_item;
 
 /*
@@ -330,6 +341,13 @@ typedef struct store_qentry {
 
 /* Number of quarantine entries; the entry qid (env owned by caller). */
 int store_quarantine_count(store_txn *t, uint64_t *n);
+/* Keep env (n bytes, verbatim) in quarantine for `reason` (a STORE_Q_*),
+ * naming device dev and seq (0 and 0 when it could not be decoded), without
+ * looking at it: for envelopes that never reach store_append (a relayed
+ * envelope that fails verification, STORE_Q_UNVERIFIED).  Returns 0,
+ * STORE_EINVAL, STORE_EREADONLY, CRDT_ENOMEM or an LMDB error. */
+int store_quarantine_put(store_txn *t, uint8_t reason, uint32_t dev, uint64_t seq,
+                         uint64_t now_ms, const uint8_t *env, size_t n);
 int store_quarantine_get(store_txn *t, uint64_t qid, store_qentry *out);
 
 /* ---- reading records ------------------------------------------------------- */
@@ -859,6 +877,44 @@ int store_records_page(store_txn *t, const char *kind, const char *after, size_t
                        store_record_cb cb, void *arg, char next[CRDT_RECID_MAX + 1]);
 
 /* ---- end dashboard support -------------------------------------------------------- */
+
+/* ---- upward replication (relay.c; docs/SCALE.md, issue 16) ------------------------ */
+
+/* The scope entry that makes an enrolled device a relay: another server
+ * that pushes the envelopes it applied (`relay` frames), not a phone. */
+#define STORE_RELAY_SCOPE "@relay"
+
+/*
+ * store_relay_map — the device id this store keeps relay `relay`'s device
+ * `dev` (the street's numbering; 0: the street server's own edits) under.
+ * If there is none and create is true (write txn), allocate one: a new
+ * device record (active, epoch 1, volunteer = label, cut to 63 bytes).
+ * Returns 0 (*out set), STORE_ENOTFOUND (none, create false), STORE_EINVAL,
+ * STORE_EREADONLY, STORE_ECORRUPT or an LMDB error.
+ */
+int store_relay_map(store_txn *t, uint32_t relay, uint32_t dev, const char *label, bool create,
+                    uint32_t *out);
+/* The (relay, street device) a chain device was allocated for.  0,
+ * STORE_ENOTFOUND (not a relayed device), STORE_ECORRUPT. */
+int store_relay_origin(store_txn *t, uint32_t chain_dev, uint32_t *relay, uint32_t *dev);
+/* Check pk against the street server key pinned for relay; if none is
+ * pinned, pin pk when write (write txn).  0, STORE_ERELAYKEY (another key
+ * is pinned), or an LMDB error. */
+int store_relay_pin(store_txn *t, uint32_t relay, const uint8_t pk[32], bool write);
+/* The street server key pinned for relay.  0, STORE_ENOTFOUND. */
+int store_relay_server_key(store_txn *t, uint32_t relay, uint8_t pk[32]);
+/* The sending side: every envelope with server seq <= *sseq is durable
+ * upstream (0 at first).  _set only moves it forward. */
+int store_upstream_cursor(store_txn *t, uint64_t *sseq);
+int store_upstream_cursor_set(store_txn *t, uint64_t sseq);
+/*
+ * store_log_read — the log in server order: cb(sseq, envelope, len, arg)
+ * for each envelope with server seq > after, at most max of them and, after
+ * the first, at most max_bytes of envelopes in all.  Envelopes are
+ * borrowed for the call.  Returns 0, cb's non-zero value, or a store error.
+ */
+int store_log_read(store_txn *t, uint64_t after, size_t max, size_t max_bytes, store_feed_cb cb,
+                   void *arg);
 
 #ifdef __cplusplus
 }

@@ -18,6 +18,8 @@
  */
 #include "sync.h"
 
+#include <sodium.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -81,8 +83,98 @@ static int delta_scope_ok(store_txn *t, const store_ids *scope, const crdt_delta
     return SYNC_ESCOPE;
 }
 
+/* The key record of the frame for (dev, epoch) that the street signed, or NULL. */
+static const sync_relay_key *relay_key(const sync_job *j, uint32_t dev, uint32_t epoch)
+{
+    for (uint32_t i = 0; i < j->n_relay_keys; i++)
+        if (j->relay_keys[i].valid && j->relay_keys[i].dev == dev &&
+            j->relay_keys[i].epoch == epoch)
+            return &j->relay_keys[i];
+    return NULL;
+}
+
+/*
+ * A relay job: the envelopes are the street's phones' (and the street
+ * server's own, device 0), verified with the frame's key records, each
+ * checked against the street server key the frame names (pinned at the
+ * first batch: store_relay_pin).  An envelope that fails any check is not
+ * dropped and not merged: it is kept as STORE_Q_UNVERIFIED.  A key the
+ * district already holds for that phone (an earlier batch) also verifies.
+ */
+static int relay_verify(store *st, const sync_config *cfg, sync_job *j)
+{
+    store_txn *t = NULL;
+    store_device rd;
+    int rc = store_begin(st, STORE_RDONLY, &t);
+    if (rc) goto fail_all;
+    if ((rc = store_device_get(t, j->dev, &rd))) goto fail_all;
+    snprintf(j->relay_name, sizeof j->relay_name, "%s", rd.volunteer);
+    rc = store_relay_pin(t, j->dev, j->relay_srv, false);
+    if (rc == STORE_ERELAYKEY) {
+        /* Not this relay's street: a verdict on the whole frame. */
+        for (uint32_t i = 0; i < j->n; i++) j->items[i].code = STORE_ERELAYKEY;
+        store_abort(t);
+        return SYNC_OK;
+    }
+    if (rc) goto fail_all;
+    for (uint32_t i = 0; i < j->n_relay_keys; i++) {
+        sync_relay_key *k = &j->relay_keys[i];
+        uint8_t m[WIRE_KEY_MSG_BYTES];
+        wire_key_msg(k->dev, k->epoch, k->pk, m);
+        k->valid = crypto_sign_verify_detached(k->sig, m, sizeof m, j->relay_srv) == 0;
+    }
+    for (uint32_t i = 0; i < j->n; i++) {
+        sync_job_item *it = &j->items[i];
+        const uint8_t *db, *sig;
+        size_t dl;
+        int err_op;
+        it->unverified = true; /* until every check passed */
+        if (wire_envelope_decode(it->env, it->env_len, &cfg->lim, &db, &dl, &sig)) continue;
+        rc = crdt_delta_decode(db, dl, &cfg->lim, j->arena, &it->delta, &err_op);
+        if (rc == CRDT_ENOMEM) goto fail_all;
+        if (rc) continue;
+        it->dev = it->delta.dev;
+        it->seq = it->delta.seq;
+        if (crdt_schema_check_delta(store_schema(st), &it->delta, &err_op)) continue;
+        const sync_relay_key *k = it->delta.dev ? relay_key(j, it->delta.dev, it->delta.epoch)
+                                                : NULL;
+        if (!it->delta.dev) {
+            memcpy(it->key_pk, j->relay_srv, 32); /* the street server's own edit */
+            it->key_from_frame = true;
+        } else if (k) {
+            memcpy(it->key_pk, k->pk, 32);
+            it->key_from_frame = true;
+        } else {
+            uint32_t cdev;
+            store_key key;
+            rc = store_relay_map(t, j->dev, it->delta.dev, NULL, false, &cdev);
+            if (rc == STORE_OK) rc = store_key_get(t, cdev, it->delta.epoch, &key);
+            if (rc == STORE_ENOTFOUND) continue; /* no key: unverified */
+            if (rc) goto fail_all;
+            memcpy(it->key_pk, key.pk, 32);
+        }
+        rc = wire_delta_verify(db, dl, sig, it->key_pk);
+        if (rc == CRDT_ENOMEM) goto fail_all;
+        if (rc) continue;
+        it->unverified = false;
+        wire_delta_hash(db, dl, it->hash);
+        if (store_pack_envelope(st, it->env, it->env_len, j->arena, &it->packed, &it->packed_len)) {
+            it->packed = NULL;
+            it->packed_len = 0;
+        }
+    }
+    store_abort(t);
+    return SYNC_OK;
+fail_all:
+    store_abort(t);
+    for (uint32_t i = 0; i < j->n; i++) j->items[i].code = SYNC_EUNAVAILABLE;
+    j->commit_rc = rc ? rc : STORE_EINVAL;
+    return j->commit_rc;
+}
+
 int sync_job_verify(store *st, const sync_config *cfg, sync_job *j)
 {
+    if (j->relay) return relay_verify(st, cfg, j);
     store_txn *t = NULL;
     store_key key;
     uint32_t key_epoch = 0;
@@ -189,6 +281,68 @@ static void touched_unique(char (*touched)[CRDT_RECID_MAX + 1], size_t *n)
     *n = k + 1;
 }
 
+/* Commit one relay job's items in the writer's txn t (see relay_verify). */
+static int relay_commit(store_txn *t, const sync_config *cfg, sync_job *j, uint64_t now_ms)
+{
+    int rc = store_relay_pin(t, j->dev, j->relay_srv, true);
+    if (rc == STORE_ERELAYKEY) { /* pinned by another job since the worker looked */
+        for (uint32_t i = 0; i < j->n; i++) j->items[i].code = STORE_ERELAYKEY;
+        return STORE_OK;
+    }
+    if (rc) return rc;
+    for (uint32_t i = 0; i < j->n; i++) {
+        sync_job_item *it = &j->items[i];
+        char label[64];
+        uint32_t cdev = 0;
+        memset(&it->out, 0, sizeof it->out);
+        if (it->code) continue;
+        if (!it->unverified) {
+            snprintf(label, sizeof label, "%.40s #%u", j->relay_name, (unsigned)it->delta.dev);
+            if ((rc = store_relay_map(t, j->dev, it->delta.dev, label, true, &cdev))) return rc;
+        }
+        if (it->unverified) {
+            /* Kept as evidence, under the chain device if there is one. */
+            if (it->dev && store_relay_map(t, j->dev, it->dev, NULL, false, &cdev)) cdev = 0;
+            rc = store_quarantine_put(t, STORE_Q_UNVERIFIED, cdev, it->seq, now_ms, it->env,
+                                      it->env_len);
+            if (rc) return rc;
+            it->out.result = STORE_QUARANTINED;
+            it->out.code = STORE_Q_UNVERIFIED;
+            continue;
+        }
+        if (it->key_from_frame) {
+            store_key k;
+            rc = store_key_get(t, cdev, it->delta.epoch, &k);
+            if (rc == STORE_ENOTFOUND) {
+                memset(&k, 0, sizeof k);
+                k.dev = cdev;
+                k.epoch = it->delta.epoch;
+                k.state = STORE_KEY_ACTIVE;
+                memcpy(k.pk, it->key_pk, 32);
+                k.created_ms = k.changed_ms = now_ms;
+                rc = store_key_put(t, &k);
+            } else if (rc == STORE_OK && sodium_memcmp(k.pk, it->key_pk, 32)) {
+                /* The street vouches for another key for this (device,
+                 * epoch) than it did before: the signature checks out with
+                 * the new one, so keep the envelope, for an admin. */
+                rc = store_quarantine_put(t, STORE_Q_UNVERIFIED, cdev, it->seq, now_ms, it->env,
+                                          it->env_len);
+                if (rc) return rc;
+                it->out.result = STORE_QUARANTINED;
+                it->out.code = STORE_Q_UNVERIFIED;
+                continue;
+            }
+            if (rc) return rc;
+        }
+        store_item si = {it->env, it->env_len, &it->delta, {0}, 0, it->packed, it->packed_len,
+                         cdev, true};
+        memcpy(si.hash, it->hash, CRDT_HASH_BYTES);
+        if ((rc = store_append(t, &si, now_ms, cfg->max_ahead_ms, &it->out))) return rc;
+    }
+    if (j->n && (rc = store_device_seen(t, j->dev, now_ms)) && rc != STORE_ENOTFOUND) return rc;
+    return STORE_OK;
+}
+
 static int commit_once(store *st, const sync_config *cfg, sync_job *jobs, uint64_t now_ms)
 {
     store_txn *t = NULL;
@@ -196,12 +350,19 @@ static int commit_once(store *st, const sync_config *cfg, sync_job *jobs, uint64
     if (rc) return rc;
     for (sync_job *j = jobs; j; j = j->next) {
         if (j->commit_rc) continue; /* failed verification as a whole */
+        if (j->relay) {
+            if ((rc = relay_commit(t, cfg, j, now_ms))) {
+                store_abort(t);
+                return rc;
+            }
+            continue;
+        }
         for (uint32_t i = 0; i < j->n; i++) {
             sync_job_item *it = &j->items[i];
             memset(&it->out, 0, sizeof it->out);
             if (it->code) continue;
             store_item si = {it->env, it->env_len, &it->delta, {0}, it->quarantine,
-                             it->packed, it->packed_len};
+                             it->packed, it->packed_len, 0, false};
             memcpy(si.hash, it->hash, CRDT_HASH_BYTES);
             if (!it->quarantine) {
                 /* Out of scope: kept in quarantine (not dropped), and the

@@ -176,6 +176,7 @@ struct sync_session {
     bool subscribed;
     bool rotate_required;
     int restricted;             /* SYNC_EREVOKED: may push (into quarantine), not read */
+    bool relay;                 /* a relay (scope STORE_RELAY_SCOPE): sends `relay`, not `push` */
     uint64_t cursor;            /* live: last sseq sent */
     uint32_t inflight;
     uint64_t serial;
@@ -378,6 +379,7 @@ static int welcome(sync_session *s, uint32_t dev, uint32_t epoch, uint64_t now_m
     s->dev = dev;
     s->epoch = epoch;
     s->restricted = dv.state == STORE_DEV_REVOKED_SOFT ? SYNC_EREVOKED : 0;
+    s->relay = s->scope.n == 1 && !strcmp(s->scope.id[0], STORE_RELAY_SCOPE);
     /* A revoked key is not rotated: restricted mode only hands work in. */
     s->rotate_required = !s->restricted && (dv.flags & STORE_DEVF_ROTATE_REQUIRED);
 
@@ -676,8 +678,36 @@ void sync_job_free(sync_job *j)
     /* items may be NULL with n set: on_push ran out of memory allocating it */
     for (uint32_t i = 0; j->items && i < j->n; i++) free(j->items[i].env);
     free(j->items);
+    free(j->relay_keys);
     crdt_arena_free(j->arena);
     free(j);
+}
+
+/* A new job for n envelopes (copied), or NULL (out of memory). */
+static sync_job *job_new(sync_session *s, uint64_t id, const msgpack_object *d)
+{
+    sync_job *j = calloc(1, sizeof *j);
+    if (!j) return NULL;
+    j->owner = s;
+    j->session_serial = s->serial;
+    j->push_id = id;
+    j->dev = s->dev;
+    j->epoch = s->epoch;
+    j->n = d->via.array.size;
+    j->items = calloc(j->n ? j->n : 1, sizeof *j->items);
+    j->arena = crdt_arena_new(0);
+    if (!j->items || !j->arena) goto nomem;
+    for (uint32_t i = 0; i < j->n; i++) {
+        const msgpack_object *e = &d->via.array.ptr[i];
+        j->items[i].env = malloc(e->via.bin.size ? e->via.bin.size : 1);
+        if (!j->items[i].env) goto nomem;
+        memcpy(j->items[i].env, e->via.bin.ptr, e->via.bin.size);
+        j->items[i].env_len = e->via.bin.size;
+    }
+    return j;
+nomem:
+    sync_job_free(j);
+    return NULL;
 }
 
 static int on_push(sync_session *s, const msgpack_object *m, uint64_t now_ms, sync_out *out)
@@ -688,6 +718,10 @@ static int on_push(sync_session *s, const msgpack_object *m, uint64_t now_ms, sy
     get_u64(m, "id", &id);
     if (!only_keys(m, keys, 2) || id == 0 || !d || d->type != MSGPACK_OBJECT_ARRAY) {
         fail(out, SYNC_EPROTO, id, 0);
+        return SYNC_OK;
+    }
+    if (s->relay) { /* a relay has no deltas of its own: it sends `relay` */
+        fail(out, SYNC_ESTATE, id, 0);
         return SYNC_OK;
     }
     if (s->rotate_required) {
@@ -721,30 +755,87 @@ static int on_push(sync_session *s, const msgpack_object *m, uint64_t now_ms, sy
         return SYNC_OK;
     }
     if (lrc) return lrc;
-    sync_job *j = calloc(1, sizeof *j);
+    sync_job *j = job_new(s, id, d);
     if (!j) return CRDT_ENOMEM;
-    j->owner = s;
-    j->session_serial = s->serial;
-    j->push_id = id;
-    j->dev = s->dev;
-    j->epoch = s->epoch;
-    j->n = d->via.array.size;
-    j->items = calloc(j->n ? j->n : 1, sizeof *j->items);
-    j->arena = crdt_arena_new(0);
-    if (!j->items || !j->arena) goto nomem;
-    for (uint32_t i = 0; i < j->n; i++) {
-        const msgpack_object *e = &d->via.array.ptr[i];
-        j->items[i].env = malloc(e->via.bin.size ? e->via.bin.size : 1);
-        if (!j->items[i].env) goto nomem;
-        memcpy(j->items[i].env, e->via.bin.ptr, e->via.bin.size);
-        j->items[i].env_len = e->via.bin.size;
+    s->inflight++;
+    out->job = j;
+    return SYNC_OK;
+}
+
+/*
+ * relay (relay session -> server): a street server's applied envelopes,
+ * verbatim, with the key records (signed by the street server key `srv`)
+ * of the devices that signed them.  Checked like push (count, in flight);
+ * no rate limit: a relay catches up as fast as the server verifies.
+ */
+static int on_relay(sync_session *s, const msgpack_object *m, sync_out *out)
+{
+    static const char *const keys[] = {"d", "id", "k", "srv"};
+    uint64_t id = 0;
+    const uint8_t *srv = NULL;
+    const msgpack_object *d = get(m, "d"), *k = get(m, "k");
+    get_u64(m, "id", &id);
+    if (!only_keys(m, keys, 4) || id == 0 || !d || d->type != MSGPACK_OBJECT_ARRAY || !k ||
+        k->type != MSGPACK_OBJECT_ARRAY || !get_bin(m, "srv", 32, &srv)) {
+        fail(out, SYNC_EPROTO, id, 0);
+        return SYNC_OK;
+    }
+    if (!s->relay || s->restricted) {
+        /* Only a relay relays; a revoked relay hands in nothing more (its
+         * street keeps everything and can be enrolled again). */
+        fail(out, s->relay ? SYNC_EREVOKED : SYNC_ESTATE, id, 0);
+        return SYNC_OK;
+    }
+    if (d->via.array.size > s->cfg->max_push || k->via.array.size > s->cfg->max_push + 1) {
+        fail(out, SYNC_ETOOMANY, id, 0);
+        return SYNC_OK;
+    }
+    if (s->inflight >= s->cfg->max_inflight) {
+        fail(out, SYNC_EBUSY, id, 0);
+        return SYNC_OK;
+    }
+    for (uint32_t i = 0; i < d->via.array.size; i++)
+        if (d->via.array.ptr[i].type != MSGPACK_OBJECT_BIN) {
+            fail(out, SYNC_EPROTO, id, 0);
+            return SYNC_OK;
+        }
+    static const char *const kkeys[] = {"d", "e", "g", "p"};
+    for (uint32_t i = 0; i < k->via.array.size; i++) {
+        const msgpack_object *r = &k->via.array.ptr[i];
+        uint64_t kd, ke;
+        const uint8_t *g, *p;
+        if (r->type != MSGPACK_OBJECT_MAP || !only_keys(r, kkeys, 4) || !get_u64(r, "d", &kd) ||
+            !get_u64(r, "e", &ke) || kd == 0 || kd > UINT32_MAX || ke == 0 || ke > UINT32_MAX ||
+            !get_bin(r, "g", 64, &g) || !get_bin(r, "p", 32, &p)) {
+            fail(out, SYNC_EPROTO, id, 0);
+            return SYNC_OK;
+        }
+    }
+    sync_job *j = job_new(s, id, d);
+    if (!j) return CRDT_ENOMEM;
+    j->relay = true;
+    memcpy(j->relay_srv, srv, 32);
+    j->n_relay_keys = k->via.array.size;
+    j->relay_keys = calloc(j->n_relay_keys ? j->n_relay_keys : 1, sizeof *j->relay_keys);
+    if (!j->relay_keys) {
+        sync_job_free(j);
+        return CRDT_ENOMEM;
+    }
+    for (uint32_t i = 0; i < j->n_relay_keys; i++) {
+        const msgpack_object *r = &k->via.array.ptr[i];
+        sync_relay_key *rk = &j->relay_keys[i];
+        uint64_t v = 0;
+        const uint8_t *b = NULL;
+        get_u64(r, "d", &v);
+        rk->dev = (uint32_t)v;
+        get_u64(r, "e", &v);
+        rk->epoch = (uint32_t)v;
+        if (get_bin(r, "g", 64, &b)) memcpy(rk->sig, b, 64); /* checked above */
+        if (get_bin(r, "p", 32, &b)) memcpy(rk->pk, b, 32);
     }
     s->inflight++;
     out->job = j;
     return SYNC_OK;
-nomem:
-    sync_job_free(j);
-    return CRDT_ENOMEM;
 }
 
 static const char *result_name(int r)
@@ -1431,11 +1522,14 @@ int sync_session_input(sync_session *s, const uint8_t *msg, size_t n, uint64_t n
     } else if (!strcmp(type, "enroll")) {
         rc = on_enroll(s, &up.data, now_ms, out);
     } else if (s->state != ST_READY &&
-               (!strcmp(type, "push") || !strcmp(type, "pull") || !strcmp(type, "subscribe") ||
+               (!strcmp(type, "push") || !strcmp(type, "relay") || !strcmp(type, "pull") ||
+                !strcmp(type, "subscribe") ||
                 !strcmp(type, "rotate") || !strcmp(type, "snapshot") || !strcmp(type, "schema"))) {
         fail(out, SYNC_ESTATE, 0, 1008);
     } else if (!strcmp(type, "push")) {
         rc = on_push(s, &up.data, now_ms, out);
+    } else if (!strcmp(type, "relay")) {
+        rc = on_relay(s, &up.data, out);
     } else if (!strcmp(type, "pull")) {
         rc = on_pull(s, &up.data, out);
     } else if (!strcmp(type, "subscribe")) {

@@ -135,7 +135,20 @@ typedef struct sync_job_item {
                                  * compresses it */
     size_t packed_len;
     store_outcome out;          /* filled by sync_jobs_commit */
+    /* Relay jobs only: the signer's key as the worker verified it (from a
+     * key record of the frame, or the street server key for device 0),
+     * registered by the writer under the chain device if it is new. */
+    bool unverified;            /* failed the checks: kept as STORE_Q_UNVERIFIED */
+    bool key_from_frame;
+    uint8_t key_pk[32];
 } sync_job_item;
+
+/* A key record of a relay frame (PROTOCOL.md, `relay`). */
+typedef struct sync_relay_key {
+    uint32_t dev, epoch;
+    uint8_t pk[32], sig[64];
+    bool valid;                 /* the street server key signed it (worker) */
+} sync_relay_key;
 
 typedef struct sync_job {
     struct sync_job *next;      /* for the server's queues */
@@ -148,6 +161,13 @@ typedef struct sync_job {
     sync_job_item *items;
     crdt_arena *arena;
     store_ids scope;            /* the device's households (loaded by verify) */
+    /* A relay job (a `relay` frame from a street server, relay.c): the
+     * envelopes are other devices', verified with the frame's key records. */
+    bool relay;
+    uint8_t relay_srv[32];      /* the street server key the frame names */
+    sync_relay_key *relay_keys; /* n_relay_keys of them (owned) */
+    uint32_t n_relay_keys;
+    char relay_name[64];        /* the relay device's name (worker), for labels */
     int commit_rc;              /* 0, or the error that failed the whole job:
                                  * its verification could not be done (out of
                                  * memory, store error) or the batch's commit

@@ -1,0 +1,187 @@
+/*
+ * relay.c — what a store keeps for upward replication (issue 16,
+ * docs/SCALE.md): a street server relays every envelope it applied to its
+ * district server, which verifies each one back to the phone that signed it.
+ *
+ * At the district (the receiving store)
+ *   A relay is an ordinary enrolled device whose scope is the single entry
+ *   STORE_RELAY_SCOPE.  Device ids are each server's own numbering, so the
+ *   street's device 7 and another street's device 7 are different phones:
+ *   the district gives every (relay, street device) pair a device id of its
+ *   own (its "chain device"), under which it keeps that phone's keys, dots,
+ *   chain head and state.  The envelope is stored verbatim (its `d` stays
+ *   the street's), and records merge it exactly as the street did, so the
+ *   district's records are byte for byte the street's.  The street server's
+ *   own staff edits (device 0 there) get a chain device like any phone, with
+ *   the street's server key as their key.
+ *
+ *   meta  "rmap" relay(4) dev(4)  -> chain dev(4)
+ *         "rdev" chain dev(4)     -> relay(4) dev(4)         (the way back)
+ *         "rsrv" relay(4)         -> the street's server public key (32),
+ *                                    pinned by the first relayed batch
+ *
+ * At the street (the sending store)
+ *   meta  "upstream_cursor"       -> server seq(8): every envelope up to it
+ *                                    is durable at the district (acked)
+ *
+ * Invariants
+ *   - A mapping, once written, never changes: (relay, dev) -> chain dev is
+ *     one-to-one, and chain devs are allocated like enrolled devices
+ *     (store_device_next_id), so they never collide with phones enrolled
+ *     at the district itself.
+ *   - A relay's pinned server key never changes (STORE_ERELAYKEY).
+ *   - The upstream cursor only moves forward.
+ */
+#include "internal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static void rmap_key(uint8_t k[12], uint32_t relay, uint32_t dev)
+{
+    memcpy(k, "rmap", 4);
+    be32(k + 4, relay);
+    be32(k + 8, dev);
+}
+
+int store_relay_map(store_txn *t, uint32_t relay, uint32_t dev, const char *label, bool create,
+                    uint32_t *out)
+{
+    uint8_t k[12], rk[8], rv[8], v4[4];
+    MDB_val v;
+    *out = 0;
+    if (!relay) return STORE_EINVAL;
+    rmap_key(k, relay, dev);
+    int rc = store_get(t, DB_META, k, sizeof k, &v);
+    if (rc == STORE_OK) {
+        if (v.mv_size != 4) return STORE_ECORRUPT;
+        *out = rd32(v.mv_data);
+        return *out ? STORE_OK : STORE_ECORRUPT;
+    }
+    if (rc != STORE_ENOTFOUND || !create) return rc;
+    if (!t->rw) return STORE_EREADONLY;
+    store_device d;
+    memset(&d, 0, sizeof d);
+    if ((rc = store_device_next_id(t, &d.id))) return rc;
+    d.state = STORE_DEV_ACTIVE;
+    d.epoch = 1;
+    if (label) snprintf(d.volunteer, sizeof d.volunteer, "%s", label);
+    if ((rc = store_device_put(t, &d))) return rc;
+    be32(v4, d.id);
+    if ((rc = store_put(t, DB_META, k, sizeof k, v4, 4))) return rc;
+    memcpy(rk, "rdev", 4);
+    be32(rk + 4, d.id);
+    be32(rv, relay);
+    be32(rv + 4, dev);
+    if ((rc = store_put(t, DB_META, rk, sizeof rk, rv, sizeof rv))) return rc;
+    *out = d.id;
+    return STORE_OK;
+}
+
+int store_relay_origin(store_txn *t, uint32_t chain_dev, uint32_t *relay, uint32_t *dev)
+{
+    uint8_t rk[8];
+    MDB_val v;
+    memcpy(rk, "rdev", 4);
+    be32(rk + 4, chain_dev);
+    int rc = store_get(t, DB_META, rk, sizeof rk, &v);
+    if (rc) return rc;
+    if (v.mv_size != 8) return STORE_ECORRUPT;
+    if (relay) *relay = rd32(v.mv_data);
+    if (dev) *dev = rd32((const uint8_t *)v.mv_data + 4);
+    return STORE_OK;
+}
+
+int store_relay_pin(store_txn *t, uint32_t relay, const uint8_t pk[32], bool write)
+{
+    uint8_t k[8];
+    MDB_val v;
+    memcpy(k, "rsrv", 4);
+    be32(k + 4, relay);
+    int rc = store_get(t, DB_META, k, sizeof k, &v);
+    if (rc == STORE_OK) {
+        if (v.mv_size != 32) return STORE_ECORRUPT;
+        return sodium_memcmp(v.mv_data, pk, 32) ? STORE_ERELAYKEY : STORE_OK;
+    }
+    if (rc != STORE_ENOTFOUND) return rc;
+    if (!write) return STORE_OK; /* not pinned yet: the commit will pin it */
+    return store_put(t, DB_META, k, sizeof k, pk, 32);
+}
+
+int store_relay_server_key(store_txn *t, uint32_t relay, uint8_t pk[32])
+{
+    uint8_t k[8];
+    MDB_val v;
+    memcpy(k, "rsrv", 4);
+    be32(k + 4, relay);
+    int rc = store_get(t, DB_META, k, sizeof k, &v);
+    if (rc) return rc;
+    if (v.mv_size != 32) return STORE_ECORRUPT;
+    memcpy(pk, v.mv_data, 32);
+    return STORE_OK;
+}
+
+int store_upstream_cursor(store_txn *t, uint64_t *sseq)
+{
+    MDB_val v;
+    *sseq = 0;
+    int rc = store_get(t, DB_META, "upstream_cursor", 15, &v);
+    if (rc == STORE_ENOTFOUND) return STORE_OK;
+    if (rc) return rc;
+    if (v.mv_size != 8) return STORE_ECORRUPT;
+    *sseq = rd64(v.mv_data);
+    return STORE_OK;
+}
+
+int store_upstream_cursor_set(store_txn *t, uint64_t sseq)
+{
+    uint64_t cur;
+    uint8_t v[8];
+    int rc = store_upstream_cursor(t, &cur);
+    if (rc) return rc;
+    if (sseq <= cur) return STORE_OK; /* only forward */
+    be64(v, sseq);
+    return store_put(t, DB_META, "upstream_cursor", 15, v, 8);
+}
+
+int store_log_read(store_txn *t, uint64_t after, size_t max, size_t max_bytes, store_feed_cb cb,
+                   void *arg)
+{
+    MDB_cursor *c;
+    MDB_val k, v;
+    uint8_t sk[8];
+    size_t n = 0, bytes = 0;
+    crdt_buf env = {0};
+    if (after == UINT64_MAX) return STORE_OK;
+    be64(sk, after + 1);
+    int rc = mdb_cursor_open(t->txn, t->s->dbi[DB_DELTAS], &c);
+    if (rc) return store_lmdb_err(rc);
+    k.mv_data = sk;
+    k.mv_size = 8;
+    int op = MDB_SET_RANGE;
+    while (n < max) {
+        rc = mdb_cursor_get(c, &k, &v, op);
+        op = MDB_NEXT;
+        if (rc == MDB_NOTFOUND) {
+            rc = STORE_OK;
+            break;
+        }
+        if (rc) {
+            rc = store_lmdb_err(rc);
+            break;
+        }
+        if (k.mv_size != 8) {
+            rc = STORE_ECORRUPT;
+            break;
+        }
+        uint64_t sseq = rd64(k.mv_data);
+        if ((rc = store_get_envelope(t, sseq, &env))) break;
+        if (n && bytes + env.n > max_bytes) break; /* the first always fits */
+        bytes += env.n;
+        n++;
+        if ((rc = cb(sseq, env.p, env.n, arg))) break;
+    }
+    crdt_buf_free(&env);
+    mdb_cursor_close(c);
+    return rc;
+}
