@@ -128,7 +128,9 @@ int store_device_scope_set(store_txn *t, uint32_t dev, const char *const *househ
     uint8_t key[4 + CRDT_RECID_MAX];
     int rc;
     if (!t->rw) return STORE_EREADONLY;
-    for (size_t i = 0; i < n; i++)
+    /* A relay's scope is the one reserved entry (not a record id). */
+    bool relay = n == 1 && !strcmp(households[0], STORE_RELAY_SCOPE);
+    for (size_t i = 0; i < n && !relay; i++)
         if (!crdt_recid_valid(households[i], strlen(households[i]))) return STORE_EINVAL;
     be32(key, dev);
     if ((rc = store_lmdb_err(mdb_cursor_open(t->txn, t->s->dbi[DB_DEVICES], &c)))) return rc;

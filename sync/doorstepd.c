@@ -5,6 +5,7 @@
  *             [--tls-cert F --tls-key F] [--allow-plain] [--static DIR] [--field DIR]
  *             [--log-level L] [--map-max SIZE] [--device-rate N --device-burst N]
  *             [--init --schema F --campaign-year Y]
+ *             [--upstream ws://DISTRICT:PORT/sync [--upstream-dir D]]
  *
  * The data key file defaults to DIR.key beside the data directory (never
  * inside it).  SIGTERM/SIGINT stop accepting work, finish and ack in-flight
@@ -36,6 +37,7 @@ static void usage(FILE *f)
             "                 [--field DIR] [--log-level 0-3] [--map-max SIZE]\n"
             "                 [--device-rate N] [--device-burst N]\n"
             "                 [--init [--schema F] [--campaign-year Y]]\n"
+            "                 [--upstream URL [--upstream-dir D]]\n"
             "  --data DIR        data directory (or DOORSTEP_DATA)\n"
             "  --key-file F      data key file (or DOORSTEP_KEY_FILE; default DIR.key)\n"
             "  --listen H:P      address to listen on (default 127.0.0.1:8080; port 0 = any)\n"
@@ -54,7 +56,11 @@ static void usage(FILE *f)
             "                    one full push)\n"
             "  --init            initialise DIR first if it is not a store yet\n"
             "  --schema F        with --init: the schema file (default: the yibao schema)\n"
-            "  --campaign-year Y with --init: the campaign year, 2000..2100 (default: this year)\n");
+            "  --campaign-year Y with --init: the campaign year, 2000..2100 (default: this year)\n"
+            "  --upstream URL    relay every applied envelope to the district server at URL\n"
+            "                    (ws://HOST:PORT/sync), as the relay enrolled in --upstream-dir\n"
+            "  --upstream-dir D  the relay's identity, made by `doorstepctl upstream enroll`\n"
+            "                    (default DIR.upstream beside the data directory)\n");
 }
 
 /* A whole decimal number in [lo, hi], nothing after it.  false otherwise. */
@@ -110,10 +116,14 @@ int main(int argc, char **argv)
         {"map-max", required_argument, NULL, 'M'},
         {"device-rate", required_argument, NULL, 'r'},
         {"device-burst", required_argument, NULL, 'b'},
+        {"upstream", required_argument, NULL, 'U'},
+        {"upstream-dir", required_argument, NULL, 'D'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     const char *data = getenv("DOORSTEP_DATA"), *key = getenv("DOORSTEP_KEY_FILE");
     const char *listen = "127.0.0.1:8080", *schema = DOORSTEP_DEFAULT_SCHEMA;
+    const char *upstream = NULL, *updir = NULL;
+    char updir_buf[1100];
     sync_server_opts so = {0};
     sync_config cfg = sync_config_default;
     store_opts sto = {0};
@@ -132,6 +142,8 @@ int main(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'd': data = optarg; break;
+        case 'U': upstream = optarg; break;
+        case 'D': updir = optarg; break;
         case 'k': key = optarg; break;
         case 'l': listen = optarg; break;
         case 'c': so.tls_cert = optarg; break;
@@ -243,6 +255,23 @@ int main(int argc, char **argv)
         free(key_alloc);
         return 1;
     }
+    sync_upstream *up = NULL;
+    if (upstream) {
+        if (!updir) {
+            snprintf(updir_buf, sizeof updir_buf, "%s.upstream", data);
+            updir = updir_buf;
+        }
+        if (sync_upstream_start(st, upstream, updir, so.log_level, &up, err, sizeof err)) {
+            fprintf(stderr, "doorstepd: %s\n", err);
+            sync_server_free(sv);
+            store_close(st);
+            free(key_alloc);
+            return 1;
+        }
+    } else if (updir) {
+        fprintf(stderr, "doorstepd: --upstream-dir needs --upstream\n");
+        return 2;
+    }
     the_server = sv;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -254,6 +283,7 @@ int main(int argc, char **argv)
     fflush(stdout);
     sync_server_run(sv);
     the_server = NULL;
+    sync_upstream_stop(up);
     sync_server_free(sv);
     store_close(st);
     fprintf(stderr, "doorstepd: stopped\n");

@@ -349,6 +349,25 @@ int sync_server_run(sync_server *sv);
 void sync_server_stop(sync_server *sv);
 void sync_server_free(sync_server *sv);
 
+
+/* ---- upward replication, sending side (upstream.c) ------------------------- */
+
+/*
+ * sync_upstream_start — relay every envelope of st's log, in server order,
+ * to the district server at url (ws://HOST:PORT[/sync]) as the relay device
+ * enrolled in the device directory dir (doorstepctl upstream enroll), on a
+ * thread of its own, from the durable cursor (store_upstream_cursor) on;
+ * the cursor moves only after the district acked.  Reconnects by itself.
+ * Returns 0 (*out set), SYNC_EPROTO (bad url), STORE_ENOTFOUND (no dir),
+ * CRDT_ENOMEM; err receives a message.
+ */
+typedef struct sync_upstream sync_upstream;
+int sync_upstream_start(store *st, const char *url, const char *dir, int log_level,
+                        sync_upstream **out, char *err, size_t errlen);
+/* Stop the thread (it finishes the frame in flight or gives it up; what
+ * was not acked is sent again next time) and free.  NULL: no-op. */
+void sync_upstream_stop(sync_upstream *u);
+
 #ifdef __cplusplus
 }
 #endif

@@ -34,6 +34,7 @@
  *     a token is shown once and never stored in clear (the PNG, if asked
  *     for, is created 0600).
  */
+#include "doorstep_device.h"
 #include "ledger.h"
 #include "store.h"
 
@@ -66,6 +67,7 @@ static const char usage_text[] =
     "  verify | backup DEST | stats [--json]\n"
     "  device enroll --volunteer NAME (--households IDS | --grids C/G,...) [--expires D]\n"
     "                [--server URL] [--png FILE] [--no-qr] [--qr-invert]\n"
+    "  device enroll --relay --volunteer STREET [--expires D]   (at a district server)\n"
     "  device list [--json] | device show ID | device tokens [--json]\n"
     "  device scope ID (--households IDS | --grids C/G,...)\n"
     "  device rotate ID (--require | --cancel)\n"
@@ -78,6 +80,7 @@ static const char usage_text[] =
     "  audit list [--after N] [--before N] [--limit N] [--json] | audit verify\n"
     "  import --csv FILE [--encoding utf-8|gbk] [--dry-run]\n"
     "  export --csv FILE [--headers en|zh]\n"
+    "  upstream enroll URL TOKEN [--dir D] | upstream status [--dir D] [--json]\n"
     "state-changing commands take --as USERNAME (default $USER), recorded in the audit log.\n"
     "every command and subcommand takes --help.\n"
     "--tz ZONE: the station's time zone for the times printed, an IANA name\n"
@@ -1012,7 +1015,10 @@ static const char enroll_help[] =
     "(COMMUNITY/GRID), expanded to their households when the phone enrolls.  --expires:\n"
     "7d (default), 36h, 90m, or days; at most 90 days.  --server: the sync URL put in the\n"
     "URI (default $DOORSTEP_SERVER; omitted if neither).  --qr-invert: for light terminals.\n"
-    "URI: doorstep://enroll?server=<percent-encoded URL>&token=<token>&spk=<server key hex>\n";
+    "URI: doorstep://enroll?server=<percent-encoded URL>&token=<token>&spk=<server key hex>\n"
+    "--relay (at a district server): a token for a street server instead of a phone, named\n"
+    "by --volunteer (e.g. the street's name); the street enrolls with it once, with\n"
+    "`doorstepctl upstream enroll URL TOKEN`, and then relays everything it applies.\n";
 
 static int device_enroll(int argc, char **argv)
 {
@@ -1025,9 +1031,11 @@ static int device_enroll(int argc, char **argv)
                                          {"no-qr", no_argument, NULL, 'n'},
                                          {"qr-invert", no_argument, NULL, 'i'},
                                          {"as", required_argument, NULL, 'a'},
+                                         {"relay", no_argument, NULL, 'R'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     const char *cmd = "device enroll";
+    bool relay = false;
     const char *volunteer = NULL, *households = NULL, *grids = NULL, *png = NULL, *as = NULL;
     const char *server = getenv("DOORSTEP_SERVER");
     uint64_t ttl = 7 * 86400000ull;
@@ -1049,6 +1057,7 @@ static int device_enroll(int argc, char **argv)
         case 'n': no_qr = true; break;
         case 'i': invert = true; break;
         case 'a': as = optarg; break;
+        case 'R': relay = true; break;
         case 'h': fputs(enroll_help, stdout); return 0;
         default: return usage_err(cmd, "bad option");
         }
@@ -1062,8 +1071,16 @@ static int device_enroll(int argc, char **argv)
     char actor[STORE_AUDIT_ACTOR_MAX + 1];
     if (!make_actor(cmd, as, actor)) return EXIT_USAGE;
     ledger_strv hh = {0}, gr = {0};
-    int xrc = parse_scope(cmd, households, grids, &hh, &gr);
-    if (xrc) goto out_lists;
+    int xrc = 0;
+    if (relay) {
+        /* A relay's scope is the reserved entry, nothing else. */
+        if (households || grids) return usage_err(cmd, "--relay takes no --households or --grids");
+        if (!ledger_strv_push(&hh, STORE_RELAY_SCOPE, strlen(STORE_RELAY_SCOPE)))
+            return fail(cmd, "out of memory");
+        households = STORE_RELAY_SCOPE;
+    } else if ((xrc = parse_scope(cmd, households, grids, &hh, &gr))) {
+        goto out_lists;
+    }
     ledger_strv *scope = households ? &hh : &gr;
     strlist_sort_unique(scope);
     if (scope->n > STORE_SCOPE_MAX) {
@@ -1116,10 +1133,13 @@ static int device_enroll(int argc, char **argv)
     snprintf(uri, sizeof uri, "doorstep://enroll?%s%s%stoken=%s&spk=%s", *enc_server ? "server=" : "",
              enc_server, *enc_server ? "&" : "", e.token, spk);
     char when[40];
-    printf("enrollment token for %s: %zu %s, expires %s\n", volunteer, scope->n,
-           households ? plural(scope->n, "household", "households")
-                      : plural(scope->n, "grid", "grids"),
-           fmt_time(e.expires, when));
+    if (relay)
+        printf("relay enrollment token for %s, expires %s\n", volunteer, fmt_time(e.expires, when));
+    else
+        printf("enrollment token for %s: %zu %s, expires %s\n", volunteer, scope->n,
+               households ? plural(scope->n, "household", "households")
+                          : plural(scope->n, "grid", "grids"),
+               fmt_time(e.expires, when));
     printf("token: %s\n", e.token);
     printf("uri: %s\n", uri);
     if (!*enc_server)
@@ -2899,6 +2919,137 @@ static const subcmd staff_cmds[] = {{"add", staff_add},         {"list", staff_l
                                     {"disable", staff_disable}, {"enable", staff_enable},
                                     {NULL, NULL}};
 
+
+/* ---- upstream: this server as a relay of its district (issue 16) ---------------------- */
+
+static const char upstream_enroll_help[] =
+    "usage: doorstepctl upstream enroll URL TOKEN [--dir D]\n"
+    "enrolls this (street) server at its district server URL (ws://HOST:PORT/sync) with a\n"
+    "relay token the district made (`doorstepctl device enroll --relay`).  The relay's key is\n"
+    "made here and never leaves D (default: DATA.upstream beside the data directory); the\n"
+    "district's server key is pinned.  Then run doorstepd with --upstream URL.\n";
+
+static const char upstream_status_help[] =
+    "usage: doorstepctl upstream status [--dir D] [--json]\n"
+    "how far the relay to the district got: the server seq acked by the district (the\n"
+    "cursor), the last server seq here, and the envelopes still to send.\n";
+
+/* --dir D, or the default beside the data directory, into out. */
+static void upstream_dir(const char *dir, char *out, size_t n)
+{
+    if (dir) snprintf(out, n, "%s", dir);
+    else snprintf(out, n, "%s.upstream", data_dir);
+}
+
+static int upstream_enroll(int argc, char **argv)
+{
+    static const struct option opts[] = {{"dir", required_argument, NULL, 'D'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    const char *cmd = "upstream enroll", *dir = NULL;
+    int c;
+    getopt_reset();
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'D': dir = optarg; break;
+        case 'h': fputs(upstream_enroll_help, stdout); return 0;
+        default: return usage_err(cmd, "bad option");
+        }
+    }
+    if (argc - optind != 2) return usage_err(cmd, "expected URL and TOKEN");
+    const char *url = argv[optind], *token = argv[optind + 1];
+    if (strncmp(url, "ws://", 5)) return usage_err(cmd, "URL must be ws://HOST:PORT[/sync]");
+    char d[1024], schema[1100], err[256];
+    upstream_dir(dir, d, sizeof d);
+    store *s = open_store();
+    if (!s) return EXIT_FAIL;
+    /* The device library checks deltas with a schema file: this store's. */
+    if (mkdir(d, 0700) && errno != EEXIST) {
+        store_close(s);
+        return fail(cmd, "cannot create %s: %s", d, strerror(errno));
+    }
+    snprintf(schema, sizeof schema, "%s/schema.json", d);
+    size_t sn = 0;
+    const uint8_t *sj = store_schema_json(s, &sn);
+    FILE *f = fopen(schema, "w");
+    bool ok = f && fwrite(sj, 1, sn, f) == sn;
+    if (f && fclose(f)) ok = false;
+    store_close(s);
+    if (!ok) return fail(cmd, "cannot write %s: %s", schema, strerror(errno));
+    dsd *h = NULL;
+    if (dsd_global_init()) return fail(cmd, "the device library failed to initialise");
+    if (dsd_open(d, schema, &h, err, sizeof err)) return fail(cmd, "%s", err);
+    int rc = dsd_enroll(h, url, token);
+    if (rc) {
+        int x = fail(cmd, "%s (code %d)", dsd_errmsg(h), rc);
+        dsd_close(h);
+        return x;
+    }
+    dsd_status st;
+    dsd_status_get(h, &st);
+    dsd_close(h);
+    printf("enrolled at %s as relay device %u (identity in %s)\n", url, st.dev, d);
+    printf("now run: doorstepd --data %s --upstream %s%s%s\n", data_dir, url,
+           dir ? " --upstream-dir " : "", dir ? dir : "");
+    return 0;
+}
+
+static int upstream_status(int argc, char **argv)
+{
+    static const struct option opts[] = {{"dir", required_argument, NULL, 'D'},
+                                         {"json", no_argument, NULL, 'j'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    const char *cmd = "upstream status", *dir = NULL;
+    bool json = false;
+    int c;
+    getopt_reset();
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'D': dir = optarg; break;
+        case 'j': json = true; break;
+        case 'h': fputs(upstream_status_help, stdout); return 0;
+        default: return usage_err(cmd, "bad option");
+        }
+    }
+    if (optind < argc) return usage_err(cmd, "unexpected argument %s", argv[optind]);
+    char d[1024];
+    struct stat sb;
+    upstream_dir(dir, d, sizeof d);
+    bool enrolled = stat(d, &sb) == 0 && S_ISDIR(sb.st_mode);
+    store *s = open_store();
+    if (!s) return EXIT_FAIL;
+    store_txn *t = NULL;
+    uint64_t cur = 0, last = 0;
+    int rc = store_begin(s, STORE_RDONLY, &t);
+    if (!rc) rc = store_upstream_cursor(t, &cur);
+    if (!rc) rc = store_last_sseq(t, &last);
+    if (t) store_abort(t);
+    store_close(s);
+    if (rc) return fail(cmd, "%s", store_strerror(rc));
+    uint64_t behind = last > cur ? last - cur : 0;
+    if (json) {
+        json_t *j = json_pack("{s:b, s:s, s:I, s:I, s:I}", "enrolled", enrolled, "dir", d,
+                              "cursor", (json_int_t)cur, "last", (json_int_t)last, "behind",
+                              (json_int_t)behind);
+        if (!j) return fail(cmd, "out of memory");
+        char *txt = json_dumps(j, JSON_COMPACT);
+        json_decref(j);
+        if (!txt) return fail(cmd, "out of memory");
+        puts(txt);
+        free(txt);
+        return 0;
+    }
+    printf("relay identity: %s%s\n", d, enrolled ? "" : " (not enrolled)");
+    printf("acked by the district up to server seq %llu of %llu: %llu to send\n",
+           (unsigned long long)cur, (unsigned long long)last, (unsigned long long)behind);
+    return 0;
+}
+
+static const subcmd upstream_cmds[] = {{"enroll", upstream_enroll},
+                                       {"status", upstream_status},
+                                       {NULL, NULL}};
+
 /* argv[0] is the command, argv[1] the subcommand. */
 static int dispatch(const char *cmd, const subcmd *tab, int argc, char **argv)
 {
@@ -2976,6 +3127,7 @@ int main(int argc, char **argv)
     else if (!strcmp(cmd, "audit")) rc = cmd_audit(sub_argc, sub_argv);
     else if (!strcmp(cmd, "import")) rc = cmd_import(sub_argc, sub_argv);
     else if (!strcmp(cmd, "export")) rc = cmd_export(sub_argc, sub_argv);
+    else if (!strcmp(cmd, "upstream")) rc = dispatch(cmd, upstream_cmds, sub_argc, sub_argv);
     else {
         fprintf(stderr, "doorstepctl: unknown command \"%s\"\n", cmd);
         usage(stderr);

@@ -283,6 +283,30 @@ int dsd_rotate(dsd *h, const char *url, const dsd_sync_opts *opts);
 int dsd_schema_fetch(dsd *h, const char *url, const dsd_sync_opts *opts, uint8_t **json,
                      size_t *n);
 
+/*
+ * Channels: an authenticated connection for a device that is not a phone
+ * (a street server relaying to its district: sync/upstream.c).  The
+ * library does what it does for dsd_sync up to the welcome (connect,
+ * check the pinned server key, auth, rotation if required, soft
+ * revocation: DSD_EREVOKED); the caller then speaks its own frames.
+ *
+ * dsd_chan_open   connect and authenticate; *out is the channel.  Returns 0
+ *                 or the errors of dsd_sync.  timeout_ms <= 0: 10 s.
+ * dsd_chan_send   send one frame (msgpack bytes).  0 or DSD_ECLOSED.
+ * dsd_chan_recv   the next frame from the server: *p, *n stay valid until
+ *                 the next call.  An error frame carrying a request id is
+ *                 returned as a frame (type "error"); one without is its
+ *                 code.  0, DSD_ETIMEOUT, DSD_ECLOSED, DSD_EPROTO.
+ * dsd_chan_device the device id the channel authenticated as.
+ * dsd_chan_close  close (abort: without a close frame) and free.
+ */
+typedef struct dsd_chan dsd_chan;
+int dsd_chan_open(dsd *h, const char *url, int timeout_ms, dsd_chan **out);
+int dsd_chan_send(dsd_chan *ch, const uint8_t *p, size_t n);
+int dsd_chan_recv(dsd_chan *ch, int timeout_ms, const uint8_t **p, size_t *n);
+uint32_t dsd_chan_device(const dsd_chan *ch);
+void dsd_chan_close(dsd_chan *ch, bool abort);
+
 #ifdef __cplusplus
 }
 #endif

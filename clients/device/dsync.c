@@ -1344,3 +1344,63 @@ int dsd_enroll(dsd *h, const char *url, const char *token)
     conn_close(&c, rc != 0);
     return rc;
 }
+
+/* ---- channel: an authenticated connection for another protocol role -------------- */
+
+struct dsd_chan {
+    conn c;
+    ident id;
+};
+
+int dsd_chan_open(dsd *h, const char *url, int timeout_ms, dsd_chan **out)
+{
+    bool rotate = false, revoked = false;
+    if (!h || !out) return DSD_EINVAL;
+    *out = NULL;
+    h->err[0] = 0;
+    dsd_chan *ch = calloc(1, sizeof *ch);
+    if (!ch) return dsd_fail(h, DSD_ENOMEM, "out of memory");
+    ch->c.ws.fd = -1;
+    dsd_sync_opts o = {0};
+    o.timeout_ms = timeout_ms;
+    int rc = connect_auth(h, &ch->c, url, &o, &ch->id);
+    if (!rc) rc = on_welcome(&ch->c, NULL, NULL, &rotate, &revoked);
+    if (!rc && revoked)
+        rc = dsd_fail(h, DSD_EREVOKED, "the server revoked this device (soft): it takes no more data");
+    if (!rc && rotate) rc = do_rotate(&ch->c, &ch->id, NULL);
+    if (rc) {
+        conn_close(&ch->c, true);
+        free(ch);
+        return rc;
+    }
+    *out = ch;
+    return 0;
+}
+
+int dsd_chan_send(dsd_chan *ch, const uint8_t *p, size_t n)
+{
+    crdt_buf b = {(uint8_t *)p, n, n};
+    if (!ch || !p) return DSD_EINVAL;
+    return conn_send(&ch->c, &b);
+}
+
+int dsd_chan_recv(dsd_chan *ch, int timeout_ms, const uint8_t **p, size_t *n)
+{
+    if (!ch || !p || !n) return DSD_EINVAL;
+    *p = NULL;
+    *n = 0;
+    int rc = conn_recv(&ch->c, timeout_ms);
+    if (rc) return rc;
+    *p = ch->c.msg.p;
+    *n = ch->c.msg.n;
+    return 0;
+}
+
+uint32_t dsd_chan_device(const dsd_chan *ch) { return ch ? ch->id.dev : 0; }
+
+void dsd_chan_close(dsd_chan *ch, bool abort)
+{
+    if (!ch) return;
+    conn_close(&ch->c, abort);
+    free(ch);
+}

@@ -1,0 +1,439 @@
+/*
+ * upstream.c — the sending side of upward replication (issue 16): a street
+ * server pushes every envelope it applied, verbatim and in server order, to
+ * its district server, where it is enrolled as a relay device.
+ *
+ *   doorstepd --data DIR --upstream ws://DISTRICT:PORT/sync [--upstream-dir D]
+ *
+ * D (default DIR.upstream, beside the data directory) is the relay's
+ * identity: a device directory of the C device library (its key, the
+ * district's pinned server key), made once by `doorstepctl upstream enroll`.
+ *
+ * One thread: connect and authenticate (dsd_chan_open), then, from the
+ * durable cursor (store meta "upstream_cursor", store/relay.c), read up to
+ * 500 envelopes (192 KiB) of the log, send them as one `relay` frame with
+ * the key records of their signers (signed here with the street's server
+ * key, as in `changes`), wait for the district's `ack`, and only then move
+ * the cursor past them, in a write transaction of its own.  When caught up
+ * it looks again every RELAY_IDLE_MS.  A lost connection, a timeout or a
+ * retryable error: reconnect with a backoff (1 s doubling to 30 s) and
+ * resend from the cursor.
+ *
+ * Invariants
+ *   - The cursor moves only past envelopes the district acked, after its
+ *     commit (the district acks after commit): a crash of either side
+ *     resends at most one frame, which the district answers "duplicate".
+ *   - The street's own work never waits on the district: this thread only
+ *     reads the log, plus one small write per acked frame (the cursor).
+ *   - Every frame from the district is bounded and checked (crdt_mp_check
+ *     in the device library) before it is parsed.
+ */
+#include "sync.h"
+
+#include <msgpack.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "doorstep_device.h"
+#include "wire.h"
+
+#define RELAY_MAX 500                 /* envelopes per frame (the server's max_push) */
+#define RELAY_BYTES (192u << 10)      /* envelope bytes per frame */
+#define RELAY_IDLE_MS 250             /* caught up: look at the log again after this */
+#define RELAY_ACK_MS 60000            /* an ack must come within this */
+#define BACKOFF_MIN_MS 1000
+#define BACKOFF_MAX_MS 30000
+
+struct sync_upstream {
+    store *st;
+    char url[512];
+    char dir[1024];
+    int log_level;
+    pthread_t thread;
+    atomic_bool stop;
+    /* For status and tests: what the thread did (atomics; read anywhere). */
+    atomic_uint_fast64_t cursor, relayed, quarantined, rejected;
+};
+
+static void ulog(const sync_upstream *u, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void ulog(const sync_upstream *u, int level, const char *fmt, ...)
+{
+    if (u->log_level < level) return;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "doorstepd: upstream: ");
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+/* Sleep ms in small steps; false if asked to stop meanwhile. */
+static bool nap(sync_upstream *u, int ms)
+{
+    while (ms > 0 && !atomic_load(&u->stop)) {
+        int step = ms < 100 ? ms : 100;
+        struct timespec ts = {0, (long)step * 1000000L};
+        nanosleep(&ts, NULL);
+        ms -= step;
+    }
+    return !atomic_load(&u->stop);
+}
+
+static void pstr(msgpack_packer *pk, const char *s) { msgpack_pack_str_with_body(pk, s, strlen(s)); }
+
+/* ---- one frame: the log after the cursor ------------------------------------------- */
+
+typedef struct batch {
+    crdt_buf envs;                   /* packed bin values */
+    uint32_t n;
+    uint64_t last;                   /* server seq of the last envelope */
+    struct { uint32_t dev, epoch; } signer[RELAY_MAX];
+    uint32_t n_signer;
+    crdt_arena *arena;
+} batch;
+
+static int batch_add(uint64_t sseq, const uint8_t *env, size_t len, void *arg)
+{
+    batch *b = arg;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b->envs, crdt_buf_pack_write);
+    msgpack_pack_bin_with_body(&pk, env, len);
+    if (!b->envs.p) return CRDT_ENOMEM;
+    b->n++;
+    b->last = sseq;
+    /* Its signer, for the key records (the server's own edits need none). */
+    const uint8_t *db, *sig;
+    size_t dl;
+    crdt_delta d;
+    int err_op;
+    crdt_arena_reset(b->arena);
+    if (wire_envelope_decode(env, len, &crdt_limits_default, &db, &dl, &sig) ||
+        crdt_delta_decode(db, dl, &crdt_limits_default, b->arena, &d, &err_op) || d.dev == 0)
+        return 0; /* the district keeps what it cannot verify, and says so */
+    for (uint32_t i = 0; i < b->n_signer; i++)
+        if (b->signer[i].dev == d.dev && b->signer[i].epoch == d.epoch) return 0;
+    b->signer[b->n_signer].dev = d.dev;
+    b->signer[b->n_signer].epoch = d.epoch;
+    b->n_signer++;
+    return 0;
+}
+
+/* Build the next `relay` frame after `after` into f; *n 0 when caught up. */
+static int build_frame(sync_upstream *u, uint64_t after, uint64_t id, crdt_buf *f, uint32_t *n,
+                       uint64_t *last)
+{
+    batch b;
+    store_txn *t = NULL;
+    memset(&b, 0, sizeof b);
+    *n = 0;
+    crdt_buf_reset(f);
+    if (!(b.arena = crdt_arena_new(0))) return CRDT_ENOMEM;
+    int rc = store_begin(u->st, STORE_RDONLY, &t);
+    if (!rc) rc = store_log_read(t, after, RELAY_MAX, RELAY_BYTES, batch_add, &b);
+    if (rc || b.n == 0) goto done;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, f, crdt_buf_pack_write);
+    msgpack_pack_map(&pk, 5); /* d, id, k, srv, t */
+    pstr(&pk, "d");
+    msgpack_pack_array(&pk, b.n);
+    crdt_buf_append(f, b.envs.p, b.envs.n);
+    pstr(&pk, "id");
+    msgpack_pack_uint64(&pk, id);
+    pstr(&pk, "k");
+    uint32_t nk = 0;
+    store_key keys[RELAY_MAX];
+    for (uint32_t i = 0; i < b.n_signer; i++) {
+        rc = store_key_get(t, b.signer[i].dev, b.signer[i].epoch, &keys[nk]);
+        if (rc == STORE_ENOTFOUND) continue; /* cannot be: it was verified with it */
+        if (rc) goto done;
+        nk++;
+    }
+    msgpack_pack_array(&pk, nk);
+    for (uint32_t i = 0; i < nk; i++) {
+        uint8_t m[WIRE_KEY_MSG_BYTES], g[64];
+        wire_key_msg(keys[i].dev, keys[i].epoch, keys[i].pk, m);
+        if ((rc = store_server_sign(t, m, sizeof m, g))) goto done;
+        msgpack_pack_map(&pk, 4);
+        pstr(&pk, "d");
+        msgpack_pack_uint32(&pk, keys[i].dev);
+        pstr(&pk, "e");
+        msgpack_pack_uint32(&pk, keys[i].epoch);
+        pstr(&pk, "g");
+        msgpack_pack_bin_with_body(&pk, g, 64);
+        pstr(&pk, "p");
+        msgpack_pack_bin_with_body(&pk, keys[i].pk, 32);
+    }
+    pstr(&pk, "srv");
+    msgpack_pack_bin_with_body(&pk, store_server_pk(u->st), 32);
+    pstr(&pk, "t");
+    pstr(&pk, "relay");
+    if (!f->p) {
+        rc = CRDT_ENOMEM;
+        goto done;
+    }
+    *n = b.n;
+    *last = b.last;
+done:
+    store_abort(t);
+    crdt_buf_free(&b.envs);
+    crdt_arena_free(b.arena);
+    return rc;
+}
+
+/* ---- the district's answer ------------------------------------------------------------- */
+
+static const msgpack_object *get(const msgpack_object *map, const char *key)
+{
+    size_t kl = strlen(key);
+    if (map->type != MSGPACK_OBJECT_MAP) return NULL;
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object_kv *kv = &map->via.map.ptr[i];
+        if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == kl &&
+            !memcmp(kv->key.via.str.ptr, key, kl))
+            return &kv->val;
+    }
+    return NULL;
+}
+
+static bool str_is(const msgpack_object *o, const char *s)
+{
+    return o && o->type == MSGPACK_OBJECT_STR && o->via.str.size == strlen(s) &&
+           !memcmp(o->via.str.ptr, s, o->via.str.size);
+}
+
+enum { ACK_OK = 0, ACK_RETRY = 1, ACK_FATAL = 2 };
+
+/* Read the answer to frame `id` carrying n envelopes: ACK_OK (every entry
+ * answered: the cursor may move), ACK_RETRY (a retryable error: resend),
+ * ACK_FATAL (the district refuses this relay: log, back off long). */
+static int read_ack(sync_upstream *u, dsd_chan *ch, uint64_t id, uint32_t n)
+{
+    const uint8_t *p;
+    size_t len, off = 0;
+    for (;;) {
+        int rc = dsd_chan_recv(ch, RELAY_ACK_MS, &p, &len);
+        if (rc) return ACK_RETRY; /* connection lost or timeout: reconnect */
+        msgpack_unpacked up;
+        msgpack_unpacked_init(&up);
+        off = 0;
+        if (msgpack_unpack_next(&up, (const char *)p, len, &off) != MSGPACK_UNPACK_SUCCESS) {
+            msgpack_unpacked_destroy(&up);
+            return ACK_RETRY;
+        }
+        const msgpack_object *m = &up.data, *t = get(m, "t"), *fid = get(m, "id");
+        bool ours = fid && fid->type == MSGPACK_OBJECT_POSITIVE_INTEGER && fid->via.u64 == id;
+        int res = -1;
+        if (str_is(t, "changes")) {
+            res = -1; /* not subscribed: ignore anything else */
+        } else if (str_is(t, "error") && ours) {
+            const msgpack_object *c = get(m, "c"), *msg = get(m, "m");
+            int64_t code = c && (c->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) ? c->via.i64 : 0;
+            ulog(u, 1, "the district refused a frame: %.*s (code %lld)",
+                 msg && msg->type == MSGPACK_OBJECT_STR ? (int)msg->via.str.size : 0,
+                 msg && msg->type == MSGPACK_OBJECT_STR ? msg->via.str.ptr : "",
+                 (long long)code);
+            res = sync_retryable((int)code) ? ACK_RETRY : ACK_FATAL;
+        } else if (str_is(t, "ack") && ours) {
+            const msgpack_object *r = get(m, "r");
+            if (!r || r->type != MSGPACK_OBJECT_ARRAY || r->via.array.size != n) {
+                ulog(u, 1, "malformed ack from the district");
+                res = ACK_RETRY;
+            } else {
+                res = ACK_OK;
+                for (uint32_t i = 0; i < n; i++) {
+                    const msgpack_object *e = &r->via.array.ptr[i], *rr = get(e, "r");
+                    if (str_is(rr, "applied") || str_is(rr, "duplicate")) {
+                        atomic_fetch_add(&u->relayed, 1);
+                    } else if (str_is(rr, "quarantined")) {
+                        atomic_fetch_add(&u->quarantined, 1);
+                    } else {
+                        const msgpack_object *c = get(e, "c");
+                        int64_t code = c && c->type == MSGPACK_OBJECT_NEGATIVE_INTEGER
+                                           ? c->via.i64 : 0;
+                        if (code == STORE_ERELAYKEY || sync_retryable((int)code)) {
+                            ulog(u, 1, "the district did not take the frame: %s",
+                                 store_strerror((int)code));
+                            res = code == STORE_ERELAYKEY ? ACK_FATAL : ACK_RETRY;
+                            break;
+                        }
+                        /* A definite refusal, with its reason: logged here,
+                         * the envelope stays in this street's log. */
+                        atomic_fetch_add(&u->rejected, 1);
+                        ulog(u, 1, "the district rejected a relayed envelope: %s (code %lld)",
+                             store_strerror((int)code), (long long)code);
+                    }
+                }
+            }
+        }
+        msgpack_unpacked_destroy(&up);
+        if (res >= 0) return res;
+    }
+}
+
+/* ---- the thread ------------------------------------------------------------------------- */
+
+/* One connection: relay until it fails or we are asked to stop.  Returns
+ * true if it made progress (the backoff starts again from the minimum). */
+static int relay_session(sync_upstream *u, dsd_chan *ch, bool *progress)
+{
+    crdt_buf f = {0};
+    uint64_t id = 1, cursor = 0;
+    store_txn *t = NULL;
+    int res = ACK_RETRY;
+    int rc = store_begin(u->st, STORE_RDONLY, &t);
+    if (!rc) rc = store_upstream_cursor(t, &cursor);
+    store_abort(t);
+    if (rc) {
+        ulog(u, 1, "cannot read the cursor: %s", store_strerror(rc));
+        return ACK_RETRY;
+    }
+    atomic_store(&u->cursor, cursor);
+    while (!atomic_load(&u->stop)) {
+        uint32_t n = 0;
+        uint64_t last = 0;
+        if ((rc = build_frame(u, cursor, id, &f, &n, &last))) {
+            ulog(u, 1, "cannot read the log: %s", store_strerror(rc));
+            break;
+        }
+        if (n == 0) {
+            if (!nap(u, RELAY_IDLE_MS)) break;
+            continue;
+        }
+        if (dsd_chan_send(ch, f.p, f.n)) {
+            ulog(u, 2, "connection lost while sending");
+            break;
+        }
+        res = read_ack(u, ch, id, n);
+        id++;
+        if (res == ACK_RETRY) {
+            /* A busy or restarting district: give it a moment, resend. */
+            if (!nap(u, BACKOFF_MIN_MS)) break;
+            continue;
+        }
+        if (res == ACK_FATAL) break;
+        /* Acked, so durable at the district: now move the cursor. */
+        for (;;) {
+            rc = store_begin(u->st, STORE_RW, &t);
+            if (!rc) rc = store_upstream_cursor_set(t, last);
+            if (!rc) rc = store_commit(t);
+            else store_abort(t);
+            if (rc != STORE_EMAPFULL || store_grow(u->st)) break;
+        }
+        if (rc) {
+            /* The frame is resent later and answered "duplicate". */
+            ulog(u, 1, "cannot record the cursor: %s", store_strerror(rc));
+            res = ACK_RETRY;
+            break;
+        }
+        cursor = last;
+        atomic_store(&u->cursor, cursor);
+        *progress = true;
+        ulog(u, 3, "relayed up to server seq %llu", (unsigned long long)cursor);
+    }
+    crdt_buf_free(&f);
+    return res;
+}
+
+static void *upstream_main(void *arg)
+{
+    sync_upstream *u = arg;
+    char err[256], schema[1100];
+    dsd *h = NULL;
+    int backoff = BACKOFF_MIN_MS;
+    /* The device library checks deltas with a schema file: the street's. */
+    snprintf(schema, sizeof schema, "%s/schema.json", u->dir);
+    size_t sn = 0;
+    const uint8_t *sj = store_schema_json(u->st, &sn);
+    FILE *sf = fopen(schema, "w");
+    if (!sf || fwrite(sj, 1, sn, sf) != sn || fclose(sf)) {
+        ulog(u, 0, "cannot write %s; not relaying", schema);
+        return NULL;
+    }
+    if (dsd_open(u->dir, schema, &h, err, sizeof err)) {
+        ulog(u, 0, "%s; not relaying", err);
+        return NULL;
+    }
+    dsd_status stt;
+    if (dsd_status_get(h, &stt) || !stt.dev) {
+        ulog(u, 0, "%s is not enrolled at the district (doorstepctl upstream enroll); not relaying",
+             u->dir);
+        dsd_close(h);
+        return NULL;
+    }
+    ulog(u, 1, "relaying to %s as device %u", u->url, stt.dev);
+    while (!atomic_load(&u->stop)) {
+        dsd_chan *ch = NULL;
+        bool progress = false;
+        int rc = dsd_chan_open(h, u->url, 10000, &ch);
+        int res = ACK_RETRY;
+        if (rc) {
+            ulog(u, 1, "%s: %s", u->url, dsd_errmsg(h));
+            if (rc == DSD_EREVOKED || rc == DSD_ESERVERKEY || rc == -305 /* SYNC_EREVOKED */)
+                res = ACK_FATAL;
+        } else {
+            res = relay_session(u, ch, &progress);
+            dsd_chan_close(ch, res != ACK_OK);
+        }
+        if (progress) backoff = BACKOFF_MIN_MS;
+        int wait = res == ACK_FATAL ? BACKOFF_MAX_MS : backoff;
+        if (!nap(u, wait)) break;
+        if (backoff < BACKOFF_MAX_MS) backoff *= 2;
+    }
+    dsd_close(h);
+    return NULL;
+}
+
+int sync_upstream_start(store *st, const char *url, const char *dir, int log_level,
+                        sync_upstream **out, char *err, size_t errlen)
+{
+    struct stat sb;
+    *out = NULL;
+    if (!url || strncmp(url, "ws://", 5) || strlen(url) >= sizeof((sync_upstream *)0)->url) {
+        snprintf(err, errlen, "--upstream: expected ws://HOST:PORT[/sync], got '%s'",
+                 url ? url : "");
+        return SYNC_EPROTO;
+    }
+    if (!dir || strlen(dir) >= sizeof((sync_upstream *)0)->dir || stat(dir, &sb) ||
+        !S_ISDIR(sb.st_mode)) {
+        snprintf(err, errlen, "upstream directory %s does not exist: enroll first with "
+                 "`doorstepctl upstream enroll URL TOKEN`", dir ? dir : "(none)");
+        return STORE_ENOTFOUND;
+    }
+    static bool dsd_ready;
+    if (!dsd_ready) {
+        if (dsd_global_init()) {
+            snprintf(err, errlen, "the device library failed to initialise");
+            return CRDT_ENOMEM;
+        }
+        dsd_ready = true;
+    }
+    sync_upstream *u = calloc(1, sizeof *u);
+    if (!u) return CRDT_ENOMEM;
+    u->st = st;
+    snprintf(u->url, sizeof u->url, "%s", url);
+    snprintf(u->dir, sizeof u->dir, "%s", dir);
+    u->log_level = log_level;
+    if (pthread_create(&u->thread, NULL, upstream_main, u)) {
+        free(u);
+        snprintf(err, errlen, "cannot start the upstream thread");
+        return CRDT_ENOMEM;
+    }
+    *out = u;
+    return SYNC_OK;
+}
+
+void sync_upstream_stop(sync_upstream *u)
+{
+    if (!u) return;
+    atomic_store(&u->stop, true);
+    pthread_join(u->thread, NULL);
+    free(u);
+}
