@@ -19,6 +19,8 @@
  *         "rdev" chain dev(4)     -> relay(4) dev(4)         (the way back)
  *         "rsrv" relay(4)         -> the street's server public key (32),
  *                                    pinned by the first relayed batch
+ *         "rsrk" server key(32)   -> relay(4)                (the way back: one
+ *                                    street key, one relay)
  *
  * At the street (the sending store)
  *   meta  "upstream_cursor"       -> server seq(8): every envelope up to it
@@ -29,7 +31,8 @@
  *     one-to-one, and chain devs are allocated like enrolled devices
  *     (store_device_next_id), so they never collide with phones enrolled
  *     at the district itself.
- *   - A relay's pinned server key never changes (STORE_ERELAYKEY).
+ *   - A relay's pinned server key never changes, and no two relays pin the
+ *     same key (STORE_ERELAYKEY).
  *   - The upstream cursor only moves forward.
  */
 #include "internal.h"
@@ -104,7 +107,18 @@ int store_relay_pin(store_txn *t, uint32_t relay, const uint8_t pk[32], bool wri
         return sodium_memcmp(v.mv_data, pk, 32) ? STORE_ERELAYKEY : STORE_OK;
     }
     if (rc != STORE_ENOTFOUND) return rc;
+    /* One street, one relay: a key another relay pinned is not this one's
+     * (else a relay could pass another street's envelopes off as its own). */
+    uint8_t rk[36];
+    memcpy(rk, "rsrk", 4);
+    memcpy(rk + 4, pk, 32);
+    rc = store_get(t, DB_META, rk, sizeof rk, &v);
+    if (rc == STORE_OK) return STORE_ERELAYKEY;
+    if (rc != STORE_ENOTFOUND) return rc;
     if (!write) return STORE_OK; /* not pinned yet: the commit will pin it */
+    uint8_t r4[4];
+    be32(r4, relay);
+    if ((rc = store_put(t, DB_META, rk, sizeof rk, r4, 4))) return rc;
     return store_put(t, DB_META, k, sizeof k, pk, 32);
 }
 

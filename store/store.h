@@ -899,7 +899,7 @@ int store_relay_map(store_txn *t, uint32_t relay, uint32_t dev, const char *labe
 int store_relay_origin(store_txn *t, uint32_t chain_dev, uint32_t *relay, uint32_t *dev);
 /* Check pk against the street server key pinned for relay; if none is
  * pinned, pin pk when write (write txn).  0, STORE_ERELAYKEY (another key
- * is pinned), or an LMDB error. */
+ * is pinned for relay, or pk is pinned by another relay), or an LMDB error. */
 int store_relay_pin(store_txn *t, uint32_t relay, const uint8_t pk[32], bool write);
 /* The street server key pinned for relay.  0, STORE_ENOTFOUND. */
 int store_relay_server_key(store_txn *t, uint32_t relay, uint8_t pk[32]);

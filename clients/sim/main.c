@@ -3,7 +3,7 @@
  *
  *   doorstep-sim --server ws://HOST:PORT --data DIR [--key-file F]
  *                [--volunteers N] [--households H] [--days D] [--seed S]
- *                [--devices DIR] [--schema F] [--threads T]
+ *                [--devices DIR] [--schema F] [--threads T] [--prefix P]
  *
  * DIR is the server's data directory: the simulator opens the store beside
  * doorstepd (LMDB allows both) to create enrollment tokens and assign the
@@ -26,7 +26,9 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: doorstep-sim --server ws://HOST:PORT --data DIR [--key-file F]\n"
                "                    [--volunteers N] [--households H] [--days D] [--seed S]\n"
-               "                    [--devices DIR] [--schema F] [--threads T]\n");
+               "                    [--devices DIR] [--schema F] [--threads T] [--prefix P]\n"
+               "  --prefix P  before every record id and community code (up to 6 letters or\n"
+               "              digits), e.g. one per street when streets feed a district\n");
 }
 
 static bool num(const char *s, uint64_t max, uint64_t *out)
@@ -46,6 +48,7 @@ int main(int argc, char **argv)
         {"households", required_argument, NULL, 'H'}, {"days", required_argument, NULL, 'D'},
         {"seed", required_argument, NULL, 'S'},     {"devices", required_argument, NULL, 'x'},
         {"schema", required_argument, NULL, 'c'},   {"threads", required_argument, NULL, 't'},
+        {"prefix", required_argument, NULL, 'p'},
         {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0}};
     sim_opts o;
     memset(&o, 0, sizeof o);
@@ -62,6 +65,7 @@ int main(int argc, char **argv)
         case 'd': data = optarg; break;
         case 'k': key = optarg; break;
         case 'x': o.devices_dir = optarg; break;
+        case 'p': o.prefix = optarg; break;
         case 'c': o.schema = optarg; break;
         case 'v':
             if (!num(optarg, 10000, &v) || !v) goto bad;

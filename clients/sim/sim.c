@@ -30,6 +30,7 @@
 #define _GNU_SOURCE
 #include "sim.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -153,13 +154,17 @@ typedef struct street {
 } street;
 
 static uint32_t comm_of(const street *s, uint32_t h) { return (uint32_t)((uint64_t)h * s->C / s->H); }
-static void hh_id(uint32_t h, char out[16]) { snprintf(out, 16, "H%05u", h); }
-static void hh_codes(const street *s, uint32_t h, char comm[16], char grid[24])
+/* sim_opts.prefix (at most SIM_PREFIX_MAX letters and digits): put before
+ * every record id and community code, so that two simulated streets can
+ * feed one district without their ids meeting.  Set once by sim_run. */
+static char id_prefix[SIM_PREFIX_MAX + 1];
+static void hh_id(uint32_t h, char out[24]) { snprintf(out, 24, "%sH%05u", id_prefix, h); }
+static void hh_codes(const street *s, uint32_t h, char comm[24], char grid[32])
 {
     uint32_t c = comm_of(s, h);
     uint32_t first = (uint32_t)(((uint64_t)c * s->H + s->C - 1) / s->C);
-    snprintf(comm, 16, "C%02u", c + 1);
-    snprintf(grid, 24, "C%02u-G%02u", c + 1, (h - first) / HH_PER_GRID + 1);
+    snprintf(comm, 24, "%sC%02u", id_prefix, c + 1);
+    snprintf(grid, 32, "%sC%02u-G%02u", id_prefix, c + 1, (h - first) / HH_PER_GRID + 1);
 }
 static uint32_t slice_first(const street *s, uint32_t v) { return (uint32_t)((uint64_t)v * s->H / s->V); }
 
@@ -307,7 +312,7 @@ static void dev_enroll(sim *S, simdev *d, void *arg)
     (void)arg;
     char vol[64], text[STORE_TOKEN_TEXT_LEN + 1];
     const street *s = &S->s;
-    char (*ids)[16] = NULL;
+    char (*ids)[24] = NULL;
     const char **scope = NULL;
     size_t n = 0;
     if (d->err || d->dev) return;
@@ -357,7 +362,7 @@ static void dev_enroll(sim *S, simdev *d, void *arg)
 static int station_scope_all(sim *S)
 {
     const char **hh = calloc(S->s.H, sizeof *hh);
-    char (*ids)[16] = calloc(S->s.H, sizeof *ids);
+    char (*ids)[24] = calloc(S->s.H, sizeof *ids);
     store_txn *t = NULL;
     int rc = hh && ids ? 0 : DSD_ENOMEM;
     for (uint32_t h = 0; !rc && h < S->s.H; h++) {
@@ -444,7 +449,7 @@ static int seed_street(sim *S)
     uint64_t rng = S->o->seed ^ 0x5eed;
     uint32_t serial = 0;
     for (uint32_t h = 0; h < S->s.H; h++) {
-        char hid[16], comm[16], grid[24], addr[96], pid[24], phone[12];
+        char hid[24], comm[24], grid[32], addr[96], pid[32], phone[12];
         hh_id(h, hid);
         hh_codes(&S->s, h, comm, grid);
         snprintf(addr, sizeof addr, "%s%u号%u栋%u室", streets[comm_of(&S->s, h) % NELEM(streets)],
@@ -454,7 +459,7 @@ static int seed_street(sim *S)
         uint32_t size = k + 1;
         dsd_edit *e;
         int rc = dsd_edit_begin(st->h, "household", hid, &e);
-        snprintf(pid, sizeof pid, "P%05u-1", h);
+        snprintf(pid, sizeof pid, "%sP%05u-1", id_prefix, h);
         if (!rc && !(rc = dsd_edit_set(e, "community", NULL, comm)) &&
             !(rc = dsd_edit_set(e, "grid", NULL, grid)) && !(rc = dsd_edit_set(e, "address", NULL, addr)) &&
             !(rc = dsd_edit_set(e, "head", NULL, pid)) && pct(&rng, 60)) {
@@ -468,7 +473,7 @@ static int seed_street(sim *S)
         if ((rc = dsd_edit_commit(e, NULL))) return rc;
         int head_by = 1940 + (int)below(&rng, 55);
         for (uint32_t p = 0; p < size; p++) {
-            snprintf(pid, sizeof pid, "P%05u-%u", h, p + 1);
+            snprintf(pid, sizeof pid, "%sP%05u-%u", id_prefix, h, p + 1);
             if ((rc = seed_person(S, st->h, &rng, hid, pid, p, serial++, head_by))) return rc;
         }
     }
@@ -654,7 +659,7 @@ static int new_baby(sim *S, simdev *d, const char *hid, const char *date)
 {
     char pid[40], idn[19], birth[11], name[32], year[8];
     uint64_t *rng = &d->rng;
-    snprintf(pid, sizeof pid, "N%u-%u", d->dev, ++d->babies);
+    snprintf(pid, sizeof pid, "%sN%u-%u", id_prefix, d->dev, ++d->babies);
     snprintf(year, sizeof year, "%u", S->year);
     /* Born this year, before today. */
     int by;
@@ -1080,6 +1085,15 @@ int sim_run(store *st, const sim_opts *oin, sim_result *r)
     memset(r, 0, sizeof *r);
     memset(&S, 0, sizeof S);
     sim_opts_defaults(&o);
+    size_t pl = o.prefix ? strlen(o.prefix) : 0;
+    for (size_t i = 0; i < pl; i++)
+        if (!isalnum((unsigned char)o.prefix[i])) pl = SIM_PREFIX_MAX + 1;
+    if (pl > SIM_PREFIX_MAX) {
+        snprintf(r->why, sizeof r->why, "--prefix: at most %d letters and digits", SIM_PREFIX_MAX);
+        return DSD_EINVAL;
+    }
+    memcpy(id_prefix, o.prefix ? o.prefix : "", pl);
+    id_prefix[pl] = 0;
     S.o = &o;
     S.st = st;
     S.year = store_campaign_year(st);

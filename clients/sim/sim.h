@@ -30,7 +30,11 @@ typedef struct sim_opts {
     uint32_t threads;          /* devices syncing at once (64) */
     FILE *log;                 /* progress lines (NULL: quiet) */
     uint64_t test_skip_sseq;   /* check only: pretend the server lost this delta */
+    const char *prefix;        /* before every record id and community code (NULL: none);
+                                * at most SIM_PREFIX_MAX letters and digits */
 } sim_opts;
+
+#define SIM_PREFIX_MAX 6
 
 typedef struct sim_result {
     bool converged;
