@@ -1,5 +1,6 @@
 # Doorstep — top-level Makefile.  The README's two commands live here:
 #   make run    install what is missing, build, start the server with a demo street
+#               (DEMO=district: a district server fed by two street servers)
 #   make test   install what is missing, build three times (gcc; gcc Release, build only; clang+ASan+UBSan),
 #               run ctest on the first and last, and every fuzz target for FUZZ_SECONDS in build-fuzz/ (before ASan)
 # Also: make bench, make fuzz, make memcheck, make soak, make clean.  Build trees: build/ and build-asan/.
@@ -46,7 +47,8 @@ build-release: deps
 test: test-normal build-release test-fuzz test-asan
 
 run: build
-	@scripts/run-demo $(BUILD)
+	@if [ "$(DEMO)" = district ]; then scripts/run-demo-district $(BUILD); \
+	 else scripts/run-demo $(BUILD); fi
 
 bench: build
 	@scripts/run-bench $(BUILD)

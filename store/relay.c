@@ -21,6 +21,9 @@
  *                                    pinned by the first relayed batch
  *         "rsrk" server key(32)   -> relay(4)                (the way back: one
  *                                    street key, one relay)
+ *         "rcom" community        -> relay(4)   the street a community is in:
+ *                                    the relay that first brought one of its
+ *                                    households (the dashboard's street scope)
  *
  * At the street (the sending store)
  *   meta  "upstream_cursor"       -> server seq(8): every envelope up to it
@@ -197,5 +200,52 @@ int store_log_read(store_txn *t, uint64_t after, size_t max, size_t max_bytes, s
     }
     crdt_buf_free(&env);
     mdb_cursor_close(c);
+    return rc;
+}
+
+/* ---- which street a community belongs to (the district's street scope) ----------------- */
+
+int store_relay_note_place(store_txn *t, uint32_t relay, const char *household)
+{
+    MDB_val v;
+    uint8_t k[4 + 128], r4[4];
+    if (!household || !*household) return STORE_OK;
+    int rc = store_get(t, DB_PLACE, household, strlen(household), &v);
+    if (rc == STORE_ENOTFOUND) return STORE_OK; /* not placed yet: a later delta will */
+    if (rc) return rc;
+    const uint8_t *z = memchr(v.mv_data, 0, v.mv_size);
+    size_t cl = z ? (size_t)(z - (const uint8_t *)v.mv_data) : 0;
+    if (!cl || cl > sizeof k - 4) return STORE_ECORRUPT;
+    memcpy(k, "rcom", 4);
+    memcpy(k + 4, v.mv_data, cl);
+    rc = store_get(t, DB_META, k, 4 + cl, &v);
+    if (rc != STORE_ENOTFOUND) return rc; /* known (first relay wins), or an error */
+    be32(r4, relay);
+    return store_put(t, DB_META, k, 4 + cl, r4, 4);
+}
+
+int store_relay_communities(store_txn *t, store_relay_comm_cb cb, void *arg)
+{
+    MDB_cursor *c;
+    MDB_val k, v;
+    char comm[129];
+    int rc = mdb_cursor_open(t->txn, t->s->dbi[DB_META], &c);
+    if (rc) return store_lmdb_err(rc);
+    k.mv_data = "rcom";
+    k.mv_size = 4;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size < 5 || memcmp(k.mv_data, "rcom", 4)) break;
+        if (v.mv_size != 4 || k.mv_size - 4 >= sizeof comm) {
+            rc = STORE_ECORRUPT;
+            break;
+        }
+        memcpy(comm, (const uint8_t *)k.mv_data + 4, k.mv_size - 4);
+        comm[k.mv_size - 4] = 0;
+        if ((rc = cb(comm, rd32(v.mv_data), arg))) break;
+    }
+    mdb_cursor_close(c);
+    if (rc == MDB_NOTFOUND) rc = STORE_OK;
+    else if (rc > 0) rc = store_lmdb_err(rc);
     return rc;
 }

@@ -901,6 +901,14 @@ int store_relay_origin(store_txn *t, uint32_t chain_dev, uint32_t *relay, uint32
  * pinned, pin pk when write (write txn).  0, STORE_ERELAYKEY (another key
  * is pinned for relay, or pk is pinned by another relay), or an LMDB error. */
 int store_relay_pin(store_txn *t, uint32_t relay, const uint8_t pk[32], bool write);
+/* The district's street scope: the first relay to bring a household of a
+ * community owns the community.  Called by the writer for each applied
+ * relayed delta (household: the one it touched).  0 or an error. */
+int store_relay_note_place(store_txn *t, uint32_t relay, const char *household);
+/* cb(community, relay, arg) for every community a relay brought, in
+ * community order.  cb's non-zero value stops and is returned. */
+typedef int (*store_relay_comm_cb)(const char *community, uint32_t relay, void *arg);
+int store_relay_communities(store_txn *t, store_relay_comm_cb cb, void *arg);
 /* The street server key pinned for relay.  0, STORE_ENOTFOUND. */
 int store_relay_server_key(store_txn *t, uint32_t relay, uint8_t pk[32]);
 /* The sending side: every envelope with server seq <= *sseq is durable

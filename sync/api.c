@@ -821,14 +821,105 @@ static json_t *agg_json(rq *q, const store_agg *a)
     return o;
 }
 
+/* ---- a district's streets (issue 16: relays, store/relay.c) ------------------------------ */
+
+/* community -> the relay (street server) it came through, in community order. */
+typedef struct street_map {
+    struct street_ent { char community[129]; uint32_t relay; } *e;
+    size_t n, cap;
+} street_map;
+
+static int street_map_add(const char *community, uint32_t relay, void *arg)
+{
+    street_map *m = arg;
+    if (m->n == m->cap) {
+        size_t nc = m->cap ? m->cap * 2 : 32;
+        void *p = realloc(m->e, nc * sizeof *m->e);
+        if (!p) return CRDT_ENOMEM;
+        m->e = p;
+        m->cap = nc;
+    }
+    snprintf(m->e[m->n].community, sizeof m->e[m->n].community, "%s", community);
+    m->e[m->n++].relay = relay;
+    return 0;
+}
+
+static int street_cmp(const void *k, const void *e)
+{
+    return strcmp(k, ((const struct street_ent *)e)->community);
+}
+
+/* The relay of community c, 0 if it is not a relayed street's. */
+static uint32_t street_of(const street_map *m, const char *c)
+{
+    const struct street_ent *e = m && m->n ? bsearch(c, m->e, m->n, sizeof *m->e, street_cmp) : NULL;
+    return e ? e->relay : 0;
+}
+
+static void agg_add(store_agg *sum, const store_agg *a)
+{
+    sum->persons += a->persons;
+    sum->enrolled += a->enrolled;
+    sum->paid += a->paid;
+    sum->visits_week += a->visits_week;
+    for (size_t i = 0; i < STORE_MAX_GROUPS; i++) {
+        sum->group[i] += a->group[i];
+        sum->group_unenrolled[i] += a->group_unenrolled[i];
+    }
+}
+
+static json_t *agg_json(rq *q, const store_agg *a);
+
+/* Each street's aggregate at time `at` (the sum of its communities), with
+ * its relay device's id, name and last relay time; [] on a street server. */
+static int streets_json(rq *q, store_txn *t, const street_map *m, uint64_t at, json_t **out)
+{
+    *out = json_array();
+    for (size_t i = 0; i < m->n;) {
+        uint32_t relay = m->e[i].relay;
+        store_agg sum, a;
+        store_device d;
+        size_t ncomm = 0;
+        memset(&sum, 0, sizeof sum);
+        /* The map is in community order: gather this relay's from all of it. */
+        bool seen = false;
+        for (size_t k = 0; k < i && !seen; k++) seen = m->e[k].relay == relay;
+        if (seen) {
+            i++;
+            continue;
+        }
+        for (size_t k = i; k < m->n; k++) {
+            if (m->e[k].relay != relay) continue;
+            int rc = store_agg_get(t, m->e[k].community, NULL, at, &a);
+            if (rc) return rc;
+            agg_add(&sum, &a);
+            ncomm++;
+        }
+        int rc = store_device_get(t, relay, &d);
+        if (rc && rc != STORE_ENOTFOUND) return rc;
+        json_t *o = agg_json(q, &sum);
+        json_object_set_new(o, "id", json_integer(relay));
+        json_object_set_new(o, "name", json_string(rc ? "" : d.volunteer));
+        json_object_set_new(o, "last_sync_ms", json_integer(rc ? 0 : (json_int_t)d.last_sync_ms));
+        json_object_set_new(o, "state", json_string(rc ? "unknown" : store_device_state_name(d.state)));
+        json_object_set_new(o, "communities", json_integer((json_int_t)ncomm));
+        json_array_append_new(*out, o);
+        i++;
+    }
+    return 0;
+}
+
 /* Which part of the tree a page shows: communities offset..offset+limit of
- * those matching the filters (community, and grid inside it). */
+ * those matching the filters (community, and grid inside it; at a
+ * district, street: the relay device id of one street, 0 any). */
 typedef struct tree_opts {
     const char *community, *grid; /* NULL: any */
     uint64_t offset, limit;
+    uint32_t street;
+    const street_map *streets;
 } tree_opts;
 
-static const tree_opts tree_all = {NULL, NULL, 0, UINT64_MAX};
+static const tree_opts tree_all = {NULL, NULL, 0, UINT64_MAX, 0, NULL};
 
 /* The station's aggregate and the communities tree_opts selects, each with
  * its grids (only the filtered grid if there is one); *total receives the
@@ -848,7 +939,8 @@ static int build_tree(rq *q, store_txn *t, const store_places *pl, uint64_t at,
         size_t j = i;
         const char *cn = pl->p[i].community;
         while (j < pl->n && !strcmp(pl->p[j].community, cn)) j++;
-        bool want = !to->community || !strcmp(to->community, cn);
+        bool want = (!to->community || !strcmp(to->community, cn)) &&
+                    (!to->street || street_of(to->streets, cn) == to->street);
         if (want && to->grid) {
             want = false;
             for (size_t k = i; k < j; k++) want |= !strcmp(pl->p[k].grid, to->grid);
@@ -926,8 +1018,12 @@ static int route_overview(rq *q)
     uint64_t stale_days;
     char cb[64], gb[64];
     tree_opts to = tree_all;
+    uint64_t street = 0;
+    street_map sm = {0};
+    json_t *streets = NULL;
     if (qnum(q, "stale_days", 1, 365, 3, &stale_days) ||
         qnum(q, "offset", 0, 10000, 0, &to.offset) || qnum(q, "limit", 1, 100, 100, &to.limit) ||
+        qnum(q, "street", 0, UINT32_MAX, 0, &street) ||
         place_param(q, "community", "社区", cb, sizeof cb, &to.community) ||
         place_param(q, "grid", "网格", gb, sizeof gb, &to.grid))
         return 400;
@@ -939,7 +1035,22 @@ static int route_overview(rq *q)
     char ds[16];
     int rc = store_begin(q->api->st, STORE_RDONLY, &t);
     if (!rc) rc = store_agg_place_list(t, &pl);
+    if (!rc) rc = store_relay_communities(t, street_map_add, &sm);
     if (rc) goto fail;
+    to.street = (uint32_t)street;
+    to.streets = &sm;
+    if (street) {
+        bool known = false;
+        for (size_t i = 0; i < sm.n && !known; i++) known = sm.e[i].relay == street;
+        if (!known) {
+            store_abort(t);
+            store_places_free(&pl);
+            free(sm.e);
+            json_decref(o);
+            return send_err(q, 400, "bad_parameter", "没有编号为 %llu 的街道。" EN "No street %llu",
+                            (unsigned long long)street, (unsigned long long)street);
+        }
+    }
     /* The filters must name places that exist (and a grid its community). */
     if (to.community || to.grid) {
         const char *gc = NULL;
@@ -976,6 +1087,7 @@ static int route_overview(rq *q)
         }
     }
     if ((rc = build_tree(q, t, &pl, agg_time(today), &to, &station, &comms, &ncomm))) goto fail;
+    if ((rc = streets_json(q, t, &sm, agg_time(today), &streets))) goto fail;
     if ((rc = qx_sync(q, t))) goto fail;
     qx_conflict_totals(q->api, &cpersons, &cfields);
     json_object_set_new(o, "campaign_year", json_integer(store_campaign_year(q->api->st)));
@@ -990,10 +1102,23 @@ static int route_overview(rq *q)
     json_object_set_new(o, "total_communities", json_integer((json_int_t)ncomm));
     json_object_set_new(o, "offset", json_integer((json_int_t)to.offset));
     json_object_set_new(o, "limit", json_integer((json_int_t)to.limit));
-    json_object_set_new(o, "filter", json_pack("{s:o, s:o}", "community",
+    json_object_set_new(o, "filter", json_pack("{s:o, s:o, s:o}", "community",
                                                to.community ? json_string(to.community) : json_null(),
-                                               "grid", to.grid ? json_string(to.grid) : json_null()));
-    json_object_set_new(o, "places", places_json(&pl));
+                                               "grid", to.grid ? json_string(to.grid) : json_null(),
+                                               "street", street ? json_integer((json_int_t)street)
+                                                                : json_null()));
+    json_object_set_new(o, "streets", streets);
+    streets = NULL;
+    json_t *places = places_json(&pl);
+    if (sm.n) { /* a district: each community's street */
+        size_t i;
+        json_t *pe;
+        json_array_foreach(places, i, pe) {
+            uint32_t r = street_of(&sm, json_string_value(json_object_get(pe, "community")));
+            json_object_set_new(pe, "street", r ? json_integer(r) : json_null());
+        }
+    }
+    json_object_set_new(o, "places", places);
     json_object_set_new(o, "conflicts", json_pack("{sIsI}", "persons", (json_int_t)cpersons,
                                                   "fields", (json_int_t)cfields));
 
@@ -1006,6 +1131,9 @@ static int route_overview(rq *q)
     for (uint32_t id = 1; id < next_id && id < API_DEVICES_MAX; id++) {
         store_device d;
         if (store_device_get(t, id, &d)) continue;
+        /* A street's phone as the district knows it (relay.c): it never
+         * syncs here; its street's relay does. */
+        if (store_relay_origin(t, id, NULL, NULL) == STORE_OK) continue;
         total++;
         if (d.state != STORE_DEV_ACTIVE) continue;
         active++;
@@ -1037,11 +1165,14 @@ static int route_overview(rq *q)
     json_object_set_new(o, "quarantine_pending", json_integer((json_int_t)qc[STORE_QSTATE_PENDING]));
     store_abort(t);
     store_places_free(&pl);
+    free(sm.e);
     send_json(q, 200, o);
     return 200;
 fail:
     store_abort(t);
     store_places_free(&pl);
+    free(sm.e);
+    json_decref(streets);
     json_decref(o);
     json_decref(station);
     json_decref(comms);
@@ -1096,9 +1227,18 @@ static int route_weekly(rq *q)
     char ds[16];
     int rc = store_begin(q->api->st, STORE_RDONLY, &t);
     if (!rc) rc = store_agg_place_list(t, &pl);
+    street_map sm = {0};
+    json_t *streets = NULL;
     if (!rc) rc = build_tree(q, t, &pl, agg_time(monday), &tree_all, &station, &comms, &ncomm);
+    if (!rc) rc = store_relay_communities(t, street_map_add, &sm);
+    if (!rc) rc = streets_json(q, t, &sm, agg_time(monday), &streets);
+    free(sm.e);
     if (!rc) rc = qx_sync(q, t);
-    if (rc) goto fail;
+    if (rc) {
+        json_decref(streets);
+        goto fail;
+    }
+    json_object_set_new(o, "streets", streets); /* [] unless this is a district */
     qx_conflict_totals(q->api, &cpersons, &cfields);
     day_str(monday, ds);
     json_object_set_new(o, "week_start", json_string(ds));
@@ -2666,6 +2806,17 @@ static int dlist_cb(const store_device *d, size_t scope_n, void *arg)
     json_object_set_new(x, "revoked_at_seq", json_integer((json_int_t)d->revoked_at_seq));
     json_object_set_new(x, "rotate_required", json_boolean(d->flags & STORE_DEVF_ROTATE_REQUIRED));
     json_object_set_new(x, "scope_households", json_integer((json_int_t)scope_n));
+    /* At a district: "relay" for a street server, or the street phone this
+     * device stands for ({relay, dev}: the street's own device number). */
+    uint32_t relay = 0, sdev = 0;
+    store_ids sc = {0};
+    if (store_relay_origin(l->t, d->id, &relay, &sdev) == STORE_OK)
+        json_object_set_new(x, "relayed", json_pack("{s:I, s:I}", "relay", (json_int_t)relay,
+                                                    "dev", (json_int_t)sdev));
+    else if (scope_n == 1 && store_device_scope_get(l->t, d->id, &sc) == STORE_OK && sc.n == 1 &&
+             !strcmp(sc.id[0], STORE_RELAY_SCOPE))
+        json_object_set_new(x, "relay", json_true());
+    store_ids_free(&sc);
     return json_array_append_new(l->items, x) ? CRDT_ENOMEM : 0;
 }
 

@@ -338,6 +338,9 @@ static int relay_commit(store_txn *t, const sync_config *cfg, sync_job *j, uint6
                          cdev, true};
         memcpy(si.hash, it->hash, CRDT_HASH_BYTES);
         if ((rc = store_append(t, &si, now_ms, cfg->max_ahead_ms, &it->out))) return rc;
+        if (it->out.result == STORE_APPLIED &&
+            (rc = store_relay_note_place(t, j->dev, it->out.household)))
+            return rc;
     }
     if (j->n && (rc = store_device_seen(t, j->dev, now_ms)) && rc != STORE_ENOTFOUND) return rc;
     return STORE_OK;

@@ -309,11 +309,31 @@
       h('th', {}, t('ov.keyunenrolled')), h('th', {}, t('ov.visits')));
   }
   const OV_LIMITS = [10, 20, 50, 100];
+  /* A district (its streets relay to it: /api/overview's "streets"): one row
+   * per street, each a link that scopes the overview to that street. */
+  function streetsCard(streets, current, link) {
+    if (!streets || !streets.length) return null;
+    return h('div', {class: 'card', 'data-testid': 'streets'}, h('h2', {}, t('ov.streets')),
+      h('table', {class: 'data', 'data-testid': 'streets-table'},
+        h('thead', {}, h('tr', {}, ...aggHead(t('ov.street')).childNodes, h('th', {}, t('ov.street_sync')))),
+        h('tbody', {}, streets.map(st => h('tr', {class: st.id === current ? 'community selected' : 'community'},
+          h('td', {}, link ? h('a', {href: link(st), 'data-testid': 'street-' + st.id}, st.name || t('ov.street_no', {d: st.id}))
+            : (st.name || t('ov.street_no', {d: st.id}))),
+          aggCells(st),
+          h('td', {class: 'small'}, (st.last_sync_ms ? fmtTime(st.last_sync_ms) : t('ov.never')) +
+            (st.state !== 'active' ? ' · ' + st.state : '')))))));
+  }
   function viewOverview(view, params) {
     const community = params.get('community') || '', grid = params.get('grid') || '';
+    const street = intParam(params, 'street', 0);
     const offset = intParam(params, 'offset', 0), limit = intParam(params, 'limit', 20);
     return mount(view, async () => {
-      const o = await api('GET', hashOf('/api/overview', {community, grid, offset, limit}));
+      const o = await api('GET', hashOf('/api/overview', {community, grid, street: street || null, offset, limit}));
+      const district = (o.streets || []).length > 0;
+      const whole = district ? t('ov.district') : t('ov.station');
+      // Scoped to one street: its own total under the table.
+      const sc = district && street ? o.streets.find(x => x.id === street) : null;
+      const scopeName = sc ? (sc.name || t('ov.street_no', {d: sc.id})) : whole, scopeAgg = sc || o.station;
       const s = o.station;
       const kpi = (label, value, id, href) => h(href ? 'a' : 'div', {class: 'kpi', 'data-testid': id, href},
         h('div', {class: 'kpi-v'}, value), h('div', {class: 'kpi-l'}, label));
@@ -327,12 +347,17 @@
           h('td', {class: 'num' + (g.unenrolled ? ' warn' : '')}, g.unenrolled)));
       const d = o.devices;
       // Filters: community, then a grid of it; page size.
-      const go = (p) => { location.hash = hashOf('#/overview', Object.assign({community, grid, limit}, p)); };
+      const go = (p) => { location.hash = hashOf('#/overview', Object.assign({community, grid, street: street || null, limit}, p)); };
+      const ssel = district ? h('select', {'data-testid': 'filter-street', 'aria-label': t('ov.street'),
+        onchange: () => go({street: ssel.value || null, community: '', grid: '', offset: null})},
+      h('option', {value: ''}, t('ov.all_streets')),
+      o.streets.map(st => h('option', {value: st.id, selected: st.id === street}, st.name || t('ov.street_no', {d: st.id})))) : null;
       const place = (o.places || []).find(p => p.community === community);
       const csel = h('select', {'data-testid': 'filter-community', 'aria-label': t('ov.community'),
         onchange: () => go({community: csel.value, grid: '', offset: null})},
       h('option', {value: ''}, t('ov.all_communities')),
-      (o.places || []).map(p => h('option', {value: p.community, selected: p.community === community}, p.community)));
+      (o.places || []).filter(p => !street || p.street === street).map(p =>
+        h('option', {value: p.community, selected: p.community === community}, p.community)));
       const gsel = h('select', {'data-testid': 'filter-grid', 'aria-label': t('ov.grid'), disabled: !place,
         onchange: () => go({grid: gsel.value, offset: null})},
       h('option', {value: ''}, t('ov.all_grids')),
@@ -353,14 +378,15 @@
           kpi(t('ov.dev_today'), d.synced_today + ' / ' + d.active, 'kpi-synced'),
           kpi(t('ov.conflicts'), o.conflicts ? o.conflicts.persons : 0, 'kpi-conflicts', '#/queues/conflicts'),
           kpi(t('ov.quarantine'), o.quarantine_pending, 'kpi-quarantine')),
+        streetsCard(o.streets, street, st => hashOf('#/overview', {street: st.id, limit})),
         h('div', {class: 'card'},
-          h('div', {class: 'toolbar'}, t('ov.filter'), csel, gsel, h('span', {class: 'grow'}),
+          h('div', {class: 'toolbar'}, t('ov.filter'), ssel, csel, gsel, h('span', {class: 'grow'}),
             t('ov.per_page'), lsel),
           h('table', {class: 'data', 'data-testid': 'overview-table'},
             h('thead', {}, aggHead(t('ov.community') + ' / ' + t('ov.grid'))),
             h('tbody', {}, rows),
-            h('tfoot', {}, h('tr', {}, h('td', {}, t('ov.station')), aggCells(s)))),
-          pager('#/overview', {community, grid, limit}, o.total_communities, o.offset, o.limit, 'ov.communities_range')),
+            h('tfoot', {}, h('tr', {}, h('td', {}, scopeName), aggCells(scopeAgg)))),
+          pager('#/overview', {community, grid, street: street || null, limit}, o.total_communities, o.offset, o.limit, 'ov.communities_range')),
         h('div', {class: 'cols'},
           h('div', {class: 'card'}, h('h2', {}, t('ov.groups')),
             groups.length ? h('table', {class: 'data'},
@@ -824,8 +850,9 @@
           h('div', {class: 'kpi'}, h('div', {class: 'kpi-v'}, r.station.persons), h('div', {class: 'kpi-l'}, t('ov.persons'))),
           h('div', {class: 'kpi'}, h('div', {class: 'kpi-v'}, r.station.unpaid), h('div', {class: 'kpi-l'}, t('ov.unpaid'))),
           h('div', {class: 'kpi'}, h('div', {class: 'kpi-v'}, r.station.visits_week), h('div', {class: 'kpi-l'}, t('ov.visits')))),
+        streetsCard(r.streets, 0, null),
         h('div', {class: 'card'}, h('h2', {}, t('rep.chart_cov')),
-          barChart(r.communities.map(c => ({label: c.community, value: c.coverage})).concat([{label: t('ov.station'), value: r.station.coverage}]))),
+          barChart(r.communities.map(c => ({label: c.community, value: c.coverage})).concat([{label: (r.streets || []).length ? t('ov.district') : t('ov.station'), value: r.station.coverage}]))),
         h('div', {class: 'card', 'data-testid': 'coverage-history'}, h('h2', {}, t('rep.chart_cov_hist')),
           (r.coverage_history || []).length
             ? lineChart(r.coverage_history.map(d => ({label: d.day, value: Math.round(d.coverage * 1000) / 10})), t('rep.chart_cov_hist'))
@@ -834,7 +861,7 @@
           lineChart(r.weeks.map(w => ({label: w.week_start, value: w.visits})))),
         h('div', {class: 'card'}, h('table', {class: 'data', 'data-testid': 'report-table'},
           h('thead', {}, head), h('tbody', {}, rows),
-          h('tfoot', {}, h('tr', {}, h('td', {}, t('ov.station')), h('td', {}, t('rep.total')), aggCells(r.station))))),
+          h('tfoot', {}, h('tr', {}, h('td', {}, (r.streets || []).length ? t('ov.district') : t('ov.station')), h('td', {}, t('rep.total')), aggCells(r.station))))),
         h('div', {class: 'report-foot', 'data-testid': 'report-foot'},
           r.conflicts ? h('p', {class: 'small'}, t('rep.conflicts', {p: r.conflicts.persons, f: r.conflicts.fields})) : null,
           h('p', {class: 'muted small'}, t('rep.note'))));
