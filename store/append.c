@@ -711,7 +711,9 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
      *    beyond its sealed seq). */
     rc = store_device_get(t, cdev, &dev);
     if (rc && rc != STORE_ENOTFOUND) return rc;
-    if (rc == STORE_OK) {
+    /* A relayed delta was applied by its street, which decides about its
+     * phones (the state here is what the street's admin records said). */
+    if (rc == STORE_OK && !it->relayed) {
         int reason = 0;
         if (dev.state == STORE_DEV_FROZEN) reason = STORE_Q_FROZEN;
         else if (dev.state == STORE_DEV_REVOKED_HARD) reason = STORE_Q_REVOKED;

@@ -24,10 +24,14 @@
  *         "rcom" community        -> relay(4)   the street a community is in:
  *                                    the relay that first brought one of its
  *                                    households (the dashboard's street scope)
+ *         "radm" relay(4)         -> aseq(8): the street's audit entries taken
+ *                                    (admin records), up to this one
  *
  * At the street (the sending store)
  *   meta  "upstream_cursor"       -> server seq(8): every envelope up to it
  *                                    is durable at the district (acked)
+ *         "upstream_acursor"      -> aseq(8): the same for audit entries sent
+ *                                    as admin records
  *
  * Invariants
  *   - A mapping, once written, never changes: (relay, dev) -> chain dev is
@@ -248,4 +252,52 @@ int store_relay_communities(store_txn *t, store_relay_comm_cb cb, void *arg)
     if (rc == MDB_NOTFOUND) rc = STORE_OK;
     else if (rc > 0) rc = store_lmdb_err(rc);
     return rc;
+}
+
+/* ---- admin records: how far a relay's audit entries were taken -------------------------- */
+
+int store_relay_admin_cursor(store_txn *t, uint32_t relay, uint64_t *aseq)
+{
+    uint8_t k[8];
+    MDB_val v;
+    *aseq = 0;
+    memcpy(k, "radm", 4);
+    be32(k + 4, relay);
+    int rc = store_get(t, DB_META, k, sizeof k, &v);
+    if (rc == STORE_ENOTFOUND) return STORE_OK;
+    if (rc) return rc;
+    if (v.mv_size != 8) return STORE_ECORRUPT;
+    *aseq = rd64(v.mv_data);
+    return STORE_OK;
+}
+
+int store_relay_admin_cursor_set(store_txn *t, uint32_t relay, uint64_t aseq)
+{
+    uint8_t k[8], v[8];
+    memcpy(k, "radm", 4);
+    be32(k + 4, relay);
+    be64(v, aseq);
+    return store_put(t, DB_META, k, sizeof k, v, 8);
+}
+
+int store_upstream_admin_cursor(store_txn *t, uint64_t *aseq)
+{
+    MDB_val v;
+    *aseq = 0;
+    int rc = store_get(t, DB_META, "upstream_acursor", 16, &v);
+    if (rc == STORE_ENOTFOUND) return STORE_OK;
+    if (rc) return rc;
+    if (v.mv_size != 8) return STORE_ECORRUPT;
+    *aseq = rd64(v.mv_data);
+    return STORE_OK;
+}
+
+int store_upstream_admin_cursor_set(store_txn *t, uint64_t aseq)
+{
+    uint64_t cur;
+    uint8_t v[8];
+    int rc = store_upstream_admin_cursor(t, &cur);
+    if (rc || aseq <= cur) return rc;
+    be64(v, aseq);
+    return store_put(t, DB_META, "upstream_acursor", 16, v, 8);
 }

@@ -909,6 +909,13 @@ int store_relay_note_place(store_txn *t, uint32_t relay, const char *household);
  * community order.  cb's non-zero value stops and is returned. */
 typedef int (*store_relay_comm_cb)(const char *community, uint32_t relay, void *arg);
 int store_relay_communities(store_txn *t, store_relay_comm_cb cb, void *arg);
+/* Admin records (a street's audit entries about devices and the quarantine,
+ * relayed signed): at the district, the last street aseq taken from relay;
+ * at the street, the last aseq the district acked.  0 at first. */
+int store_relay_admin_cursor(store_txn *t, uint32_t relay, uint64_t *aseq);
+int store_relay_admin_cursor_set(store_txn *t, uint32_t relay, uint64_t aseq);
+int store_upstream_admin_cursor(store_txn *t, uint64_t *aseq);
+int store_upstream_admin_cursor_set(store_txn *t, uint64_t aseq); /* only forward */
 /* The street server key pinned for relay.  0, STORE_ENOTFOUND. */
 int store_relay_server_key(store_txn *t, uint32_t relay, uint8_t pk[32]);
 /* The sending side: every envelope with server seq <= *sseq is durable

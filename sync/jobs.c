@@ -123,6 +123,14 @@ static int relay_verify(store *st, const sync_config *cfg, sync_job *j)
         wire_key_msg(k->dev, k->epoch, k->pk, m);
         k->valid = crypto_sign_verify_detached(k->sig, m, sizeof m, j->relay_srv) == 0;
     }
+    for (uint32_t i = 0; i < j->n_relay_admin; i++) {
+        sync_relay_admin *ad = &j->relay_admin[i];
+        crdt_buf m = {0};
+        if ((rc = sync_admin_msg(ad->b, ad->n, &m))) goto fail_all;
+        ad->valid = crypto_sign_verify_detached(ad->g, m.p, m.n, j->relay_srv) == 0 &&
+                    sync_admin_parse(ad);
+        crdt_buf_free(&m);
+    }
     for (uint32_t i = 0; i < j->n; i++) {
         sync_job_item *it = &j->items[i];
         const uint8_t *db, *sig;
@@ -281,6 +289,53 @@ static void touched_unique(char (*touched)[CRDT_RECID_MAX + 1], size_t *n)
     *n = k + 1;
 }
 
+/*
+ * A relay's admin records, in the writer's txn: each new one (street aseq
+ * beyond the last taken) goes into this server's audit log, under the
+ * street's name, and a device record's state becomes that street phone's
+ * state here (revocation never goes back).  One that does not verify is
+ * noted in the audit log and otherwise ignored.
+ */
+static int relay_admin_commit(store_txn *t, sync_job *j, uint64_t now_ms)
+{
+    uint64_t last = 0, top = 0;
+    char actor[STORE_AUDIT_ACTOR_MAX + 1], action[STORE_AUDIT_ACTION_MAX + 1];
+    char detail[STORE_AUDIT_DETAIL_MAX + 1];
+    int rc = store_relay_admin_cursor(t, j->dev, &last);
+    if (rc) return rc;
+    snprintf(actor, sizeof actor, "%.40s (relay %u)", j->relay_name, (unsigned)j->dev);
+    for (uint32_t i = 0; i < j->n_relay_admin; i++) {
+        sync_relay_admin *ad = &j->relay_admin[i];
+        if (!ad->valid) {
+            snprintf(detail, sizeof detail, "an admin record of relay %u does not verify "
+                     "(not signed by the street's key, or malformed): ignored", (unsigned)j->dev);
+            if ((rc = store_audit_append(t, now_ms, actor, "street.admin_unverified", detail, NULL)))
+                return rc;
+            continue;
+        }
+        if (ad->aseq <= last || ad->aseq <= top) continue; /* taken before (a resent frame) */
+        top = ad->aseq;
+        snprintf(action, sizeof action, "street.%.50s", ad->act);
+        snprintf(detail, sizeof detail, "%.900s [street audit #%llu by %.63s]", ad->x,
+                 (unsigned long long)ad->aseq, ad->by);
+        if ((rc = store_audit_append(t, now_ms, actor, action, detail, NULL))) return rc;
+        if (!ad->has_dev) continue;
+        char label[64];
+        uint32_t cdev;
+        store_device d;
+        snprintf(label, sizeof label, "%.40s #%u", j->relay_name, (unsigned)ad->dev);
+        if ((rc = store_relay_map(t, j->dev, ad->dev, label, true, &cdev))) return rc;
+        if ((rc = store_device_get(t, cdev, &d))) return rc;
+        bool revoked = d.state == STORE_DEV_REVOKED_SOFT || d.state == STORE_DEV_REVOKED_HARD;
+        if (d.state == ad->st || (revoked && ad->st < d.state)) continue;
+        d.state = ad->st;
+        d.revoked_at_seq = ad->rs;
+        if ((rc = store_device_put(t, &d))) return rc;
+    }
+    if (top > last) return store_relay_admin_cursor_set(t, j->dev, top);
+    return STORE_OK;
+}
+
 /* Commit one relay job's items in the writer's txn t (see relay_verify). */
 static int relay_commit(store_txn *t, const sync_config *cfg, sync_job *j, uint64_t now_ms)
 {
@@ -342,7 +397,10 @@ static int relay_commit(store_txn *t, const sync_config *cfg, sync_job *j, uint6
             (rc = store_relay_note_place(t, j->dev, it->out.household)))
             return rc;
     }
-    if (j->n && (rc = store_device_seen(t, j->dev, now_ms)) && rc != STORE_ENOTFOUND) return rc;
+    if ((rc = relay_admin_commit(t, j, now_ms))) return rc;
+    if ((j->n || j->n_relay_admin) && (rc = store_device_seen(t, j->dev, now_ms)) &&
+        rc != STORE_ENOTFOUND)
+        return rc;
     return STORE_OK;
 }
 

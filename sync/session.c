@@ -679,6 +679,7 @@ void sync_job_free(sync_job *j)
     for (uint32_t i = 0; j->items && i < j->n; i++) free(j->items[i].env);
     free(j->items);
     free(j->relay_keys);
+    free(j->relay_admin);
     crdt_arena_free(j->arena);
     free(j);
 }
@@ -770,15 +771,33 @@ static int on_push(sync_session *s, const msgpack_object *m, uint64_t now_ms, sy
  */
 static int on_relay(sync_session *s, const msgpack_object *m, sync_out *out)
 {
-    static const char *const keys[] = {"d", "id", "k", "srv"};
+    static const char *const keys[] = {"a", "d", "id", "k", "srv"};
     uint64_t id = 0;
     const uint8_t *srv = NULL;
-    const msgpack_object *d = get(m, "d"), *k = get(m, "k");
+    const msgpack_object *d = get(m, "d"), *k = get(m, "k"), *a = get(m, "a");
     get_u64(m, "id", &id);
-    if (!only_keys(m, keys, 4) || id == 0 || !d || d->type != MSGPACK_OBJECT_ARRAY || !k ||
-        k->type != MSGPACK_OBJECT_ARRAY || !get_bin(m, "srv", 32, &srv)) {
+    if (!only_keys(m, keys, 5) || id == 0 || !d || d->type != MSGPACK_OBJECT_ARRAY || !k ||
+        k->type != MSGPACK_OBJECT_ARRAY || !get_bin(m, "srv", 32, &srv) ||
+        (a && a->type != MSGPACK_OBJECT_ARRAY)) {
         fail(out, SYNC_EPROTO, id, 0);
         return SYNC_OK;
+    }
+    /* Admin records (optional): [{b: bin, g: bin 64}], bounded. */
+    static const char *const akeys[] = {"b", "g"};
+    uint32_t na = a ? a->via.array.size : 0;
+    if (na > SYNC_ADMIN_MAX) {
+        fail(out, SYNC_ETOOMANY, id, 0);
+        return SYNC_OK;
+    }
+    for (uint32_t i = 0; i < na; i++) {
+        const msgpack_object *r = &a->via.array.ptr[i], *b = get(r, "b");
+        const uint8_t *g;
+        if (r->type != MSGPACK_OBJECT_MAP || !only_keys(r, akeys, 2) || !b ||
+            b->type != MSGPACK_OBJECT_BIN || b->via.bin.size == 0 ||
+            b->via.bin.size > SYNC_ADMIN_BYTES || !get_bin(r, "g", 64, &g)) {
+            fail(out, SYNC_EPROTO, id, 0);
+            return SYNC_OK;
+        }
     }
     if (!s->relay || s->restricted) {
         /* Only a relay relays; a revoked relay hands in nothing more (its
@@ -833,9 +852,85 @@ static int on_relay(sync_session *s, const msgpack_object *m, sync_out *out)
         if (get_bin(r, "g", 64, &b)) memcpy(rk->sig, b, 64); /* checked above */
         if (get_bin(r, "p", 32, &b)) memcpy(rk->pk, b, 32);
     }
+    j->n_relay_admin = na;
+    j->relay_admin = na ? calloc(na, sizeof *j->relay_admin) : NULL;
+    if (na && !j->relay_admin) {
+        sync_job_free(j);
+        return CRDT_ENOMEM;
+    }
+    for (uint32_t i = 0; i < na; i++) {
+        const msgpack_object *r = &a->via.array.ptr[i], *b = get(r, "b");
+        const uint8_t *g = NULL;
+        sync_relay_admin *ad = &j->relay_admin[i];
+        memcpy(ad->b, b->via.bin.ptr, b->via.bin.size);
+        ad->n = b->via.bin.size;
+        if (get_bin(r, "g", 64, &g)) memcpy(ad->g, g, 64);
+    }
     s->inflight++;
     out->job = j;
     return SYNC_OK;
+}
+
+/* ---- admin records (relay frames) ---------------------------------------------------- */
+
+int sync_admin_msg(const uint8_t *b, size_t n, crdt_buf *out)
+{
+    memset(out, 0, sizeof *out);
+    if (crdt_buf_append(out, SYNC_ADMIN_DOMAIN, sizeof SYNC_ADMIN_DOMAIN) ||
+        crdt_buf_append(out, b, n)) {
+        crdt_buf_free(out);
+        return CRDT_ENOMEM;
+    }
+    return 0;
+}
+
+/* A str member of map m into out (cap bytes with the NUL): false if absent,
+ * not a str, too long, or not UTF-8. */
+static bool get_text(const msgpack_object *m, const char *key, char *out, size_t cap, bool need)
+{
+    const msgpack_object *o = get(m, key);
+    out[0] = 0;
+    if (!o) return !need;
+    if (o->type != MSGPACK_OBJECT_STR || o->via.str.size >= cap ||
+        !crdt_utf8_valid((const uint8_t *)o->via.str.ptr, o->via.str.size) ||
+        memchr(o->via.str.ptr, 0, o->via.str.size))
+        return false;
+    memcpy(out, o->via.str.ptr, o->via.str.size);
+    out[o->via.str.size] = 0;
+    return true;
+}
+
+bool sync_admin_parse(sync_relay_admin *a)
+{
+    static const char *const keys[] = {"a", "act", "at", "by", "d", "rs", "st", "x"};
+    msgpack_unpacked up;
+    size_t off = 0, eoff;
+    uint64_t v;
+    bool ok = false;
+    if (crdt_mp_check(a->b, a->n, &crdt_limits_default, &eoff)) return false;
+    msgpack_unpacked_init(&up);
+    if (msgpack_unpack_next(&up, (const char *)a->b, a->n, &off) != MSGPACK_UNPACK_SUCCESS ||
+        off != a->n || up.data.type != MSGPACK_OBJECT_MAP)
+        goto out;
+    const msgpack_object *m = &up.data;
+    if (!only_keys(m, keys, 8) || !get_u64(m, "a", &a->aseq) || !a->aseq || !get_u64(m, "at", &a->at) ||
+        !get_text(m, "act", a->act, sizeof a->act, true) || !a->act[0] ||
+        !get_text(m, "by", a->by, sizeof a->by, true) || !get_text(m, "x", a->x, sizeof a->x, false))
+        goto out;
+    a->has_dev = get(m, "d") != NULL;
+    if (a->has_dev) {
+        if (!get_u64(m, "d", &v) || !v || v > UINT32_MAX) goto out;
+        a->dev = (uint32_t)v;
+        if (!get_u64(m, "st", &v) || v < STORE_DEV_ACTIVE || v > STORE_DEV_REVOKED_HARD) goto out;
+        a->st = (uint8_t)v;
+        if (!get_u64(m, "rs", &a->rs)) goto out;
+    } else if (get(m, "st") || get(m, "rs")) {
+        goto out;
+    }
+    ok = true;
+out:
+    msgpack_unpacked_destroy(&up);
+    return ok;
 }
 
 static const char *result_name(int r)

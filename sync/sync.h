@@ -143,6 +143,36 @@ typedef struct sync_job_item {
     uint8_t key_pk[32];
 } sync_job_item;
 
+/*
+ * An admin record of a relay frame (PROTOCOL.md, `relay`): one entry of the
+ * street's audit log about a device or the quarantine, signed by the street
+ * server key over "doorstep/v1/admin" 0x00 || b.  b is a msgpack map:
+ * a (aseq), act (action), at (ms), by (actor), x (detail) and, for device
+ * actions, d (street device id), st (its state now), rs (revoked_at_seq).
+ */
+#define SYNC_ADMIN_DOMAIN "doorstep/v1/admin"
+#define SYNC_ADMIN_MAX 100      /* admin records per relay frame */
+#define SYNC_ADMIN_BYTES 2048   /* most bytes of one record's b */
+typedef struct sync_relay_admin {
+    uint8_t b[SYNC_ADMIN_BYTES];
+    size_t n;
+    uint8_t g[64];
+    bool valid;                 /* signed by the street and well-formed (worker) */
+    uint64_t aseq, at;
+    char act[STORE_AUDIT_ACTION_MAX + 1], by[STORE_AUDIT_ACTOR_MAX + 1];
+    char x[STORE_AUDIT_DETAIL_MAX + 1];
+    bool has_dev;
+    uint32_t dev;
+    uint8_t st;
+    uint64_t rs;
+} sync_relay_admin;
+
+/* The signed message of an admin record body b (n bytes) into out (the
+ * caller frees it).  0 or CRDT_ENOMEM. */
+int sync_admin_msg(const uint8_t *b, size_t n, crdt_buf *out);
+/* Parse and check an admin record body into a (its b, n and g are set). */
+bool sync_admin_parse(sync_relay_admin *a);
+
 /* A key record of a relay frame (PROTOCOL.md, `relay`). */
 typedef struct sync_relay_key {
     uint32_t dev, epoch;
@@ -167,6 +197,8 @@ typedef struct sync_job {
     uint8_t relay_srv[32];      /* the street server key the frame names */
     sync_relay_key *relay_keys; /* n_relay_keys of them (owned) */
     uint32_t n_relay_keys;
+    sync_relay_admin *relay_admin; /* n_relay_admin of them (owned) */
+    uint32_t n_relay_admin;
     char relay_name[64];        /* the relay device's name (worker), for labels */
     int commit_rc;              /* 0, or the error that failed the whole job:
                                  * its verification could not be done (out of

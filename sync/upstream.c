@@ -13,8 +13,10 @@
  * durable cursor (store meta "upstream_cursor", store/relay.c), read up to
  * 500 envelopes (192 KiB) of the log, send them as one `relay` frame with
  * the key records of their signers (signed here with the street's server
- * key, as in `changes`), wait for the district's `ack`, and only then move
- * the cursor past them, in a write transaction of its own.  When caught up
+ * key, as in `changes`) and the street's audit entries about devices and
+ * the quarantine since the admin cursor (admin records, signed the same
+ * way), wait for the district's `ack`, and only then move both cursors
+ * past them, in a write transaction of its own.  When caught up
  * it looks again every RELAY_IDLE_MS.  A lost connection, a timeout or a
  * retryable error: reconnect with a backoff (1 s doubling to 30 s) and
  * resend from the cursor.
@@ -126,25 +128,113 @@ static int batch_add(uint64_t sseq, const uint8_t *env, size_t len, void *arg)
     return 0;
 }
 
-/* Build the next `relay` frame after `after` into f; *n 0 when caught up. */
-static int build_frame(sync_upstream *u, uint64_t after, uint64_t id, crdt_buf *f, uint32_t *n,
-                       uint64_t *last)
+/* ---- admin records: the street's audit entries about devices and quarantine -------- */
+
+typedef struct admins {
+    store_txn *t;
+    crdt_buf recs;                   /* packed {b, g} maps */
+    uint32_t n;
+    uint64_t scanned;                /* last aseq looked at (sent or not) */
+    int err;
+} admins;
+
+/* The street device an audit entry of a device action is about, or 0:
+ * "device N ..." (enroll, scope, revoke, rotation) or "... dev=N ..." (freeze). */
+static uint32_t audit_device(const store_audit *e)
+{
+    const char *p = strstr(e->detail, "dev=");
+    unsigned long v = 0;
+    if (p) v = strtoul(p + 4, NULL, 10);
+    else if (!strncmp(e->detail, "device ", 7)) v = strtoul(e->detail + 7, NULL, 10);
+    return v <= UINT32_MAX ? (uint32_t)v : 0;
+}
+
+static int admin_add(const store_audit *e, void *arg)
+{
+    admins *a = arg;
+    bool dev_act = !strncmp(e->action, "device.", 7);
+    if (a->n == SYNC_ADMIN_MAX) return 1; /* full: the rest next frame */
+    a->scanned = e->aseq;
+    if (!dev_act && strncmp(e->action, "quarantine.", 11)) return 0; /* not for the district */
+    crdt_buf b = {0}, m = {0};
+    msgpack_packer pk;
+    store_device d;
+    uint32_t dev = dev_act ? audit_device(e) : 0;
+    bool has_dev = dev && store_device_get(a->t, dev, &d) == STORE_OK;
+    msgpack_packer_init(&pk, &b, crdt_buf_pack_write);
+    msgpack_pack_map(&pk, has_dev ? 8 : 5); /* a, act, at, by, [d], [rs], [st], x */
+    pstr(&pk, "a");
+    msgpack_pack_uint64(&pk, e->aseq);
+    pstr(&pk, "act");
+    pstr(&pk, e->action);
+    pstr(&pk, "at");
+    msgpack_pack_uint64(&pk, e->at_ms);
+    pstr(&pk, "by");
+    pstr(&pk, e->actor);
+    if (has_dev) {
+        pstr(&pk, "d");
+        msgpack_pack_uint32(&pk, dev);
+        pstr(&pk, "rs");
+        msgpack_pack_uint64(&pk, d.revoked_at_seq);
+        pstr(&pk, "st");
+        msgpack_pack_uint8(&pk, d.state);
+    }
+    pstr(&pk, "x");
+    pstr(&pk, e->detail);
+    uint8_t g[64];
+    int rc = b.p && b.n <= SYNC_ADMIN_BYTES ? sync_admin_msg(b.p, b.n, &m) : CRDT_ENOMEM;
+    if (!rc) rc = store_server_sign(a->t, m.p, m.n, g);
+    if (!rc) {
+        msgpack_packer_init(&pk, &a->recs, crdt_buf_pack_write);
+        msgpack_pack_map(&pk, 2);
+        pstr(&pk, "b");
+        msgpack_pack_bin_with_body(&pk, b.p, b.n);
+        pstr(&pk, "g");
+        msgpack_pack_bin_with_body(&pk, g, 64);
+        if (!a->recs.p) rc = CRDT_ENOMEM;
+        else a->n++;
+    }
+    crdt_buf_free(&b);
+    crdt_buf_free(&m);
+    if (rc) a->err = rc;
+    return rc;
+}
+
+/* Build the next `relay` frame after `after` (envelopes) and `aafter`
+ * (audit entries) into f; *n envelopes and *na admin records in it, both 0
+ * when caught up; *last and *alast: the cursors once it is acked. */
+static int build_frame(sync_upstream *u, uint64_t after, uint64_t aafter, uint64_t id, crdt_buf *f,
+                       uint32_t *n, uint32_t *na, uint64_t *last, uint64_t *alast)
 {
     batch b;
+    admins ad;
     store_txn *t = NULL;
+    uint64_t next = 0;
     memset(&b, 0, sizeof b);
-    *n = 0;
+    memset(&ad, 0, sizeof ad);
+    *n = *na = 0;
+    *alast = aafter;
     crdt_buf_reset(f);
     if (!(b.arena = crdt_arena_new(0))) return CRDT_ENOMEM;
     int rc = store_begin(u->st, STORE_RDONLY, &t);
     if (!rc) rc = store_log_read(t, after, RELAY_MAX, RELAY_BYTES, batch_add, &b);
-    if (rc || b.n == 0) goto done;
+    ad.t = t;
+    ad.scanned = aafter;
+    if (!rc) {
+        rc = store_audit_read(t, aafter, 1000, admin_add, &ad, &next);
+        if (rc == 1) rc = 0; /* a frame's worth */
+        if (!rc) rc = ad.err;
+    }
+    if (rc || (b.n == 0 && ad.scanned == aafter)) goto done;
     msgpack_packer pk;
     msgpack_packer_init(&pk, f, crdt_buf_pack_write);
-    msgpack_pack_map(&pk, 5); /* d, id, k, srv, t */
+    msgpack_pack_map(&pk, 6); /* a, d, id, k, srv, t */
+    pstr(&pk, "a");
+    msgpack_pack_array(&pk, ad.n);
+    if (ad.recs.n) crdt_buf_append(f, ad.recs.p, ad.recs.n);
     pstr(&pk, "d");
     msgpack_pack_array(&pk, b.n);
-    crdt_buf_append(f, b.envs.p, b.envs.n);
+    if (b.envs.n) crdt_buf_append(f, b.envs.p, b.envs.n);
     pstr(&pk, "id");
     msgpack_pack_uint64(&pk, id);
     pstr(&pk, "k");
@@ -180,9 +270,12 @@ static int build_frame(sync_upstream *u, uint64_t after, uint64_t id, crdt_buf *
         goto done;
     }
     *n = b.n;
-    *last = b.last;
+    *na = ad.n;
+    *last = b.n ? b.last : after;
+    *alast = ad.scanned;
 done:
     store_abort(t);
+    crdt_buf_free(&ad.recs);
     crdt_buf_free(&b.envs);
     crdt_arena_free(b.arena);
     return rc;
@@ -285,11 +378,12 @@ static int read_ack(sync_upstream *u, dsd_chan *ch, uint64_t id, uint32_t n)
 static int relay_session(sync_upstream *u, dsd_chan *ch, bool *progress)
 {
     crdt_buf f = {0};
-    uint64_t id = 1, cursor = 0;
+    uint64_t id = 1, cursor = 0, acursor = 0;
     store_txn *t = NULL;
     int res = ACK_RETRY;
     int rc = store_begin(u->st, STORE_RDONLY, &t);
     if (!rc) rc = store_upstream_cursor(t, &cursor);
+    if (!rc) rc = store_upstream_admin_cursor(t, &acursor);
     store_abort(t);
     if (rc) {
         ulog(u, 1, "cannot read the cursor: %s", store_strerror(rc));
@@ -297,13 +391,13 @@ static int relay_session(sync_upstream *u, dsd_chan *ch, bool *progress)
     }
     atomic_store(&u->cursor, cursor);
     while (!atomic_load(&u->stop)) {
-        uint32_t n = 0;
-        uint64_t last = 0;
-        if ((rc = build_frame(u, cursor, id, &f, &n, &last))) {
+        uint32_t n = 0, na = 0;
+        uint64_t last = 0, alast = 0;
+        if ((rc = build_frame(u, cursor, acursor, id, &f, &n, &na, &last, &alast))) {
             ulog(u, 1, "cannot read the log: %s", store_strerror(rc));
             break;
         }
-        if (n == 0) {
+        if (n == 0 && alast == acursor) {
             if (!nap(u, RELAY_IDLE_MS)) break;
             continue;
         }
@@ -323,6 +417,7 @@ static int relay_session(sync_upstream *u, dsd_chan *ch, bool *progress)
         for (;;) {
             rc = store_begin(u->st, STORE_RW, &t);
             if (!rc) rc = store_upstream_cursor_set(t, last);
+            if (!rc) rc = store_upstream_admin_cursor_set(t, alast);
             if (!rc) rc = store_commit(t);
             else store_abort(t);
             if (rc != STORE_EMAPFULL || store_grow(u->st)) break;
@@ -334,6 +429,7 @@ static int relay_session(sync_upstream *u, dsd_chan *ch, bool *progress)
             break;
         }
         cursor = last;
+        acursor = alast;
         atomic_store(&u->cursor, cursor);
         *progress = true;
         ulog(u, 3, "relayed up to server seq %llu", (unsigned long long)cursor);

@@ -2932,7 +2932,8 @@ static const char upstream_enroll_help[] =
 static const char upstream_status_help[] =
     "usage: doorstepctl upstream status [--dir D] [--json]\n"
     "how far the relay to the district got: the server seq acked by the district (the\n"
-    "cursor), the last server seq here, and the envelopes still to send.\n";
+    "cursor), the last server seq here, and the envelopes still to send; the same for the\n"
+    "admin records (this server's audit entries about devices and the quarantine).\n";
 
 /* --dir D, or the default beside the data directory, into out. */
 static void upstream_dir(const char *dir, char *out, size_t n)
@@ -2994,6 +2995,14 @@ static int upstream_enroll(int argc, char **argv)
     return 0;
 }
 
+/* Audit entries the relay sends up (admin records: upstream.c). */
+static int count_admin(const store_audit *e, void *arg)
+{
+    if (!strncmp(e->action, "device.", 7) || !strncmp(e->action, "quarantine.", 11))
+        (*(uint64_t *)arg)++;
+    return 0;
+}
+
 static int upstream_status(int argc, char **argv)
 {
     static const struct option opts[] = {{"dir", required_argument, NULL, 'D'},
@@ -3020,18 +3029,21 @@ static int upstream_status(int argc, char **argv)
     store *s = open_store();
     if (!s) return EXIT_FAIL;
     store_txn *t = NULL;
-    uint64_t cur = 0, last = 0;
+    uint64_t cur = 0, last = 0, acur = 0, abehind = 0, anext = 0;
     int rc = store_begin(s, STORE_RDONLY, &t);
     if (!rc) rc = store_upstream_cursor(t, &cur);
     if (!rc) rc = store_last_sseq(t, &last);
+    if (!rc) rc = store_upstream_admin_cursor(t, &acur);
+    if (!rc) rc = store_audit_read(t, acur, SIZE_MAX, count_admin, &abehind, &anext);
     if (t) store_abort(t);
     store_close(s);
     if (rc) return fail(cmd, "%s", store_strerror(rc));
     uint64_t behind = last > cur ? last - cur : 0;
     if (json) {
-        json_t *j = json_pack("{s:b, s:s, s:I, s:I, s:I}", "enrolled", enrolled, "dir", d,
-                              "cursor", (json_int_t)cur, "last", (json_int_t)last, "behind",
-                              (json_int_t)behind);
+        json_t *j = json_pack("{s:b, s:s, s:I, s:I, s:I, s:I, s:I}", "enrolled", enrolled, "dir",
+                              d, "cursor", (json_int_t)cur, "last", (json_int_t)last, "behind",
+                              (json_int_t)behind, "admin_cursor", (json_int_t)acur,
+                              "admin_behind", (json_int_t)abehind);
         if (!j) return fail(cmd, "out of memory");
         char *txt = json_dumps(j, JSON_COMPACT);
         json_decref(j);
@@ -3043,6 +3055,8 @@ static int upstream_status(int argc, char **argv)
     printf("relay identity: %s%s\n", d, enrolled ? "" : " (not enrolled)");
     printf("acked by the district up to server seq %llu of %llu: %llu to send\n",
            (unsigned long long)cur, (unsigned long long)last, (unsigned long long)behind);
+    printf("admin records (device and quarantine decisions): acked up to audit entry %llu; "
+           "%llu to send\n", (unsigned long long)acur, (unsigned long long)abehind);
     return 0;
 }
 

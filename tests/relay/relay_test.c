@@ -14,8 +14,10 @@
  *   3. D comes up; A and B run with --upstream; B's phones sync meanwhile.
  *      While A relays its backlog, D and A are killed with SIGKILL N times
  *      at random moments and restarted.
- *   4. Once both streets say the district acked their whole log
- *      (upstream status), all three stop and the stores are compared:
+ *   4. Street A soft-revokes a phone; once both streets say the district
+ *      acked their whole log and admin records (upstream status), the
+ *      district shows that phone revoked, with the street's audit entry in
+ *      its own audit log once; all three stop and the stores are compared:
  *      every record at D is byte for byte the record at its street, D holds
  *      exactly A's and B's records, its log holds exactly as many envelopes
  *      as both streets' logs together (nothing applied twice, nothing lost),
@@ -205,20 +207,26 @@ static void srv_stop(srv *s, int sig)
     s->pid = 0;
 }
 
-/* "acked ... up to server seq C of L": C == L and L >= min, within ms. */
+/* "acked ... up to server seq C of L": C == L and L >= min, and no admin
+ * record left to send, within ms. */
 static bool caught_up(const srv *s, uint64_t min_last, int ms)
 {
     uint64_t t0 = mono_ms();
-    char line[256];
-    unsigned long long c = 0, l = 0;
+    char line[256], aline[256];
+    unsigned long long c = 0, l = 0, ac = 0, ab = 1;
     while (mono_ms() - t0 < (uint64_t)ms) {
         if (sh_line("acked by the district up to server seq ", line, sizeof line,
                     "%s/doorstepctl --data %s upstream status 2>/dev/null", build, s->data) &&
-            sscanf(line, "%llu of %llu", &c, &l) == 2 && c == l && l >= min_last)
+            sscanf(line, "%llu of %llu", &c, &l) == 2 &&
+            sh_line("admin records (device and quarantine decisions): acked up to audit entry ",
+                    aline, sizeof aline, "%s/doorstepctl --data %s upstream status 2>/dev/null",
+                    build, s->data) &&
+            sscanf(aline, "%llu; %llu", &ac, &ab) == 2 && c == l && l >= min_last && ab == 0)
             return true;
         sleep_ms(200);
     }
-    failf("%s: the district acked %llu of %llu envelopes", s->name, c, l);
+    failf("%s: the district acked %llu of %llu envelopes, %llu admin records left", s->name, c, l,
+          ab);
     return false;
 }
 
@@ -593,8 +601,20 @@ int main(int argc, char **argv)
     waitpid(simb, &st, 0);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0,
           "street B's phones did not converge while relaying (see simb.log)");
+    /* A decision at the street travels up as an admin record. */
+    CHECK(sh("%s/doorstepctl --data %s device revoke 3 --soft --as test", build, A.data) == 0,
+          "revoking device 3 at A failed");
     caught_up(&A, 1, 120000);
     caught_up(&B, 1, 120000);
+    char line[512];
+    CHECK(sh_line("", line, sizeof line,
+                  "%s/doorstepctl --data %s device list --json | grep -A2 '\"街道A #3\"' | "
+                  "grep -c revoked_soft", build, D.data) && atoi(line) == 1,
+          "street A's revocation of its device 3 did not reach the district (%s)", line);
+    CHECK(sh_line("", line, sizeof line,
+                  "%s/doorstepctl --data %s audit list | grep -c street.device.revoke_soft", build,
+                  D.data) && atoi(line) == 1,
+          "the district's audit log does not hold A's revocation exactly once (%s)", line);
 
     /* 4. Compare at rest. */
     for (int i = 0; i < 3; i++) srv_stop(all[i], SIGTERM);
