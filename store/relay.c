@@ -47,6 +47,30 @@
 #include <stdio.h>
 #include <string.h>
 
+/* A u64 in meta under key k (kn bytes): 0 if absent. */
+static int meta_u64(store_txn *t, const void *k, size_t kn, uint64_t *out)
+{
+    MDB_val v;
+    *out = 0;
+    int rc = store_get(t, DB_META, k, kn, &v);
+    if (rc == STORE_ENOTFOUND) return STORE_OK;
+    if (rc) return rc;
+    if (v.mv_size != 8) return STORE_ECORRUPT;
+    *out = rd64(v.mv_data);
+    return STORE_OK;
+}
+
+/* Set it to x if x is larger (cursors only move forward). */
+static int meta_u64_raise(store_txn *t, const void *k, size_t kn, uint64_t x)
+{
+    uint64_t cur;
+    uint8_t v[8];
+    int rc = meta_u64(t, k, kn, &cur);
+    if (rc || x <= cur) return rc;
+    be64(v, x);
+    return store_put(t, DB_META, k, kn, v, 8);
+}
+
 static void rmap_key(uint8_t k[12], uint32_t relay, uint32_t dev)
 {
     memcpy(k, "rmap", 4);
@@ -144,25 +168,12 @@ int store_relay_server_key(store_txn *t, uint32_t relay, uint8_t pk[32])
 
 int store_upstream_cursor(store_txn *t, uint64_t *sseq)
 {
-    MDB_val v;
-    *sseq = 0;
-    int rc = store_get(t, DB_META, "upstream_cursor", 15, &v);
-    if (rc == STORE_ENOTFOUND) return STORE_OK;
-    if (rc) return rc;
-    if (v.mv_size != 8) return STORE_ECORRUPT;
-    *sseq = rd64(v.mv_data);
-    return STORE_OK;
+    return meta_u64(t, "upstream_cursor", 15, sseq);
 }
 
 int store_upstream_cursor_set(store_txn *t, uint64_t sseq)
 {
-    uint64_t cur;
-    uint8_t v[8];
-    int rc = store_upstream_cursor(t, &cur);
-    if (rc) return rc;
-    if (sseq <= cur) return STORE_OK; /* only forward */
-    be64(v, sseq);
-    return store_put(t, DB_META, "upstream_cursor", 15, v, 8);
+    return meta_u64_raise(t, "upstream_cursor", 15, sseq);
 }
 
 int store_log_read(store_txn *t, uint64_t after, size_t max, size_t max_bytes, store_feed_cb cb,
@@ -256,48 +267,32 @@ int store_relay_communities(store_txn *t, store_relay_comm_cb cb, void *arg)
 
 /* ---- admin records: how far a relay's audit entries were taken -------------------------- */
 
+static void radm_key(uint8_t k[8], uint32_t relay)
+{
+    memcpy(k, "radm", 4);
+    be32(k + 4, relay);
+}
+
 int store_relay_admin_cursor(store_txn *t, uint32_t relay, uint64_t *aseq)
 {
     uint8_t k[8];
-    MDB_val v;
-    *aseq = 0;
-    memcpy(k, "radm", 4);
-    be32(k + 4, relay);
-    int rc = store_get(t, DB_META, k, sizeof k, &v);
-    if (rc == STORE_ENOTFOUND) return STORE_OK;
-    if (rc) return rc;
-    if (v.mv_size != 8) return STORE_ECORRUPT;
-    *aseq = rd64(v.mv_data);
-    return STORE_OK;
+    radm_key(k, relay);
+    return meta_u64(t, k, sizeof k, aseq);
 }
 
 int store_relay_admin_cursor_set(store_txn *t, uint32_t relay, uint64_t aseq)
 {
-    uint8_t k[8], v[8];
-    memcpy(k, "radm", 4);
-    be32(k + 4, relay);
-    be64(v, aseq);
-    return store_put(t, DB_META, k, sizeof k, v, 8);
+    uint8_t k[8];
+    radm_key(k, relay);
+    return meta_u64_raise(t, k, sizeof k, aseq);
 }
 
 int store_upstream_admin_cursor(store_txn *t, uint64_t *aseq)
 {
-    MDB_val v;
-    *aseq = 0;
-    int rc = store_get(t, DB_META, "upstream_acursor", 16, &v);
-    if (rc == STORE_ENOTFOUND) return STORE_OK;
-    if (rc) return rc;
-    if (v.mv_size != 8) return STORE_ECORRUPT;
-    *aseq = rd64(v.mv_data);
-    return STORE_OK;
+    return meta_u64(t, "upstream_acursor", 16, aseq);
 }
 
 int store_upstream_admin_cursor_set(store_txn *t, uint64_t aseq)
 {
-    uint64_t cur;
-    uint8_t v[8];
-    int rc = store_upstream_admin_cursor(t, &cur);
-    if (rc || aseq <= cur) return rc;
-    be64(v, aseq);
-    return store_put(t, DB_META, "upstream_acursor", 16, v, 8);
+    return meta_u64_raise(t, "upstream_acursor", 16, aseq);
 }

@@ -336,6 +336,17 @@ static int relay_admin_commit(store_txn *t, sync_job *j, uint64_t now_ms)
     return STORE_OK;
 }
 
+/* Keep a relayed envelope that failed verification (STORE_Q_UNVERIFIED). */
+static int keep_unverified(store_txn *t, sync_job_item *it, uint32_t cdev, uint64_t now_ms)
+{
+    int rc = store_quarantine_put(t, STORE_Q_UNVERIFIED, cdev, it->seq, now_ms, it->env,
+                                  it->env_len);
+    if (rc) return rc;
+    it->out.result = STORE_QUARANTINED;
+    it->out.code = STORE_Q_UNVERIFIED;
+    return STORE_OK;
+}
+
 /* Commit one relay job's items in the writer's txn t (see relay_verify). */
 static int relay_commit(store_txn *t, const sync_config *cfg, sync_job *j, uint64_t now_ms)
 {
@@ -358,11 +369,7 @@ static int relay_commit(store_txn *t, const sync_config *cfg, sync_job *j, uint6
         if (it->unverified) {
             /* Kept as evidence, under the chain device if there is one. */
             if (it->dev && store_relay_map(t, j->dev, it->dev, NULL, false, &cdev)) cdev = 0;
-            rc = store_quarantine_put(t, STORE_Q_UNVERIFIED, cdev, it->seq, now_ms, it->env,
-                                      it->env_len);
-            if (rc) return rc;
-            it->out.result = STORE_QUARANTINED;
-            it->out.code = STORE_Q_UNVERIFIED;
+            if ((rc = keep_unverified(t, it, cdev, now_ms))) return rc;
             continue;
         }
         if (it->key_from_frame) {
@@ -380,11 +387,7 @@ static int relay_commit(store_txn *t, const sync_config *cfg, sync_job *j, uint6
                 /* The street vouches for another key for this (device,
                  * epoch) than it did before: the signature checks out with
                  * the new one, so keep the envelope, for an admin. */
-                rc = store_quarantine_put(t, STORE_Q_UNVERIFIED, cdev, it->seq, now_ms, it->env,
-                                          it->env_len);
-                if (rc) return rc;
-                it->out.result = STORE_QUARANTINED;
-                it->out.code = STORE_Q_UNVERIFIED;
+                if ((rc = keep_unverified(t, it, cdev, now_ms))) return rc;
                 continue;
             }
             if (rc) return rc;
