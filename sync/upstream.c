@@ -311,9 +311,14 @@ static int read_ack(sync_upstream *u, dsd_chan *ch, uint64_t id, uint32_t n)
 {
     const uint8_t *p;
     size_t len, off = 0;
+    int waited = 0;
     for (;;) {
-        int rc = dsd_chan_recv(ch, RELAY_ACK_MS, &p, &len);
-        if (rc) return ACK_RETRY; /* connection lost or timeout: reconnect */
+        /* In slices, so that a stop request (SIGTERM) is not held up by a
+         * district that does not answer. */
+        int rc = dsd_chan_recv(ch, 1000, &p, &len);
+        if (rc == DSD_ETIMEOUT && !atomic_load(&u->stop) && (waited += 1000) < RELAY_ACK_MS)
+            continue;
+        if (rc) return ACK_RETRY; /* connection lost, timeout or stop: reconnect */
         msgpack_unpacked up;
         msgpack_unpacked_init(&up);
         off = 0;
