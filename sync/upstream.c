@@ -47,6 +47,8 @@
 #include "wire.h"
 
 #define RELAY_MAX 500                 /* envelopes per frame (the server's max_push) */
+#define RELAY_INFLIGHT 3              /* frames awaiting their ack (the server allows 4) */
+#define KEYSIG_MAX 8192               /* key record signatures remembered */
 #define RELAY_BYTES (192u << 10)      /* envelope bytes per frame */
 #define RELAY_IDLE_MS 250             /* caught up: look at the log again after this */
 #define RELAY_ACK_MS 60000            /* an ack must come within this */
@@ -60,6 +62,11 @@ struct sync_upstream {
     int log_level;
     pthread_t thread;
     atomic_bool stop;
+    /* Key records signed so far (the thread's own): a street's phones are
+     * signed for once, not once per frame.  Checked against the key read
+     * from the store each time, so a changed key is signed again. */
+    struct keysig { uint32_t dev, epoch; uint8_t pk[32], g[64]; } *keysigs;
+    size_t n_keysigs;
     /* For status and tests: what the thread did (atomics; read anywhere). */
     atomic_uint_fast64_t cursor, relayed, quarantined, rejected;
 };
@@ -125,6 +132,30 @@ static int batch_add(uint64_t sseq, const uint8_t *env, size_t len, void *arg)
     b->signer[b->n_signer].dev = d.dev;
     b->signer[b->n_signer].epoch = d.epoch;
     b->n_signer++;
+    return 0;
+}
+
+/* The street's signature of k's key record: remembered, or made now. */
+static int key_sig(sync_upstream *u, store_txn *t, const store_key *k, uint8_t g[64])
+{
+    for (size_t i = 0; i < u->n_keysigs; i++) {
+        const struct keysig *c = &u->keysigs[i];
+        if (c->dev == k->dev && c->epoch == k->epoch && !memcmp(c->pk, k->pk, 32)) {
+            memcpy(g, c->g, 64);
+            return 0;
+        }
+    }
+    uint8_t m[WIRE_KEY_MSG_BYTES];
+    wire_key_msg(k->dev, k->epoch, k->pk, m);
+    int rc = store_server_sign(t, m, sizeof m, g);
+    if (rc) return rc;
+    if (!u->keysigs && !(u->keysigs = malloc(KEYSIG_MAX * sizeof *u->keysigs))) return 0;
+    if (u->n_keysigs == KEYSIG_MAX) u->n_keysigs = 0; /* start again: still correct */
+    struct keysig *c = &u->keysigs[u->n_keysigs++];
+    c->dev = k->dev;
+    c->epoch = k->epoch;
+    memcpy(c->pk, k->pk, 32);
+    memcpy(c->g, g, 64);
     return 0;
 }
 
@@ -248,9 +279,8 @@ static int build_frame(sync_upstream *u, uint64_t after, uint64_t aafter, uint64
     }
     msgpack_pack_array(&pk, nk);
     for (uint32_t i = 0; i < nk; i++) {
-        uint8_t m[WIRE_KEY_MSG_BYTES], g[64];
-        wire_key_msg(keys[i].dev, keys[i].epoch, keys[i].pk, m);
-        if ((rc = store_server_sign(t, m, sizeof m, g))) goto done;
+        uint8_t g[64];
+        if ((rc = key_sig(u, t, &keys[i], g))) goto done;
         msgpack_pack_map(&pk, 4);
         pstr(&pk, "d");
         msgpack_pack_uint32(&pk, keys[i].dev);
@@ -378,14 +408,42 @@ static int read_ack(sync_upstream *u, dsd_chan *ch, uint64_t id, uint32_t n)
 
 /* ---- the thread ------------------------------------------------------------------------- */
 
-/* One connection: relay until it fails or we are asked to stop.  Returns
- * true if it made progress (the backoff starts again from the minimum). */
+/* A frame sent and not yet acked: what its ack lets the cursors move to. */
+typedef struct inflight {
+    uint64_t id, last, alast;
+    uint32_t n;
+} inflight;
+
+/* Move the durable cursors (after the district acked up to there). */
+static int save_cursors(sync_upstream *u, uint64_t last, uint64_t alast)
+{
+    store_txn *t = NULL;
+    int rc;
+    for (;;) {
+        rc = store_begin(u->st, STORE_RW, &t);
+        if (!rc) rc = store_upstream_cursor_set(t, last);
+        if (!rc) rc = store_upstream_admin_cursor_set(t, alast);
+        if (!rc) rc = store_commit(t);
+        else store_abort(t);
+        if (rc != STORE_EMAPFULL || store_grow(u->st)) break;
+    }
+    return rc;
+}
+
+/*
+ * One connection: relay until it fails or we are asked to stop, with up to
+ * RELAY_INFLIGHT frames in flight (the district verifies them in parallel
+ * and acks them in order).  Sets *progress if a frame was acked.  Any
+ * failure ends the connection: the next one resends from the durable
+ * cursors, and the district answers what it already has as duplicates.
+ */
 static int relay_session(sync_upstream *u, dsd_chan *ch, bool *progress)
 {
     crdt_buf f = {0};
     uint64_t id = 1, cursor = 0, acursor = 0;
     store_txn *t = NULL;
-    int res = ACK_RETRY;
+    inflight q[RELAY_INFLIGHT];
+    int qn = 0, res = ACK_RETRY;
     int rc = store_begin(u->st, STORE_RDONLY, &t);
     if (!rc) rc = store_upstream_cursor(t, &cursor);
     if (!rc) rc = store_upstream_admin_cursor(t, &acursor);
@@ -395,50 +453,45 @@ static int relay_session(sync_upstream *u, dsd_chan *ch, bool *progress)
         return ACK_RETRY;
     }
     atomic_store(&u->cursor, cursor);
+    uint64_t scur = cursor, sacur = acursor; /* what has been sent */
     while (!atomic_load(&u->stop)) {
-        uint32_t n = 0, na = 0;
-        uint64_t last = 0, alast = 0;
-        if ((rc = build_frame(u, cursor, acursor, id, &f, &n, &na, &last, &alast))) {
-            ulog(u, 1, "cannot read the log: %s", store_strerror(rc));
-            break;
+        while (qn < RELAY_INFLIGHT) {
+            uint32_t n = 0, na = 0;
+            uint64_t last = 0, alast = 0;
+            if ((rc = build_frame(u, scur, sacur, id, &f, &n, &na, &last, &alast))) {
+                ulog(u, 1, "cannot read the log: %s", store_strerror(rc));
+                goto out;
+            }
+            if (n == 0 && alast == sacur) break; /* nothing more for now */
+            if (dsd_chan_send(ch, f.p, f.n)) {
+                ulog(u, 2, "connection lost while sending");
+                goto out;
+            }
+            q[qn++] = (inflight){id++, last, alast, n};
+            scur = last;
+            sacur = alast;
         }
-        if (n == 0 && alast == acursor) {
+        if (qn == 0) {
             if (!nap(u, RELAY_IDLE_MS)) break;
             continue;
         }
-        if (dsd_chan_send(ch, f.p, f.n)) {
-            ulog(u, 2, "connection lost while sending");
-            break;
-        }
-        res = read_ack(u, ch, id, n);
-        id++;
-        if (res == ACK_RETRY) {
-            /* A busy or restarting district: give it a moment, resend. */
-            if (!nap(u, BACKOFF_MIN_MS)) break;
-            continue;
-        }
-        if (res == ACK_FATAL) break;
-        /* Acked, so durable at the district: now move the cursor. */
-        for (;;) {
-            rc = store_begin(u->st, STORE_RW, &t);
-            if (!rc) rc = store_upstream_cursor_set(t, last);
-            if (!rc) rc = store_upstream_admin_cursor_set(t, alast);
-            if (!rc) rc = store_commit(t);
-            else store_abort(t);
-            if (rc != STORE_EMAPFULL || store_grow(u->st)) break;
-        }
-        if (rc) {
-            /* The frame is resent later and answered "duplicate". */
+        res = read_ack(u, ch, q[0].id, q[0].n);
+        if (res != ACK_OK) goto out;
+        /* Acked, so durable at the district: now move the cursors. */
+        if ((rc = save_cursors(u, q[0].last, q[0].alast))) {
             ulog(u, 1, "cannot record the cursor: %s", store_strerror(rc));
             res = ACK_RETRY;
-            break;
+            goto out;
         }
-        cursor = last;
-        acursor = alast;
+        cursor = q[0].last;
         atomic_store(&u->cursor, cursor);
         *progress = true;
         ulog(u, 3, "relayed up to server seq %llu", (unsigned long long)cursor);
+        memmove(q, q + 1, (size_t)(qn - 1) * sizeof *q);
+        qn--;
     }
+    res = ACK_OK;
+out:
     crdt_buf_free(&f);
     return res;
 }
@@ -489,6 +542,8 @@ static void *upstream_main(void *arg)
         if (backoff < BACKOFF_MAX_MS) backoff *= 2;
     }
     dsd_close(h);
+    free(u->keysigs);
+    u->keysigs = NULL;
     return NULL;
 }
 
