@@ -296,3 +296,25 @@ int store_upstream_admin_cursor_set(store_txn *t, uint64_t aseq)
 {
     return meta_u64_raise(t, "upstream_acursor", 16, aseq);
 }
+
+int store_relay_of_household(store_txn *t, const char *household, uint32_t *relay)
+{
+    MDB_val v;
+    uint8_t k[4 + 128];
+    *relay = 0;
+    if (!household || !*household) return STORE_OK;
+    int rc = store_get(t, DB_PLACE, household, strlen(household), &v);
+    if (rc == STORE_ENOTFOUND) return STORE_OK;
+    if (rc) return rc;
+    const uint8_t *z = memchr(v.mv_data, 0, v.mv_size);
+    size_t cl = z ? (size_t)(z - (const uint8_t *)v.mv_data) : 0;
+    if (!cl || cl > sizeof k - 4) return STORE_ECORRUPT;
+    memcpy(k, "rcom", 4);
+    memcpy(k + 4, v.mv_data, cl);
+    rc = store_get(t, DB_META, k, 4 + cl, &v);
+    if (rc == STORE_ENOTFOUND) return STORE_OK;
+    if (rc) return rc;
+    if (v.mv_size != 4) return STORE_ECORRUPT;
+    *relay = rd32(v.mv_data);
+    return STORE_OK;
+}

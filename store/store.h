@@ -908,6 +908,9 @@ int store_relay_note_place(store_txn *t, uint32_t relay, const char *household);
 /* cb(community, relay, arg) for every community a relay brought, in
  * community order.  cb's non-zero value stops and is returned. */
 typedef int (*store_relay_comm_cb)(const char *community, uint32_t relay, void *arg);
+/* The relay whose street household is in (its community's), 0 if none:
+ * whose device numbering the household's records' dots use. */
+int store_relay_of_household(store_txn *t, const char *household, uint32_t *relay);
 int store_relay_communities(store_txn *t, store_relay_comm_cb cb, void *arg);
 /* Admin records (a street's audit entries about devices and the quarantine,
  * relayed signed): at the district, the last street aseq taken from relay;

@@ -326,7 +326,10 @@ static json_t *val_json(crdt_blob b)
 /* Volunteers by device id, cached for one request. */
 typedef struct devcache {
     size_t n, ns;
-    struct { uint32_t dev; bool found; char volunteer[64]; } e[64];
+    /* At a district: the relay whose street the record being shown is in
+     * (dev_relay_set): its dots name that street's devices. 0 elsewhere. */
+    uint32_t relay;
+    struct { uint32_t relay, dev; bool found; char volunteer[64]; } e[64];
     struct { char user[STORE_USER_MAX + 1]; char display[STORE_DISPLAY_MAX + 1]; } s[8];
 } devcache;
 
@@ -343,13 +346,35 @@ static const char *staff_display(store_txn *t, devcache *c, const char *user)
     return *c->s[i].display ? c->s[i].display : NULL;
 }
 
+/* Which street's numbering record r's dots use (devcache.relay). */
+static void dev_relay_set(store_txn *t, devcache *c, const crdt_record *r)
+{
+    char hh[CRDT_RECID_MAX + 1] = "";
+    c->relay = 0;
+    if (!r) return;
+    if (!strcmp(r->kind, "household")) {
+        snprintf(hh, sizeof hh, "%s", r->id);
+    } else {
+        const crdt_field *f = crdt_record_field(r, "household", (crdt_blob){NULL, 0});
+        crdt_val v;
+        if (f && f->n && !crdt_val_parse(f->e[0].v, &v) && v.t == CRDT_V_STR && v.len < sizeof hh)
+            snprintf(hh, sizeof hh, "%.*s", (int)v.len, v.s);
+    }
+    if (store_relay_of_household(t, hh, &c->relay)) c->relay = 0;
+}
+
 static const char *volunteer_of(store_txn *t, devcache *c, uint32_t dev)
 {
     for (size_t i = 0; i < c->n; i++)
-        if (c->e[i].dev == dev) return c->e[i].found ? c->e[i].volunteer : NULL;
+        if (c->e[i].dev == dev && c->e[i].relay == c->relay)
+            return c->e[i].found ? c->e[i].volunteer : NULL;
     store_device d;
-    bool found = dev != API_SERVER_DEV && store_device_get(t, dev, &d) == STORE_OK;
+    uint32_t local = dev;
+    /* A relayed record's device is the street's: its chain device here. */
+    if (c->relay && store_relay_map(t, c->relay, dev, NULL, false, &local)) local = 0;
+    bool found = local != API_SERVER_DEV && store_device_get(t, local, &d) == STORE_OK;
     if (c->n < 64) {
+        c->e[c->n].relay = c->relay;
         c->e[c->n].dev = dev;
         c->e[c->n].found = found;
         snprintf(c->e[c->n].volunteer, sizeof c->e[c->n].volunteer, "%s",
@@ -395,7 +420,16 @@ static json_t *stamp_json(rq *q, store_txn *t, devcache *dc, crdt_stamp st)
     json_object_set_new(o, "seq", json_integer((json_int_t)st.dot.seq));
     json_object_set_new(o, "hlc_ms", json_integer((json_int_t)CRDT_HLC_MS(st.hlc)));
     json_object_set_new(o, "hlc_ctr", json_integer(CRDT_HLC_CTR(st.hlc)));
-    if (st.dot.dev == API_SERVER_DEV) {
+    if (st.dot.dev == API_SERVER_DEV && dc->relay) {
+        /* A street's staff edit, relayed: its staff are the street's. */
+        json_object_set_new(o, "server", json_true());
+        json_object_set_new(o, "staff", json_null());
+        json_object_set_new(o, "staff_display", json_null());
+        const char *v = volunteer_of(t, dc, 0);
+        json_t *vs = v ? json_string(v) : NULL;
+        json_object_set_new(o, "street_server", vs ? vs : json_null());
+        json_object_set_new(o, "volunteer", json_null());
+    } else if (st.dot.dev == API_SERVER_DEV) {
         json_object_set_new(o, "server", json_true());
         const char *who = staff_of_server_seq(q->api, st.dot.seq);
         json_object_set_new(o, "staff", who ? json_string(who) : json_null());
@@ -1726,6 +1760,7 @@ static int route_person(rq *q, const char *id)
         return send_err(q, 404, "not_found", "没有编号为 %s 的人员档案。" EN "No person '%s'",
                         id, id);
     }
+    if (!rc) dev_relay_set(t, &dc, p);
     if (!rc) rc = history_json(q, t, &dc, "person", id, &hist_j, &trunc);
     if (rc) goto fail;
     const crdt_kspec *ks = crdt_schema_kind(store_schema(q->api->st), "person", 6);
@@ -1813,6 +1848,7 @@ static int route_household(rq *q, const char *id)
         rc = store_household_members(t, id, &mem);
     }
     if (rc) goto fail;
+    if (store_relay_of_household(t, id, &dc.relay)) dc.relay = 0; /* a district: whose dots */
     o = json_object();
     json_object_set_new(o, "id", json_string(id));
     json_object_set_new(o, "known", json_boolean(hh != NULL));
@@ -2570,6 +2606,7 @@ static int route_queue(rq *q, int mode)
         }
         json_t *p = person_summary(q, t, r);
         add_place(t, p, r);
+        dev_relay_set(t, &dc, r);
         if (mode == 0) json_object_set_new(p, "conflict_fields", conflict_fields_json(q, t, &dc, r));
         json_array_append_new(items, p);
         crdt_record_free(r);

@@ -2578,6 +2578,7 @@ typedef struct export_ctx {
     crdt_record *hh;
     crdt_blob year_key;                /* payment's key: the campaign year */
     uint32_t cur_dev;                  /* device cache (UINT32_MAX: none) */
+    uint32_t cur_relay;                /* ... and its relay (a district) */
     char volunteer[STORE_VOLUNTEER_MAX + 1];
 } export_ctx;
 
@@ -2710,12 +2711,20 @@ static int export_person(const crdt_record *p, void *arg)
             } else if (st.dot.dev == 0) {
                 snprintf(buf, sizeof buf, "server");
             } else {
-                if (st.dot.dev != x->cur_dev) {
+                /* At a district the device is the street's (relay.c): its
+                 * chain device here has the name ("东城街道 #7"). */
+                uint32_t relay = 0, local = st.dot.dev;
+                int rc = store_relay_of_household(x->t, hid, &relay);
+                if (rc) return rc;
+                if (relay && store_relay_map(x->t, relay, st.dot.dev, NULL, false, &local))
+                    local = 0;
+                if (local != x->cur_dev || relay != x->cur_relay) {
                     store_device d;
-                    int rc = store_device_get(x->t, st.dot.dev, &d);
+                    rc = local ? store_device_get(x->t, local, &d) : STORE_ENOTFOUND;
                     if (rc && rc != STORE_ENOTFOUND) return rc;
                     snprintf(x->volunteer, sizeof x->volunteer, "%s", rc ? "" : d.volunteer);
-                    x->cur_dev = st.dot.dev;
+                    x->cur_dev = local;
+                    x->cur_relay = relay;
                 }
                 snprintf(buf, sizeof buf, "%s", x->volunteer);
             }

@@ -162,6 +162,39 @@ async function main() {
   check(bad === 400, `an unknown street is a 400 (${bad})`);
   await shot(page, 'district-street-a');
 
+  step = 'provenance';
+  // Who edited a street's person, as the district shows it: the street's
+  // phone under the district's name for it ("东城街道 #N"), never another
+  // device that happens to have the same number here.
+  const csv = join(tmp, 'a.csv');
+  ctl(A, 'export', '--csv', csv);
+  const { readFileSync } = await import('node:fs');
+  const ids = readFileSync(csv, 'utf8').trim().split('\n').slice(1).map((r) => r.split(',')[0]);
+  const sample = ids.filter((_, i) => i % Math.max(1, Math.floor(ids.length / 20)) === 0);
+  const stamps = [];
+  for (const id of sample) {
+    const person = await page.evaluate(async (x) => (await fetch('/api/persons/' + encodeURIComponent(x))).json(), id);
+    JSON.stringify(person, (k, v) => {
+      if (v && typeof v === 'object' && 'dev' in v && 'volunteer' in v && v.dev) stamps.push(v);
+      return v;
+    });
+  }
+  const wrong = stamps.filter((st) => st.volunteer !== '东城街道 #' + st.dev);
+  const devs = new Set(stamps.map((st) => st.dev));
+  check(stamps.length > 0 && devs.size > 1 && wrong.length === 0,
+    `provenance of ${sample.length} of street A's persons at the district names A's phones by their ` +
+    `numbers (${devs.size} phones): ` +
+    wrong.slice(0, 4).map((st) => `dev ${st.dev} shown as ${st.volunteer}`).join('; '));
+  const dcsv = join(tmp, 'd.csv');
+  ctl(D, 'export', '--csv', dcsv);
+  const rowsD = readFileSync(dcsv, 'utf8').trim().split('\n');
+  const head = rowsD[0].split(',');
+  const byCol = head.indexOf('last_changed_by');
+  check(byCol >= 0, 'the export has last_changed_by: ' + head.join(','));
+  const bys = new Set(rowsD.slice(1).map((r) => r.split(',')[byCol]));
+  check([...bys].every((b) => /^(东城街道|西城街道) #\d+$/.test(b) || b === 'server' || b === ''),
+    'the district export names street phones: ' + [...bys].slice(0, 8).join(', '));
+
   step = 'report';
   await page.goto(base + '/#/report');
   await page.waitForSelector('[data-testid=streets-table]');
