@@ -4,7 +4,9 @@
  * device 1 registered with scope ["H1"]).
  *
  * Input: byte 0 = flags (bit 0: start with a genuine auth frame for device
- * 1, so the fuzzer reaches the authenticated state), then frames as
+ * 1, so the fuzzer reaches the authenticated state; with bit 1 too, for
+ * device 2 instead, a relay: scope "@relay", so `relay` frames are taken
+ * and their jobs verified and committed), then frames as
  * [u16 big-endian length][bytes].  Push jobs are verified and committed
  * synchronously (sync_job_verify, sync_jobs_commit, sync_session_job_done),
  * live changes are produced when asked for.  Nothing may crash or leak;
@@ -26,7 +28,7 @@
 
 static store *st;
 static su_dir dir;
-static su_dev dev1;
+static su_dev dev1, dev2;
 static sync_config cfg;
 static uint64_t runs;
 
@@ -47,7 +49,13 @@ static void setup(void)
     store_key k = {.dev = 1, .epoch = 1, .state = STORE_KEY_ACTIVE};
     memcpy(k.pk, dev1.pk, 32);
     const char *scope[] = {"H1"};
-    if (store_device_put(t, &d) || store_key_put(t, &k) || store_device_scope_set(t, 1, scope, 1) ||
+    if (store_device_put(t, &d) || store_key_put(t, &k) || store_device_scope_set(t, 1, scope, 1))
+        abort();
+    su_dev_init(&dev2, 2);
+    d.id = k.dev = 2;
+    memcpy(k.pk, dev2.pk, 32);
+    const char *rscope[] = {STORE_RELAY_SCOPE};
+    if (store_device_put(t, &d) || store_key_put(t, &k) || store_device_scope_set(t, 2, rscope, 1) ||
         store_commit(t))
         abort();
     cfg = sync_config_default;
@@ -55,7 +63,7 @@ static void setup(void)
 
 static int bw(void *d, const char *p, size_t n) { return crdt_buf_append(d, p, n) ? -1 : 0; }
 
-static void auth_frame(const uint8_t nonce[32], crdt_buf *out)
+static void auth_frame(const su_dev *dv, const uint8_t nonce[32], crdt_buf *out)
 {
     uint8_t cn[32], sig[64], msg[sizeof WIRE_DOMAIN_AUTH + 104], *p = msg;
     memset(cn, 0x11, 32);
@@ -67,14 +75,14 @@ static void auth_frame(const uint8_t nonce[32], crdt_buf *out)
     p += 32;
     memcpy(p, cn, 32);
     p += 32;
-    static const uint8_t de[8] = {0, 0, 0, 1, 0, 0, 0, 1};
+    const uint8_t de[8] = {0, 0, 0, (uint8_t)dv->id, 0, 0, 0, 1};
     memcpy(p, de, 8);
-    crypto_sign_detached(sig, NULL, msg, sizeof msg, dev1.sk);
+    crypto_sign_detached(sig, NULL, msg, sizeof msg, dv->sk);
     msgpack_packer pk;
     msgpack_packer_init(&pk, out, bw);
     msgpack_pack_map(&pk, 5);
     msgpack_pack_str_with_body(&pk, "d", 1);
-    msgpack_pack_uint32(&pk, 1);
+    msgpack_pack_uint32(&pk, dv->id);
     msgpack_pack_str_with_body(&pk, "e", 1);
     msgpack_pack_uint32(&pk, 1);
     msgpack_pack_str_with_body(&pk, "n", 1);
@@ -127,7 +135,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     bool closed = handle(s, &out);
     if (data[0] & 1) {
         crdt_buf a = {0};
-        auth_frame(nonce, &a);
+        auth_frame(data[0] & 2 ? &dev2 : &dev1, nonce, &a);
         if (sync_session_input(s, a.p, a.n, 1790000000000ull, &out) == 0) closed = handle(s, &out);
         if (!sync_session_authed(s)) abort(); /* a genuine auth must work */
         crdt_buf_free(&a);
