@@ -180,6 +180,10 @@ int main(int argc, char **argv)
         default: usage(stderr); return 2;
         }
     }
+    if (updir && !upstream) {
+        fprintf(stderr, "doorstepd: --upstream-dir needs --upstream\n");
+        return 2;
+    }
     if (optind < argc) {
         fprintf(stderr, "doorstepd: unexpected argument '%s'\n", argv[optind]);
         usage(stderr);
@@ -268,9 +272,6 @@ int main(int argc, char **argv)
             free(key_alloc);
             return 1;
         }
-    } else if (updir) {
-        fprintf(stderr, "doorstepd: --upstream-dir needs --upstream\n");
-        return 2;
     }
     the_server = sv;
     struct sigaction sa;
