@@ -487,6 +487,9 @@ int main(int argc, char **argv)
             "batch", (json_int_t)batch, "push", (json_int_t)50, "seconds", st.ingest_s,
             "presign_s", st.gen_s, "envelope_bytes_mean", st.env_bytes_mean));
     }
+    set_num(r, "worker_noncrypto_us_per_delta", do_store, st.worker_noncrypto_us);
+    set_num(r, "worker_verify_us_per_delta", do_store, st.worker_verify_us);
+    if (do_store) json_object_set_new(r, "worker_sample", json_integer((json_int_t)st.worker_sample));
     set_num(r, "store_ingest_deltas_per_s", do_store, st.ingest_per_s);
     set_num(r, "store_ingest_ratio_to_verify", do_store, ratio);
     set_num(r, "lookup_p50_ms", do_store, st.lookup_p50_ms);

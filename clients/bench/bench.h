@@ -87,6 +87,10 @@ typedef struct bench_street {
     double ingest_per_s;
     uint64_t applied, rejected;
     double env_bytes_mean;    /* mean envelope size fed to the store */
+    /* The verify worker's cost per delta, one thread (street.c worker_cost):
+     * decode + schema + hash + compression, and the Ed25519 check. */
+    double worker_noncrypto_us, worker_verify_us;
+    size_t worker_sample;
     size_t lookups;
     double lookup_p50_ms, lookup_p99_ms, lookup_p999_ms, lookup_max_ms;
     uint64_t lookup_misses;

@@ -41,6 +41,8 @@ static const budget budgets[] = {
     {"lookup_p99_ms", "staff lookup by ID number, p99", "ms", 0, 1.0, "< 1 ms", 1},
     {"report_ms", "station report (median)", "ms", 0, 50.0, "< 50 ms at 1 M persons", 1},
     {"disk_bytes_per_delta", "disk per delta, with indexes", "B", 2, 512.0, "<= 512 B", 0},
+    {"worker_noncrypto_us_per_delta", "verify worker, non-crypto CPU per delta (one thread)",
+     "µs", 2, 15.0, "<= 15 µs (decode, schema, hash, compression; issue 15)", 0},
     {"store_ingest_ratio_to_verify", "store alone (no verify, no network) / all-core verify",
      "", 1, 0.70, "(>= 0.70 applies to the server; shown for comparison)", 0},
 };
@@ -134,6 +136,9 @@ void bench_print_table(const json_t *r)
         printf("  station report                %.2f ms (median; %.0f aggregate reads)\n",
                num(r, "report_ms"), num(json_object_get(r, "report"), "queries"));
         printf("  disk per delta                %.0f B\n", num(r, "disk_bytes_per_delta"));
+        printf("  verify worker per delta       %.1f µs non-crypto + %.1f µs Ed25519 (one thread, "
+               "%.0f deltas)\n", num(r, "worker_noncrypto_us_per_delta"),
+               num(r, "worker_verify_us_per_delta"), num(r, "worker_sample"));
     }
     const json_t *w = json_object_get(r, "wave"), *su = json_object_get(r, "sustained");
     const json_t *pu = json_object_get(r, "pull"), *id = json_object_get(r, "idle");

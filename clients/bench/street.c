@@ -37,6 +37,7 @@
 
 #include "bench.h"
 #include "store.h"
+#include "wire.h"
 
 #define NOW_MS 1790000000000ull        /* 2026-09-21, as the store tests use */
 #define MAX_AHEAD_MS 86400000ull
@@ -564,6 +565,83 @@ done:
     return rc;
 }
 
+/*
+ * The verify worker's cost per delta (sync/jobs.c, sync_job_verify), on one
+ * thread, over WORKER_SAMPLE envelopes taken round robin from the devices
+ * in pushes of PUSH (the job's arena is reset per push, as per job):
+ *   non-crypto: envelope and delta decode, schema check, chain hash,
+ *               compression for the writer (store_pack_envelope);
+ *   crypto:     the Ed25519 check of the delta signature (wire_delta_verify).
+ * Per-job costs (one read transaction, the scope and the key lookups) are
+ * left out: they are paid once per push of up to 500.  Best of 3 passes.
+ */
+#define WORKER_SAMPLE 20000
+static int worker_cost(store *s, device *dev, bench_street *out)
+{
+    crdt_arena *a = crdt_arena_new(0);
+    if (!a) return -1;
+    size_t n = 0;
+    const uint8_t **env = malloc(WORKER_SAMPLE * sizeof *env);
+    size_t *len = malloc(WORKER_SAMPLE * sizeof *len);
+    const device **who = malloc(WORKER_SAMPLE * sizeof *who);
+    int rc = -1;
+    if (!env || !len || !who) goto done;
+    for (size_t k = 0; n < WORKER_SAMPLE; k += PUSH) {
+        bool any = false;
+        for (unsigned i = 0; i < N_DEVICES && n < WORKER_SAMPLE; i++)
+            for (size_t j = k; j < k + PUSH && j < dev[i].n && n < WORKER_SAMPLE; j++) {
+                env[n] = dev[i].envs.p + dev[i].off[j];
+                len[n] = dev[i].off[j + 1] - dev[i].off[j];
+                who[n++] = &dev[i];
+                any = true;
+            }
+        if (!any) break;
+    }
+    bench_progress("worker: decode, schema, hash, compress, then Ed25519, %zu deltas, one thread",
+                   n);
+    double best_plain = 0, best_sig = 0;
+    for (int pass = 0; pass < 3; pass++) {
+        double t0 = bench_now();
+        for (size_t i = 0; i < n; i++) {
+            const uint8_t *db, *sig, *packed;
+            size_t dl, pl;
+            int err_op;
+            crdt_delta d;
+            uint8_t h[CRDT_HASH_BYTES];
+            if (i % PUSH == 0) crdt_arena_reset(a);
+            if (wire_envelope_decode(env[i], len[i], &crdt_limits_default, &db, &dl, &sig) ||
+                crdt_delta_decode(db, dl, &crdt_limits_default, a, &d, &err_op) ||
+                crdt_schema_check_delta(store_schema(s), &d, &err_op))
+                goto done;
+            wire_delta_hash(db, dl, h);
+            if (store_pack_envelope(s, env[i], len[i], a, &packed, &pl)) goto done;
+        }
+        double t1 = bench_now();
+        for (size_t i = 0; i < n; i++) {
+            const uint8_t *db, *sig;
+            size_t dl;
+            if (wire_envelope_decode(env[i], len[i], &crdt_limits_default, &db, &dl, &sig) ||
+                wire_delta_verify(db, dl, sig, who[i]->pk))
+                goto done;
+        }
+        double t2 = bench_now();
+        double plain = (t1 - t0) * 1e6 / (double)n, sigt = (t2 - t1) * 1e6 / (double)n;
+        if (!pass || plain < best_plain) best_plain = plain;
+        if (!pass || sigt < best_sig) best_sig = sigt;
+    }
+    out->worker_noncrypto_us = best_plain;
+    out->worker_verify_us = best_sig;
+    out->worker_sample = n;
+    rc = 0;
+done:
+    if (rc) fprintf(stderr, "doorstep-bench: worker: an envelope of the street does not check\n");
+    free(env);
+    free(len);
+    free(who);
+    crdt_arena_free(a);
+    return rc;
+}
+
 static int lookups(store *s, const layout *l, size_t n, uint64_t seed, bench_street *out)
 {
     double *ms = malloc(n * sizeof *ms);
@@ -757,6 +835,7 @@ int bench_street_run(const bench_street_opts *o, bench_street *out)
         goto done;
     }
     if (ingest(s, dev, out->deltas, o->batch, out)) goto done;
+    if (worker_cost(s, dev, out)) goto done;
     /* The envelopes are no longer needed: give the memory back before querying. */
     for (unsigned i = 0; i < N_DEVICES; i++) {
         crdt_buf_free(&dev[i].envs);
