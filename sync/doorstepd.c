@@ -272,6 +272,7 @@ int main(int argc, char **argv)
             free(key_alloc);
             return 1;
         }
+        sync_server_set_metrics_hook(sv, sync_upstream_metrics, up);
     }
     the_server = sv;
     struct sigaction sa;

@@ -107,6 +107,10 @@ struct sync_server {
 
     /* The staff API: requests run on their own thread (see api_main). */
     sync_api *api;
+    /* More /metrics lines from outside the server (doorstepd: the upstream
+     * relay's), appended after the server's own; any thread. */
+    void (*metrics_hook)(void *arg, crdt_buf *out);
+    void *metrics_arg;
     sync_limiter *limiter;            /* per-device push rate (event-loop thread only) */
     pthread_t api_thread;
     bool api_started;
@@ -960,6 +964,7 @@ static char *metrics_text(sync_server *sv, size_t *len)
     EMIT("doorstep_map_bytes{kind=\"used\"} %zu\ndoorstep_map_bytes{kind=\"size\"} %zu\n", used,
          size);
     EMIT("doorstep_map_bytes{kind=\"max\"} %zu\n", store_map_max(sv->st));
+    if (sv->metrics_hook) sv->metrics_hook(sv->metrics_arg, &b);
 #undef EMIT
     *len = b.n;
     return (char *)b.p;
@@ -1441,6 +1446,12 @@ int sync_server_new(store *st, const sync_config *cfg, const sync_server_opts *o
 }
 
 int sync_server_port(const sync_server *sv) { return sv->port; }
+
+void sync_server_set_metrics_hook(sync_server *sv, void (*fn)(void *arg, crdt_buf *out), void *arg)
+{
+    sv->metrics_arg = arg;
+    sv->metrics_hook = fn;
+}
 
 void sync_server_stop(sync_server *sv)
 {

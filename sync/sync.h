@@ -376,6 +376,9 @@ typedef struct sync_server sync_server;
 int sync_server_new(store *st, const sync_config *cfg, const sync_server_opts *o,
                     sync_server **out, char *err, size_t errlen);
 int sync_server_port(const sync_server *sv);
+/* Add fn's lines (Prometheus text format) to /metrics; set before
+ * sync_server_run.  fn runs on the thread serving /metrics. */
+void sync_server_set_metrics_hook(sync_server *sv, void (*fn)(void *arg, crdt_buf *out), void *arg);
 /* Run the event loop until sync_server_stop (safe from a signal handler). */
 int sync_server_run(sync_server *sv);
 void sync_server_stop(sync_server *sv);
@@ -399,6 +402,9 @@ int sync_upstream_start(store *st, const char *url, const char *dir, int log_lev
 /* Stop the thread (it finishes the frame in flight or gives it up; what
  * was not acked is sent again next time) and free.  NULL: no-op. */
 void sync_upstream_stop(sync_upstream *u);
+/* The relay's /metrics lines (for sync_server_set_metrics_hook; arg is the
+ * sync_upstream): connected, acked server seq, envelopes behind, outcomes. */
+void sync_upstream_metrics(void *arg, crdt_buf *out);
 
 #ifdef __cplusplus
 }

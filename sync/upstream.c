@@ -69,6 +69,8 @@ struct sync_upstream {
     size_t n_keysigs;
     /* For status and tests: what the thread did (atomics; read anywhere). */
     atomic_uint_fast64_t cursor, relayed, quarantined, rejected;
+    atomic_uint_fast64_t last_ack_ms;   /* wall clock of the last ack (0: none yet) */
+    atomic_bool connected;
 };
 
 static void ulog(const sync_upstream *u, int level, const char *fmt, ...)
@@ -485,6 +487,9 @@ static int relay_session(sync_upstream *u, dsd_chan *ch, bool *progress)
         }
         cursor = q[0].last;
         atomic_store(&u->cursor, cursor);
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        atomic_store(&u->last_ack_ms, (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000);
         *progress = true;
         ulog(u, 3, "relayed up to server seq %llu", (unsigned long long)cursor);
         memmove(q, q + 1, (size_t)(qn - 1) * sizeof *q);
@@ -533,7 +538,9 @@ static void *upstream_main(void *arg)
             if (rc == DSD_EREVOKED || rc == DSD_ESERVERKEY || rc == -305 /* SYNC_EREVOKED */)
                 res = ACK_FATAL;
         } else {
+            atomic_store(&u->connected, true);
             res = relay_session(u, ch, &progress);
+            atomic_store(&u->connected, false);
             dsd_chan_close(ch, res != ACK_OK);
         }
         if (progress) backoff = BACKOFF_MIN_MS;
@@ -592,4 +599,40 @@ void sync_upstream_stop(sync_upstream *u)
     atomic_store(&u->stop, true);
     pthread_join(u->thread, NULL);
     free(u);
+}
+
+void sync_upstream_metrics(void *arg, crdt_buf *out)
+{
+    sync_upstream *u = arg;
+    char line[512];
+    uint64_t last = 0, cur = atomic_load(&u->cursor);
+    store_txn *t = NULL;
+    if (!store_begin(u->st, STORE_RDONLY, &t)) {
+        store_last_sseq(t, &last);
+        store_abort(t);
+    }
+    int n = snprintf(line, sizeof line,
+                     "# HELP doorstep_upstream_connected 1 while the relay to the district is "
+                     "connected.\n# TYPE doorstep_upstream_connected gauge\n"
+                     "doorstep_upstream_connected %d\n"
+                     "# HELP doorstep_upstream_behind Envelopes of the log the district has not "
+                     "acked yet.\n# TYPE doorstep_upstream_behind gauge\n"
+                     "doorstep_upstream_behind %llu\n"
+                     "# TYPE doorstep_upstream_acked_seq gauge\ndoorstep_upstream_acked_seq %llu\n"
+                     "# TYPE doorstep_upstream_last_ack_ms gauge\n"
+                     "doorstep_upstream_last_ack_ms %llu\n",
+                     atomic_load(&u->connected) ? 1 : 0,
+                     (unsigned long long)(last > cur ? last - cur : 0), (unsigned long long)cur,
+                     (unsigned long long)atomic_load(&u->last_ack_ms));
+    if (n > 0) crdt_buf_append(out, line, (size_t)n);
+    n = snprintf(line, sizeof line,
+                 "# HELP doorstep_upstream_envelopes_total The district's answers to relayed "
+                 "envelopes.\n# TYPE doorstep_upstream_envelopes_total counter\n"
+                 "doorstep_upstream_envelopes_total{result=\"taken\"} %llu\n"
+                 "doorstep_upstream_envelopes_total{result=\"quarantined\"} %llu\n"
+                 "doorstep_upstream_envelopes_total{result=\"rejected\"} %llu\n",
+                 (unsigned long long)atomic_load(&u->relayed),
+                 (unsigned long long)atomic_load(&u->quarantined),
+                 (unsigned long long)atomic_load(&u->rejected));
+    if (n > 0) crdt_buf_append(out, line, (size_t)n);
 }

@@ -103,6 +103,12 @@ async function main() {
   }
   await Promise.all(Object.entries(streets).map(([n, s]) => sim(s.port, s.data, n, s.vol, s.hh, s.seed)));
   for (const s of Object.values(streets)) await caughtUp(s.data);
+  // The street's /metrics tell an operator the relay is up and caught up.
+  const metrics = await (await fetch(`http://127.0.0.1:${streets.A.port}/metrics`)).text();
+  check(/^doorstep_upstream_connected 1$/m.test(metrics), 'A: doorstep_upstream_connected 1');
+  check(/^doorstep_upstream_behind 0$/m.test(metrics), 'A: doorstep_upstream_behind 0');
+  const taken = Number((/^doorstep_upstream_envelopes_total\{result="taken"\} (\d+)$/m.exec(metrics) || [])[1]);
+  check(taken > 0, `A: envelopes taken by the district (${taken})`);
   const statsA = JSON.parse(ctl(A, 'stats', '--json')).station;
   const statsB = JSON.parse(ctl(B, 'stats', '--json')).station;
 
