@@ -248,15 +248,21 @@
     (r || r0)();
     function r0() { viewOverview(view, params); }
   }
-  /* Render with a loader; re-rendered quietly on live "changed". */
+  /* Render with a loader; re-rendered quietly on live "changed".  Only the
+   * newest render may fill the view: a page left before its data arrived
+   * (the overview still loading when the user clicks 隔离区) must not
+   * replace the page that followed it when its answer comes in late. */
+  let renderSeq = 0;
   function mount(view, load) {
     const run = async (quiet) => {
+      const mine = ++renderSeq;
       if (!quiet) view.replaceChildren(h('p', {class: 'muted'}, t('common.loading')));
       try {
         const node = await load();
+        if (mine !== renderSeq) return;
         if (node) view.replaceChildren(node);
       } catch (e) {
-        if (e.status === 401) return;
+        if (mine !== renderSeq || e.status === 401) return;
         view.replaceChildren(h('div', {class: 'card error', role: 'alert', 'data-testid': 'view-error'},
           t('common.error') + '：' + errText(e)));
       }
@@ -440,6 +446,7 @@
     }}, input, h('button', {type: 'submit'}, t('search.go')));
     view.replaceChildren(h('div', {}, h('h1', {}, t('search.title')), h('div', {class: 'card'}, form), out));
     currentRender = null;
+    ++renderSeq; /* a page still loading must not cover the search page */
     input.focus();
     if (!q) return;
     out.replaceChildren(h('p', {class: 'muted'}, t('common.loading')));

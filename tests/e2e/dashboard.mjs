@@ -338,6 +338,24 @@ async function main() {
   await page.goto(base + '/#/quarantine');
   await page.waitForSelector('[data-testid=quarantine-state]');
   await shot(page, '13-quarantine');
+  // A page left while its data is still on the way (a slow overview, the
+  // user clicks 隔离区) must not cover the page that followed when it lands.
+  step = 'late-answer';
+  let slowOverview = 0;
+  await page.route('**/api/overview*', async (r) => {
+    slowOverview++;
+    await new Promise((ok) => setTimeout(ok, 1500));
+    await r.continue().catch(() => {});
+  });
+  await page.goto(base + '/#/overview');
+  await until(page, () => document.querySelector('#view').textContent.length > 0, null, 'the overview starts loading');
+  await page.goto(base + '/#/quarantine');
+  await page.waitForSelector('[data-testid=quarantine-state]');
+  await new Promise((ok) => setTimeout(ok, 2500));
+  check(slowOverview >= 1 && await page.locator('[data-testid=quarantine-state]').count() === 1 &&
+    await page.locator('[data-testid=kpi-persons]').count() === 0,
+  'a late overview answer does not replace the quarantine page that followed it');
+  await page.unroute('**/api/overview*');
   step = 'staff-page';
   await page.goto(base + '/#/staff');
   await page.waitForSelector('[data-testid=staff]');

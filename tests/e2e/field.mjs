@@ -424,6 +424,7 @@ async function main() {
   // The dashboard, as the administrator.
   const dash = await browser.newContext({ viewport: { width: 1280, height: 900 }, locale: 'zh-CN', timezoneId: 'Asia/Shanghai' });
   const dp = await dash.newPage();
+  phones.push({ name: 'dashboard', page: dp }); // printed and photographed on a failure too
   await dp.goto(`http://127.0.0.1:${port}/`);
   await dp.waitForSelector('#login:not([hidden])');
   await dp.fill('#login-user', 'admin');
@@ -498,7 +499,7 @@ try {
   if (serverErr()) console.error('doorstepd stderr:\n' + serverErr().slice(-2000));
   for (const p of phones) {
     const text = await p.page.evaluate(() => document.body.innerText).catch((x) => String(x));
-    console.error(`phone ${p.name} shows:\n${text.slice(0, 1500)}`);
+    console.error(`${p.name === 'dashboard' ? 'the dashboard' : 'phone ' + p.name} shows:\n${text.slice(0, 1500)}`);
     await p.page.screenshot({ path: join(artifacts, `fail-${p.name}.png`) }).catch(() => {});
   }
   rc = 1;

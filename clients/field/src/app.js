@@ -63,7 +63,7 @@ async function renderBar() {
 
 /* ---- enroll --------------------------------------------------------------------- */
 
-async function screenEnroll() {
+async function screenEnroll(gen) {
   const input = h('input', { id: 'token', placeholder: t('token_ph'), autocomplete: 'off', autocapitalize: 'off' });
   const name = h('input', { id: 'volunteer', autocomplete: 'name' });
   const msg = h('p', { class: 'msg', id: 'enroll-msg' });
@@ -90,7 +90,7 @@ async function screenEnroll() {
       msg.textContent = errText(e);
     }
   };
-  $main.replaceChildren(h('section', { class: 'card' },
+  show(gen, h('section', { class: 'card' },
     h('h1', {}, t('enroll_title')), h('p', {}, t('enroll_help')),
     h('div', { class: 'row' },
       h('button', { class: 'btn', id: 'scan', onclick: async () => {
@@ -139,7 +139,7 @@ function lastVisit(rec) {
   return v.length ? v[v.length - 1].value.date : null;
 }
 
-async function screenHome() {
+async function screenHome(gen) {
   const scope = (await db.meta('scope')) || [];
   const hh = await viewsOf('household');
   const persons = await viewsOf('person');
@@ -171,17 +171,17 @@ async function screenHome() {
           lv === today() ? t('visited_today') : lv ? `${t('last_visit')} ${lv}` : t('never_visited')),
         pend ? h('span', { class: 'tag warn' }, `${pend} ${t('pending')}`) : null));
     }))));
-  $main.replaceChildren(h('h1', {}, t('households')),
+  show(gen, h('h1', {}, t('households')),
     ...(lists.length ? lists : [h('p', { class: 'card' }, t('no_households'))]));
 }
 
-async function screenHousehold(id) {
+async function screenHousehold(id, gen) {
   const v = await view('household', id);
-  if (!v) { $main.replaceChildren(h('p', {}, t('no_households'))); return; }
+  if (!v) { show(gen, h('p', {}, t('no_households'))); return; }
   const persons = [...(await viewsOf('person')).entries()].filter(([, p]) => householdOf(p.rec) === id);
   const year = String(new Date().getFullYear());
   const visits = crdt.logEntries(v.rec, 'visits');
-  $main.replaceChildren(
+  show(gen,
     h('a', { href: '#/', class: 'back' }, '‹ ' + t('back')),
     h('section', { class: 'card' }, h('h1', {}, value(v.rec, 'address') || id),
       h('p', { class: 'sub' }, `${id} · ${t('grid')} ${value(v.rec, 'grid') || '—'}`),
@@ -280,9 +280,9 @@ async function visitSection(kind, id, visits) {
     h('button', { class: 'btn', id: 'add-visit', onclick: () => form.classList.toggle('hidden') }, t('add_visit')), form);
 }
 
-async function screenPerson(id) {
+async function screenPerson(id, gen) {
   const v = await view('person', id);
-  if (!v) { $main.replaceChildren(h('p', {}, t('no_households'))); return; }
+  if (!v) { show(gen, h('p', {}, t('no_households'))); return; }
   const rec = v.rec;
   const year = new Date().getFullYear();
   const hhId = householdOf(rec);
@@ -298,7 +298,7 @@ async function screenPerson(id) {
   const ord = crdt.stageIndex(rec, 'review', null);
   const stage = ord >= 0 ? reviewSpec.values[ord] : null;
   const nextStages = reviewSpec.values.slice(ord + 1);
-  $main.replaceChildren(
+  show(gen,
     h('a', { href: hhId ? `#/h/${encodeURIComponent(hhId)}` : '#/', class: 'back' }, '‹ ' + t('back')),
     h('section', { class: 'card' }, h('h1', {}, value(rec, 'name') || id), h('p', { class: 'sub' }, id),
       ...(await Promise.all(['name', 'id_number', 'gender', 'birth_date', 'phone', 'relation', 'insurance_type',
@@ -317,7 +317,7 @@ async function screenPerson(id) {
     await visitSection('person', id, crdt.logEntries(rec, 'visits')));
 }
 
-async function screenNewPerson(hhId) {
+async function screenNewPerson(hhId, gen) {
   const s = await schema();
   const kind = s.json.kinds.find((k) => k.name === 'person');
   const f = (n) => kind.fields.find((x) => x.name === n);
@@ -371,7 +371,7 @@ async function screenNewPerson(hhId) {
     location.hash = `#/p/${encodeURIComponent(pid)}`;
     kickSync();
   });
-  $main.replaceChildren(h('a', { href: `#/h/${encodeURIComponent(hhId)}`, class: 'back' }, '‹ ' + t('back')), form);
+  show(gen, h('a', { href: `#/h/${encodeURIComponent(hhId)}`, class: 'back' }, '‹ ' + t('back')), form);
 }
 
 /* ---- sync ------------------------------------------------------------------------ */
@@ -423,14 +423,14 @@ function retryLater() {
 }
 function kickSync() { if (navigator.onLine) setTimeout(() => runSync().then((s) => { if (s) backoff = 5000; }), 300); }
 
-async function screenSync() {
+async function screenSync(gen) {
   const dev = await db.meta('device');
   const last = await db.meta('last_sync');
   const out = await db.all('outbox');
   const held = await db.all('held');
   const refused = await db.all('refused');
   const item = (main, sub) => h('li', { class: 'item' }, h('span', { class: 'main' }, main), h('span', { class: 'sub' }, sub));
-  $main.replaceChildren(
+  show(gen,
     h('section', { class: 'card' }, h('h1', {}, t('sync')),
       h('p', {}, `${t('last_sync')}：${fmtTime(last && last.ms)}`,
         last && !last.ok ? h('span', { class: 'err' }, ` (${errText(last)})`) : null),
@@ -451,20 +451,30 @@ async function screenSync() {
 
 /* ---- routing --------------------------------------------------------------------- */
 
+/* Screens render through show(gen, ...): only the newest route() may fill
+ * the screen, so a screen whose reads finish late (route() after a sync,
+ * the volunteer already on the next household) does not cover the one that
+ * followed it. */
+let routeSeq = 0;
+function show(gen, ...nodes) {
+  if (gen === routeSeq) $main.replaceChildren(...nodes);
+}
+
 async function route() {
+  const gen = ++routeSeq;
   const enrolled = !!(await db.meta('device'));
   const hash = location.hash || '#/';
   if (!enrolled && !hash.startsWith('#/enroll')) { location.hash = '#/enroll'; return; }
   let m;
   try {
-    if (hash.startsWith('#/enroll')) await screenEnroll();
-    else if ((m = /^#\/h\/(.+)$/.exec(hash))) await screenHousehold(decodeURIComponent(m[1]));
-    else if ((m = /^#\/p\/(.+)$/.exec(hash))) await screenPerson(decodeURIComponent(m[1]));
-    else if ((m = /^#\/new\/(.+)$/.exec(hash))) await screenNewPerson(decodeURIComponent(m[1]));
-    else if (hash.startsWith('#/sync')) await screenSync();
-    else await screenHome();
+    if (hash.startsWith('#/enroll')) await screenEnroll(gen);
+    else if ((m = /^#\/h\/(.+)$/.exec(hash))) await screenHousehold(decodeURIComponent(m[1]), gen);
+    else if ((m = /^#\/p\/(.+)$/.exec(hash))) await screenPerson(decodeURIComponent(m[1]), gen);
+    else if ((m = /^#\/new\/(.+)$/.exec(hash))) await screenNewPerson(decodeURIComponent(m[1]), gen);
+    else if (hash.startsWith('#/sync')) await screenSync(gen);
+    else await screenHome(gen);
   } catch (e) {
-    $main.replaceChildren(h('p', { class: 'err' }, String(e && e.message || e)));
+    show(gen, h('p', { class: 'err' }, String(e && e.message || e)));
   }
   await renderBar();
 }
