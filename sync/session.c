@@ -242,21 +242,9 @@ int sync_session_hello(sync_session *s, uint64_t now_ms, sync_out *out)
 
 /* ---- parsing helpers ------------------------------------------------------------ */
 
-static const msgpack_object *get(const msgpack_object *map, const char *key)
-{
-    size_t kl = strlen(key);
-    for (uint32_t i = 0; i < map->via.map.size; i++) {
-        const msgpack_object_kv *kv = &map->via.map.ptr[i];
-        if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == kl &&
-            memcmp(kv->key.via.str.ptr, key, kl) == 0)
-            return &kv->val;
-    }
-    return NULL;
-}
-
 static bool get_u64(const msgpack_object *map, const char *key, uint64_t *v)
 {
-    const msgpack_object *o = get(map, key);
+    const msgpack_object *o = wire_mp_get(map, key);
     if (!o || o->type != MSGPACK_OBJECT_POSITIVE_INTEGER) return false;
     *v = o->via.u64;
     return true;
@@ -264,7 +252,7 @@ static bool get_u64(const msgpack_object *map, const char *key, uint64_t *v)
 
 static bool get_bin(const msgpack_object *map, const char *key, size_t len, const uint8_t **p)
 {
-    const msgpack_object *o = get(map, key);
+    const msgpack_object *o = wire_mp_get(map, key);
     if (!o || o->type != MSGPACK_OBJECT_BIN || o->via.bin.size != len) return false;
     *p = (const uint8_t *)o->via.bin.ptr;
     return true;
@@ -474,7 +462,7 @@ static int on_enroll(sync_session *s, const msgpack_object *m, uint64_t now_ms, 
 {
     static const char *const keys[] = {"pk", "sig", "tok"};
     const uint8_t *pk, *sig;
-    const msgpack_object *tok = get(m, "tok");
+    const msgpack_object *tok = wire_mp_get(m, "tok");
     store_txn *t = NULL;
     store_token token;
     store_ids scope = {0};
@@ -715,7 +703,7 @@ static int on_push(sync_session *s, const msgpack_object *m, uint64_t now_ms, sy
 {
     static const char *const keys[] = {"d", "id"};
     uint64_t id = 0;
-    const msgpack_object *d = get(m, "d");
+    const msgpack_object *d = wire_mp_get(m, "d");
     get_u64(m, "id", &id);
     if (!only_keys(m, keys, 2) || id == 0 || !d || d->type != MSGPACK_OBJECT_ARRAY) {
         fail(out, SYNC_EPROTO, id, 0);
@@ -774,7 +762,7 @@ static int on_relay(sync_session *s, const msgpack_object *m, sync_out *out)
     static const char *const keys[] = {"a", "d", "id", "k", "srv"};
     uint64_t id = 0;
     const uint8_t *srv = NULL;
-    const msgpack_object *d = get(m, "d"), *k = get(m, "k"), *a = get(m, "a");
+    const msgpack_object *d = wire_mp_get(m, "d"), *k = wire_mp_get(m, "k"), *a = wire_mp_get(m, "a");
     get_u64(m, "id", &id);
     if (!only_keys(m, keys, 5) || id == 0 || !d || d->type != MSGPACK_OBJECT_ARRAY || !k ||
         k->type != MSGPACK_OBJECT_ARRAY || !get_bin(m, "srv", 32, &srv) ||
@@ -790,7 +778,7 @@ static int on_relay(sync_session *s, const msgpack_object *m, sync_out *out)
         return SYNC_OK;
     }
     for (uint32_t i = 0; i < na; i++) {
-        const msgpack_object *r = &a->via.array.ptr[i], *b = get(r, "b");
+        const msgpack_object *r = &a->via.array.ptr[i], *b = wire_mp_get(r, "b");
         const uint8_t *g;
         if (r->type != MSGPACK_OBJECT_MAP || !only_keys(r, akeys, 2) || !b ||
             b->type != MSGPACK_OBJECT_BIN || b->via.bin.size == 0 ||
@@ -859,7 +847,7 @@ static int on_relay(sync_session *s, const msgpack_object *m, sync_out *out)
         return CRDT_ENOMEM;
     }
     for (uint32_t i = 0; i < na; i++) {
-        const msgpack_object *r = &a->via.array.ptr[i], *b = get(r, "b");
+        const msgpack_object *r = &a->via.array.ptr[i], *b = wire_mp_get(r, "b");
         const uint8_t *g = NULL;
         sync_relay_admin *ad = &j->relay_admin[i];
         memcpy(ad->b, b->via.bin.ptr, b->via.bin.size);
@@ -888,7 +876,7 @@ int sync_admin_msg(const uint8_t *b, size_t n, crdt_buf *out)
  * not a str, too long, or not UTF-8. */
 static bool get_text(const msgpack_object *m, const char *key, char *out, size_t cap, bool need)
 {
-    const msgpack_object *o = get(m, key);
+    const msgpack_object *o = wire_mp_get(m, key);
     out[0] = 0;
     if (!o) return !need;
     if (o->type != MSGPACK_OBJECT_STR || o->via.str.size >= cap ||
@@ -917,14 +905,14 @@ bool sync_admin_parse(sync_relay_admin *a)
         !get_text(m, "act", a->act, sizeof a->act, true) || !a->act[0] ||
         !get_text(m, "by", a->by, sizeof a->by, true) || !get_text(m, "x", a->x, sizeof a->x, false))
         goto out;
-    a->has_dev = get(m, "d") != NULL;
+    a->has_dev = wire_mp_get(m, "d") != NULL;
     if (a->has_dev) {
         if (!get_u64(m, "d", &v) || !v || v > UINT32_MAX) goto out;
         a->dev = (uint32_t)v;
         if (!get_u64(m, "st", &v) || v < STORE_DEV_ACTIVE || v > STORE_DEV_REVOKED_HARD) goto out;
         a->st = (uint8_t)v;
         if (!get_u64(m, "rs", &a->rs)) goto out;
-    } else if (get(m, "st") || get(m, "rs")) {
+    } else if (wire_mp_get(m, "st") || wire_mp_get(m, "rs")) {
         goto out;
     }
     ok = true;
@@ -1242,7 +1230,7 @@ static int on_pull(sync_session *s, const msgpack_object *m, sync_out *out)
         return SYNC_OK;
     }
     if (!only_keys(m, keys, 3) || id == 0 ||
-        (get(m, "a") && !get_u64(m, "a", &after)) || (get(m, "m") && !get_u64(m, "m", &max))) {
+        (wire_mp_get(m, "a") && !get_u64(m, "a", &after)) || (wire_mp_get(m, "m") && !get_u64(m, "m", &max))) {
         fail(out, SYNC_EPROTO, id, 0);
         return SYNC_OK;
     }
@@ -1313,7 +1301,7 @@ static int on_subscribe(sync_session *s, const msgpack_object *m, sync_out *out)
         fail_restricted(out, 0);
         return SYNC_OK;
     }
-    if (!only_keys(m, keys, 1) || (get(m, "a") && !get_u64(m, "a", &after))) {
+    if (!only_keys(m, keys, 1) || (wire_mp_get(m, "a") && !get_u64(m, "a", &after))) {
         fail(out, SYNC_EPROTO, 0, 0);
         return SYNC_OK;
     }
@@ -1478,7 +1466,7 @@ static int on_snapshot(sync_session *s, const msgpack_object *m, sync_out *out)
         fail_restricted(out, id);
         return SYNC_OK;
     }
-    const msgpack_object *want = get(m, "k"); /* optional: these persons only */
+    const msgpack_object *want = wire_mp_get(m, "k"); /* optional: these persons only */
     if (!only_keys(m, keys, 2) || id == 0 ||
         (want && (want->type != MSGPACK_OBJECT_ARRAY || want->via.array.size > 500))) {
         fail(out, SYNC_EPROTO, id, 0);
@@ -1604,7 +1592,7 @@ int sync_session_input(sync_session *s, const uint8_t *msg, size_t n, uint64_t n
         fail(out, SYNC_EPROTO, 0, 1007);
         return SYNC_OK;
     }
-    const msgpack_object *t = get(&up.data, "t");
+    const msgpack_object *t = wire_mp_get(&up.data, "t");
     if (!t || t->type != MSGPACK_OBJECT_STR) {
         msgpack_unpacked_destroy(&up);
         fail(out, SYNC_EPROTO, 0, 1008);

@@ -315,19 +315,6 @@ done:
 
 /* ---- the district's answer ------------------------------------------------------------- */
 
-static const msgpack_object *get(const msgpack_object *map, const char *key)
-{
-    size_t kl = strlen(key);
-    if (map->type != MSGPACK_OBJECT_MAP) return NULL;
-    for (uint32_t i = 0; i < map->via.map.size; i++) {
-        const msgpack_object_kv *kv = &map->via.map.ptr[i];
-        if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == kl &&
-            !memcmp(kv->key.via.str.ptr, key, kl))
-            return &kv->val;
-    }
-    return NULL;
-}
-
 static bool str_is(const msgpack_object *o, const char *s)
 {
     return o && o->type == MSGPACK_OBJECT_STR && o->via.str.size == strlen(s) &&
@@ -358,13 +345,13 @@ static int read_ack(sync_upstream *u, dsd_chan *ch, uint64_t id, uint32_t n)
             msgpack_unpacked_destroy(&up);
             return ACK_RETRY;
         }
-        const msgpack_object *m = &up.data, *t = get(m, "t"), *fid = get(m, "id");
+        const msgpack_object *m = &up.data, *t = wire_mp_get(m, "t"), *fid = wire_mp_get(m, "id");
         bool ours = fid && fid->type == MSGPACK_OBJECT_POSITIVE_INTEGER && fid->via.u64 == id;
         int res = -1;
         if (str_is(t, "changes")) {
             res = -1; /* not subscribed: ignore anything else */
         } else if (str_is(t, "error") && ours) {
-            const msgpack_object *c = get(m, "c"), *msg = get(m, "m");
+            const msgpack_object *c = wire_mp_get(m, "c"), *msg = wire_mp_get(m, "m");
             int64_t code = c && (c->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) ? c->via.i64 : 0;
             ulog(u, 1, "the district refused a frame: %.*s (code %lld)",
                  msg && msg->type == MSGPACK_OBJECT_STR ? (int)msg->via.str.size : 0,
@@ -372,20 +359,20 @@ static int read_ack(sync_upstream *u, dsd_chan *ch, uint64_t id, uint32_t n)
                  (long long)code);
             res = sync_retryable((int)code) ? ACK_RETRY : ACK_FATAL;
         } else if (str_is(t, "ack") && ours) {
-            const msgpack_object *r = get(m, "r");
+            const msgpack_object *r = wire_mp_get(m, "r");
             if (!r || r->type != MSGPACK_OBJECT_ARRAY || r->via.array.size != n) {
                 ulog(u, 1, "malformed ack from the district");
                 res = ACK_RETRY;
             } else {
                 res = ACK_OK;
                 for (uint32_t i = 0; i < n; i++) {
-                    const msgpack_object *e = &r->via.array.ptr[i], *rr = get(e, "r");
+                    const msgpack_object *e = &r->via.array.ptr[i], *rr = wire_mp_get(e, "r");
                     if (str_is(rr, "applied") || str_is(rr, "duplicate")) {
                         atomic_fetch_add(&u->relayed, 1);
                     } else if (str_is(rr, "quarantined")) {
                         atomic_fetch_add(&u->quarantined, 1);
                     } else {
-                        const msgpack_object *c = get(e, "c");
+                        const msgpack_object *c = wire_mp_get(e, "c");
                         int64_t code = c && c->type == MSGPACK_OBJECT_NEGATIVE_INTEGER
                                            ? c->via.i64 : 0;
                         if (code == STORE_ERELAYKEY || sync_retryable((int)code)) {

@@ -179,3 +179,16 @@ int wire_envelope_decode(const uint8_t *p, size_t n, const crdt_limits *lim,
     *sig = p + off;
     return WIRE_OK;
 }
+
+const msgpack_object *wire_mp_get(const msgpack_object *map, const char *key)
+{
+    if (!map || !key || map->type != MSGPACK_OBJECT_MAP) return NULL;
+    size_t kl = strlen(key);
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object_kv *kv = &map->via.map.ptr[i];
+        if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == kl &&
+            !memcmp(kv->key.via.str.ptr, key, kl))
+            return &kv->val;
+    }
+    return NULL;
+}

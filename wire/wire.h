@@ -106,6 +106,17 @@ int wire_delta_verify(const uint8_t *delta, size_t n,
                       const uint8_t sig[WIRE_SIG_BYTES],
                       const uint8_t pk[WIRE_PK_BYTES]);
 
+/*
+ * wire_mp_get — the value under the string key `key` in a decoded msgpack
+ * map (msgpack-c's msgpack_object), or NULL when `map` is not a map or has
+ * no such key.  Linear in the map's size: protocol frames have a handful of
+ * keys, and crdt_mp_check refuses duplicate keys, so the first match is the
+ * only one.  Shared by the server's session and relay, the device library,
+ * the bench and the tests (callers include <msgpack.h>).
+ */
+struct msgpack_object;
+const struct msgpack_object *wire_mp_get(const struct msgpack_object *map, const char *key);
+
 /* Append the canonical envelope {"b":delta,"s":sig} to *out. 0/CRDT_ENOMEM. */
 int wire_envelope_encode(const uint8_t *delta, size_t n,
                          const uint8_t sig[WIRE_SIG_BYTES], crdt_buf *out);

@@ -254,19 +254,6 @@ static void ws_frame(wbuf *out, const uint8_t *p, size_t n, uint64_t *rng)
 
 /* ---- msgpack reading (msgpack-c, on server frames) --------------------------------- */
 
-static const msgpack_object *mp_get(const msgpack_object *map, const char *key)
-{
-    size_t kl = strlen(key);
-    if (map->type != MSGPACK_OBJECT_MAP) return NULL;
-    for (uint32_t i = 0; i < map->via.map.size; i++) {
-        const msgpack_object_kv *kv = &map->via.map.ptr[i];
-        if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == kl &&
-            !memcmp(kv->key.via.str.ptr, key, kl))
-            return &kv->val;
-    }
-    return NULL;
-}
-
 static bool mp_is(const msgpack_object *o, const char *s)
 {
     size_t l = strlen(s);
@@ -276,7 +263,7 @@ static bool mp_is(const msgpack_object *o, const char *s)
 
 static void mp_errtext(const msgpack_object *m, char *out, size_t n)
 {
-    const msgpack_object *c = mp_get(m, "c"), *msg = mp_get(m, "m");
+    const msgpack_object *c = wire_mp_get(m, "c"), *msg = wire_mp_get(m, "m");
     long long code = 0;
     if (c && (c->type == MSGPACK_OBJECT_NEGATIVE_INTEGER ||
               c->type == MSGPACK_OBJECT_POSITIVE_INTEGER))
@@ -849,7 +836,7 @@ static void on_ready(client *cl, conn *c)
 static void on_ack(client *cl, conn *c, const msgpack_object *m)
 {
     double now = bench_now();
-    const msgpack_object *t = mp_get(m, "t"), *r = mp_get(m, "r");
+    const msgpack_object *t = wire_mp_get(m, "t"), *r = wire_mp_get(m, "r");
     char why[200];
     if (!c->push_inflight) {
         conn_fail(cl, c, "a frame arrived with no push in flight");
@@ -868,13 +855,13 @@ static void on_ack(client *cl, conn *c, const msgpack_object *m)
         uint64_t ok = 0;
         for (uint32_t i = 0; i < r->via.array.size; i++) {
             const msgpack_object *e = &r->via.array.ptr[i];
-            if (mp_is(mp_get(e, "r"), "applied")) {
+            if (mp_is(wire_mp_get(e, "r"), "applied")) {
                 ok++;
                 continue;
             }
             if (cl->shown++ < 5) {
                 mp_errtext(e, why, sizeof why);
-                const msgpack_object *res = mp_get(e, "r");
+                const msgpack_object *res = wire_mp_get(e, "r");
                 fprintf(stderr, "doorstep-bench: device %u: delta %s (%s)\n", c->dev_id,
                         res && res->type == MSGPACK_OBJECT_STR ? "not applied" : "?", why);
             }
@@ -909,8 +896,8 @@ static void on_ack(client *cl, conn *c, const msgpack_object *m)
 
 static void on_changes(client *cl, conn *c, const msgpack_object *m)
 {
-    const msgpack_object *t = mp_get(m, "t"), *e = mp_get(m, "e"), *more = mp_get(m, "more"),
-                         *n = mp_get(m, "n");
+    const msgpack_object *t = wire_mp_get(m, "t"), *e = wire_mp_get(m, "e"), *more = wire_mp_get(m, "more"),
+                         *n = wire_mp_get(m, "n");
     char why[200];
     if (!mp_is(t, "changes") || !e || e->type != MSGPACK_OBJECT_ARRAY || !n ||
         n->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
@@ -935,7 +922,7 @@ static void on_changes(client *cl, conn *c, const msgpack_object *m)
 
 static void on_hello(client *cl, conn *c, const msgpack_object *m)
 {
-    const msgpack_object *t = mp_get(m, "t"), *n = mp_get(m, "n"), *srv = mp_get(m, "srv");
+    const msgpack_object *t = wire_mp_get(m, "t"), *n = wire_mp_get(m, "n"), *srv = wire_mp_get(m, "srv");
     if (!mp_is(t, "hello") || !n || n->type != MSGPACK_OBJECT_BIN || n->via.bin.size != 32 ||
         !srv || srv->type != MSGPACK_OBJECT_BIN || srv->via.bin.size != 32) {
         conn_fail(cl, c, "bad hello");
@@ -983,7 +970,7 @@ static void on_message(client *cl, conn *c, const uint8_t *p, size_t n)
     switch (c->state) {
     case C_HELLO: on_hello(cl, c, m); break;
     case C_AUTH:
-        if (mp_is(mp_get(m, "t"), "welcome")) {
+        if (mp_is(wire_mp_get(m, "t"), "welcome")) {
             on_ready(cl, c);
         } else {
             mp_errtext(m, why, sizeof why);

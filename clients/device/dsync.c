@@ -60,22 +60,9 @@ typedef struct conn {
  * bytes missing inside it; every caller checks p before sending (crdt.h). */
 static void pstr(msgpack_packer *pk, const char *s) { msgpack_pack_str_with_body(pk, s, strlen(s)); }
 
-static const msgpack_object *get(const msgpack_object *map, const char *key)
-{
-    size_t kl = strlen(key);
-    if (map->type != MSGPACK_OBJECT_MAP) return NULL;
-    for (uint32_t i = 0; i < map->via.map.size; i++) {
-        const msgpack_object_kv *kv = &map->via.map.ptr[i];
-        if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == kl &&
-            !memcmp(kv->key.via.str.ptr, key, kl))
-            return &kv->val;
-    }
-    return NULL;
-}
-
 static bool get_u64(const msgpack_object *m, const char *k, uint64_t *v)
 {
-    const msgpack_object *o = get(m, k);
+    const msgpack_object *o = wire_mp_get(m, k);
     if (!o || o->type != MSGPACK_OBJECT_POSITIVE_INTEGER) return false;
     *v = o->via.u64;
     return true;
@@ -83,7 +70,7 @@ static bool get_u64(const msgpack_object *m, const char *k, uint64_t *v)
 
 static bool get_bin(const msgpack_object *m, const char *k, uint8_t *out, size_t n)
 {
-    const msgpack_object *o = get(m, k);
+    const msgpack_object *o = wire_mp_get(m, k);
     if (!o || o->type != MSGPACK_OBJECT_BIN || o->via.bin.size != n) return false;
     memcpy(out, o->via.bin.ptr, n);
     return true;
@@ -127,13 +114,13 @@ static int conn_recv(conn *c, int timeout_ms)
             MSGPACK_UNPACK_SUCCESS ||
         c->up.data.type != MSGPACK_OBJECT_MAP)
         return dsd_fail(c->h, DSD_EPROTO, "server frame is not a map");
-    const msgpack_object *t = get(&c->up.data, "t");
+    const msgpack_object *t = wire_mp_get(&c->up.data, "t");
     if (!t || t->type != MSGPACK_OBJECT_STR || t->via.str.size >= sizeof c->type)
         return dsd_fail(c->h, DSD_EPROTO, "server frame without a type");
     memcpy(c->type, t->via.str.ptr, t->via.str.size);
     c->type[t->via.str.size] = 0;
     if (!strcmp(c->type, "error")) {
-        const msgpack_object *code = get(&c->up.data, "c"), *m = get(&c->up.data, "m");
+        const msgpack_object *code = wire_mp_get(&c->up.data, "c"), *m = wire_mp_get(&c->up.data, "m");
         uint64_t id = 0;
         int64_t cv = code && (code->type == MSGPACK_OBJECT_NEGATIVE_INTEGER ||
                               code->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
@@ -382,7 +369,7 @@ static int on_welcome(conn *c, const ident *enrolled, dsd_sync_report *rep, bool
                       bool *revoked)
 {
     dsd *h = c->h;
-    const msgpack_object *w = &c->up.data, *scope = get(w, "scope"), *req = get(w, "req");
+    const msgpack_object *w = &c->up.data, *scope = wire_mp_get(w, "scope"), *req = wire_mp_get(w, "req");
     uint64_t dev, epoch, seq, now, lseq;
     uint8_t hh[32], prev[32];
     MDB_txn *t = NULL;
@@ -557,7 +544,7 @@ static int do_rotate(conn *c, ident *id, dsd_sync_report *rep)
     rc = conn_recv(c, c->timeout_ms);
     if (rc == 0 && strcmp(c->type, "rotated")) {
         if (!strcmp(c->type, "error")) {
-            const msgpack_object *code = get(&c->up.data, "c");
+            const msgpack_object *code = wire_mp_get(&c->up.data, "c");
             rc = code ? (int)code->via.i64 : DSD_EPROTO;
         } else {
             rc = dsd_fail(h, DSD_EPROTO, "expected rotated, got %s", c->type);
@@ -649,14 +636,14 @@ static int build_push(dsd *h, uint64_t id, uint64_t from, crdt_buf *f, uint64_t 
 static int on_ack(conn *c, dsd_sync_report *rep, uint64_t *resend_from, uint64_t *progress)
 {
     dsd *h = c->h;
-    const msgpack_object *r = get(&c->up.data, "r");
+    const msgpack_object *r = wire_mp_get(&c->up.data, "r");
     MDB_txn *t;
     if (!r || r->type != MSGPACK_OBJECT_ARRAY) return dsd_fail(h, DSD_EPROTO, "ack without r");
     int rc = dsd_txn_begin(h, true, &t);
     if (rc) return rc;
     for (uint32_t i = 0; i < r->via.array.size && !rc; i++) {
-        const msgpack_object *e = &r->via.array.ptr[i], *res = get(e, "r"), *code = get(e, "c"),
-                             *msg = get(e, "m");
+        const msgpack_object *e = &r->via.array.ptr[i], *res = wire_mp_get(e, "r"), *code = wire_mp_get(e, "c"),
+                             *msg = wire_mp_get(e, "m");
         uint64_t seq = 0, x = 0;
         if (!res || res->type != MSGPACK_OBJECT_STR || !get_u64(e, "s", &seq)) {
             rc = dsd_fail(h, DSD_EPROTO, "ack entry without r or s");
@@ -823,7 +810,7 @@ static int do_push(conn *c, const dsd_sync_opts *o, dsd_sync_report *rep)
         memmove(fl + i, fl + i + 1, (nfl - i - 1) * sizeof *fl);
         nfl--;
         if (!strcmp(c->type, "error")) {
-            const msgpack_object *code = get(&c->up.data, "c");
+            const msgpack_object *code = wire_mp_get(&c->up.data, "c");
             int cv = code ? (int)code->via.i64 : DSD_EPROTO;
             if (!retryable(cv)) {
                 rc = cv;
@@ -862,7 +849,7 @@ typedef struct keyrecs {
 static int keyrecs_load(conn *c, keyrecs *kr)
 {
     dsd *h = c->h;
-    const msgpack_object *k = get(&c->up.data, "k");
+    const msgpack_object *k = wire_mp_get(&c->up.data, "k");
     kr->n = 0;
     kr->k = NULL;
     if (!k || k->type != MSGPACK_OBJECT_ARRAY || k->via.array.size > 1024)
@@ -922,7 +909,7 @@ static int envelope_verify(conn *c, const keyrecs *kr, const uint8_t *b, size_t 
 static int on_changes(conn *c, dsd_sync_report *rep, bool *more)
 {
     dsd *h = c->h;
-    const msgpack_object *e = get(&c->up.data, "e"), *m = get(&c->up.data, "more");
+    const msgpack_object *e = wire_mp_get(&c->up.data, "e"), *m = wire_mp_get(&c->up.data, "more");
     uint64_t n;
     MDB_txn *t = NULL;
     keyrecs kr = {0, NULL};
@@ -1025,12 +1012,12 @@ static int do_fetch(conn *c, dsd_sync_report *rep)
                 continue;
             }
             if (!strcmp(c->type, "error") && rid == id) {
-                const msgpack_object *code = get(&c->up.data, "c");
+                const msgpack_object *code = wire_mp_get(&c->up.data, "c");
                 rc = code ? (int)code->via.i64 : DSD_EPROTO;
                 break;
             }
             if (strcmp(c->type, "snapshot") || rid != id) continue;
-            const msgpack_object *r = get(&c->up.data, "r"), *m = get(&c->up.data, "more");
+            const msgpack_object *r = wire_mp_get(&c->up.data, "r"), *m = wire_mp_get(&c->up.data, "more");
             uint64_t n = 0, pg = 0;
             uint8_t sig[64];
             if (!r || r->type != MSGPACK_OBJECT_ARRAY || !get_u64(&c->up.data, "n", &n) ||
@@ -1111,7 +1098,7 @@ static int do_pull(conn *c, dsd_sync_report *rep)
             uint64_t rid = 0;
             get_u64(&c->up.data, "id", &rid);
             if (!strcmp(c->type, "error")) {
-                const msgpack_object *code = get(&c->up.data, "c");
+                const msgpack_object *code = wire_mp_get(&c->up.data, "c");
                 rc = code ? (int)code->via.i64 : DSD_EPROTO;
                 /* Revoked (soft) while this session was open: the server
                  * keeps the connection for pushes and refuses reads. */
@@ -1261,13 +1248,13 @@ int dsd_schema_fetch(dsd *h, const char *url, const dsd_sync_opts *o, uint8_t **
     /* Live changes are not subscribed here: the next frame is the answer. */
     if (!rc) rc = conn_recv(&c, c.timeout_ms);
     if (!rc && !strcmp(c.type, "error")) {
-        const msgpack_object *code = get(&c.up.data, "c");
+        const msgpack_object *code = wire_mp_get(&c.up.data, "c");
         rc = code ? (int)code->via.i64 : DSD_EPROTO;
     } else if (!rc && strcmp(c.type, "schema")) {
         rc = dsd_fail(h, DSD_EPROTO, "expected a schema frame, got %s", c.type);
     }
     if (!rc) {
-        const msgpack_object *b = get(&c.up.data, "b");
+        const msgpack_object *b = wire_mp_get(&c.up.data, "b");
         uint8_t sig[64], msg[WIRE_SCHEMA_MSG_BYTES];
         if (!b || b->type != MSGPACK_OBJECT_BIN || !b->via.bin.size || !get_bin(&c.up.data, "g", sig, 64)) {
             rc = dsd_fail(h, DSD_EPROTO, "schema frame lacks b or g");

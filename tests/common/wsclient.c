@@ -4,6 +4,7 @@
  */
 #define _GNU_SOURCE
 #include "wsclient.h"
+#include "wire.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -369,18 +370,6 @@ void frame_subscribe(crdt_buf *out, uint64_t after)
     pstr(&pk, "subscribe");
 }
 
-static const msgpack_object *arr_get(const msgpack_object *map, const char *key)
-{
-    size_t kl = strlen(key);
-    for (uint32_t i = 0; i < map->via.map.size; i++) {
-        msgpack_object_kv *kv = &map->via.map.ptr[i];
-        if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == kl &&
-            !memcmp(kv->key.via.str.ptr, key, kl))
-            return &kv->val;
-    }
-    return NULL;
-}
-
 size_t ack_count(const uint8_t *msg, size_t n)
 {
     msgpack_unpacked up;
@@ -399,8 +388,8 @@ bool ack_entry(const uint8_t *msg, size_t n, size_t i, char *result, size_t rcap
     bool ok = false;
     if (find(msg, n, "r", &up, &v) && v->type == MSGPACK_OBJECT_ARRAY && i < v->via.array.size) {
         const msgpack_object *e = &v->via.array.ptr[i];
-        const msgpack_object *r = arr_get(e, "r"), *c = arr_get(e, "c"), *s = arr_get(e, "s"),
-                             *x = arr_get(e, "x");
+        const msgpack_object *r = wire_mp_get(e, "r"), *c = wire_mp_get(e, "c"), *s = wire_mp_get(e, "s"),
+                             *x = wire_mp_get(e, "x");
         if (r && r->type == MSGPACK_OBJECT_STR && r->via.str.size < rcap) {
             memcpy(result, r->via.str.ptr, r->via.str.size);
             result[r->via.str.size] = 0;

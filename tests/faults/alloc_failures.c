@@ -595,28 +595,16 @@ static const char *const rp_name[RP_COUNT] = {"pull", "pull (paged, m=2)", "subs
                                               "snapshot", "snapshot of listed persons"};
 static unsigned n_answered, n_live_failed;
 
-static const msgpack_object *mp_key(const msgpack_object *map, const char *key)
-{
-    if (map->type != MSGPACK_OBJECT_MAP) return NULL;
-    for (uint32_t i = 0; i < map->via.map.size; i++) {
-        const msgpack_object_kv *kv = &map->via.map.ptr[i];
-        if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == strlen(key) &&
-            !memcmp(kv->key.via.str.ptr, key, kv->key.via.str.size))
-            return &kv->val;
-    }
-    return NULL;
-}
-
 static uint64_t mp_uint(const msgpack_object *map, const char *key)
 {
-    const msgpack_object *v = mp_key(map, key);
+    const msgpack_object *v = wire_mp_get(map, key);
     if (!v || v->type != MSGPACK_OBJECT_POSITIVE_INTEGER) fail_msg("key %s: no uint", key);
     return v->via.u64;
 }
 
 static bool mp_bool(const msgpack_object *map, const char *key)
 {
-    const msgpack_object *v = mp_key(map, key);
+    const msgpack_object *v = wire_mp_get(map, key);
     if (!v || v->type != MSGPACK_OBJECT_BOOLEAN) fail_msg("key %s: no bool", key);
     return v->via.boolean;
 }
@@ -636,8 +624,8 @@ static void expect_changes(const sync_frame *f, const run *r, uint64_t id, unsig
     const msgpack_object *m = &up.data;
     assert_int_equal(m->type, MSGPACK_OBJECT_MAP);
     assert_int_equal(m->via.map.size, 7);   /* e, id, k, more, n, q, t */
-    const msgpack_object *t = mp_key(m, "t"), *e = mp_key(m, "e"), *q = mp_key(m, "q");
-    const msgpack_object *k = mp_key(m, "k");   /* the signers' key records */
+    const msgpack_object *t = wire_mp_get(m, "t"), *e = wire_mp_get(m, "e"), *q = wire_mp_get(m, "q");
+    const msgpack_object *k = wire_mp_get(m, "k");   /* the signers' key records */
     assert_true(k && k->type == MSGPACK_OBJECT_ARRAY && (count == 0 || k->via.array.size > 0));
     assert_non_null(t);
     assert_true(t->type == MSGPACK_OBJECT_STR && t->via.str.size == 7 &&
@@ -704,7 +692,7 @@ static size_t expect_snapshot(const sync_out *out, store *st, const run *r, uint
         const msgpack_object *m = &up.data;
         assert_int_equal(m->type, MSGPACK_OBJECT_MAP);
         assert_int_equal(m->via.map.size, 7);
-        const msgpack_object *t = mp_key(m, "t"), *g = mp_key(m, "g"), *rs = mp_key(m, "r");
+        const msgpack_object *t = wire_mp_get(m, "t"), *g = wire_mp_get(m, "g"), *rs = wire_mp_get(m, "r");
         if (!t || t->type != MSGPACK_OBJECT_STR || t->via.str.size != 8 ||
             memcmp(t->via.str.ptr, "snapshot", 8))
             fail_msg("page %u of a snapshot is a %s frame", pageno,
