@@ -1233,11 +1233,14 @@ static int report_week(rq *q, int64_t *monday)
 
 typedef struct hist_ctx {
     json_t *arr;
+    uint32_t last_day; /* of the last entry added (valid when arr is not empty) */
 } hist_ctx;
 
-static int hist_add(uint32_t day, int64_t persons, int64_t enrolled, int64_t paid, void *arg)
+/* One day of the coverage curve.  A day with no persons has no coverage
+ * (a server that took its snapshot before its first sync, a district before
+ * its streets relayed): it is left out rather than drawn as 0 %. */
+static json_t *hist_entry(uint32_t day, int64_t persons, int64_t enrolled, int64_t paid)
 {
-    hist_ctx *h = arg;
     char ds[16];
     json_t *x = json_object();
     day_str((int64_t)day, ds);
@@ -1245,8 +1248,16 @@ static int hist_add(uint32_t day, int64_t persons, int64_t enrolled, int64_t pai
     json_object_set_new(x, "persons", json_integer(persons));
     json_object_set_new(x, "enrolled", json_integer(enrolled));
     json_object_set_new(x, "paid", json_integer(paid));
-    json_object_set_new(x, "coverage", json_real(persons ? (double)enrolled / (double)persons : 0.0));
-    json_array_append_new(h->arr, x);
+    json_object_set_new(x, "coverage", json_real((double)enrolled / (double)persons));
+    return x;
+}
+
+static int hist_add(uint32_t day, int64_t persons, int64_t enrolled, int64_t paid, void *arg)
+{
+    hist_ctx *h = arg;
+    if (persons <= 0) return 0;
+    json_array_append_new(h->arr, hist_entry(day, persons, enrolled, paid));
+    h->last_day = day;
     return 0;
 }
 
@@ -1307,9 +1318,25 @@ static int route_weekly(rq *q)
         int64_t sept1 = crdt_days_from_civil((int)store_campaign_year(q->api->st), 9, 1);
         int64_t from = monday - 120 > sept1 ? monday - 120 : sept1;
         if (from > monday + 6) from = monday - 120;
-        hist_ctx hc = {hist};
+        hist_ctx hc = {hist, 0};
         if ((rc = store_agg_history(t, "", (uint32_t)(from < 0 ? 0 : from), (uint32_t)(monday + 6),
                                     hist_add, &hc))) {
+            json_decref(hist);
+            goto fail;
+        }
+        /* Today, when the range holds it, is what the aggregates say now:
+         * snapshots are taken every 10 minutes, and a report must not lag
+         * behind the table above it (a district fed since its last one). */
+        int64_t today = (int64_t)(q->now / 86400000ull); /* the snapshots' day (UTC) */
+        store_agg now;
+        if (today >= from && today <= monday + 6 &&
+            (rc = store_agg_get(t, NULL, NULL, q->now, &now)) == 0 && now.persons > 0) {
+            size_t n = json_array_size(hist);
+            json_t *x = hist_entry((uint32_t)today, now.persons, now.enrolled, now.paid);
+            if (n && hc.last_day == (uint32_t)today) json_array_set_new(hist, n - 1, x);
+            else json_array_append_new(hist, x);
+        }
+        if (rc) {
             json_decref(hist);
             goto fail;
         }

@@ -135,8 +135,16 @@
     document.querySelectorAll('[data-i18n]').forEach(el => { el.textContent = t(el.dataset.i18n); });
     document.querySelectorAll('[data-i18n-title]').forEach(el => { el.title = t(el.dataset.i18nTitle); });
     $('lang').textContent = lang ? '中文' : 'English';
-    document.title = t('app.title') + ' · Doorstep';
+    document.title = t(document.querySelector('.brand').dataset.i18n || 'app.title') + ' · Doorstep';
     if (me) showWho();
+  }
+  /* A district server (streets relay to it) calls itself 区医保中心, not a
+   * street station: learnt from the overview, kept for this tab's reloads. */
+  function setDistrict(on) {
+    try { if (on) sessionStorage.setItem('doorstep-district', '1'); else sessionStorage.removeItem('doorstep-district'); }
+    catch (e) { /* storage off: the overview sets it again */ }
+    document.querySelector('.brand').dataset.i18n = on ? 'app.title_district' : 'app.title';
+    applyStatic();
   }
   function showWho() {
     $('who').textContent = (me.display || me.username) + '（' + roleName(me.role) + '）';
@@ -336,6 +344,7 @@
     return mount(view, async () => {
       const o = await api('GET', hashOf('/api/overview', {community, grid, street: street || null, offset, limit}));
       const district = (o.streets || []).length > 0;
+      setDistrict(district);
       const whole = district ? t('ov.district') : t('ov.station');
       // Scoped to one street: its own total under the table.
       const sc = district && street ? o.streets.find(x => x.id === street) : null;
@@ -877,6 +886,9 @@
 
   /* ---- start ------------------------------------------------------------------------------- */
   document.addEventListener('DOMContentLoaded', async () => {
+    let wasDistrict = false;
+    try { wasDistrict = sessionStorage.getItem('doorstep-district') === '1'; } catch (e) { /* storage off */ }
+    if (wasDistrict) document.querySelector('.brand').dataset.i18n = 'app.title_district';
     applyStatic();
     $('login-form').addEventListener('submit', doLogin);
     $('logout').addEventListener('click', doLogout);

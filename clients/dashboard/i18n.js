@@ -9,6 +9,7 @@
 'use strict';
 window.DS_I18N = {
   'app.title': ['街道医保工作站', 'Street medical-insurance station'],
+  'app.title_district': ['区医保中心', 'District medical-insurance centre'],
   'nav.overview': ['日调度', 'Daily dispatch'],
   'nav.search': ['查询', 'Search'],
   'nav.conflicts': ['冲突待处理', 'Conflicts'],

@@ -144,6 +144,7 @@ async function main() {
     `persons on the page (${await kpi('kpi-persons')}) = API (${ov.station.persons})`);
   check(Number(await kpi('kpi-paid')) === ov.station.paid, 'paid on the page = API');
   check(Number(await kpi('kpi-unpaid')) === ov.station.unpaid, 'unpaid on the page = API');
+  check(await page.textContent('.brand') === '街道医保工作站', 'a street server calls itself 街道医保工作站');
   // doorstepctl stats --json reads the same aggregates: the station's and
   // every community's persons, enrolled and coverage must be the overview's.
   const stats = JSON.parse(ctl('stats', '--json'));

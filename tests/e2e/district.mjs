@@ -147,6 +147,9 @@ async function main() {
   const rows = await page.$$eval('[data-testid=streets-table] tbody tr', (trs) =>
     trs.map((tr) => [...tr.querySelectorAll('td')].map((td) => td.textContent.trim())));
   check(rows.length === 2, 'two street rows on the page');
+  await until(page, () => document.querySelector('.brand').textContent === '区医保中心', null,
+    'the district calls itself 区医保中心');
+  check(true, 'the district calls itself 区医保中心, not a street station');
   for (const r of rows) check(Number(r[1]) === byName[r[0]].persons, `row ${r[0]}: persons ${r[1]} on the page`);
   await shot(page, 'district-overview');
 
@@ -202,6 +205,14 @@ async function main() {
     'the district export names street phones: ' + [...bys].slice(0, 8).join(', '));
 
   step = 'report';
+  // The district's first snapshot was taken before its streets relayed (no
+  // persons): the coverage curve leaves it out and ends on today's figures.
+  const rep = await page.evaluate(async () => (await fetch('/api/report/weekly')).json());
+  const hist = rep.coverage_history;
+  check(hist.length >= 1 && hist.every((d) => d.persons > 0), 'the coverage curve holds no day without persons');
+  const last = hist[hist.length - 1];
+  check(last.persons === rep.station.persons && last.enrolled === rep.station.enrolled,
+    `the curve ends on today's figures (${last.enrolled} of ${last.persons})`);
   await page.goto(base + '/#/report');
   await page.waitForSelector('[data-testid=streets-table]');
   await shot(page, 'district-report');
