@@ -829,9 +829,12 @@
           h('svg:text', {x: left + w + 6, y: y + bh * 0.7, class: 'value'}, pct(it.value))];
       }));
   }
-  function lineChart(points, label) { // [{label, value}]
+  /* points [{label, value}]; the axis runs from 0 to fixedMax (a rate: 100)
+   * or to the largest value rounded up to even, so the middle line has a
+   * whole number (no "0, 1, 1" axis when every value is 0). */
+  function lineChart(points, label, fixedMax) {
     const W = 640, H = 200, l = 40, b = 30, top = 10;
-    const max = Math.max(1, ...points.map(p => p.value));
+    const max = fixedMax || Math.max(2, Math.ceil(Math.max(0, ...points.map(p => p.value)) / 2) * 2);
     const x = i => l + i * (W - l - 30) / Math.max(1, points.length - 1);
     const y = v => top + (H - top - b) * (1 - v / max);
     const path = points.map((p, i) => (i ? 'L' : 'M') + x(i).toFixed(1) + ' ' + y(p.value).toFixed(1)).join(' ');
@@ -871,7 +874,7 @@
           barChart(r.communities.map(c => ({label: c.community, value: c.coverage})).concat([{label: (r.streets || []).length ? t('ov.district') : t('ov.station'), value: r.station.coverage}]))),
         h('div', {class: 'card', 'data-testid': 'coverage-history'}, h('h2', {}, t('rep.chart_cov_hist')),
           (r.coverage_history || []).length
-            ? lineChart(r.coverage_history.map(d => ({label: d.day, value: Math.round(d.coverage * 1000) / 10})), t('rep.chart_cov_hist'))
+            ? lineChart(r.coverage_history.map(d => ({label: d.day, value: Math.round(d.coverage * 1000) / 10})), t('rep.chart_cov_hist'), 100)
             : h('p', {class: 'muted small'}, t('rep.no_history'))),
         h('div', {class: 'card'}, h('h2', {}, t('rep.chart_visits')),
           lineChart(r.weeks.map(w => ({label: w.week_start, value: w.visits})))),
