@@ -44,6 +44,7 @@
  */
 #include "internal.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -220,7 +221,37 @@ int store_log_read(store_txn *t, uint64_t after, size_t max, size_t max_bytes, s
 
 /* ---- which street a community belongs to (the district's street scope) ----------------- */
 
-int store_relay_note_place(store_txn *t, uint32_t relay, const char *household)
+/* A second street brought a household of a community the first one owns:
+ * ids that are not unique across the district's streets (two streets'
+ * H00001, or the same community code), whose records merge at the
+ * district.  Nothing here can tell them apart again, so the district's
+ * administrator is told: one audit entry (relay.place_clash) per
+ * (community, street), remembered under "rclh" community \0 relay. */
+static int note_clash(store_txn *t, uint32_t owner, uint32_t relay, const uint8_t *comm,
+                      size_t cl, const char *household, uint64_t now_ms)
+{
+    uint8_t k[4 + 128 + 1 + 4], one = 1;
+    MDB_val v;
+    memcpy(k, "rclh", 4);
+    memcpy(k + 4, comm, cl);
+    k[4 + cl] = 0;
+    be32(k + 5 + cl, relay);
+    int rc = store_get(t, DB_META, k, 9 + cl, &v);
+    if (rc != STORE_ENOTFOUND) return rc; /* told already, or an error */
+    store_device od, nd;
+    char detail[400];
+    if (store_device_get(t, owner, &od)) od.volunteer[0] = 0;
+    if (store_device_get(t, relay, &nd)) nd.volunteer[0] = 0;
+    snprintf(detail, sizeof detail,
+             "community %.*s belongs to relay %" PRIu32 " (%s); relay %" PRIu32 " (%s) sent "
+             "household %.64s in it: ids shared by two streets merge here",
+             (int)cl, (const char *)comm, owner, od.volunteer, relay, nd.volunteer, household);
+    if ((rc = store_audit_append(t, now_ms, "server", "relay.place_clash", detail, NULL)))
+        return rc;
+    return store_put(t, DB_META, k, 9 + cl, &one, 1);
+}
+
+int store_relay_note_place(store_txn *t, uint32_t relay, const char *household, uint64_t now_ms)
 {
     MDB_val v;
     uint8_t k[4 + 128], r4[4];
@@ -234,7 +265,12 @@ int store_relay_note_place(store_txn *t, uint32_t relay, const char *household)
     memcpy(k, "rcom", 4);
     memcpy(k + 4, v.mv_data, cl);
     rc = store_get(t, DB_META, k, 4 + cl, &v);
-    if (rc != STORE_ENOTFOUND) return rc; /* known (first relay wins), or an error */
+    if (rc == STORE_OK) {
+        if (v.mv_size != 4) return STORE_ECORRUPT;
+        uint32_t owner = rd32(v.mv_data);
+        return owner == relay ? STORE_OK : note_clash(t, owner, relay, k + 4, cl, household, now_ms);
+    }
+    if (rc != STORE_ENOTFOUND) return rc;
     be32(r4, relay);
     return store_put(t, DB_META, k, 4 + cl, r4, 4);
 }

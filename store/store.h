@@ -903,8 +903,11 @@ int store_relay_origin(store_txn *t, uint32_t chain_dev, uint32_t *relay, uint32
 int store_relay_pin(store_txn *t, uint32_t relay, const uint8_t pk[32], bool write);
 /* The district's street scope: the first relay to bring a household of a
  * community owns the community.  Called by the writer for each applied
- * relayed delta (household: the one it touched).  0 or an error. */
-int store_relay_note_place(store_txn *t, uint32_t relay, const char *household);
+ * relayed delta (household: the one it touched).  Another relay bringing a
+ * household of an owned community means ids shared by two streets (their
+ * records merge here): the first time per (community, relay) it is written
+ * to the audit log as relay.place_clash, at now_ms.  0 or an error. */
+int store_relay_note_place(store_txn *t, uint32_t relay, const char *household, uint64_t now_ms);
 /* cb(community, relay, arg) for every community a relay brought, in
  * community order.  cb's non-zero value stops and is returned. */
 typedef int (*store_relay_comm_cb)(const char *community, uint32_t relay, void *arg);

@@ -409,7 +409,7 @@ static int relay_commit(store_txn *t, const sync_config *cfg, sync_job *j, uint6
         memcpy(si.hash, it->hash, CRDT_HASH_BYTES);
         if ((rc = store_append(t, &si, now_ms, cfg->max_ahead_ms, &it->out))) return rc;
         if (it->out.result == STORE_APPLIED &&
-            (rc = store_relay_note_place(t, j->dev, it->out.household)))
+            (rc = store_relay_note_place(t, j->dev, it->out.household, now_ms)))
             return rc;
     }
     if ((rc = relay_admin_commit(t, j, now_ms))) return rc;

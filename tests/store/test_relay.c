@@ -153,7 +153,7 @@ static int append_one(store_txn *t, void *arg)
     }
     int rc = store_append(t, &it, NOW, DAY, &r->out);
     if (!rc && r->relayed && r->out.result == STORE_APPLIED)
-        rc = store_relay_note_place(t, r->relay, r->out.household);
+        rc = store_relay_note_place(t, r->relay, r->out.household, NOW);
     return rc;
 }
 
@@ -250,6 +250,65 @@ static void test_out_of_order(void **state)
     su_dir_remove(&d);
 }
 
+static int clash_cb(const store_audit *e, void *arg)
+{
+    int *n = arg;
+    if (!strcmp(e->action, "relay.place_clash")) {
+        assert_non_null(strstr(e->detail, "community AC01 belongs to relay 1"));
+        assert_non_null(strstr(e->detail, "relay 2"));
+        assert_non_null(strstr(e->detail, "AH1"));
+        (*n)++;
+    }
+    return 0;
+}
+
+/* Two streets with the same household id: their records merge at the
+ * district (nothing can tell them apart there), and the administrator is
+ * told once per (community, street) in the audit log. */
+static void test_place_clash(void **state)
+{
+    (void)state;
+    su_dir d;
+    su_dir_make(&d, "relay-clash");
+    store *s = su_store_new(&d, NULL);
+    su_dev a, b;
+    su_dev_init(&a, 7);
+    su_dev_init(&b, 5);
+    crdt_buf ea = {0}, eb[2] = {{0}};
+    su_ops o = {0};
+    su_set_str(&o, "community", "AC01");
+    su_set_str(&o, "grid", "AC01-G01");
+    su_make(&a, "household", "AH1", &o, NOW, &ea, NULL);
+    for (int i = 0; i < 2; i++) {
+        su_ops_reset(&o);
+        su_set_str(&o, "address", i ? "别的街道2号" : "别的街道1号");
+        su_make(&b, "household", "AH1", &o, NOW + 1 + (uint64_t)i, &eb[i], NULL);
+    }
+    su_ops_free(&o);
+    assert_int_equal(push_relayed(s, &ea, 1, true).result, STORE_APPLIED);
+    int n = 0;
+    store_txn *t = NULL;
+    uint64_t next;
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_audit_read(t, 0, 100, clash_cb, &n, &next), 0);
+    store_abort(t);
+    assert_int_equal(n, 0); /* one street: no clash */
+    assert_int_equal(push_relayed(s, &eb[0], 2, true).result, STORE_APPLIED);
+    assert_int_equal(push_relayed(s, &eb[1], 2, true).result, STORE_APPLIED);
+    char comms[256] = "";
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_audit_read(t, 0, 100, clash_cb, &n, &next), 0);
+    assert_int_equal(store_relay_communities(t, comm_cb, comms), 0);
+    store_abort(t);
+    assert_int_equal(n, 1);                 /* told once, not per delta */
+    assert_string_equal(comms, "AC01=1;"); /* the first street keeps it */
+    assert_int_equal(verify_problems(s), 0);
+    crdt_buf_free(&ea);
+    for (int i = 0; i < 2; i++) crdt_buf_free(&eb[i]);
+    store_close(s);
+    su_dir_remove(&d);
+}
+
 typedef struct qput { const crdt_buf *env; uint64_t qid; store_qreview rv; int rc; } qput;
 
 static int put_unverified(store_txn *t, void *arg)
@@ -311,6 +370,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_map_and_pin),
         cmocka_unit_test(test_out_of_order),
+        cmocka_unit_test(test_place_clash),
         cmocka_unit_test(test_unverified),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
