@@ -221,6 +221,36 @@ int store_log_read(store_txn *t, uint64_t after, size_t max, size_t max_bytes, s
 
 /* ---- which street a community belongs to (the district's street scope) ----------------- */
 
+/* The key "rcom" community of the relay owning household's community, in
+ * k[RCOM_KEY_MAX]: STORE_ENOTFOUND when the household is not placed (no
+ * community yet), STORE_ECORRUPT for a bad place entry. */
+#define RCOM_KEY_MAX (4 + 128)
+static int rcom_key(store_txn *t, const char *household, uint8_t k[RCOM_KEY_MAX], size_t *kn)
+{
+    MDB_val v;
+    if (!household || !*household) return STORE_ENOTFOUND;
+    int rc = store_get(t, DB_PLACE, household, strlen(household), &v);
+    if (rc) return rc;
+    const uint8_t *z = memchr(v.mv_data, 0, v.mv_size);
+    size_t cl = z ? (size_t)(z - (const uint8_t *)v.mv_data) : 0;
+    if (!cl || cl > RCOM_KEY_MAX - 4) return STORE_ECORRUPT;
+    memcpy(k, "rcom", 4);
+    memcpy(k + 4, v.mv_data, cl);
+    *kn = 4 + cl;
+    return STORE_OK;
+}
+
+/* A relay's name for the audit log: its enrolled label ("" if it has none). */
+static int relay_label(store_txn *t, uint32_t relay, store_device *d)
+{
+    int rc = store_device_get(t, relay, d);
+    if (rc == STORE_ENOTFOUND) {
+        d->volunteer[0] = 0;
+        return STORE_OK;
+    }
+    return rc;
+}
+
 /* A second street brought a household of a community the first one owns:
  * ids that are not unique across the district's streets (two streets'
  * H00001, or the same community code), whose records merge at the
@@ -230,7 +260,7 @@ int store_log_read(store_txn *t, uint64_t after, size_t max, size_t max_bytes, s
 static int note_clash(store_txn *t, uint32_t owner, uint32_t relay, const uint8_t *comm,
                       size_t cl, const char *household, uint64_t now_ms)
 {
-    uint8_t k[4 + 128 + 1 + 4], one = 1;
+    uint8_t k[RCOM_KEY_MAX + 1 + 4], one = 1;
     MDB_val v;
     memcpy(k, "rclh", 4);
     memcpy(k + 4, comm, cl);
@@ -240,8 +270,7 @@ static int note_clash(store_txn *t, uint32_t owner, uint32_t relay, const uint8_
     if (rc != STORE_ENOTFOUND) return rc; /* told already, or an error */
     store_device od, nd;
     char detail[400];
-    if (store_device_get(t, owner, &od)) od.volunteer[0] = 0;
-    if (store_device_get(t, relay, &nd)) nd.volunteer[0] = 0;
+    if ((rc = relay_label(t, owner, &od)) || (rc = relay_label(t, relay, &nd))) return rc;
     snprintf(detail, sizeof detail,
              "community %.*s belongs to relay %" PRIu32 " (%s); relay %" PRIu32 " (%s) sent "
              "household %.64s in it: ids shared by two streets merge here",
@@ -254,25 +283,20 @@ static int note_clash(store_txn *t, uint32_t owner, uint32_t relay, const uint8_
 int store_relay_note_place(store_txn *t, uint32_t relay, const char *household, uint64_t now_ms)
 {
     MDB_val v;
-    uint8_t k[4 + 128], r4[4];
-    if (!household || !*household) return STORE_OK;
-    int rc = store_get(t, DB_PLACE, household, strlen(household), &v);
+    uint8_t k[RCOM_KEY_MAX], r4[4];
+    size_t kn;
+    int rc = rcom_key(t, household, k, &kn);
     if (rc == STORE_ENOTFOUND) return STORE_OK; /* not placed yet: a later delta will */
     if (rc) return rc;
-    const uint8_t *z = memchr(v.mv_data, 0, v.mv_size);
-    size_t cl = z ? (size_t)(z - (const uint8_t *)v.mv_data) : 0;
-    if (!cl || cl > sizeof k - 4) return STORE_ECORRUPT;
-    memcpy(k, "rcom", 4);
-    memcpy(k + 4, v.mv_data, cl);
-    rc = store_get(t, DB_META, k, 4 + cl, &v);
+    rc = store_get(t, DB_META, k, kn, &v);
     if (rc == STORE_OK) {
         if (v.mv_size != 4) return STORE_ECORRUPT;
         uint32_t owner = rd32(v.mv_data);
-        return owner == relay ? STORE_OK : note_clash(t, owner, relay, k + 4, cl, household, now_ms);
+        return owner == relay ? STORE_OK : note_clash(t, owner, relay, k + 4, kn - 4, household, now_ms);
     }
     if (rc != STORE_ENOTFOUND) return rc;
     be32(r4, relay);
-    return store_put(t, DB_META, k, 4 + cl, r4, 4);
+    return store_put(t, DB_META, k, kn, r4, 4);
 }
 
 int store_relay_communities(store_txn *t, store_relay_comm_cb cb, void *arg)
@@ -336,18 +360,11 @@ int store_upstream_admin_cursor_set(store_txn *t, uint64_t aseq)
 int store_relay_of_household(store_txn *t, const char *household, uint32_t *relay)
 {
     MDB_val v;
-    uint8_t k[4 + 128];
+    uint8_t k[RCOM_KEY_MAX];
+    size_t kn;
     *relay = 0;
-    if (!household || !*household) return STORE_OK;
-    int rc = store_get(t, DB_PLACE, household, strlen(household), &v);
-    if (rc == STORE_ENOTFOUND) return STORE_OK;
-    if (rc) return rc;
-    const uint8_t *z = memchr(v.mv_data, 0, v.mv_size);
-    size_t cl = z ? (size_t)(z - (const uint8_t *)v.mv_data) : 0;
-    if (!cl || cl > sizeof k - 4) return STORE_ECORRUPT;
-    memcpy(k, "rcom", 4);
-    memcpy(k + 4, v.mv_data, cl);
-    rc = store_get(t, DB_META, k, 4 + cl, &v);
+    int rc = rcom_key(t, household, k, &kn);
+    if (!rc) rc = store_get(t, DB_META, k, kn, &v);
     if (rc == STORE_ENOTFOUND) return STORE_OK;
     if (rc) return rc;
     if (v.mv_size != 4) return STORE_ECORRUPT;

@@ -1328,17 +1328,17 @@ static int route_weekly(rq *q)
          * snapshots are taken every 10 minutes, and a report must not lag
          * behind the table above it (a district fed since its last one). */
         int64_t today = (int64_t)(q->now / 86400000ull); /* the snapshots' day (UTC) */
-        store_agg now;
-        if (today >= from && today <= monday + 6 &&
-            (rc = store_agg_get(t, NULL, NULL, q->now, &now)) == 0 && now.persons > 0) {
+        if (today >= from && today <= monday + 6) {
+            store_agg now;
+            if ((rc = store_agg_get(t, NULL, NULL, q->now, &now))) {
+                json_decref(hist);
+                goto fail;
+            }
             size_t n = json_array_size(hist);
-            json_t *x = hist_entry((uint32_t)today, now.persons, now.enrolled, now.paid);
-            if (n && hc.last_day == (uint32_t)today) json_array_set_new(hist, n - 1, x);
-            else json_array_append_new(hist, x);
-        }
-        if (rc) {
-            json_decref(hist);
-            goto fail;
+            json_t *x = now.persons > 0 ? hist_entry((uint32_t)today, now.persons, now.enrolled,
+                                                     now.paid) : NULL;
+            if (x && n && hc.last_day == (uint32_t)today) json_array_set_new(hist, n - 1, x);
+            else if (x) json_array_append_new(hist, x);
         }
         json_object_set_new(o, "coverage_history", hist);
     }

@@ -141,9 +141,11 @@
   /* A district server (streets relay to it) calls itself 区医保中心, not a
    * street station: learnt from the overview, kept for this tab's reloads. */
   function setDistrict(on) {
+    const brand = document.querySelector('.brand'), key = on ? 'app.title_district' : 'app.title';
+    if (brand.dataset.i18n === key) return;
+    brand.dataset.i18n = key;
     try { if (on) sessionStorage.setItem('doorstep-district', '1'); else sessionStorage.removeItem('doorstep-district'); }
-    catch (e) { /* storage off: the overview sets it again */ }
-    document.querySelector('.brand').dataset.i18n = on ? 'app.title_district' : 'app.title';
+    catch (e) { /* storage off: the next overview or report sets it again */ }
     applyStatic();
   }
   function showWho() {
@@ -849,6 +851,7 @@
   function viewReport(view, week) {
     return mount(view, async () => {
       const r = await api('GET', '/api/report/weekly' + (week ? '?week=' + encodeURIComponent(week) : ''));
+      setDistrict((r.streets || []).length > 0);
       const weekInput = h('input', {type: 'date', value: r.week_start, 'aria-label': t('rep.week'), onchange: () => {
         location.hash = '#/report?week=' + encodeURIComponent(weekInput.value);
       }});
@@ -889,9 +892,7 @@
 
   /* ---- start ------------------------------------------------------------------------------- */
   document.addEventListener('DOMContentLoaded', async () => {
-    let wasDistrict = false;
-    try { wasDistrict = sessionStorage.getItem('doorstep-district') === '1'; } catch (e) { /* storage off */ }
-    if (wasDistrict) document.querySelector('.brand').dataset.i18n = 'app.title_district';
+    try { if (sessionStorage.getItem('doorstep-district') === '1') setDistrict(true); } catch (e) { /* storage off */ }
     applyStatic();
     $('login-form').addEventListener('submit', doLogin);
     $('logout').addEventListener('click', doLogout);
