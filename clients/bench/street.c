@@ -770,9 +770,29 @@ static int disk_usage(const char *data, bench_street *out)
         name[k.mv_size] = 0;
         if (mdb_dbi_open(txn, name, 0, &dbi) || mdb_stat(txn, dbi, &st)) continue;
         uint64_t pages = st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages;
+        /* What the entries themselves hold, to tell the bytes of the values
+         * from the room LMDB leaves in half-split pages. */
+        uint64_t kb = 0, vb = 0;
+        MDB_cursor *dc = NULL;
+        MDB_val dk, dv;
+        if ((rc = mdb_cursor_open(txn, dbi, &dc))) goto fail;
+        for (rc = mdb_cursor_get(dc, &dk, &dv, MDB_FIRST); rc == 0;
+             rc = mdb_cursor_get(dc, &dk, &dv, MDB_NEXT)) {
+            kb += dk.mv_size;
+            vb += dv.mv_size;
+        }
+        mdb_cursor_close(dc);
+        if (rc != MDB_NOTFOUND) goto fail;
+        /* Leaf fill: entry bytes with LMDB's 8-byte node header and 2-byte
+         * slot, over the leaf pages' room (page size less the 16-byte header). */
+        double room = (double)st.ms_leaf_pages * (double)(out->page_size - 16);
+        double fill = room > 0 ? (double)(kb + vb + 10 * st.ms_entries) / room : 0;
         json_object_set_new(out->disk_dbs, name,
-                            json_pack("{sI sI}", "bytes", (json_int_t)(pages * out->page_size),
-                                      "entries", (json_int_t)st.ms_entries));
+                            json_pack("{sI sI sI sI sf}", "bytes",
+                                      (json_int_t)(pages * out->page_size), "entries",
+                                      (json_int_t)st.ms_entries, "key_bytes", (json_int_t)kb,
+                                      "value_bytes", (json_int_t)vb, "leaf_fill",
+                                      fill > 1 ? 1.0 : fill));
     }
     if (rc != MDB_NOTFOUND) goto fail;
     mdb_cursor_close(c);
