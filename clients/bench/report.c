@@ -497,10 +497,14 @@ int bench_print_markdown(const json_t *r, const char *source_name)
     json_object_foreach((json_t *)json_object_get(disk, "dbs"), k, x) {
         double b = num(x, "bytes"), ap = num(in, "applied"), n = num(x, "entries");
         if (n <= 0) continue;
-        if (json_object_get(x, "value_bytes"))
+        const json_t *fill = json_object_get(x, "leaf_fill");
+        if (json_object_get(x, "value_bytes") && json_is_number(fill))
             printf("| %s | %.0f | %.0f | %.1f | %.0f + %.0f B | %.0f %% |\n", k, b, n,
                    ap > 0 ? b / ap : 0, num(x, "key_bytes") / n, num(x, "value_bytes") / n,
-                   100 * num(x, "leaf_fill"));
+                   100 * json_number_value(fill));
+        else if (json_object_get(x, "value_bytes")) /* values on overflow pages */
+            printf("| %s | %.0f | %.0f | %.1f | %.0f + %.0f B | (overflow pages) |\n", k, b, n,
+                   ap > 0 ? b / ap : 0, num(x, "key_bytes") / n, num(x, "value_bytes") / n);
         else /* results saved before these columns existed */
             printf("| %s | %.0f | %.0f | %.1f | | |\n", k, b, n, ap > 0 ? b / ap : 0);
     }

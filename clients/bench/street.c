@@ -784,15 +784,18 @@ static int disk_usage(const char *data, bench_street *out)
         mdb_cursor_close(dc);
         if (rc != MDB_NOTFOUND) goto fail;
         /* Leaf fill: entry bytes with LMDB's 8-byte node header and 2-byte
-         * slot, over the leaf pages' room (page size less the 16-byte header). */
+         * slot, over the leaf pages' room (page size less the 16-byte header).
+         * Not defined (null) where values live on overflow pages: the leaf
+         * holds only their page number then. */
         double room = (double)st.ms_leaf_pages * (double)(out->page_size - 16);
-        double fill = room > 0 ? (double)(kb + vb + 10 * st.ms_entries) / room : 0;
+        json_t *fill = st.ms_overflow_pages || room <= 0
+                           ? json_null()
+                           : json_real((double)(kb + vb + 10 * st.ms_entries) / room);
         json_object_set_new(out->disk_dbs, name,
-                            json_pack("{sI sI sI sI sf}", "bytes",
+                            json_pack("{sI sI sI sI so}", "bytes",
                                       (json_int_t)(pages * out->page_size), "entries",
                                       (json_int_t)st.ms_entries, "key_bytes", (json_int_t)kb,
-                                      "value_bytes", (json_int_t)vb, "leaf_fill",
-                                      fill > 1 ? 1.0 : fill));
+                                      "value_bytes", (json_int_t)vb, "leaf_fill", fill));
     }
     if (rc != MDB_NOTFOUND) goto fail;
     mdb_cursor_close(c);
