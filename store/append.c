@@ -279,37 +279,6 @@ int store_hlc_hwm(store_txn *t, crdt_hlc *out)
     return STORE_OK;
 }
 
-int store_last_sseq(store_txn *t, uint64_t *sseq)
-{
-    MDB_cursor *c;
-    MDB_val k, v;
-    *sseq = 0;
-    if (t->have_last_sseq) {
-        *sseq = t->last_sseq;
-        return STORE_OK;
-    }
-    int rc = mdb_cursor_open(t->txn, t->s->dbi[DB_DELTAS], &c);
-    if (rc) return store_lmdb_err(rc);
-    rc = mdb_cursor_get(c, &k, &v, MDB_LAST);
-    mdb_cursor_close(c);
-    if (rc == MDB_NOTFOUND) return STORE_OK;
-    if (rc) return store_lmdb_err(rc);
-    if (k.mv_size != 8) return STORE_ECORRUPT;
-    *sseq = rd64(k.mv_data);
-    if (t->rw) { /* only this transaction can move it */
-        t->last_sseq = *sseq;
-        t->have_last_sseq = true;
-    }
-    return STORE_OK;
-}
-
-int store_get_envelope(store_txn *t, uint64_t sseq, crdt_buf *out)
-{
-    uint8_t k[8];
-    be64(k, sseq);
-    return store_get_packed(t, DB_DELTAS, k, 8, out);
-}
-
 /* ---- records ------------------------------------------------------------- */
 
 static size_t record_key(uint8_t *out, const char *kind, size_t kl, const char *id, size_t il)
@@ -806,10 +775,8 @@ int store_merge_reviewed(store_txn *t, const store_item *it, store_outcome *out)
     if ((rc = store_last_sseq(t, &sseq))) return rc;
     sseq++;
     be64(sk, sseq);
-    /* sseq = last + 1: the log is written in key order (full pages). */
-    rc = it->packed ? store_put_prepacked(t, DB_DELTAS, sk, 8, it->packed, it->packed_len, true)
-                    : store_put_packed(t, DB_DELTAS, sk, 8, it->env, it->env_len, true);
-    if (rc) return rc;
+    /* sseq = last + 1: queued for the log's next block (log.c). */
+    if ((rc = store_log_append(t, sseq, it->env, it->env_len))) return rc;
     t->last_sseq = sseq;
     t->have_last_sseq = true;
     rc = load_or_new(t, d->kind, d->kind_len, d->id, d->id_len, &rec);
@@ -874,11 +841,6 @@ static int batch_once(store *s, const uint8_t *const *envs, const size_t *lens, 
         it.env_len = lens[i];
         it.delta = &d;
         wire_delta_hash(db, dl, it.hash);
-        /* As the server's verify workers do (sync_job_verify), so that
-         * store_append costs here what it costs on the server's writer. */
-        rc = store_pack_envelope(s, envs[i], lens[i], a, &it.packed, &it.packed_len);
-        if (rc == CRDT_ENOMEM) goto fail;
-        if (rc) it.packed = NULL, it.packed_len = 0; /* store_append reports it */
         if ((rc = store_append(t, &it, now_ms, max_ahead_ms, &outs[i]))) goto fail;
     }
     rc = store_commit(t);

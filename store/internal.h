@@ -6,7 +6,8 @@
  *   meta      "format" "schema" "server_pk" "server_sk"(sealed) "canary"(sealed)
  *             "campaign_year" "hlc_hwm" "zdict1"(sealed: the compression dictionary)
  *             "lookup_hlen" (1 byte, 8; absent: 16)
- *   deltas    sseq(8)                      -> sealed packed envelope
+ *   deltas    last sseq(8)                 -> sealed packed envelope, or a sealed
+ *                                             block of consecutive ones (log.c)
  *   dots      dev(4) seq(8)                -> sseq(8)          applied: the hash is
  *                                                               that of deltas[sseq]
  *                                             sseq(8)=0 hash(32)  held back (quarantined
@@ -67,8 +68,9 @@ extern const char *const store_db_names[DB_COUNT];
 
 /* Format 2: packed (compressed) deltas and records, short dots, the
  * dictionary in meta.  store_open upgrades a format 1 store (pack.c), so
- * that older binaries refuse it cleanly. */
-#define STORE_FORMAT 2
+ * that older binaries refuse it cleanly.  Format 3: the delta log holds
+ * blocks (log.c); the first block written makes a format 2 store format 3. */
+#define STORE_FORMAT 3
 #define STORE_FORMAT_MIN 1
 #define STORE_LOOKUP_HASH_MAX 16
 #define SEAL_OVERHEAD (crypto_aead_xchacha20poly1305_ietf_NPUBBYTES + \
@@ -105,9 +107,7 @@ struct store {
     /* Compression (pack.c): the dictionary (meta "zdict1", loaded at open
      * and read-only after), zstd's objects for it, and a pool of
      * decompression contexts under zlock.  zcc is used only inside a write
-     * txn (one at a time per process); zcctx is a pool of compression
-     * contexts (same dictionary and parameters) for store_pack_envelope on
-     * any thread, also under zlock. */
+     * txn (one at a time per process). */
     pthread_mutex_t zlock;
     uint8_t *zdict;
     size_t zdict_n;
@@ -116,9 +116,15 @@ struct store {
     struct ZSTD_CCtx_s *zcc;
     struct ZSTD_DCtx_s *zdctx[8];
     int n_zdctx;
-    struct ZSTD_CCtx_s *zcctx[8];
-    int n_zcctx;
+    /* The log (log.c), used inside write txns only: the compressed/raw
+     * ratio of the last block made (to size the next), and the biggest
+     * sealed value LMDB keeps on a leaf page with an 8-byte key. */
+    double log_ratio;
+    size_t log_vmax;
+    uint32_t format;            /* meta "format" as this process last saw it */
 };
+
+#define LOG_BLOCK_MAX 64        /* envelopes per block of the log, at most */
 
 struct store_txn {
     store *s;
@@ -137,6 +143,18 @@ struct store_txn {
      * decoding a record again when the writer's scope check, the merge and
      * the next delta of the batch read the same one. */
     crdt_record *rcache;
+    /* The log (log.c).  Write txns: envelopes appended and not yet written
+     * as a block, seqs pend_first .. pend_first + pend_n - 1, the i-th at
+     * pend.p + pend_off[i] (pend_off[pend_n]: their bytes); blkw, where a
+     * block is built.  Every txn: the log entry last read, decoded: seqs
+     * blk_first .. blk_last, the i-th envelope at blk.p + blk_off[i]
+     * (blk_n == 0: none). */
+    crdt_buf pend, blkw, blk;
+    uint32_t pend_off[LOG_BLOCK_MAX + 1], pend_n;
+    uint64_t pend_first;
+    uint32_t blk_off[LOG_BLOCK_MAX + 1], blk_n;
+    uint64_t blk_first, blk_last;
+    bool made_format3;          /* this txn wrote meta "format" 3 */
 };
 
 /* LMDB code -> STORE_E*. */
@@ -173,10 +191,23 @@ int store_put_packed(store_txn *t, int db, const void *k, size_t kn, const void 
                      bool append);
 int store_get_packed(store_txn *t, int db, const void *k, size_t kn, crdt_buf *out);
 int store_unpack(store_txn *t, crdt_buf *plain);
-/* Seal and put a value store_pack_envelope already packed (p: a zstd frame
- * with the tag, or msgpack as it is); STORE_EINVAL for anything else. */
-int store_put_prepacked(store_txn *t, int db, const void *k, size_t kn, const uint8_t *p,
-                        size_t pn, bool append);
+/* A zstd frame of v with the store's dictionary, its magic number replaced
+ * by tag: *out (in t->zbuf, valid until the txn packs again); write txns of
+ * a store with a dictionary only (STORE_EINVAL).  store_unzframe replaces
+ * *plain (tag, frame) with what the frame holds (STORE_ECORRUPT if it does
+ * not decompress with the dictionary). */
+int store_zframe(store_txn *t, const uint8_t *v, size_t n, uint8_t tag, const uint8_t **out,
+                 size_t *on);
+int store_unzframe(store_txn *t, crdt_buf *plain);
+/* The log (log.c).  store_log_append queues the envelope for server seq
+ * sseq (the one after the last, which the caller derived) in the write txn;
+ * store_log_flush writes what is queued as blocks (store_commit calls it);
+ * store_log_has: STORE_OK if the log holds sseq, else STORE_ENOTFOUND;
+ * store_log_count counts the envelopes in the log. */
+int store_log_append(store_txn *t, uint64_t sseq, const uint8_t *env, size_t n);
+int store_log_flush(store_txn *t);
+int store_log_has(store_txn *t, uint64_t sseq);
+int store_log_count(store_txn *t, uint64_t *count);
 /* The dictionary built from a schema (deterministic); store_zdict_put puts
  * it in meta "zdict1" (store_init); store_zdict_load loads it from meta into
  * the store (STORE_ENOTFOUND if absent); store_zdict_upgrade makes a format 1

@@ -299,7 +299,7 @@ int store_zdict_put(store_txn *t)
     return rc;
 }
 
-/* Only for a format 1 store (it has no dictionary yet). */
+/* Only for a format 1 store (it has no dictionary yet): it becomes format 2. */
 int store_zdict_upgrade(store *s)
 {
     store_txn *t = NULL;
@@ -311,7 +311,7 @@ int store_zdict_upgrade(store *s)
         /* Another process may have upgraded it since our read. */
         rc = store_get(t, DB_META, "zdict1", 6, &v);
         if (rc == STORE_ENOTFOUND) {
-            be32(fmt, STORE_FORMAT);
+            be32(fmt, 2); /* what it holds now; its first log block makes it 3 (log.c) */
             if (!(rc = store_zdict_put(t))) rc = store_put(t, DB_META, "format", 6, fmt, 4);
         }
         if (rc) {
@@ -334,8 +334,6 @@ void store_zdict_free(store *s)
 {
     for (int i = 0; i < s->n_zdctx; i++) ZSTD_freeDCtx(s->zdctx[i]);
     s->n_zdctx = 0;
-    for (int i = 0; i < s->n_zcctx; i++) ZSTD_freeCCtx(s->zcctx[i]);
-    s->n_zcctx = 0;
     ZSTD_freeCCtx(s->zcc);
     ZSTD_freeCDict(s->zcd);
     ZSTD_freeDDict(s->zdd);
@@ -382,76 +380,6 @@ static int pack(store_txn *t, const uint8_t *v, size_t n, const uint8_t **out, s
     return zpack(t->s->zcc, z->p, cap, v, n, out, on);
 }
 
-/* A compression context from the pool, bound to the dictionary with the
- * same parameters as zcc (so both make the same bytes). */
-static int cctx_take(store *s, ZSTD_CCtx **out)
-{
-    ZSTD_CCtx *c = NULL;
-    *out = NULL;
-    pthread_mutex_lock(&s->zlock);
-    if (s->n_zcctx) c = s->zcctx[--s->n_zcctx];
-    pthread_mutex_unlock(&s->zlock);
-    if (!c) {
-        if (!(c = ZSTD_createCCtx())) return CRDT_ENOMEM;
-        if (ZSTD_isError(ZSTD_CCtx_refCDict(c, s->zcd)) ||
-            ZSTD_isError(ZSTD_CCtx_setParameter(c, ZSTD_c_dictIDFlag, 0))) {
-            ZSTD_freeCCtx(c);
-            return CRDT_ENOMEM;
-        }
-    }
-    *out = c;
-    return STORE_OK;
-}
-
-static void cctx_give(store *s, ZSTD_CCtx *c)
-{
-    pthread_mutex_lock(&s->zlock);
-    if (s->n_zcctx < (int)(sizeof s->zcctx / sizeof s->zcctx[0])) {
-        s->zcctx[s->n_zcctx++] = c;
-        c = NULL;
-    }
-    pthread_mutex_unlock(&s->zlock);
-    ZSTD_freeCCtx(c);
-}
-
-int store_pack_envelope(store *s, const uint8_t *env, size_t n, crdt_arena *a,
-                        const uint8_t **out, size_t *out_len)
-{
-    ZSTD_CCtx *cc = NULL;
-    *out = NULL;
-    *out_len = 0;
-    if (!n || env[0] < 0x80) return STORE_EINVAL;
-    if (n < PACK_MIN || !s->zcd) { /* as pack() would store it */
-        *out = env;
-        *out_len = n;
-        return STORE_OK;
-    }
-    size_t cap = ZSTD_compressBound(n);
-    uint8_t *dst = crdt_arena_alloc(a, cap);
-    if (!dst) return CRDT_ENOMEM;
-    int rc = cctx_take(s, &cc);
-    if (rc) return rc;
-    rc = zpack(cc, dst, cap, env, n, out, out_len);
-    cctx_give(s, cc);
-    if (rc) {
-        *out = NULL;
-        *out_len = 0;
-    }
-    return rc;
-}
-
-int store_put_prepacked(store_txn *t, int db, const void *k, size_t kn, const uint8_t *p,
-                        size_t pn, bool append)
-{
-    if (!t->rw) return STORE_EREADONLY;
-    /* What store_unpack reads back: msgpack as it is, or a tagged frame
-     * (only if this store has the dictionary to read it with). */
-    if (!pn || !(p[0] >= 0x80 || (p[0] == PACK_TAG_ZDICT1 && pn >= 2 && t->s->zdd)))
-        return STORE_EINVAL;
-    return append ? store_put_sealed_append(t, db, k, kn, p, pn)
-                  : store_put_sealed(t, db, k, kn, p, pn);
-}
-
 int store_put_packed(store_txn *t, int db, const void *k, size_t kn, const void *v, size_t vn,
                      bool append)
 {
@@ -491,13 +419,12 @@ static void dctx_give(store *s, ZSTD_DCtx *d)
     ZSTD_freeDCtx(d);
 }
 
-int store_unpack(store_txn *t, crdt_buf *plain)
+int store_unzframe(store_txn *t, crdt_buf *plain)
 {
     ZSTD_DCtx *dc = NULL;
     crdt_buf *z = &t->zbuf;
     int rc;
-    if (plain->n && plain->p[0] >= 0x80) return STORE_OK; /* msgpack as it is */
-    if (plain->n < 2 || plain->p[0] != PACK_TAG_ZDICT1) return STORE_ECORRUPT;
+    if (plain->n < 2) return STORE_ECORRUPT;
     /* The frame again, with its magic number, in zbuf. */
     crdt_buf_reset(z);
     if ((rc = crdt_buf_append(z, zstd_magic, sizeof zstd_magic)) ||
@@ -527,6 +454,36 @@ int store_unpack(store_txn *t, crdt_buf *plain)
 out:
     dctx_give(t->s, dc);
     return rc;
+}
+
+int store_unpack(store_txn *t, crdt_buf *plain)
+{
+    if (plain->n && plain->p[0] >= 0x80) return STORE_OK; /* msgpack as it is */
+    if (plain->n < 2 || plain->p[0] != PACK_TAG_ZDICT1) return STORE_ECORRUPT;
+    return store_unzframe(t, plain);
+}
+
+int store_zframe(store_txn *t, const uint8_t *v, size_t n, uint8_t tag, const uint8_t **out,
+                 size_t *on)
+{
+    *out = NULL;
+    *on = 0;
+    if (!t->rw || !t->s->zcc) return STORE_EINVAL;
+    size_t cap = ZSTD_compressBound(n);
+    crdt_buf *z = &t->zbuf;
+    if (z->cap < cap) {
+        uint8_t *p = realloc(z->p, cap);
+        if (!p) return CRDT_ENOMEM;
+        z->p = p;
+        z->cap = cap;
+    }
+    size_t c = ZSTD_compress2(t->s->zcc, z->p, cap, v, n);
+    if (ZSTD_isError(c)) return CRDT_ENOMEM; /* zstd's only failure here: memory */
+    if (c < sizeof zstd_magic || memcmp(z->p, zstd_magic, sizeof zstd_magic)) return STORE_EINVAL;
+    z->p[3] = tag; /* the tag replaces the magic number */
+    *out = z->p + 3;
+    *on = c - 3;
+    return STORE_OK;
 }
 
 int store_get_packed(store_txn *t, int db, const void *k, size_t kn, crdt_buf *out)

@@ -177,48 +177,6 @@ int store_upstream_cursor_set(store_txn *t, uint64_t sseq)
     return meta_u64_raise(t, "upstream_cursor", 15, sseq);
 }
 
-int store_log_read(store_txn *t, uint64_t after, size_t max, size_t max_bytes, store_feed_cb cb,
-                   void *arg)
-{
-    MDB_cursor *c;
-    MDB_val k, v;
-    uint8_t sk[8];
-    size_t n = 0, bytes = 0;
-    crdt_buf env = {0};
-    if (after == UINT64_MAX) return STORE_OK;
-    be64(sk, after + 1);
-    int rc = mdb_cursor_open(t->txn, t->s->dbi[DB_DELTAS], &c);
-    if (rc) return store_lmdb_err(rc);
-    k.mv_data = sk;
-    k.mv_size = 8;
-    int op = MDB_SET_RANGE;
-    while (n < max) {
-        rc = mdb_cursor_get(c, &k, &v, op);
-        op = MDB_NEXT;
-        if (rc == MDB_NOTFOUND) {
-            rc = STORE_OK;
-            break;
-        }
-        if (rc) {
-            rc = store_lmdb_err(rc);
-            break;
-        }
-        if (k.mv_size != 8) {
-            rc = STORE_ECORRUPT;
-            break;
-        }
-        uint64_t sseq = rd64(k.mv_data);
-        if ((rc = store_get_envelope(t, sseq, &env))) break;
-        if (n && bytes + env.n > max_bytes) break; /* the first always fits */
-        bytes += env.n;
-        n++;
-        if ((rc = cb(sseq, env.p, env.n, arg))) break;
-    }
-    crdt_buf_free(&env);
-    mdb_cursor_close(c);
-    return rc;
-}
-
 /* ---- which street a community belongs to (the district's street scope) ----------------- */
 
 /* The key "rcom" community of the relay owning household's community, in

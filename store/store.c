@@ -261,6 +261,7 @@ int store_put(store_txn *t, int db, const void *k, size_t kn, const void *v, siz
 {
     MDB_val key = {kn, (void *)k}, val = {vn, (void *)v};
     if (!t->rw) return STORE_EREADONLY;
+    if (db == DB_DELTAS) t->blk_n = 0; /* the log entry it caches may be this one */
     return store_lmdb_err(mdb_put(t->txn, t->s->dbi[db], &key, &val, 0));
 }
 
@@ -276,6 +277,7 @@ int store_put_append(store_txn *t, int db, const void *k, size_t kn, const void 
 {
     MDB_val key = {kn, (void *)k}, val = {vn, (void *)v};
     if (!t->rw) return STORE_EREADONLY;
+    if (db == DB_DELTAS) t->blk_n = 0;
     int rc = mdb_put(t->txn, t->s->dbi[db], &key, &val, MDB_APPEND);
     return rc == MDB_KEYEXIST ? STORE_ECORRUPT : store_lmdb_err(rc);
 }
@@ -289,6 +291,7 @@ int store_get(store_txn *t, int db, const void *k, size_t kn, MDB_val *v)
 int store_del(store_txn *t, int db, const void *k, size_t kn)
 {
     MDB_val key = {kn, (void *)k};
+    if (db == DB_DELTAS) t->blk_n = 0;
     int rc = mdb_del(t->txn, t->s->dbi[db], &key, NULL);
     return rc == MDB_NOTFOUND ? STORE_OK : store_lmdb_err(rc);
 }
@@ -358,6 +361,9 @@ static void txn_free(store_txn *t)
     crdt_buf_free(&t->scratch);
     crdt_buf_free(&t->scratch2);
     crdt_buf_free(&t->zbuf);
+    crdt_buf_free(&t->pend);
+    crdt_buf_free(&t->blkw);
+    crdt_buf_free(&t->blk);
     crdt_record_free(t->rcache);
     free(t);
 }
@@ -365,6 +371,14 @@ static void txn_free(store_txn *t)
 int store_commit(store_txn *t)
 {
     if (!t) return STORE_EINVAL;
+    if (t->rw && t->pend_n) {
+        int rc = store_log_flush(t);
+        if (rc) {
+            mdb_txn_abort(t->txn);
+            txn_free(t);
+            return rc;
+        }
+    }
     if (t->rw && t->hwm) {
         /* The HLC high-water mark, once per transaction (see store_append). */
         MDB_val key = {7, "hlc_hwm"}, v;
@@ -382,6 +396,7 @@ int store_commit(store_txn *t)
         }
     }
     int rc = mdb_txn_commit(t->txn);
+    if (rc == 0 && t->made_format3) t->s->format = 3;
     txn_free(t);
     return store_lmdb_err(rc);
 }
@@ -455,6 +470,12 @@ static int env_open(store *s, const char *dir, const store_opts *o, char *err, s
     if ((rc = mdb_env_set_mapsize(s->env, s->map_size))) goto fail;
     unsigned flags = MDB_NOTLS | (o && o->no_sync ? MDB_NOSYNC : 0);
     if ((rc = mdb_env_open(s->env, dir, flags, 0600))) goto fail;
+    /* The biggest value a leaf node holds inline with an 8-byte key: LMDB's
+     * me_nodemax, ((psize - 16) / 2 rounded down to even) - 2, less the
+     * node header (8) and the key (log.c sizes its blocks to it). */
+    MDB_stat est;
+    if ((rc = mdb_env_stat(s->env, &est))) goto fail;
+    s->log_vmax = ((((size_t)est.ms_psize - 16) / 2) & ~(size_t)1) - 2 - 8 - 8;
     /* The file may be larger than we asked for (grown by another process). */
     MDB_envinfo info;
     if (mdb_env_info(s->env, &info) == 0 && info.me_mapsize > s->map_size) {
@@ -722,6 +743,7 @@ int store_open(const char *dir, const char *key_file, const store_opts *opts, st
         goto fail;
     }
     format = rd32(v.mv_data);
+    s->format = format;
     if (format < STORE_FORMAT_MIN || format > STORE_FORMAT) {
         if (err && errlen)
             snprintf(err, errlen, "%s: store format %u; this version reads formats %u to %u (%s)",
@@ -781,7 +803,8 @@ int store_open(const char *dir, const char *key_file, const store_opts *opts, st
     store_abort(t);
     t = NULL;
     if (rc == STORE_ENOTFOUND && format == 1) {
-        if ((rc = store_zdict_upgrade(s)))
+        if ((rc = store_zdict_upgrade(s)) == STORE_OK) s->format = 2;
+        else
             set_err(err, errlen, "%s: cannot upgrade the store to this version's format: %s",
                     dir, store_strerror(rc));
     } else if (rc == STORE_ENOTFOUND) {

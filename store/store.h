@@ -198,14 +198,6 @@ typedef struct store_item {
                                * checks and advances the chain (like a clock
                                * ahead): the delta is authentic and in order,
                                * only its content is outside policy. */
-    const uint8_t *packed;    /* NULL: store_append compresses env itself.
-                               * Else the plaintext to store for env, as
-                               * store_pack_envelope made it from exactly
-                               * these env bytes (borrowed; compressed off
-                               * the writer, e.g. on a verify worker).  Only
-                               * the sealing, which binds the value to its
-                               * server seq, stays in the write txn. */
-    size_t packed_len;
     /* Relayed deltas (a street's envelopes at its district, relay.c): the
      * device id this store keeps the delta's chain, dots and device state
      * under (the delta's own `d` is another server's numbering; 0: the
@@ -215,21 +207,6 @@ typedef struct store_item {
     uint32_t chain_dev;
     bool relayed;
 } store_item;
-
-/*
- * store_pack_envelope — compress an envelope the way store_append stores it
- * in the delta log (zstd with the store's schema dictionary; see pack.c), so
- * that the caller can do it before the write transaction, on any thread and
- * without a transaction (a pool of compression contexts under a lock).
- * env: the envelope bytes (a msgpack map); a: where the compressed bytes go.
- * On success *out and *out_len are the plaintext to pass in store_item.packed:
- * either bytes in a (valid until the arena is reset or freed) or env itself
- * (small values, values that would not shrink: stored as they are).
- * Returns 0, STORE_EINVAL (env empty or not a map), CRDT_ENOMEM; on error
- * *out is NULL (and the item can still be appended without it).
- */
-int store_pack_envelope(store *s, const uint8_t *env, size_t n, crdt_arena *a,
-                        const uint8_t **out, size_t *out_len);
 
 /*
  * store_append — append one verified delta in the caller's write txn:

@@ -404,9 +404,13 @@ static int check_records(vctx *v)
         amap_free(&weeks);
         return store_lmdb_err(rc);
     }
-    if (named != db_entries(v, DB_DELTAS))
+    uint64_t logged = 0;
+    int lrc = store_log_count(v->t, &logged);
+    if (lrc)
+        problem(v, "the log cannot be read through: %s", store_strerror(lrc));
+    else if (named != logged)
         problem(v, "records name %llu deltas but the log holds %llu",
-                (unsigned long long)named, (unsigned long long)db_entries(v, DB_DELTAS));
+                (unsigned long long)named, (unsigned long long)logged);
     if (implied_members != db_entries(v, DB_MEMBERS))
         problem(v, "members index holds %llu entries, records imply %llu",
                 (unsigned long long)db_entries(v, DB_MEMBERS), (unsigned long long)implied_members);
@@ -460,14 +464,13 @@ static int check_records(vctx *v)
     if (mdb_cursor_open(v->t->txn, v->s->dbi[DB_FEED], &fc) == 0) {
         for (rc = mdb_cursor_get(fc, &k, &val, MDB_FIRST); rc == 0;
              rc = mdb_cursor_get(fc, &k, &val, MDB_NEXT)) {
-            MDB_val dv;
             uint8_t sk[8];
             if (k.mv_size < 9) {
                 problem(v, "feed: malformed key");
                 continue;
             }
             memcpy(sk, (uint8_t *)k.mv_data + k.mv_size - 8, 8);
-            if (store_get(v->t, DB_DELTAS, sk, 8, &dv))
+            if (store_log_has(v->t, rd64(sk)))
                 problem(v, "feed names delta %llu which does not exist",
                         (unsigned long long)rd64(sk));
         }

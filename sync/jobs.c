@@ -178,10 +178,6 @@ static int relay_verify(store *st, const sync_config *cfg, sync_job *j)
         if (rc) continue;
         it->unverified = false;
         wire_delta_hash(db, dl, it->hash);
-        if (store_pack_envelope(st, it->env, it->env_len, j->arena, &it->packed, &it->packed_len)) {
-            it->packed = NULL;
-            it->packed_len = 0;
-        }
     }
     store_abort(t);
     return SYNC_OK;
@@ -240,14 +236,6 @@ int sync_job_verify(store *st, const sync_config *cfg, sync_job *j)
         else if (key.state == STORE_KEY_RETIRED && it->delta.seq > key.sealed_seq)
             it->quarantine = STORE_Q_SEALED;
         wire_delta_hash(db, dl, it->hash);
-        /* Compress the envelope here, in parallel, rather than on the
-         * single writer.  Only an optimisation: if it fails (out of
-         * memory), the writer compresses it as before. */
-        if (!it->quarantine &&
-            store_pack_envelope(st, it->env, it->env_len, j->arena, &it->packed, &it->packed_len)) {
-            it->packed = NULL;
-            it->packed_len = 0;
-        }
     }
     store_abort(t);
     return SYNC_OK;
@@ -404,8 +392,7 @@ static int relay_commit(store_txn *t, const sync_config *cfg, sync_job *j, uint6
             }
             if (rc) return rc;
         }
-        store_item si = {it->env, it->env_len, &it->delta, {0}, 0, it->packed, it->packed_len,
-                         cdev, true};
+        store_item si = {it->env, it->env_len, &it->delta, {0}, 0, cdev, true};
         memcpy(si.hash, it->hash, CRDT_HASH_BYTES);
         if ((rc = store_append(t, &si, now_ms, cfg->max_ahead_ms, &it->out))) return rc;
         if (it->out.result == STORE_APPLIED &&
@@ -437,8 +424,8 @@ static int commit_once(store *st, const sync_config *cfg, sync_job *jobs, uint64
             sync_job_item *it = &j->items[i];
             memset(&it->out, 0, sizeof it->out);
             if (it->code) continue;
-            store_item si = {it->env, it->env_len, &it->delta, {0}, it->quarantine,
-                             it->packed, it->packed_len, 0, false};
+            store_item si = {it->env, it->env_len, &it->delta, {0}, it->quarantine, 0,
+                             false};
             memcpy(si.hash, it->hash, CRDT_HASH_BYTES);
             if (!it->quarantine) {
                 /* Out of scope: kept in quarantine (not dropped), and the

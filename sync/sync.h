@@ -129,11 +129,6 @@ typedef struct sync_job_item {
     crdt_delta delta;           /* decoded, borrowed from the job's arena */
     uint8_t hash[CRDT_HASH_BYTES];
     uint8_t quarantine;         /* STORE_Q_* if verification holds it back */
-    const uint8_t *packed;      /* the envelope compressed by the worker
-                                 * (store_pack_envelope: in the job's arena,
-                                 * or env itself), or NULL: the writer
-                                 * compresses it */
-    size_t packed_len;
     store_outcome out;          /* filled by sync_jobs_commit */
     /* Relay jobs only: the signer's key as the worker verified it (from a
      * key record of the frame, or the street server key for device 0),

@@ -569,8 +569,7 @@ done:
  * The verify worker's cost per delta (sync/jobs.c, sync_job_verify), on one
  * thread, over WORKER_SAMPLE envelopes taken round robin from the devices
  * in pushes of PUSH (the job's arena is reset per push, as per job):
- *   non-crypto: envelope and delta decode, schema check, chain hash,
- *               compression for the writer (store_pack_envelope);
+ *   non-crypto: envelope and delta decode, schema check, chain hash;
  *   crypto:     the Ed25519 check of the delta signature (wire_delta_verify).
  * Per-job costs (one read transaction, the scope and the key lookups) are
  * left out: they are paid once per push of up to 500.  Best of 3 passes.
@@ -597,14 +596,14 @@ static int worker_cost(store *s, device *dev, bench_street *out)
             }
         if (!any) break;
     }
-    bench_progress("worker: decode, schema, hash, compress, then Ed25519, %zu deltas, one thread",
+    bench_progress("worker: decode, schema, hash, then Ed25519, %zu deltas, one thread",
                    n);
     double best_plain = 0, best_sig = 0;
     for (int pass = 0; pass < 3; pass++) {
         double t0 = bench_now();
         for (size_t i = 0; i < n; i++) {
-            const uint8_t *db, *sig, *packed;
-            size_t dl, pl;
+            const uint8_t *db, *sig;
+            size_t dl;
             int err_op;
             crdt_delta d;
             uint8_t h[CRDT_HASH_BYTES];
@@ -614,7 +613,6 @@ static int worker_cost(store *s, device *dev, bench_street *out)
                 crdt_schema_check_delta(store_schema(s), &d, &err_op))
                 goto done;
             wire_delta_hash(db, dl, h);
-            if (store_pack_envelope(s, env[i], len[i], a, &packed, &pl)) goto done;
         }
         double t1 = bench_now();
         for (size_t i = 0; i < n; i++) {

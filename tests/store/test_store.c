@@ -1523,6 +1523,195 @@ static void test_killed_writer(void **state)
     su_dir_remove(&d);
 }
 
+/* ---- the log's blocks (log.c) ---------------------------------------------------------- */
+
+typedef struct logread {
+    uint64_t sseq[512];
+    crdt_buf env[512];
+    size_t n;
+} logread;
+
+static int logread_cb(uint64_t sseq, const uint8_t *env, size_t n, void *arg)
+{
+    logread *l = arg;
+    assert_true(l->n < 512);
+    l->sseq[l->n] = sseq;
+    crdt_buf_reset(&l->env[l->n]);
+    assert_int_equal(crdt_buf_append(&l->env[l->n], env, n), 0);
+    l->n++;
+    return 0;
+}
+
+static void logread_free(logread *l)
+{
+    for (size_t i = 0; i < 512; i++) crdt_buf_free(&l->env[i]);
+}
+
+static uint64_t db_count(store_txn *t, int db, uint64_t *overflow)
+{
+    MDB_stat st;
+    assert_int_equal(mdb_stat(t->txn, t->s->dbi[db], &st), 0);
+    if (overflow) *overflow = st.ms_overflow_pages;
+    return st.ms_entries;
+}
+
+/* Envelopes appended in one write transaction are stored as sealed blocks
+ * of consecutive server seqs, each small enough for a leaf page; every
+ * reader sees them one by one, in the transaction (before the block is
+ * written) and after; the first block makes the store format 3; damage
+ * under a valid seal is STORE_ECORRUPT. */
+static void test_log_blocks(void **state)
+{
+    (void)state;
+    enum { N = 300 };
+    su_dir d;
+    su_dir_make(&d, "logblocks");
+    store *s = su_store_new(&d, NULL);
+    store_txn *t;
+    MDB_val v;
+    char err[256];
+    su_dev dev;
+    su_dev_init(&dev, 5);
+    /* A format 2 store (as made before blocks) with one envelope in it. */
+    uint8_t fmt[4];
+    be32(fmt, 2);
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_put(t, DB_META, "format", 6, fmt, 4), 0);
+    assert_int_equal(store_commit(t), 0);
+    store_close(s);
+    assert_int_equal(store_open(d.data, d.key, NULL, &s, err, sizeof err), 0);
+    seed_household(s, &dev, "H1", "C01", "G01", NOW);
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_get(t, DB_META, "format", 6, &v), 0);
+    assert_int_equal(rd32(v.mv_data), 2); /* one envelope: stored as format 2 stores it */
+    store_abort(t);
+
+    /* N persons in one batch: one write transaction. */
+    crdt_buf e[N];
+    const uint8_t *envs[N];
+    size_t lens[N];
+    store_outcome outs[N];
+    for (int i = 0; i < N; i++) {
+        su_ops o = {0};
+        char pid[16], idn[19];
+        snprintf(pid, sizeof pid, "P%03d", i);
+        su_idnum((unsigned)(100 + i), idn);
+        su_set_str(&o, "name", "欧阳震华");
+        su_set_str(&o, "id_number", idn);
+        su_set_str(&o, "household", "H1");
+        memset(&e[i], 0, sizeof e[i]);
+        su_make(&dev, "person", pid, &o, NOW + (uint64_t)i, &e[i], NULL);
+        su_ops_free(&o);
+        envs[i] = e[i].p;
+        lens[i] = e[i].n;
+    }
+    assert_int_equal(store_append_batch(s, envs, lens, N, NOW + N, 86400000ull, outs), 0);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(outs[i].result, STORE_APPLIED);
+        assert_int_equal(outs[i].sseq, (uint64_t)i + 2);
+    }
+    assert_int_equal(verify_problems(s), 0);
+    store_close(s);
+    /* Read back by a store opened again (as another process would). */
+    assert_int_equal(store_open(d.data, d.key, NULL, &s, err, sizeof err), 0);
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_get(t, DB_META, "format", 6, &v), 0);
+    assert_int_equal(rd32(v.mv_data), 3);
+    uint64_t ovf, entries = db_count(t, DB_DELTAS, &ovf);
+    assert_true(entries > 1 && entries < N / 4); /* blocks of several */
+    assert_int_equal(ovf, 0);                   /* each on a leaf page */
+    uint64_t last, count;
+    assert_int_equal(store_last_sseq(t, &last), 0);
+    assert_int_equal(last, N + 1);
+    assert_int_equal(store_log_count(t, &count), 0);
+    assert_int_equal(count, N + 1);
+    crdt_buf env = {0};
+    for (int i = N - 1; i >= 0; i--) { /* backwards: a block read again for each */
+        assert_int_equal(store_get_envelope(t, (uint64_t)i + 2, &env), 0);
+        assert_int_equal(env.n, lens[i]);
+        assert_memory_equal(env.p, envs[i], lens[i]);
+    }
+    assert_int_equal(store_get_envelope(t, 0, &env), STORE_ENOTFOUND);
+    assert_int_equal(store_get_envelope(t, N + 2, &env), STORE_ENOTFOUND);
+    assert_int_equal(store_log_has(t, N + 1), 0);
+    assert_int_equal(store_log_has(t, N + 2), STORE_ENOTFOUND);
+    /* The log in order, from anywhere, across blocks. */
+    static logread lr;
+    memset(&lr, 0, sizeof lr);
+    assert_int_equal(store_log_read(t, 0, 1000, SIZE_MAX, logread_cb, &lr), 0);
+    assert_int_equal(lr.n, N + 1);
+    for (size_t i = 0; i < lr.n; i++) assert_int_equal(lr.sseq[i], i + 1);
+    for (int i = 0; i < N; i++) assert_memory_equal(lr.env[i + 1].p, envs[i], lens[i]);
+    lr.n = 0;
+    assert_int_equal(store_log_read(t, 150, 7, SIZE_MAX, logread_cb, &lr), 0);
+    assert_int_equal(lr.n, 7);
+    assert_int_equal(lr.sseq[0], 151);
+    assert_int_equal(lr.sseq[6], 157);
+    assert_memory_equal(lr.env[0].p, envs[149], lens[149]);
+    store_abort(t);
+
+    /* In a write txn: appended envelopes are read before they are written
+     * (pending), and after a mid-txn flush; incompressible ones make
+     * blocks that must be cut smaller; abort loses them all. */
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    uint8_t big[40][900];
+    for (int i = 0; i < 40; i++) {
+        randombytes_buf(big[i], sizeof big[i]);
+        big[i][0] = 0x82;
+        assert_int_equal(store_log_append(t, N + 2 + (uint64_t)i, big[i], sizeof big[i]), 0);
+        assert_int_equal(store_get_envelope(t, N + 2 + (uint64_t)i, &env), 0);
+        assert_memory_equal(env.p, big[i], sizeof big[i]);
+    }
+    /* Not the next seq: refused. */
+    assert_int_equal(store_log_append(t, N + 50, big[0], sizeof big[0]), STORE_EINVAL);
+    assert_true(db_count(t, DB_DELTAS, NULL) > entries); /* some written already */
+    for (int i = 0; i < 40; i++) {
+        assert_int_equal(store_get_envelope(t, N + 2 + (uint64_t)i, &env), 0);
+        assert_memory_equal(env.p, big[i], sizeof big[i]);
+    }
+    lr.n = 0;
+    assert_int_equal(store_log_read(t, N - 2, 10, SIZE_MAX, logread_cb, &lr), 0);
+    assert_int_equal(lr.n, 10);
+    assert_memory_equal(lr.env[0].p, envs[N - 3], lens[N - 3]); /* seq N - 1 */
+    assert_memory_equal(lr.env[3].p, big[0], sizeof big[0]);   /* seq N + 2 */
+    assert_int_equal(store_log_flush(t), 0);
+    assert_int_equal(db_count(t, DB_DELTAS, &ovf) > entries, 1);
+    assert_int_equal(ovf, 0);
+    store_abort(t);
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_get_envelope(t, N + 2, &env), STORE_ENOTFOUND);
+    assert_int_equal(db_count(t, DB_DELTAS, NULL), entries);
+    store_abort(t);
+
+    /* Damage under a valid seal: a block whose count or lengths do not
+     * add up, a block of one, an unknown tag. */
+    uint8_t k[8];
+    be64(k, N + 1);
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    crdt_buf plain = {0};
+    raw_plain(t, DB_DELTAS, k, 8, &plain);
+    assert_int_equal(plain.p[0], 0x03);
+    uint8_t bad[64] = {0x04, 3, 0, 0, 0, 10, 0, 0, 0, 10, 0, 0, 0, 10};
+    memset(bad + 14, 0x82, sizeof bad - 14); /* 50 bytes of envelopes, not 30 */
+    assert_int_equal(store_put_sealed(t, DB_DELTAS, k, 8, bad, sizeof bad), 0);
+    assert_int_equal(store_get_envelope(t, N + 1, &env), STORE_ECORRUPT);
+    bad[1] = 1;
+    assert_int_equal(store_put_sealed(t, DB_DELTAS, k, 8, bad, sizeof bad), 0);
+    assert_int_equal(store_get_envelope(t, N + 1, &env), STORE_ECORRUPT);
+    bad[0] = 0x05;
+    assert_int_equal(store_put_sealed(t, DB_DELTAS, k, 8, bad, sizeof bad), 0);
+    assert_int_equal(store_get_envelope(t, N + 1, &env), STORE_ECORRUPT);
+    assert_int_equal(store_commit(t), 0);
+    assert_true(verify_problems(s) > 0);
+
+    crdt_buf_free(&plain);
+    crdt_buf_free(&env);
+    logread_free(&lr);
+    for (int i = 0; i < N; i++) crdt_buf_free(&e[i]);
+    store_close(s);
+    su_dir_remove(&d);
+}
+
 int main(void)
 {
     wire_init();
@@ -1544,6 +1733,7 @@ int main(void)
         cmocka_unit_test(test_zdict_deterministic),
         cmocka_unit_test(test_lookup_hash_len),
         cmocka_unit_test(test_append_order),
+        cmocka_unit_test(test_log_blocks),
         cmocka_unit_test(test_audit_chain),
         cmocka_unit_test(test_server_append),
         cmocka_unit_test(test_killed_writer),
