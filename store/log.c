@@ -50,7 +50,7 @@
 #define LOG_TAG_BLOCK_Z 0x03
 #define LOG_TAG_BLOCK_RAW 0x04
 #define LOG_RATIO_INIT 0.45       /* compressed / raw before the first block is made */
-#define LOG_FILL 0.97             /* aim this far below the inline limit */
+#define LOG_FILL 1.0              /* aim this far below the inline limit */
 
 /* ---- the pending envelopes of a write txn ------------------------------------------- */
 
@@ -87,6 +87,8 @@ static int write_entry(store_txn *t, uint32_t k, bool *too_big)
             p = b->p;
             pn = b->n;
         }
+        /* What sizes the next block (the last one's ratio predicts it
+         * within a few per cent; an overshoot costs one more try). */
         s->log_ratio = (double)pn / (double)(b->n - 1);
     }
     if (pn + SEAL_OVERHEAD > s->log_vmax) {
@@ -123,12 +125,7 @@ int store_log_flush(store_txn *t)
         for (;;) {
             if ((rc = write_entry(t, k, &too_big))) return rc;
             if (!too_big) break;
-            /* Fewer envelopes, in proportion to the overshoot. */
-            double r = t->s->log_ratio > 0 ? t->s->log_ratio : LOG_RATIO_INIT;
-            uint32_t fit = 1;
-            size_t budget = (size_t)((double)(t->s->log_vmax - SEAL_OVERHEAD) * LOG_FILL / r);
-            while (fit < k - 1 && t->pend_off[fit + 1] <= budget) fit++;
-            k = fit < k ? fit : k - 1;
+            k--; /* one fewer (the size was predicted: it is rarely off by more) */
         }
         pend_shift(t, k);
     }
