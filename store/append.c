@@ -494,15 +494,71 @@ out:
     return rc;
 }
 
+/* Applied dots, 64 consecutive seqs of a device per entry (internal.h):
+ * key dev(4) base(8) 'C', value 64 slots of sseq(6), 0 = none. */
+static void chunk_key(uint8_t k[STORE_DOT_CHUNK_KEY], uint32_t dev, uint64_t seq)
+{
+    be32(k, dev);
+    be64(k + 4, seq & ~(uint64_t)(STORE_DOT_CHUNK - 1));
+    k[12] = 'C';
+}
+
+static uint64_t rd48(const uint8_t *p)
+{
+    return (uint64_t)p[0] << 40 | (uint64_t)p[1] << 32 | (uint64_t)rd32(p + 2);
+}
+
+static void be48(uint8_t *p, uint64_t v)
+{
+    p[0] = (uint8_t)(v >> 40);
+    p[1] = (uint8_t)(v >> 32);
+    be32(p + 2, (uint32_t)v);
+}
+
+uint64_t store_dot_slot(const uint8_t *chunk, unsigned i) { return rd48(chunk + 6 * (size_t)i); }
+
+/* Set the slot of (dev, seq) to sseq (< 2^48) in its chunk. */
+static int dot_put_chunk(store_txn *t, uint32_t dev, uint64_t seq, uint64_t sseq)
+{
+    uint8_t k[STORE_DOT_CHUNK_KEY], c[STORE_DOT_CHUNK_VAL];
+    MDB_val v;
+    chunk_key(k, dev, seq);
+    int rc = store_get(t, DB_DOTS, k, sizeof k, &v);
+    if (rc == STORE_OK) {
+        if (v.mv_size != sizeof c) return STORE_ECORRUPT;
+        memcpy(c, v.mv_data, sizeof c);
+    } else if (rc == STORE_ENOTFOUND) {
+        if ((rc = store_format3(t))) return rc; /* the first chunk of a format 2 store */
+        memset(c, 0, sizeof c);
+    } else {
+        return rc;
+    }
+    be48(c + 6 * (seq & (STORE_DOT_CHUNK - 1)), sseq);
+    return store_put(t, DB_DOTS, k, sizeof k, c, sizeof c);
+}
+
 int store_dot_get(store_txn *t, uint32_t dev, uint64_t seq, uint64_t *sseq,
                   uint8_t hash[CRDT_HASH_BYTES])
 {
-    uint8_t k[12];
+    uint8_t k[12], ck[STORE_DOT_CHUNK_KEY];
     MDB_val v;
     *sseq = 0;
     memset(hash, 0, CRDT_HASH_BYTES);
+    chunk_key(ck, dev, seq);
+    int rc = store_get(t, DB_DOTS, ck, sizeof ck, &v);
+    if (rc && rc != STORE_ENOTFOUND) return rc;
+    if (rc == STORE_OK) {
+        if (v.mv_size != STORE_DOT_CHUNK_VAL) return STORE_ECORRUPT;
+        uint64_t s = rd48((const uint8_t *)v.mv_data + 6 * (seq & (STORE_DOT_CHUNK - 1)));
+        if (s) {
+            *sseq = s;
+            rc = store_delta_hash_at(t, s, hash);
+            if (rc) *sseq = 0;
+            return rc;
+        }
+    }
     dot_key(k, dev, seq);
-    int rc = store_get(t, DB_DOTS, k, 12, &v);
+    rc = store_get(t, DB_DOTS, k, 12, &v);
     if (rc) return rc;
     if (v.mv_size == 8 + CRDT_HASH_BYTES) { /* held back, or written before the short form */
         *sseq = rd64(v.mv_data);
@@ -522,7 +578,13 @@ int store_dot_put(store_txn *t, uint32_t dev, uint64_t seq, uint64_t sseq,
     uint8_t k[12], v[8 + CRDT_HASH_BYTES];
     dot_key(k, dev, seq);
     be64(v, sseq);
-    if (sseq) return store_put(t, DB_DOTS, k, 12, v, 8); /* the hash is in deltas[sseq] */
+    if (sseq && sseq < (uint64_t)1 << 48) {
+        /* Applied: its chunk's slot (the hash is in deltas[sseq]); a dot
+         * held back before, or in the long form, goes. */
+        int rc = dot_put_chunk(t, dev, seq, sseq);
+        return rc ? rc : store_del(t, DB_DOTS, k, 12);
+    }
+    if (sseq) return store_put(t, DB_DOTS, k, 12, v, 8);
     memcpy(v + 8, hash, CRDT_HASH_BYTES);
     return store_put(t, DB_DOTS, k, 12, v, sizeof v);
 }
@@ -738,7 +800,10 @@ chain_ok:
      *      merge half, shared with accepted quarantine entries); then the
      *      dot and the chain head, in the same transaction. */
     if ((rc = store_merge_reviewed(t, it, out))) return rc;
-    if ((rc = store_dot_put(t, cdev, d->seq, out->sseq, it->hash))) return rc;
+    /* Step 1 found no dot for this seq: only its chunk's slot to set. */
+    rc = out->sseq < (uint64_t)1 << 48 ? dot_put_chunk(t, cdev, d->seq, out->sseq)
+                                       : store_dot_put(t, cdev, d->seq, out->sseq, it->hash);
+    if (rc) return rc;
     /* A relayed chain may arrive out of order: the head is its highest seq. */
     if (d->seq > head && (rc = store_put(t, DB_HEADS, dk, 4, hv, sizeof hv))) return rc;
     return STORE_OK;

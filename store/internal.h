@@ -8,12 +8,16 @@
  *             "lookup_hlen" (1 byte, 8; absent: 16)
  *   deltas    last sseq(8)                 -> sealed packed envelope, or a sealed
  *                                             block of consecutive ones (log.c)
- *   dots      dev(4) seq(8)                -> sseq(8)          applied: the hash is
- *                                                               that of deltas[sseq]
- *                                             sseq(8)=0 hash(32)  held back (quarantined
+ *   dots      dev(4) base(8) 'C'           -> 64 x sseq(6)     applied dots of seqs
+ *                                                               base .. base + 63 (base a
+ *                                                               multiple of 64; 0 = none);
+ *                                                               the hash is that of
+ *                                                               deltas[sseq]
+ *             dev(4) seq(8)                -> sseq(8)=0 hash(32)  held back (quarantined
  *                                                               clock_ahead/out_of_scope)
- *             (stores written before this change also hold sseq(8) hash(32) for
- *              applied dots: both forms are read, store_dot_get)
+ *             (stores written before format 3 also hold dev(4) seq(8) -> sseq(8), or
+ *              sseq(8) hash(32), for applied dots: every form is read, store_dot_get;
+ *              a chunk sorts just after dev(4) base(8), before dev(4) base+1(8))
  *   heads     dev(4)                       -> seq(8) hash(32)
  *   records   kind 0 id                    -> sealed packed canonical record
  *   rdeltas   kind 0 id 0 sseq(8)          -> ""      (a record's deltas)
@@ -41,7 +45,9 @@
  * would not shrink) or 0x01 followed by a zstd frame without its magic
  * number, compressed with the dictionary in meta "zdict1" (built from the
  * schema when the store was made or upgraded; stored, never rebuilt).
- * Compressed, then sealed; unsealed, then decompressed.
+ * Compressed, then sealed; unsealed, then decompressed.  A deltas value
+ * may also be a block of consecutive envelopes (format 3, log.c: tag 0x03,
+ * one zstd frame, or 0x04, as it is), keyed by the last seq it holds.
  *
  * Page fill.  deltas, quar and audit are append-only logs whose next key is
  * the last one + 1, read in the same write transaction: they are written
@@ -125,6 +131,11 @@ struct store {
 };
 
 #define LOG_BLOCK_MAX 64        /* envelopes per block of the log, at most */
+#define STORE_DOT_CHUNK 64      /* applied dots per entry of dots */
+#define STORE_DOT_CHUNK_KEY 13
+#define STORE_DOT_CHUNK_VAL (6 * STORE_DOT_CHUNK)
+/* Slot i of a dots chunk value: the sseq, 0 if none (append.c). */
+uint64_t store_dot_slot(const uint8_t *chunk, unsigned i);
 
 struct store_txn {
     store *s;
@@ -208,6 +219,10 @@ int store_log_append(store_txn *t, uint64_t sseq, const uint8_t *env, size_t n);
 int store_log_flush(store_txn *t);
 int store_log_has(store_txn *t, uint64_t sseq);
 int store_log_count(store_txn *t, uint64_t *count);
+/* Before the first write of something only format 3 reads (a log block, a
+ * dots chunk): meta "format" 3 in the same txn (older binaries refuse the
+ * store rather than misread it; store_commit then notes it in s->format). */
+int store_format3(store_txn *t);
 /* The dictionary built from a schema (deterministic); store_zdict_put puts
  * it in meta "zdict1" (store_init); store_zdict_load loads it from meta into
  * the store (STORE_ENOTFOUND if absent); store_zdict_upgrade makes a format 1
@@ -261,7 +276,9 @@ int store_agg_household(store_txn *t, const crdt_record *before, const crdt_reco
  * it was held back) and its chain hash, read from the dot or recomputed
  * from the envelope at sseq; STORE_ENOTFOUND if the dot is absent,
  * STORE_ECORRUPT if it is malformed or its envelope is missing or does not
- * decode.  store_dot_put stores the short form (sseq only) when sseq != 0. */
+ * decode.  store_dot_put puts an applied dot (sseq != 0) in its chunk's
+ * slot (and deletes any entry of the seq's own: held back before, or the
+ * long form), a held-back one (sseq 0) with its hash. */
 int store_dot_get(store_txn *t, uint32_t dev, uint64_t seq, uint64_t *sseq,
                   uint8_t hash[CRDT_HASH_BYTES]);
 int store_dot_put(store_txn *t, uint32_t dev, uint64_t seq, uint64_t sseq,

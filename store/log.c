@@ -95,13 +95,7 @@ static int write_entry(store_txn *t, uint32_t k, bool *too_big)
         *too_big = true;
         return STORE_OK;
     }
-    /* The first block of a format 2 store makes it format 3. */
-    if (s->format < 3) {
-        uint8_t fmt[4];
-        be32(fmt, 3);
-        if ((rc = store_put(t, DB_META, "format", 6, fmt, 4))) return rc;
-        t->made_format3 = true;
-    }
+    if ((rc = store_format3(t))) return rc; /* the first block of a format 2 store */
     return store_put_sealed_append(t, DB_DELTAS, key, 8, p, pn);
 }
 
@@ -156,6 +150,16 @@ int store_log_append(store_txn *t, uint64_t sseq, const uint8_t *env, size_t n)
     if ((rc = crdt_buf_append(&t->pend, env, n))) return rc;
     t->pend_off[++t->pend_n] = (uint32_t)t->pend.n;
     return STORE_OK;
+}
+
+int store_format3(store_txn *t)
+{
+    if (t->s->format >= 3 || t->made_format3) return STORE_OK;
+    uint8_t fmt[4];
+    be32(fmt, 3);
+    int rc = store_put(t, DB_META, "format", 6, fmt, 4);
+    if (!rc) t->made_format3 = true;
+    return rc;
 }
 
 /* ---- reading ------------------------------------------------------------------------ */

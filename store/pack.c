@@ -13,7 +13,8 @@
  * smaller and cheaper (~14,600 instructions per value instead of ~22,000
  * with the bare content; the fixed cost per value dominates at this size).
  *
- * Plaintext of a deltas or records value (what is sealed):
+ * Plaintext of a records value, and of a deltas value that holds one
+ * envelope (blocks of several: log.c, tags 0x03 and 0x04):
  *   first byte >= 0x80   the msgpack value itself (an envelope or record is
  *                        a map): values written before compression existed,
  *                        and values that would not get smaller;
@@ -23,7 +24,7 @@
  * Compression comes before sealing, never after: sealed bytes are random.
  *
  * Invariants
- *   - A store holding a packed value or a short dot is format 2 (meta
+ *   - A store holding a packed value or a short dot is format 2 or more (meta
  *     "format"), and every format 2 store has its dictionary in meta
  *     (sealed, AD "meta" "zdict1"): store_init writes both, and store_open
  *     upgrades a format 1 store (dictionary and format in one write
@@ -32,7 +33,8 @@
  *     loaded from meta; values are always decompressed with the stored
  *     bytes, never a rebuilt dictionary, so a changed schema or builder
  *     cannot change what old values mean.  A different dictionary must
- *     take a new tag and a new meta key (0x02, "zdict2").
+ *     take a new tag and a new meta key (0x02, "zdict2"; 0x03 and 0x04
+ *     are the log's blocks).
  *   - store_zdict_build is deterministic: same schema, same bytes.
  *   - The dictionary objects are made once, at open, and only read after;
  *     the compression context is used only inside a write transaction (one

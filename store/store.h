@@ -242,7 +242,9 @@ int store_chain_head(store_txn *t, uint32_t dev, uint64_t *seq,
 int store_hlc_hwm(store_txn *t, crdt_hlc *out);
 /* Highest server seq assigned so far (0 if empty). */
 int store_last_sseq(store_txn *t, uint64_t *sseq);
-/* The envelope with server seq `sseq`, unsealed into *out (appended). */
+/* The envelope with server seq `sseq`, unsealed into *out (replaced);
+ * STORE_ENOTFOUND if the log does not hold it.  Also sees envelopes this
+ * write txn appended (log.c). */
 int store_get_envelope(store_txn *t, uint64_t sseq, crdt_buf *out);
 
 /* ---- devices (the part the append path needs; keys and tokens: issue #6) -- */

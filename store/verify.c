@@ -80,21 +80,99 @@ static uint64_t db_entries(vctx *v, int db)
     return mdb_stat(v->t->txn, v->s->dbi[db], &st) ? 0 : st.ms_entries;
 }
 
+/* The dots one by one in (device, seq) order, whatever their form: a
+ * chunk's slots (applied, no hash) merged with the entries of single seqs
+ * that sort after the chunk's key but belong to its range (internal.h). */
+typedef struct dotit {
+    MDB_cursor *c;
+    int mrc;                    /* of the cursor's current entry */
+    MDB_val k, v;
+    bool in_chunk;
+    uint32_t cdev;
+    uint64_t cbase;
+    unsigned ci;
+    uint8_t slots[STORE_DOT_CHUNK_VAL];
+} dotit;
+
+typedef struct dotent {
+    uint32_t dev;
+    uint64_t seq, sseq;
+    const uint8_t *hash;        /* NULL: none stored */
+    bool malformed;
+} dotent;
+
+/* 0 with *e filled, MDB_NOTFOUND at the end, or an LMDB error. */
+static int dotit_next(dotit *it, dotent *e)
+{
+    memset(e, 0, sizeof *e);
+    for (;;) {
+        if (it->in_chunk) {
+            while (it->ci < STORE_DOT_CHUNK && !store_dot_slot(it->slots, it->ci)) it->ci++;
+            bool raw_in = it->mrc == 0 && it->k.mv_size == 12 &&
+                          rd32(it->k.mv_data) == it->cdev &&
+                          rd64((uint8_t *)it->k.mv_data + 4) < it->cbase + STORE_DOT_CHUNK;
+            uint64_t rs = raw_in ? rd64((uint8_t *)it->k.mv_data + 4) : 0;
+            if (it->ci < STORE_DOT_CHUNK && (!raw_in || it->cbase + it->ci < rs)) {
+                e->dev = it->cdev;
+                e->seq = it->cbase + it->ci;
+                e->sseq = store_dot_slot(it->slots, it->ci);
+                it->ci++;
+                return 0;
+            }
+            if (!raw_in) {
+                it->in_chunk = false;
+                continue;
+            }
+        }
+        if (it->mrc) return it->mrc;
+        MDB_val k = it->k, v = it->v;
+        if (k.mv_size == STORE_DOT_CHUNK_KEY && ((uint8_t *)k.mv_data)[12] == 'C' &&
+            v.mv_size == STORE_DOT_CHUNK_VAL && !it->in_chunk) {
+            it->in_chunk = true;
+            it->cdev = rd32(k.mv_data);
+            it->cbase = rd64((uint8_t *)k.mv_data + 4);
+            it->ci = 0;
+            memcpy(it->slots, v.mv_data, sizeof it->slots);
+            it->mrc = mdb_cursor_get(it->c, &it->k, &it->v, MDB_NEXT);
+            continue;
+        }
+        it->mrc = mdb_cursor_get(it->c, &it->k, &it->v, MDB_NEXT);
+        /* sseq(8) for an applied dot, sseq(8) hash(32) for a held-back one
+         * (sseq 0) or one written before the short form. */
+        bool has_hash = v.mv_size == 40;
+        if (k.mv_size != 12 || (v.mv_size != 8 && !has_hash) ||
+            (!has_hash && rd64(v.mv_data) == 0)) {
+            e->malformed = true;
+            if (k.mv_size >= 4) e->dev = rd32(k.mv_data);
+            return 0;
+        }
+        e->dev = rd32(k.mv_data);
+        e->seq = rd64((uint8_t *)k.mv_data + 4);
+        e->sseq = rd64(v.mv_data);
+        e->hash = has_hash ? (const uint8_t *)v.mv_data + 8 : NULL;
+        return 0;
+    }
+}
+
 /* 1. Chains. */
 static int check_chains(vctx *v)
 {
-    MDB_cursor *c;
-    MDB_val k, val;
+    dotit it;
+    dotent e;
     uint32_t dev = 0, orig = 0;
     uint64_t expect = 1;
     bool have = false, prev_known = false, relayed = false;
     uint8_t last_hash[32], prev_hash[32];
-    int rc = store_lmdb_err(mdb_cursor_open(v->t->txn, v->s->dbi[DB_DOTS], &c));
+    MDB_val k, val;
+    memset(&it, 0, sizeof it);
+    int rc = store_lmdb_err(mdb_cursor_open(v->t->txn, v->s->dbi[DB_DOTS], &it.c));
     if (rc) return rc;
-    for (rc = mdb_cursor_get(c, &k, &val, MDB_FIRST);; rc = mdb_cursor_get(c, &k, &val, MDB_NEXT)) {
+    it.mrc = mdb_cursor_get(it.c, &it.k, &it.v, MDB_FIRST);
+    for (;;) {
+        rc = dotit_next(&it, &e);
         bool end = rc == MDB_NOTFOUND;
         if (rc && !end) break;
-        uint32_t d = end ? 0 : rd32(k.mv_data);
+        uint32_t d = end ? 0 : e.dev;
         if (have && (end || d != dev)) {
             uint64_t hs;
             uint8_t hh[32];
@@ -110,11 +188,8 @@ static int check_chains(vctx *v)
             rc = 0;
             break;
         }
-        /* sseq(8) for an applied dot, sseq(8) hash(32) for a held-back one
-         * (sseq 0) or one written before the short form. */
-        bool has_hash = val.mv_size == 40;
-        if (k.mv_size != 12 || (val.mv_size != 8 && !has_hash) ||
-            (!has_hash && rd64(val.mv_data) == 0)) {
+        bool has_hash = e.hash != NULL;
+        if (e.malformed) {
             problem(v, "dots: malformed entry");
             continue;
         }
@@ -130,7 +205,7 @@ static int check_chains(vctx *v)
             memset(prev_hash, 0, 32); /* seq 1 names no previous delta */
             prev_known = true;
         }
-        uint64_t seq = rd64((uint8_t *)k.mv_data + 4), sseq = rd64(val.mv_data);
+        uint64_t seq = e.seq, sseq = e.sseq;
         if (seq != expect && !relayed) {
             problem(v, "device %u: chain gap, seq %llu where %llu was expected", dev,
                     (unsigned long long)seq, (unsigned long long)expect);
@@ -138,7 +213,7 @@ static int check_chains(vctx *v)
         }
         expect = seq + 1;
         bool known = has_hash;
-        if (has_hash) memcpy(last_hash, (uint8_t *)val.mv_data + 8, 32);
+        if (has_hash) memcpy(last_hash, e.hash, 32);
         else memset(last_hash, 0, 32);
         if (sseq) {
             crdt_delta dl;
@@ -162,7 +237,7 @@ static int check_chains(vctx *v)
         memcpy(prev_hash, last_hash, 32);
         prev_known = known;
     }
-    mdb_cursor_close(c);
+    mdb_cursor_close(it.c);
     if (rc) return store_lmdb_err(rc);
     if (db_entries(v, DB_HEADS) != 0) {
         /* Every head must have dots (checked above per device with dots). */
@@ -170,11 +245,10 @@ static int check_chains(vctx *v)
         if (mdb_cursor_open(v->t->txn, v->s->dbi[DB_HEADS], &h) == 0) {
             for (rc = mdb_cursor_get(h, &k, &val, MDB_FIRST); rc == 0;
                  rc = mdb_cursor_get(h, &k, &val, MDB_NEXT)) {
-                uint8_t dk[12];
-                MDB_val dv;
-                memcpy(dk, k.mv_data, 4);
-                be64(dk + 4, rd64(val.mv_data));
-                if (store_get(v->t, DB_DOTS, dk, 12, &dv))
+                uint64_t dsseq;
+                uint8_t dh[32];
+                if (k.mv_size != 4 || val.mv_size < 8 ||
+                    store_dot_get(v->t, rd32(k.mv_data), rd64(val.mv_data), &dsseq, dh))
                     problem(v, "device %u: head seq %llu has no dot", rd32(k.mv_data),
                             (unsigned long long)rd64(val.mv_data));
             }

@@ -1234,9 +1234,16 @@ static void test_dots_short_form(void **state)
     assert_int_equal(store_begin(s, STORE_RW, &t), 0);
     be32(dk, 4);
     be64(dk + 4, 2);
-    assert_int_equal(store_get(t, DB_DOTS, dk, 12, &v), 0);
-    assert_int_equal(v.mv_size, 8);
-    assert_int_equal(rd64(v.mv_data), sseq[2]);
+    /* Applied dots: slots of the device's chunk of 64 seqs, no entry of their own. */
+    uint8_t ck[13];
+    be32(ck, 4);
+    be64(ck + 4, 0);
+    ck[12] = 'C';
+    assert_int_equal(store_get(t, DB_DOTS, dk, 12, &v), STORE_ENOTFOUND);
+    assert_int_equal(store_get(t, DB_DOTS, ck, 13, &v), 0);
+    assert_int_equal(v.mv_size, STORE_DOT_CHUNK_VAL);
+    for (unsigned i = 0; i < STORE_DOT_CHUNK; i++)
+        assert_int_equal(store_dot_slot(v.mv_data, i), i >= 1 && i <= 3 ? sseq[i] : 0);
     uint8_t held_key[12];
     be32(held_key, 5);
     be64(held_key + 4, 1);
@@ -1251,7 +1258,8 @@ static void test_dots_short_form(void **state)
     assert_int_equal(out.sseq, sseq[2]);
     assert_int_equal(verify_problems(s), 0);
 
-    /* The long form (stores written before) still reads. */
+    /* The forms of stores written before format 3 still read: a dot of
+     * its own per seq, sseq only or sseq and hash. */
     uint8_t h2[32], lv[40];
     const uint8_t *db, *sig;
     size_t dl;
@@ -1261,6 +1269,14 @@ static void test_dots_short_form(void **state)
     be64(lv, sseq[2]);
     memcpy(lv + 8, h2, 32);
     assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_del(t, DB_DOTS, ck, 13), 0);
+    for (int i = 1; i <= 3; i++) {
+        uint8_t k1[12], v1[8];
+        be32(k1, 4);
+        be64(k1 + 4, (uint64_t)i);
+        be64(v1, sseq[i]);
+        assert_int_equal(store_put(t, DB_DOTS, k1, 12, v1, 8), 0);
+    }
     assert_int_equal(store_put(t, DB_DOTS, dk, 12, lv, 40), 0);
     assert_int_equal(store_commit(t), 0);
     assert_int_equal(su_push(s, &env[2], NOW).result, STORE_DUPLICATE);
@@ -1288,6 +1304,25 @@ static void test_dots_short_form(void **state)
     assert_int_equal(store_put_sealed(t, DB_DELTAS, sk, 8, forged.p, forged.n), 0);
     assert_int_equal(store_commit(t), 0);
     assert_true(verify_problems(s) > 0);
+    /* Put it back, and the chain goes on past seq 64: the old forms (seqs
+     * 1..3, entries of their own) and the new (slots of two chunks, the
+     * first sorting before them) are one chain to verify, and a resend of
+     * each form is a duplicate. */
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_put_sealed(t, DB_DELTAS, sk, 8, env[3].p, env[3].n), 0);
+    assert_int_equal(store_commit(t), 0);
+    assert_int_equal(verify_problems(s), 0);
+    crdt_buf more = {0};
+    for (int i = 4; i <= 70; i++) {
+        su_ops_reset(&o);
+        su_set_str(&o, "note", "again");
+        su_make(&a, "household", "H1", &o, NOW + (uint64_t)i, &more, NULL);
+        assert_int_equal(su_push(s, &more, NOW).result, STORE_APPLIED);
+    }
+    assert_int_equal(su_push(s, &more, NOW).result, STORE_DUPLICATE);
+    assert_int_equal(su_push(s, &env[1], NOW).result, STORE_DUPLICATE);
+    assert_int_equal(verify_problems(s), 0);
+    crdt_buf_free(&more);
 
     su_ops_free(&o);
     for (int i = 0; i < 4; i++) crdt_buf_free(&env[i]);
@@ -1581,10 +1616,13 @@ static void test_log_blocks(void **state)
     store_close(s);
     assert_int_equal(store_open(d.data, d.key, NULL, &s, err, sizeof err), 0);
     seed_household(s, &dev, "H1", "C01", "G01", NOW);
-    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
     assert_int_equal(store_get(t, DB_META, "format", 6, &v), 0);
-    assert_int_equal(rd32(v.mv_data), 2); /* one envelope: stored as format 2 stores it */
-    store_abort(t);
+    assert_int_equal(rd32(v.mv_data), 3); /* its dots chunk */
+    assert_int_equal(store_put(t, DB_META, "format", 6, fmt, 4), 0); /* say 2 again */
+    assert_int_equal(store_commit(t), 0);
+    store_close(s);
+    assert_int_equal(store_open(d.data, d.key, NULL, &s, err, sizeof err), 0);
 
     /* N persons in one batch: one write transaction. */
     crdt_buf e[N];
