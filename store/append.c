@@ -289,6 +289,74 @@ static size_t record_key(uint8_t *out, const char *kind, size_t kl, const char *
     return kl + 1 + il;
 }
 
+/* ---- a record's history (format 3) ----------------------------------------
+ * The plaintext of a records value is the canonical record (a msgpack map),
+ * or, since format 3, a msgpack array of two: a bin holding the server
+ * seqs of the record's deltas (ascending, LEB128 differences, the first
+ * from 0) and then the record.  Deltas a format 2 store merged are still
+ * listed in rdeltas; the history carries on after them (larger seqs). */
+
+int store_record_split(const uint8_t *p, size_t n, const uint8_t **rec, size_t *rn,
+                       const uint8_t **hist, size_t *hn)
+{
+    *hist = NULL;
+    *hn = 0;
+    *rec = p;
+    *rn = n;
+    if (!n) return STORE_ECORRUPT;
+    if (p[0] != 0x92) return p[0] >= 0x80 ? STORE_OK : STORE_ECORRUPT;
+    size_t h, len;
+    if (n >= 3 && p[1] == 0xc4) h = 3, len = p[2];
+    else if (n >= 4 && p[1] == 0xc5) h = 4, len = (size_t)p[2] << 8 | p[3];
+    else if (n >= 6 && p[1] == 0xc6) h = 6, len = rd32(p + 2);
+    else return STORE_ECORRUPT;
+    if (len > n - h || n - h - len == 0) return STORE_ECORRUPT;
+    *hist = p + h;
+    *hn = len;
+    *rec = p + h + len;
+    *rn = n - h - len;
+    return (*rec)[0] >= 0x80 ? STORE_OK : STORE_ECORRUPT;
+}
+
+int store_history_next(const uint8_t **p, const uint8_t *end, uint64_t *sseq)
+{
+    uint64_t d = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+        if (*p == end) return STORE_ECORRUPT;
+        uint8_t b = *(*p)++;
+        d |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            if (!d || *sseq > UINT64_MAX - d) return STORE_ECORRUPT; /* ascending */
+            *sseq += d;
+            return STORE_OK;
+        }
+    }
+    return STORE_ECORRUPT;
+}
+
+/* The history of records[key] into t->hist (unless it holds it already);
+ * a record not stored yet has none. */
+static int hist_load(store_txn *t, const uint8_t *key, size_t kn)
+{
+    if (t->hist_ok && t->hist_kn == kn && !memcmp(t->hist_key, key, kn)) return STORE_OK;
+    t->hist_ok = false;
+    crdt_buf_reset(&t->hist);
+    t->hist_last = 0;
+    int rc = store_get_packed(t, DB_RECORDS, key, kn, &t->scratch2);
+    const uint8_t *rec, *h = NULL;
+    size_t rn, hn = 0;
+    if (rc == STORE_OK) rc = store_record_split(t->scratch2.p, t->scratch2.n, &rec, &rn, &h, &hn);
+    else if (rc == STORE_ENOTFOUND) rc = STORE_OK;
+    if (!rc && hn) rc = crdt_buf_append(&t->hist, h, hn);
+    for (const uint8_t *q = h, *end = h + hn; !rc && q < end;)
+        rc = store_history_next(&q, end, &t->hist_last);
+    if (rc) return rc;
+    memcpy(t->hist_key, key, kn);
+    t->hist_kn = kn;
+    t->hist_ok = true;
+    return STORE_OK;
+}
+
 /* Is the txn's cached record records[kind, id]? */
 static bool rcache_is(const store_txn *t, const char *kind, const char *id)
 {
@@ -326,7 +394,10 @@ static int get_record(store_txn *t, const char *kind, const char *id, bool take,
     size_t n = record_key(k, kind, kl, id, il);
     int rc = store_get_packed(t, DB_RECORDS, k, n, &t->scratch2);
     if (rc) return rc;
-    rc = crdt_record_decode(t->scratch2.p, t->scratch2.n, out);
+    const uint8_t *rec, *h;
+    size_t rn, hn;
+    if ((rc = store_record_split(t->scratch2.p, t->scratch2.n, &rec, &rn, &h, &hn))) return rc;
+    rc = crdt_record_decode(rec, rn, out);
     if (rc) return rc == CRDT_ENOMEM ? rc : STORE_ECORRUPT;
     if (t->rw && !take) rcache_set(t, crdt_record_dup(*out)); /* NULL (no cache) on ENOMEM */
     return STORE_OK;
@@ -337,17 +408,43 @@ int store_get_record(store_txn *t, const char *kind, const char *id, crdt_record
     return get_record(t, kind, id, false, out);
 }
 
-/* Write r (the only writer of DB_RECORDS).  A cached copy of the record
- * is dropped: the caller may cache r once it is done with it. */
-static int put_record(store_txn *t, const crdt_record *r)
+/* Write r (the only writer of DB_RECORDS) with sseq, the delta just merged
+ * into it, added to its history.  A cached copy of the record is dropped:
+ * the caller may cache r once it is done with it. */
+static int put_record(store_txn *t, const crdt_record *r, uint64_t sseq)
 {
     uint8_t k[CRDT_NAME_MAX + CRDT_RECID_MAX + 2];
     size_t n = record_key(k, r->kind, strlen(r->kind), r->id, strlen(r->id));
+    int rc;
     if (rcache_is(t, r->kind, r->id)) rcache_set(t, NULL);
-    crdt_buf_reset(&t->scratch2);
-    int rc = crdt_record_encode(r, &t->scratch2);
-    if (rc) return rc;
-    return store_put_packed(t, DB_RECORDS, k, n, t->scratch2.p, t->scratch2.n, false);
+    if ((rc = hist_load(t, k, n))) return rc;
+    if (sseq <= t->hist_last) return STORE_ECORRUPT; /* seqs only grow */
+    if ((rc = store_format3(t))) return rc;
+    uint8_t leb[10];
+    size_t ln = 0;
+    for (uint64_t d = sseq - t->hist_last; ; d >>= 7) {
+        leb[ln++] = (uint8_t)(d & 0x7f) | (d >= 0x80 ? 0x80 : 0);
+        if (d < 0x80) break;
+    }
+    if ((rc = crdt_buf_append(&t->hist, leb, ln))) return rc;
+    t->hist_last = sseq;
+    /* 0x92, the history as a bin, then the record. */
+    crdt_buf *b = &t->scratch2;
+    size_t hn = t->hist.n;
+    uint8_t hdr[6] = {0x92};
+    size_t hl;
+    if (hn <= 0xff) hdr[1] = 0xc4, hdr[2] = (uint8_t)hn, hl = 3;
+    else if (hn <= 0xffff) hdr[1] = 0xc5, hdr[2] = (uint8_t)(hn >> 8), hdr[3] = (uint8_t)hn, hl = 4;
+    else hdr[1] = 0xc6, be32(hdr + 2, (uint32_t)hn), hl = 6;
+    crdt_buf_reset(b);
+    if ((rc = crdt_buf_append(b, hdr, hl)) || (rc = crdt_buf_append(b, t->hist.p, hn)) ||
+        (rc = crdt_record_encode(r, b)))
+        goto undo;
+    if ((rc = store_put_packed(t, DB_RECORDS, k, n, b->p, b->n, false))) goto undo;
+    return STORE_OK;
+undo:
+    t->hist_ok = false; /* t->hist no longer says what is stored */
+    return rc;
 }
 
 /* ---- field helpers shared with agg.c and verify.c --------------------------- */
@@ -387,15 +484,6 @@ static int feed_put(store_txn *t, const char *household, uint64_t sseq)
     k[hl] = 0;
     be64(k + hl + 1, sseq);
     return store_put(t, DB_FEED, k, hl + 9, "", 0);
-}
-
-static int rdeltas_put(store_txn *t, const crdt_record *r, uint64_t sseq)
-{
-    uint8_t k[CRDT_NAME_MAX + CRDT_RECID_MAX + 2 + 8];
-    size_t n = record_key(k, r->kind, strlen(r->kind), r->id, strlen(r->id));
-    k[n] = 0;
-    be64(k + n + 1, sseq);
-    return store_put(t, DB_RDELTAS, k, n + 9, "", 0);
 }
 
 static int pair_index(store_txn *t, int db, const char *const *parts, size_t n, bool add)
@@ -854,8 +942,7 @@ int store_merge_reviewed(store_txn *t, const store_item *it, store_outcome *out)
         }
     }
     if ((rc = crdt_record_apply(rec, t->s->schema, d))) goto done;
-    if ((rc = put_record(t, rec))) goto done;
-    if ((rc = rdeltas_put(t, rec, sseq))) goto done;
+    if ((rc = put_record(t, rec, sseq))) goto done; /* and its history */
     if (!strcmp(rec->kind, "household")) {
         rc = index_household(t, before, rec, sseq);
         snprintf(out->household, sizeof out->household, "%s", rec->id);

@@ -166,6 +166,14 @@ struct store_txn {
     uint32_t blk_off[LOG_BLOCK_MAX + 1], blk_n;
     uint64_t blk_first, blk_last;
     bool made_format3;          /* this txn wrote meta "format" 3 */
+    /* Write txns: the history (append.c) of records[hist_key] as stored
+     * or last written by this txn, valid when hist_ok; hist_last, its last
+     * sseq (0: none). */
+    crdt_buf hist;
+    uint8_t hist_key[CRDT_NAME_MAX + CRDT_RECID_MAX + 2];
+    size_t hist_kn;
+    bool hist_ok;
+    uint64_t hist_last;
 };
 
 /* LMDB code -> STORE_E*. */
@@ -223,6 +231,14 @@ int store_log_count(store_txn *t, uint64_t *count);
  * dots chunk): meta "format" 3 in the same txn (older binaries refuse the
  * store rather than misread it; store_commit then notes it in s->format). */
 int store_format3(store_txn *t);
+/* A records value's plaintext (unpacked): the record's canonical bytes
+ * (*rec, *rn) and its history (*hist, *hn: none in values written before
+ * format 3); STORE_ECORRUPT if it is neither form (append.c).
+ * store_history_next reads the next sseq of a history into *sseq (the
+ * previous one, 0 at first): STORE_ECORRUPT if cut short or not ascending. */
+int store_record_split(const uint8_t *p, size_t n, const uint8_t **rec, size_t *rn,
+                       const uint8_t **hist, size_t *hn);
+int store_history_next(const uint8_t **p, const uint8_t *end, uint64_t *sseq);
 /* The dictionary built from a schema (deterministic); store_zdict_put puts
  * it in meta "zdict1" (store_init); store_zdict_load loads it from meta into
  * the store (STORE_ENOTFOUND if absent); store_zdict_upgrade makes a format 1

@@ -141,7 +141,32 @@ int store_record_deltas(store_txn *t, const char *kind, const char *id, uint64_t
         delivered++;
         mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
     }
-    if (mrc && mrc != MDB_NOTFOUND) rc = store_lmdb_err(mrc);
+    if (mrc && mrc != MDB_NOTFOUND) {
+        rc = store_lmdb_err(mrc);
+        goto out;
+    }
+    /* Then the history in the record's value (format 3: deltas merged
+     * since, all after those in rdeltas). */
+    if (delivered < limit) {
+        crdt_buf val = {0}, hist = {0};
+        const uint8_t *rec, *h;
+        size_t rn, hn;
+        rc = store_get_packed(t, DB_RECORDS, prefix, pn - 1, &val);
+        if (rc == STORE_ENOTFOUND) rc = STORE_OK;
+        else if (!rc && !(rc = store_record_split(val.p, val.n, &rec, &rn, &h, &hn)))
+            rc = crdt_buf_append(&hist, h, hn); /* cb may use the txn: a copy */
+        uint64_t sseq = 0;
+        for (const uint8_t *q = hist.p, *end = hist.p + hist.n; !rc && q < end && delivered < limit;) {
+            if ((rc = store_history_next(&q, end, &sseq))) break;
+            if (sseq <= after) continue;
+            if ((rc = cb(sseq, arg))) break;
+            if (next) *next = sseq;
+            delivered++;
+        }
+        if (val.p) sodium_memzero(val.p, val.cap);
+        crdt_buf_free(&val);
+        crdt_buf_free(&hist);
+    }
 out:
     mdb_cursor_close(c);
     return rc;
@@ -260,10 +285,13 @@ int store_records_page(store_txn *t, const char *kind, const char *after, size_t
             break;
         }
         crdt_record *r = NULL;
+        const uint8_t *rec, *h;
+        size_t rn, hn;
         rc = store_unseal(t->s, DB_RECORDS, &k, v.mv_data, v.mv_size, &plain);
         if (!rc) rc = store_unpack(t, &plain);
+        if (!rc) rc = store_record_split(plain.p, plain.n, &rec, &rn, &h, &hn);
         if (!rc) {
-            rc = crdt_record_decode(plain.p, plain.n, &r);
+            rc = crdt_record_decode(rec, rn, &r);
             if (rc && rc != CRDT_ENOMEM) rc = STORE_ECORRUPT;
         }
         if (rc) break;

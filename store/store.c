@@ -364,6 +364,7 @@ static void txn_free(store_txn *t)
     crdt_buf_free(&t->pend);
     crdt_buf_free(&t->blkw);
     crdt_buf_free(&t->blk);
+    crdt_buf_free(&t->hist);
     crdt_record_free(t->rcache);
     free(t);
 }

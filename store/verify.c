@@ -332,6 +332,30 @@ static void add_contrib(void *arg, int db, const uint8_t *key, size_t kl, const 
     for (size_t i = 0; i < nv; i++) sl->v[i] += v[i];
 }
 
+/* A growing list of sseqs (a record's deltas). */
+typedef struct sseqs {
+    uint64_t *v;
+    size_t n, cap;
+    bool oom;
+} sseqs;
+
+static int sseqs_add(uint64_t sseq, void *arg)
+{
+    sseqs *l = arg;
+    if (l->n == l->cap) {
+        size_t nc = l->cap ? 2 * l->cap : 16;
+        uint64_t *nv = realloc(l->v, nc * sizeof *nv);
+        if (!nv) {
+            l->oom = true;
+            return CRDT_ENOMEM;
+        }
+        l->v = nv;
+        l->cap = nc;
+    }
+    l->v[l->n++] = sseq;
+    return 0;
+}
+
 /* 2-4. Records, indexes, aggregates. */
 static int check_records(vctx *v)
 {
@@ -363,38 +387,34 @@ static int check_records(vctx *v)
             crdt_record_free(rebuilt);
             continue;
         }
-        /* Re-apply the record's deltas, in server order. */
-        uint8_t prefix[CRDT_NAME_MAX + CRDT_RECID_MAX + 2];
-        size_t pn = k.mv_size;
-        memcpy(prefix, k.mv_data, pn);
-        prefix[pn++] = 0;
-        MDB_cursor *rc2;
-        if (mdb_cursor_open(v->t->txn, v->s->dbi[DB_RDELTAS], &rc2) == 0) {
-            MDB_val rk = {pn, prefix}, rv;
-            int r3 = mdb_cursor_get(rc2, &rk, &rv, MDB_SET_RANGE);
-            while (r3 == 0 && rk.mv_size == pn + 8 && !memcmp(rk.mv_data, prefix, pn)) {
-                uint64_t sseq = rd64((uint8_t *)rk.mv_data + pn);
-                crdt_delta d;
-                named++;
-                int r4 = open_delta(v, sseq, &d, NULL);
-                if (r4 || (r4 = crdt_record_apply(rebuilt, v->s->schema, &d)))
-                    problem(v, "%s %s: delta %llu does not re-apply: %s", kind, id,
-                            (unsigned long long)sseq, store_strerror(r4));
-                if (!strcmp(kind, "household")) {
-                    uint8_t fk[CRDT_RECID_MAX + 10];
-                    size_t il = strlen(id);
-                    MDB_val fv;
-                    memcpy(fk, id, il);
-                    fk[il] = 0;
-                    be64(fk + il + 1, sseq);
-                    if (store_get(v->t, DB_FEED, fk, il + 9, &fv))
-                        problem(v, "household %s: delta %llu missing from its feed", id,
-                                (unsigned long long)sseq);
-                }
-                r3 = mdb_cursor_get(rc2, &rk, &rv, MDB_NEXT);
+        /* Re-apply the record's deltas, in server order (rdeltas, then
+         * the history in its value). */
+        sseqs ss = {0};
+        int r5 = store_record_deltas(v->t, kind, id, 0, SIZE_MAX, sseqs_add, &ss, NULL);
+        if (r5 || ss.oom)
+            problem(v, "%s %s: its list of deltas is unreadable: %s", kind, id,
+                    store_strerror(r5 ? r5 : CRDT_ENOMEM));
+        for (size_t i = 0; i < ss.n; i++) {
+            uint64_t sseq = ss.v[i];
+            crdt_delta d;
+            named++;
+            int r4 = open_delta(v, sseq, &d, NULL);
+            if (r4 || (r4 = crdt_record_apply(rebuilt, v->s->schema, &d)))
+                problem(v, "%s %s: delta %llu does not re-apply: %s", kind, id,
+                        (unsigned long long)sseq, store_strerror(r4));
+            if (!strcmp(kind, "household")) {
+                uint8_t fk[CRDT_RECID_MAX + 10];
+                size_t il = strlen(id);
+                MDB_val fv;
+                memcpy(fk, id, il);
+                fk[il] = 0;
+                be64(fk + il + 1, sseq);
+                if (store_get(v->t, DB_FEED, fk, il + 9, &fv))
+                    problem(v, "household %s: delta %llu missing from its feed", id,
+                            (unsigned long long)sseq);
             }
-            mdb_cursor_close(rc2);
         }
+        free(ss.v);
         crdt_buf_reset(&v->a);
         crdt_buf_reset(&v->b);
         crdt_record_encode(stored, &v->a);

@@ -1756,6 +1756,159 @@ static void test_log_blocks(void **state)
     su_dir_remove(&d);
 }
 
+/* ---- a record's history (format 3) ------------------------------------------------------ */
+
+typedef struct seqlist {
+    uint64_t v[64];
+    size_t n;
+} seqlist;
+
+static int seqlist_cb(uint64_t sseq, void *arg)
+{
+    seqlist *l = arg;
+    assert_true(l->n < 64);
+    l->v[l->n++] = sseq;
+    return 0;
+}
+
+static size_t leb(uint8_t *p, uint64_t d)
+{
+    size_t n = 0;
+    do {
+        p[n++] = (uint8_t)(d & 0x7f) | (d >= 0x80 ? 0x80 : 0);
+        d >>= 7;
+    } while (d);
+    return n;
+}
+
+/* A record's deltas are listed in its own value (no rdeltas entry each);
+ * a record a format 2 store began (its first deltas in rdeltas) lists
+ * both, in order, across pages; a history that does not ascend is damage. */
+static void test_record_history(void **state)
+{
+    (void)state;
+    su_dir d;
+    su_dir_make(&d, "history");
+    store *s = su_store_new(&d, NULL);
+    su_dev dev;
+    su_dev_init(&dev, 6);
+    seed_household(s, &dev, "H1", "C01", "G01", NOW);
+    seed_person(s, &dev, "P1", "H1", "欧阳震华", 7, NOW);
+    for (int i = 0; i < 3; i++) {
+        su_ops o = {0};
+        crdt_buf env = {0};
+        su_set_str(&o, "phone", i == 1 ? "13900139000" : "13800138001");
+        su_make(&dev, "person", "P1", &o, NOW + 10 + (uint64_t)i, &env, NULL);
+        assert_int_equal(su_push(s, &env, NOW + 10).result, STORE_APPLIED);
+        su_ops_free(&o);
+        crdt_buf_free(&env);
+    }
+    store_txn *t;
+    seqlist l = {0};
+    uint64_t next = 0;
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_record_deltas(t, "person", "P1", 0, SIZE_MAX, seqlist_cb, &l, &next), 0);
+    assert_int_equal(l.n, 4);
+    assert_int_equal(l.v[0], 2); /* seq 1 is the household */
+    for (int i = 1; i < 4; i++) assert_true(l.v[i] > l.v[i - 1]);
+    assert_int_equal(next, l.v[3]);
+    assert_int_equal(db_count(t, DB_RDELTAS, NULL), 0);
+    store_abort(t);
+    uint64_t all[4];
+    memcpy(all, l.v, sizeof all);
+
+    /* As a format 2 store left it and this version went on: the first two
+     * deltas in rdeltas, the last two in the value. */
+    crdt_buf plain = {0}, nv = {0};
+    const uint8_t *rec, *h;
+    size_t rn, hn;
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_get_packed(t, DB_RECORDS, "person\0P1", 9, &plain), 0);
+    assert_int_equal(plain.p[0], 0x92);
+    assert_int_equal(store_record_split(plain.p, plain.n, &rec, &rn, &h, &hn), 0);
+    uint8_t hb[32];
+    size_t hl = leb(hb, all[2]);
+    hl += leb(hb + hl, all[3] - all[2]);
+    uint8_t hdr[3] = {0x92, 0xc4, (uint8_t)hl};
+    assert_int_equal(crdt_buf_append(&nv, hdr, 3), 0);
+    assert_int_equal(crdt_buf_append(&nv, hb, hl), 0);
+    assert_int_equal(crdt_buf_append(&nv, rec, rn), 0);
+    assert_int_equal(store_put_packed(t, DB_RECORDS, "person\0P1", 9, nv.p, nv.n, false), 0);
+    for (int i = 0; i < 2; i++) {
+        uint8_t rk[9 + 1 + 8];
+        memcpy(rk, "person\0P1", 9);
+        rk[9] = 0;
+        be64(rk + 10, all[i]);
+        assert_int_equal(store_put(t, DB_RDELTAS, rk, sizeof rk, "", 0), 0);
+    }
+    assert_int_equal(store_commit(t), 0);
+    assert_int_equal(verify_problems(s), 0);
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    l.n = 0;
+    assert_int_equal(store_record_deltas(t, "person", "P1", 0, SIZE_MAX, seqlist_cb, &l, NULL), 0);
+    assert_int_equal(l.n, 4);
+    assert_memory_equal(l.v, all, sizeof all);
+    l.n = 0; /* a page across the two */
+    assert_int_equal(store_record_deltas(t, "person", "P1", all[0], 2, seqlist_cb, &l, &next), 0);
+    assert_int_equal(l.n, 2);
+    assert_int_equal(l.v[0], all[1]);
+    assert_int_equal(l.v[1], all[2]);
+    assert_int_equal(next, all[2]);
+    l.n = 0;
+    assert_int_equal(store_record_deltas(t, "person", "P1", all[2], 5, seqlist_cb, &l, &next), 0);
+    assert_int_equal(l.n, 1);
+    assert_int_equal(l.v[0], all[3]);
+    store_abort(t);
+    /* And it goes on: one more delta joins the history in the value. */
+    su_ops o = {0};
+    crdt_buf env = {0};
+    su_set_str(&o, "phone", "13700137000");
+    su_make(&dev, "person", "P1", &o, NOW + 20, &env, NULL);
+    store_outcome out = su_push(s, &env, NOW + 20);
+    assert_int_equal(out.result, STORE_APPLIED);
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    l.n = 0;
+    assert_int_equal(store_record_deltas(t, "person", "P1", 0, SIZE_MAX, seqlist_cb, &l, NULL), 0);
+    assert_int_equal(l.n, 5);
+    assert_int_equal(l.v[4], out.sseq);
+    store_abort(t);
+    assert_int_equal(verify_problems(s), 0);
+
+    /* Damage: a difference of 0 (not ascending), a history cut short. */
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    crdt_buf_reset(&nv);
+    uint8_t bad[] = {0x92, 0xc4, 2, 0x05, 0x00};
+    assert_int_equal(crdt_buf_append(&nv, bad, sizeof bad), 0);
+    assert_int_equal(crdt_buf_append(&nv, rec, rn), 0);
+    assert_int_equal(store_put_packed(t, DB_RECORDS, "person\0P1", 9, nv.p, nv.n, false), 0);
+    l.n = 0;
+    assert_int_equal(store_record_deltas(t, "person", "P1", 0, SIZE_MAX, seqlist_cb, &l, NULL),
+                     STORE_ECORRUPT);
+    bad[4] = 0x85; /* a continuation byte last */
+    crdt_buf_reset(&nv);
+    assert_int_equal(crdt_buf_append(&nv, bad, sizeof bad), 0);
+    assert_int_equal(crdt_buf_append(&nv, rec, rn), 0);
+    assert_int_equal(store_put_packed(t, DB_RECORDS, "person\0P1", 9, nv.p, nv.n, false), 0);
+    l.n = 0;
+    assert_int_equal(store_record_deltas(t, "person", "P1", 0, SIZE_MAX, seqlist_cb, &l, NULL),
+                     STORE_ECORRUPT);
+    /* A bin longer than the value. */
+    bad[2] = 200;
+    assert_int_equal(store_put_packed(t, DB_RECORDS, "person\0P1", 9, bad, sizeof bad, false), 0);
+    crdt_record *r = NULL;
+    assert_int_equal(store_get_record(t, "person", "P1", &r), STORE_ECORRUPT);
+    assert_null(r);
+    assert_int_equal(store_commit(t), 0);
+    assert_true(verify_problems(s) > 0);
+
+    su_ops_free(&o);
+    crdt_buf_free(&env);
+    crdt_buf_free(&plain);
+    crdt_buf_free(&nv);
+    store_close(s);
+    su_dir_remove(&d);
+}
+
 int main(void)
 {
     wire_init();
@@ -1778,6 +1931,7 @@ int main(void)
         cmocka_unit_test(test_lookup_hash_len),
         cmocka_unit_test(test_append_order),
         cmocka_unit_test(test_log_blocks),
+        cmocka_unit_test(test_record_history),
         cmocka_unit_test(test_audit_chain),
         cmocka_unit_test(test_server_append),
         cmocka_unit_test(test_killed_writer),
