@@ -421,11 +421,7 @@ static int put_record(store_txn *t, const crdt_record *r, uint64_t sseq)
     if (sseq <= t->hist_last) return STORE_ECORRUPT; /* seqs only grow */
     if ((rc = store_format3(t))) return rc;
     uint8_t leb[10];
-    size_t ln = 0;
-    for (uint64_t d = sseq - t->hist_last; ; d >>= 7) {
-        leb[ln++] = (uint8_t)(d & 0x7f) | (d >= 0x80 ? 0x80 : 0);
-        if (d < 0x80) break;
-    }
+    size_t ln = store_leb128(leb, sseq - t->hist_last);
     if ((rc = crdt_buf_append(&t->hist, leb, ln))) return rc;
     t->hist_last = sseq;
     /* 0x92, the history as a bin, then the record. */
@@ -476,14 +472,118 @@ static void field_cstr(const crdt_record *r, const crdt_fspec *f, char *buf, siz
 
 /* ---- indexes ---------------------------------------------------------------- */
 
+/* The feed (format 3): household 0 first(8) -> the LEB128 differences of
+ * the sseqs after first, a chunk of at most FEED_CHUNK sseqs of the
+ * household in server order.  Entries of stores before format 3 have an
+ * empty value: a chunk of one, read the same way (and extended). */
+#define FEED_CHUNK 64
+
+size_t store_leb128(uint8_t *p, uint64_t v)
+{
+    size_t n = 0;
+    do {
+        p[n++] = (uint8_t)(v & 0x7f) | (v >= 0x80 ? 0x80 : 0);
+        v >>= 7;
+    } while (v);
+    return n;
+}
+
+/* Position c on household's last feed entry: STORE_OK with k, v set, or
+ * STORE_ENOTFOUND.  prefix: household 0 (pn bytes). */
+static int feed_last(MDB_cursor *c, const uint8_t *prefix, size_t pn, MDB_val *k, MDB_val *v)
+{
+    uint8_t end[CRDT_RECID_MAX + 10];
+    memcpy(end, prefix, pn);
+    memset(end + pn, 0xff, 8);
+    *k = (MDB_val){pn + 8, end};
+    int mrc = mdb_cursor_get(c, k, v, MDB_SET_RANGE);
+    if (mrc == 0) mrc = mdb_cursor_get(c, k, v, MDB_PREV);
+    else if (mrc == MDB_NOTFOUND) mrc = mdb_cursor_get(c, k, v, MDB_LAST);
+    if (mrc == MDB_NOTFOUND) return STORE_ENOTFOUND;
+    if (mrc) return store_lmdb_err(mrc);
+    if (k->mv_size != pn + 8 || memcmp(k->mv_data, prefix, pn)) return STORE_ENOTFOUND;
+    return STORE_OK;
+}
+
 static int feed_put(store_txn *t, const char *household, uint64_t sseq)
+{
+    uint8_t k[CRDT_RECID_MAX + 1 + 8], val[FEED_CHUNK * 10];
+    size_t hl = strlen(household), vn = 0;
+    MDB_cursor *c;
+    MDB_val key, v;
+    bool extend = false;
+    if (!hl || hl > CRDT_RECID_MAX) return STORE_EINVAL;
+    memcpy(k, household, hl);
+    k[hl] = 0;
+    int rc = store_lmdb_err(mdb_cursor_open(t->txn, t->s->dbi[DB_FEED], &c));
+    if (rc) return rc;
+    rc = feed_last(c, k, hl + 1, &key, &v);
+    if (rc == STORE_OK) {
+        uint64_t last = rd64((const uint8_t *)key.mv_data + hl + 1);
+        unsigned count = 1;
+        const uint8_t *q = v.mv_data, *end = q + v.mv_size;
+        while (!rc && q < end) {
+            rc = store_history_next(&q, end, &last);
+            count++;
+        }
+        if (!rc && sseq < last) rc = STORE_EINVAL; /* the feed only grows */
+        if (!rc && sseq == last) { /* listed already */
+            mdb_cursor_close(c);
+            return STORE_OK;
+        }
+        if (!rc && count < FEED_CHUNK && v.mv_size + 10 <= sizeof val) {
+            memcpy(k + hl + 1, (const uint8_t *)key.mv_data + hl + 1, 8);
+            memcpy(val, v.mv_data, v.mv_size);
+            vn = v.mv_size + store_leb128(val + v.mv_size, sseq - last);
+            extend = true;
+        }
+    } else if (rc == STORE_ENOTFOUND) {
+        rc = STORE_OK;
+    }
+    mdb_cursor_close(c);
+    if (rc) return rc;
+    if (extend) {
+        if ((rc = store_format3(t))) return rc;
+        return store_put(t, DB_FEED, k, hl + 9, val, vn);
+    }
+    be64(k + hl + 1, sseq);
+    return store_put(t, DB_FEED, k, hl + 9, "", 0);
+}
+
+int store_feed_has(store_txn *t, const char *household, uint64_t sseq)
 {
     uint8_t k[CRDT_RECID_MAX + 1 + 8];
     size_t hl = strlen(household);
+    MDB_cursor *c;
+    MDB_val key = {hl + 9, k}, v;
+    if (!hl || hl > CRDT_RECID_MAX) return STORE_EINVAL;
     memcpy(k, household, hl);
     k[hl] = 0;
     be64(k + hl + 1, sseq);
-    return store_put(t, DB_FEED, k, hl + 9, "", 0);
+    int rc = store_lmdb_err(mdb_cursor_open(t->txn, t->s->dbi[DB_FEED], &c));
+    if (rc) return rc;
+    /* The chunk that would hold it: the last entry whose first is <= sseq. */
+    int mrc = mdb_cursor_get(c, &key, &v, MDB_SET_RANGE);
+    if (mrc == 0 && key.mv_size == hl + 9 && !memcmp(key.mv_data, k, hl + 9)) {
+        mdb_cursor_close(c);
+        return STORE_OK;
+    }
+    if (mrc == 0) mrc = mdb_cursor_get(c, &key, &v, MDB_PREV);
+    else if (mrc == MDB_NOTFOUND) mrc = mdb_cursor_get(c, &key, &v, MDB_LAST);
+    rc = STORE_ENOTFOUND;
+    if (mrc && mrc != MDB_NOTFOUND) rc = store_lmdb_err(mrc);
+    else if (!mrc && key.mv_size == hl + 9 && !memcmp(key.mv_data, k, hl + 1)) {
+        uint64_t s = rd64((const uint8_t *)key.mv_data + hl + 1);
+        const uint8_t *q = v.mv_data, *end = q + v.mv_size;
+        while (q < end && s < sseq)
+            if (store_history_next(&q, end, &s)) {
+                rc = STORE_ECORRUPT;
+                break;
+            }
+        if (rc != STORE_ECORRUPT && s == sseq) rc = STORE_OK;
+    }
+    mdb_cursor_close(c);
+    return rc;
 }
 
 static int pair_index(store_txn *t, int db, const char *const *parts, size_t n, bool add)
@@ -1120,9 +1220,12 @@ typedef struct hcur {
     uint8_t prefix[CRDT_RECID_MAX + 2];
     size_t pn;
     uint64_t cur;   /* current sseq, 0 = exhausted */
+    uint8_t val[FEED_CHUNK * 10]; /* the rest of the current chunk, copied */
+    size_t vn, vpos;
 } hcur;
 
-static int hcur_next(hcur *h, MDB_cursor_op op, MDB_val *k)
+/* Take the entry at the cursor after op as the current chunk. */
+static int hcur_load(hcur *h, MDB_cursor_op op, MDB_val *k)
 {
     MDB_val v;
     int rc = mdb_cursor_get(h->c, k, &v, op);
@@ -1132,7 +1235,60 @@ static int hcur_next(hcur *h, MDB_cursor_op op, MDB_val *k)
         return STORE_OK;
     }
     if (rc) return store_lmdb_err(rc);
+    if (v.mv_size > sizeof h->val) return STORE_ECORRUPT;
+    memcpy(h->val, v.mv_data, v.mv_size);
+    h->vn = v.mv_size;
+    h->vpos = 0;
     h->cur = rd64((uint8_t *)k->mv_data + h->pn);
+    return STORE_OK;
+}
+
+/* The household's next sseq (0 at the end). */
+static int hcur_step(hcur *h)
+{
+    if (h->vpos < h->vn) {
+        const uint8_t *q = h->val + h->vpos;
+        if (store_history_next(&q, h->val + h->vn, &h->cur)) return STORE_ECORRUPT;
+        h->vpos = (size_t)(q - h->val);
+        return STORE_OK;
+    }
+    MDB_val k;
+    return hcur_load(h, MDB_NEXT, &k);
+}
+
+/* The household's first sseq > after. */
+static int hcur_seek(hcur *h, uint64_t after)
+{
+    MDB_val k, v;
+    int rc = feed_last(h->c, h->prefix, h->pn, &k, &v); /* whether it has any */
+    if (rc == STORE_ENOTFOUND) {
+        h->cur = 0;
+        return STORE_OK;
+    }
+    if (rc) return rc;
+    /* The last chunk starting at or before after + 1, else the first. */
+    uint8_t start[CRDT_RECID_MAX + 10];
+    memcpy(start, h->prefix, h->pn);
+    be64(start + h->pn, after + 1);
+    k = (MDB_val){h->pn + 8, start};
+    int mrc = mdb_cursor_get(h->c, &k, &v, MDB_SET_RANGE);
+    bool exact = mrc == 0 && k.mv_size == h->pn + 8 && !memcmp(k.mv_data, start, h->pn + 8);
+    if (!exact) {
+        mrc = mrc == 0 ? mdb_cursor_get(h->c, &k, &v, MDB_PREV)
+                       : mrc == MDB_NOTFOUND ? mdb_cursor_get(h->c, &k, &v, MDB_LAST) : mrc;
+        if (mrc && mrc != MDB_NOTFOUND) return store_lmdb_err(mrc);
+        if (mrc || k.mv_size != h->pn + 8 || memcmp(k.mv_data, h->prefix, h->pn)) {
+            memset(start + h->pn, 0, 8); /* none before: from the household's first */
+            k = (MDB_val){h->pn + 8, start};
+            if ((rc = hcur_load(h, MDB_SET_RANGE, &k))) return rc;
+        } else if ((rc = hcur_load(h, MDB_GET_CURRENT, &k))) {
+            return rc;
+        }
+    } else if ((rc = hcur_load(h, MDB_GET_CURRENT, &k))) {
+        return rc;
+    }
+    while (h->cur && h->cur <= after)
+        if ((rc = hcur_step(h))) return rc;
     return STORE_OK;
 }
 
@@ -1147,8 +1303,6 @@ int store_feed(store_txn *t, const char *const *households, size_t nh, uint64_t 
     if (!hs) return CRDT_ENOMEM;
     for (size_t i = 0; i < nh; i++) {
         size_t hl = strlen(households[i]);
-        uint8_t start[CRDT_RECID_MAX + 10];
-        MDB_val k;
         if (hl == 0 || hl > CRDT_RECID_MAX) {
             rc = STORE_EINVAL;
             goto out;
@@ -1158,11 +1312,7 @@ int store_feed(store_txn *t, const char *const *households, size_t nh, uint64_t 
         hs[i].pn = hl + 1;
         if ((rc = store_lmdb_err(mdb_cursor_open(t->txn, t->s->dbi[DB_FEED], &hs[i].c))))
             goto out;
-        memcpy(start, hs[i].prefix, hs[i].pn);
-        be64(start + hs[i].pn, after + 1);
-        k.mv_data = start;
-        k.mv_size = hs[i].pn + 8;
-        if ((rc = hcur_next(&hs[i], MDB_SET_RANGE, &k))) goto out;
+        if ((rc = hcur_seek(&hs[i], after))) goto out;
     }
     uint64_t last = after;
     while (delivered < limit) {
@@ -1172,11 +1322,9 @@ int store_feed(store_txn *t, const char *const *households, size_t nh, uint64_t 
         for (size_t i = 0; i < nh; i++)
             if (hs[i].cur && (!best || hs[i].cur < best)) best = hs[i].cur;
         if (!best) break;
-        for (size_t i = 0; i < nh; i++) {
-            MDB_val k;
+        for (size_t i = 0; i < nh; i++)
             while (hs[i].cur == best)
-                if ((rc = hcur_next(&hs[i], MDB_NEXT, &k))) goto out;
-        }
+                if ((rc = hcur_step(&hs[i]))) goto out;
         if (best <= last) continue; /* same delta under two households */
         if ((rc = store_get_envelope(t, best, &env))) goto out;
         if ((rc = cb(best, env.p, env.n, arg))) goto out; /* not delivered */

@@ -19,9 +19,14 @@
  *              sseq(8) hash(32), for applied dots: every form is read, store_dot_get;
  *              a chunk sorts just after dev(4) base(8), before dev(4) base+1(8))
  *   heads     dev(4)                       -> seq(8) hash(32)
- *   records   kind 0 id                    -> sealed packed canonical record
- *   rdeltas   kind 0 id 0 sseq(8)          -> ""      (a record's deltas)
- *   feed      household 0 sseq(8)          -> ""      (scoped change feed)
+ *   records   kind 0 id                    -> sealed packed canonical record, since
+ *                                             format 3 after the record's history
+ *   rdeltas   kind 0 id 0 sseq(8)          -> ""      (a record's deltas, written
+ *                                             before format 3; since, its history is in
+ *                                             the record's value: append.c)
+ *   feed      household 0 first(8)         -> LEB128 differences of the household's
+ *                                             next sseqs (a chunk of at most 64; ""
+ *                                             in stores before format 3: one sseq)
  *   members   household 0 person           -> ""
  *   grid      community 0 grid 0 household -> ""
  *   lookup    what(1) hash(8) person       -> ""      (keyed BLAKE2b-128, cut to 8 B;
@@ -239,6 +244,10 @@ int store_format3(store_txn *t);
 int store_record_split(const uint8_t *p, size_t n, const uint8_t **rec, size_t *rn,
                        const uint8_t **hist, size_t *hn);
 int store_history_next(const uint8_t **p, const uint8_t *end, uint64_t *sseq);
+/* v as LEB128 into p (at most 10 bytes); its length. */
+size_t store_leb128(uint8_t *p, uint64_t v);
+/* STORE_OK if household's feed lists sseq, else STORE_ENOTFOUND. */
+int store_feed_has(store_txn *t, const char *household, uint64_t sseq);
 /* The dictionary built from a schema (deterministic); store_zdict_put puts
  * it in meta "zdict1" (store_init); store_zdict_load loads it from meta into
  * the store (STORE_ENOTFOUND if absent); store_zdict_upgrade makes a format 1

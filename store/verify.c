@@ -403,13 +403,7 @@ static int check_records(vctx *v)
                 problem(v, "%s %s: delta %llu does not re-apply: %s", kind, id,
                         (unsigned long long)sseq, store_strerror(r4));
             if (!strcmp(kind, "household")) {
-                uint8_t fk[CRDT_RECID_MAX + 10];
-                size_t il = strlen(id);
-                MDB_val fv;
-                memcpy(fk, id, il);
-                fk[il] = 0;
-                be64(fk + il + 1, sseq);
-                if (store_get(v->t, DB_FEED, fk, il + 9, &fv))
+                if (store_feed_has(v->t, id, sseq))
                     problem(v, "household %s: delta %llu missing from its feed", id,
                             (unsigned long long)sseq);
             }
@@ -558,15 +552,23 @@ static int check_records(vctx *v)
     if (mdb_cursor_open(v->t->txn, v->s->dbi[DB_FEED], &fc) == 0) {
         for (rc = mdb_cursor_get(fc, &k, &val, MDB_FIRST); rc == 0;
              rc = mdb_cursor_get(fc, &k, &val, MDB_NEXT)) {
-            uint8_t sk[8];
             if (k.mv_size < 9) {
                 problem(v, "feed: malformed key");
                 continue;
             }
-            memcpy(sk, (uint8_t *)k.mv_data + k.mv_size - 8, 8);
-            if (store_log_has(v->t, rd64(sk)))
-                problem(v, "feed names delta %llu which does not exist",
-                        (unsigned long long)rd64(sk));
+            /* The chunk's first sseq, then those its value lists. */
+            uint64_t s = rd64((uint8_t *)k.mv_data + k.mv_size - 8);
+            const uint8_t *q = val.mv_data, *end = q + val.mv_size;
+            for (;;) {
+                if (store_log_has(v->t, s))
+                    problem(v, "feed names delta %llu which does not exist",
+                            (unsigned long long)s);
+                if (q == end) break;
+                if (store_history_next(&q, end, &s)) {
+                    problem(v, "feed: malformed chunk");
+                    break;
+                }
+            }
         }
         mdb_cursor_close(fc);
     }

@@ -379,7 +379,8 @@ static void test_feed_bruteforce(void **state)
     store *s = su_store_new(&d, NULL);
     tu_rng rng;
     tu_rng_init(&rng, tu_seed("store-feed"));
-    enum { NH = 40, NP = 120, NDEV = 6, NDELTAS = 1500 };
+    /* ~125 deltas per household: feed chunks of 64 fill and follow on. */
+    enum { NH = 12, NP = 120, NDEV = 6, NDELTAS = 1500 };
     su_dev devs[NDEV];
     for (int i = 0; i < NDEV; i++) su_dev_init(&devs[i], (uint32_t)i + 1);
     static char touched[NDELTAS + 400][8]; /* household index touched, by sseq */
@@ -468,6 +469,73 @@ static void test_feed_bruteforce(void **state)
         free(c);
     }
     assert_int_equal(verify_problems(s), 0);
+
+    /* A household's feed as a store before format 3 left it (an entry per sseq,
+     * empty) for its first half, then a chunk: the same feed, and the
+     * next delta extends the chunk. */
+    /* (The busiest household: ~125 of them, more than one chunk.) */
+    size_t per[NH] = {0}, hb = 0;
+    for (uint64_t sq = 1; sq <= max_sseq; sq++) per[(int)touched[sq][0]]++;
+    for (size_t h = 1; h < NH; h++)
+        if (per[h] > per[hb]) hb = h;
+    char hname[16];
+    snprintf(hname, sizeof hname, "H%03u", (unsigned)hb % 1000u);
+    feed_collect *all = calloc(1, sizeof *all);
+    const char *h0[] = {hname};
+    store_txn *t;
+    uint64_t nx;
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_feed(t, h0, 1, 0, SIZE_MAX, collect, all, &nx), 0);
+    assert_true(all->n > 64 && all->n < 4000);
+    for (size_t i = 0; i < all->n; i++) assert_int_equal(store_feed_has(t, hname, all->got[i]), 0);
+    assert_int_equal(store_feed_has(t, hname, all->got[all->n - 1] + 1), STORE_ENOTFOUND);
+    MDB_cursor *fc;
+    MDB_val fk, fv;
+    assert_int_equal(mdb_cursor_open(t->txn, t->s->dbi[DB_FEED], &fc), 0);
+    uint8_t pre[5 + 8];
+    memcpy(pre, hname, 5); /* "Hnnn" and its 0 */
+    fk = (MDB_val){5, pre};
+    while (mdb_cursor_get(fc, &fk, &fv, MDB_SET_RANGE) == 0 && fk.mv_size == 13 &&
+           !memcmp(fk.mv_data, pre, 5))
+        assert_int_equal(mdb_cursor_del(fc, 0), 0), fk = (MDB_val){5, pre};
+    mdb_cursor_close(fc);
+    size_t half = all->n / 2;
+    for (size_t i = 0; i < half; i++) {
+        be64(pre + 5, all->got[i]);
+        assert_int_equal(store_put(t, DB_FEED, pre, 13, "", 0), 0);
+    }
+    uint8_t cv[64 * 10];
+    size_t cn = 0;
+    for (size_t i = half + 1; i < all->n; i++) cn += store_leb128(cv + cn, all->got[i] - all->got[i - 1]);
+    be64(pre + 5, all->got[half]);
+    assert_int_equal(store_put(t, DB_FEED, pre, 13, cv, cn), 0);
+    assert_int_equal(store_commit(t), 0);
+    assert_int_equal(verify_problems(s), 0);
+    feed_collect *again = calloc(1, sizeof *again);
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    for (uint64_t cur = 0;;) { /* paged, from every place */
+        size_t before = again->n;
+        assert_int_equal(store_feed(t, h0, 1, cur, 7, collect, again, &nx), 0);
+        if (again->n == before) break;
+        cur = nx;
+    }
+    assert_int_equal(again->n, all->n);
+    assert_memory_equal(again->got, all->got, all->n * sizeof all->got[0]);
+    store_abort(t);
+    su_ops_reset(&o);
+    su_set_str(&o, "note", "再访");
+    su_make(&devs[0], "household", hname, &o, NOW + 5000, &env, NULL);
+    store_outcome o2 = su_push(s, &env, NOW);
+    assert_int_equal(o2.result, STORE_APPLIED);
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_feed_has(t, hname, o2.sseq), 0);
+    be64(pre + 5, o2.sseq);
+    if (all->n - half < 64) /* room in the chunk: it went there */
+        assert_int_equal(store_get(t, DB_FEED, pre, 13, &fv), STORE_ENOTFOUND);
+    store_abort(t);
+    assert_int_equal(verify_problems(s), 0);
+    free(all);
+    free(again);
     su_ops_free(&o);
     crdt_buf_free(&env);
     store_close(s);
