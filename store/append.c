@@ -334,20 +334,14 @@ int store_history_next(const uint8_t **p, const uint8_t *end, uint64_t *sseq)
     return STORE_ECORRUPT;
 }
 
-/* The history of records[key] into t->hist (unless it holds it already);
- * a record not stored yet has none. */
-static int hist_load(store_txn *t, const uint8_t *key, size_t kn)
+/* Make h (hn bytes) the history t->hist holds for records[key]. */
+static int hist_set(store_txn *t, const uint8_t *key, size_t kn, const uint8_t *h, size_t hn)
 {
-    if (t->hist_ok && t->hist_kn == kn && !memcmp(t->hist_key, key, kn)) return STORE_OK;
+    int rc = STORE_OK;
     t->hist_ok = false;
     crdt_buf_reset(&t->hist);
     t->hist_last = 0;
-    int rc = store_get_packed(t, DB_RECORDS, key, kn, &t->scratch2);
-    const uint8_t *rec, *h = NULL;
-    size_t rn, hn = 0;
-    if (rc == STORE_OK) rc = store_record_split(t->scratch2.p, t->scratch2.n, &rec, &rn, &h, &hn);
-    else if (rc == STORE_ENOTFOUND) rc = STORE_OK;
-    if (!rc && hn) rc = crdt_buf_append(&t->hist, h, hn);
+    if (hn) rc = crdt_buf_append(&t->hist, h, hn);
     for (const uint8_t *q = h, *end = h + hn; !rc && q < end;)
         rc = store_history_next(&q, end, &t->hist_last);
     if (rc) return rc;
@@ -355,6 +349,20 @@ static int hist_load(store_txn *t, const uint8_t *key, size_t kn)
     t->hist_kn = kn;
     t->hist_ok = true;
     return STORE_OK;
+}
+
+/* The history of records[key] into t->hist (unless it holds it already);
+ * a record not stored yet has none. */
+static int hist_load(store_txn *t, const uint8_t *key, size_t kn)
+{
+    if (t->hist_ok && t->hist_kn == kn && !memcmp(t->hist_key, key, kn)) return STORE_OK;
+    t->hist_ok = false;
+    int rc = store_get_packed(t, DB_RECORDS, key, kn, &t->scratch2);
+    const uint8_t *rec, *h = NULL;
+    size_t rn, hn = 0;
+    if (rc == STORE_OK) rc = store_record_split(t->scratch2.p, t->scratch2.n, &rec, &rn, &h, &hn);
+    else if (rc == STORE_ENOTFOUND) rc = STORE_OK;
+    return rc ? rc : hist_set(t, key, kn, h, hn);
 }
 
 /* Is the txn's cached record records[kind, id]? */
@@ -393,10 +401,13 @@ static int get_record(store_txn *t, const char *kind, const char *id, bool take,
     }
     size_t n = record_key(k, kind, kl, id, il);
     int rc = store_get_packed(t, DB_RECORDS, k, n, &t->scratch2);
+    if (rc == STORE_ENOTFOUND && t->rw) hist_set(t, k, n, NULL, 0); /* a new one: none */
     if (rc) return rc;
     const uint8_t *rec, *h;
     size_t rn, hn;
     if ((rc = store_record_split(t->scratch2.p, t->scratch2.n, &rec, &rn, &h, &hn))) return rc;
+    /* A write txn is likely to write it back: keep its history (hist_load). */
+    if (t->rw && hist_set(t, k, n, h, hn) == CRDT_ENOMEM) return CRDT_ENOMEM;
     rc = crdt_record_decode(rec, rn, out);
     if (rc) return rc == CRDT_ENOMEM ? rc : STORE_ECORRUPT;
     if (t->rw && !take) rcache_set(t, crdt_record_dup(*out)); /* NULL (no cache) on ENOMEM */
