@@ -366,6 +366,17 @@ static int zpack(ZSTD_CCtx *cc, uint8_t *dst, size_t cap, const uint8_t *v, size
     return STORE_OK;
 }
 
+/* Room for cap bytes in z (its contents may go). */
+static int zbuf_reserve(crdt_buf *z, size_t cap)
+{
+    if (z->cap >= cap) return STORE_OK;
+    uint8_t *p = realloc(z->p, cap);
+    if (!p) return CRDT_ENOMEM;
+    z->p = p;
+    z->cap = cap;
+    return STORE_OK;
+}
+
 static int pack(store_txn *t, const uint8_t *v, size_t n, const uint8_t **out, size_t *on)
 {
     *out = v;
@@ -373,12 +384,7 @@ static int pack(store_txn *t, const uint8_t *v, size_t n, const uint8_t **out, s
     if (n < PACK_MIN || !t->s->zcc) return STORE_OK;
     size_t cap = ZSTD_compressBound(n);
     crdt_buf *z = &t->zbuf;
-    if (z->cap < cap) {
-        uint8_t *p = realloc(z->p, cap);
-        if (!p) return CRDT_ENOMEM;
-        z->p = p;
-        z->cap = cap;
-    }
+    if (zbuf_reserve(z, cap)) return CRDT_ENOMEM;
     return zpack(t->s->zcc, z->p, cap, v, n, out, on);
 }
 
@@ -473,12 +479,7 @@ int store_zframe(store_txn *t, const uint8_t *v, size_t n, uint8_t tag, const ui
     if (!t->rw || !t->s->zcc) return STORE_EINVAL;
     size_t cap = ZSTD_compressBound(n);
     crdt_buf *z = &t->zbuf;
-    if (z->cap < cap) {
-        uint8_t *p = realloc(z->p, cap);
-        if (!p) return CRDT_ENOMEM;
-        z->p = p;
-        z->cap = cap;
-    }
+    if (zbuf_reserve(z, cap)) return CRDT_ENOMEM;
     size_t c = ZSTD_compress2(t->s->zcc, z->p, cap, v, n);
     if (ZSTD_isError(c)) return CRDT_ENOMEM; /* zstd's only failure here: memory */
     if (c < sizeof zstd_magic || memcmp(z->p, zstd_magic, sizeof zstd_magic)) return STORE_EINVAL;

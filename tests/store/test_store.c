@@ -1839,16 +1839,6 @@ static int seqlist_cb(uint64_t sseq, void *arg)
     return 0;
 }
 
-static size_t leb(uint8_t *p, uint64_t d)
-{
-    size_t n = 0;
-    do {
-        p[n++] = (uint8_t)(d & 0x7f) | (d >= 0x80 ? 0x80 : 0);
-        d >>= 7;
-    } while (d);
-    return n;
-}
-
 /* A record's deltas are listed in its own value (no rdeltas entry each);
  * a record a format 2 store began (its first deltas in rdeltas) lists
  * both, in order, across pages; a history that does not ascend is damage. */
@@ -1895,8 +1885,8 @@ static void test_record_history(void **state)
     assert_int_equal(plain.p[0], 0x92);
     assert_int_equal(store_record_split(plain.p, plain.n, &rec, &rn, &h, &hn), 0);
     uint8_t hb[32];
-    size_t hl = leb(hb, all[2]);
-    hl += leb(hb + hl, all[3] - all[2]);
+    size_t hl = store_leb128(hb, all[2]);
+    hl += store_leb128(hb + hl, all[3] - all[2]);
     uint8_t hdr[3] = {0x92, 0xc4, (uint8_t)hl};
     assert_int_equal(crdt_buf_append(&nv, hdr, 3), 0);
     assert_int_equal(crdt_buf_append(&nv, hb, hl), 0);
