@@ -3,12 +3,14 @@
  * chains, quarantine, devices, the scoped feed, record and index reads.
  *
  * Invariants (checked by store_verify)
- *   - dots holds exactly one entry per (device, seq) the server has accepted
- *     into the device's chain; heads[dev] is the greatest such seq and its
+ *   - dots holds exactly one dot (a chunk's slot, or an entry of its own) per
+ *     (device, seq) the server has accepted into the device's chain;
+ *     heads[dev] is the greatest such seq and its
  *     hash, and seqs 1..head are all present (chains are contiguous).
  *   - Every applied delta has a server seq; deltas[sseq] is its envelope,
- *     verbatim (sealed); rdeltas and feed name it under its record and the
- *     household(s) it touched.
+ *     verbatim (sealed, in a block of the log: log.c); its record's history
+ *     (rdeltas in older stores) and the feed name it under its record and
+ *     the household(s) it touched.
  *   - records[kind,id] equals the merge of the record's applied deltas.
  *   - members, grid and lookup describe the current records exactly;
  *     agg/aggw equal the sum of the current records' contributions.
@@ -341,9 +343,11 @@ static int hist_set(store_txn *t, const uint8_t *key, size_t kn, const uint8_t *
     t->hist_ok = false;
     crdt_buf_reset(&t->hist);
     t->hist_last = 0;
-    if (hn) rc = crdt_buf_append(&t->hist, h, hn);
-    for (const uint8_t *q = h, *end = h + hn; !rc && q < end;)
-        rc = store_history_next(&q, end, &t->hist_last);
+    if (hn) {
+        rc = crdt_buf_append(&t->hist, h, hn);
+        for (const uint8_t *q = h, *end = h + hn; !rc && q < end;)
+            rc = store_history_next(&q, end, &t->hist_last);
+    }
     if (rc) return rc;
     memcpy(t->hist_key, key, kn);
     t->hist_kn = kn;
@@ -1022,7 +1026,7 @@ quarantine_only:
  * store_merge_reviewed — the merge half of store_append (steps 5 and 6
  * without the dot and the chain head) for a delta an admin accepted from
  * quarantine: a fresh server seq, the envelope verbatim in the log, the merge
- * into its record, rdeltas, feed, indexes, aggregates and the HLC high-water
+ * into its record and its history, feed, indexes, aggregates and the HLC high-water
  * mark.  review.c decides what becomes of the device's chain.  The caller
  * has decoded and schema-checked it->delta.  Fills out->sseq and
  * out->household (result STORE_APPLIED); errors abort the caller's txn.

@@ -22,7 +22,7 @@
  *     entry in the same transaction, naming the actor.
  *   - An accepted delta is in the log under exactly one new server seq (or,
  *     if its exact bytes were already applied, the existing one) and in its
- *     record's rdeltas, through store_merge_reviewed — the same merge and
+ *     record's history, through store_merge_reviewed — the same merge and
  *     index code as store_append — so store_verify holds after an accept.
  *   - Device chains (dots, heads) only change in one case: a delta held in
  *     the chain (clock ahead, or out of scope: seq in the chain, server seq

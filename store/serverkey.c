@@ -5,7 +5,9 @@
  *
  *   store_server_sign_delta   the server's own deltas (device id 0)
  *   store_server_append       ... built, signed and appended in one call
- *   store_record_deltas       a record's history (rdeltas: kind 0 id 0 sseq)
+ *   store_record_deltas       a record's history (rdeltas: kind 0 id 0 sseq, from
+ *                             stores before format 3; then the history in the
+ *                             record's own value, append.c)
  *   store_agg_places          the (community, grid) pairs with aggregates
  *   store_agg_place_list      ... collected into an owned list
  *   store_records_page        a bounded walk over one kind's records
@@ -156,7 +158,8 @@ int store_record_deltas(store_txn *t, const char *kind, const char *id, uint64_t
         else if (!rc && !(rc = store_record_split(val.p, val.n, &rec, &rn, &h, &hn)))
             rc = crdt_buf_append(&hist, h, hn); /* cb may use the txn: a copy */
         uint64_t sseq = 0;
-        for (const uint8_t *q = hist.p, *end = hist.p + hist.n; !rc && q < end && delivered < limit;) {
+        const uint8_t *q = hist.p, *end = hist.n ? hist.p + hist.n : hist.p;
+        while (!rc && q < end && delivered < limit) {
             if ((rc = store_history_next(&q, end, &sseq))) break;
             if (sseq <= after) continue;
             if ((rc = cb(sseq, arg))) break;

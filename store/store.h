@@ -703,7 +703,7 @@ int store_device_list(store_txn *t, store_device_cb cb, void *arg);
  * deleted; the admin's decision is a separate review record in meta, key
  * "qreview" || qid(8) (sealed: it names the admin), plus an audit entry.
  * Accepting merges the delta through the normal merge path (a fresh server
- * seq, the envelope verbatim in the log, the record, rdeltas, feed,
+ * seq, the envelope verbatim in the log, the record and its history, feed,
  * indexes, aggregates), so store_verify holds afterwards; the device's
  * chain is left as it is, except that a clock-ahead delta — already in the
  * chain as a dot without a server seq — gets its dot linked to the new
@@ -808,11 +808,12 @@ int store_server_append(store_txn *t, const char *kind, const char *id, const cr
 
 /*
  * store_record_deltas — the server seqs of the deltas merged into record
- * kind/id (the rdeltas index), ascending, those > after, at most limit:
+ * kind/id (the rdeltas index of older stores, then the history kept in the
+ * record's value since format 3), ascending, those > after, at most limit:
  * cb(sseq, arg) for each.  *next (may be NULL) receives the last sseq
  * delivered (or `after`).  Cost is proportional to the page.  cb returning
  * non-zero stops early and that value is returned; else 0, STORE_EINVAL,
- * or an LMDB error.
+ * STORE_ECORRUPT (a history that does not decode), or an LMDB error.
  */
 typedef int (*store_sseq_cb)(uint64_t sseq, void *arg);
 int store_record_deltas(store_txn *t, const char *kind, const char *id, uint64_t after,

@@ -8,8 +8,8 @@
  *      each applied delta's previous hash is the hash of the dot before it
  *      (zeros for seq 1), so a changed envelope breaks the chain even where
  *      the dot keeps no hash of its own;
- *   2. records: every record equals the merge of the deltas its rdeltas
- *      index names (re-applied from the verbatim envelopes), and every
+ *   2. records: every record equals the merge of the deltas its history
+ *      names (rdeltas, then its value: store_record_deltas; re-applied from the verbatim envelopes), and every
  *      delta is named by exactly one record (counts agree);
  *   3. indexes: every entry a record implies (members, grid, lookups) is
  *      present, and each index holds exactly as many entries as implied;
