@@ -565,42 +565,6 @@ static int feed_put(store_txn *t, const char *household, uint64_t sseq)
     return store_put(t, DB_FEED, k, hl + 9, "", 0);
 }
 
-int store_feed_has(store_txn *t, const char *household, uint64_t sseq)
-{
-    uint8_t k[CRDT_RECID_MAX + 1 + 8];
-    size_t hl = strlen(household);
-    MDB_cursor *c;
-    MDB_val key = {hl + 9, k}, v;
-    if (!hl || hl > CRDT_RECID_MAX) return STORE_EINVAL;
-    memcpy(k, household, hl);
-    k[hl] = 0;
-    be64(k + hl + 1, sseq);
-    int rc = store_lmdb_err(mdb_cursor_open(t->txn, t->s->dbi[DB_FEED], &c));
-    if (rc) return rc;
-    /* The chunk that would hold it: the last entry whose first is <= sseq. */
-    int mrc = mdb_cursor_get(c, &key, &v, MDB_SET_RANGE);
-    if (mrc == 0 && key.mv_size == hl + 9 && !memcmp(key.mv_data, k, hl + 9)) {
-        mdb_cursor_close(c);
-        return STORE_OK;
-    }
-    if (mrc == 0) mrc = mdb_cursor_get(c, &key, &v, MDB_PREV);
-    else if (mrc == MDB_NOTFOUND) mrc = mdb_cursor_get(c, &key, &v, MDB_LAST);
-    rc = STORE_ENOTFOUND;
-    if (mrc && mrc != MDB_NOTFOUND) rc = store_lmdb_err(mrc);
-    else if (!mrc && key.mv_size == hl + 9 && !memcmp(key.mv_data, k, hl + 1)) {
-        uint64_t s = rd64((const uint8_t *)key.mv_data + hl + 1);
-        const uint8_t *q = v.mv_data, *end = q + v.mv_size;
-        while (q < end && s < sseq)
-            if (store_history_next(&q, end, &s)) {
-                rc = STORE_ECORRUPT;
-                break;
-            }
-        if (rc != STORE_ECORRUPT && s == sseq) rc = STORE_OK;
-    }
-    mdb_cursor_close(c);
-    return rc;
-}
-
 static int pair_index(store_txn *t, int db, const char *const *parts, size_t n, bool add)
 {
     uint8_t k[512];
@@ -1045,8 +1009,6 @@ int store_merge_reviewed(store_txn *t, const store_item *it, store_outcome *out)
     be64(sk, sseq);
     /* sseq = last + 1: queued for the log's next block (log.c). */
     if ((rc = store_log_append(t, sseq, it->env, it->env_len))) return rc;
-    t->last_sseq = sseq;
-    t->have_last_sseq = true;
     rc = load_or_new(t, d->kind, d->kind_len, d->id, d->id_len, &rec);
     if (rc) goto done;
     if (rec->n_fields || rec->tomb.n) {
@@ -1275,13 +1237,9 @@ static int hcur_step(hcur *h)
 static int hcur_seek(hcur *h, uint64_t after)
 {
     MDB_val k, v;
-    int rc = feed_last(h->c, h->prefix, h->pn, &k, &v); /* whether it has any */
-    if (rc == STORE_ENOTFOUND) {
-        h->cur = 0;
-        return STORE_OK;
-    }
-    if (rc) return rc;
-    /* The last chunk starting at or before after + 1, else the first. */
+    int rc;
+    /* The last chunk starting at or before after + 1, else the first (or
+     * none: hcur_load finds another household's key or the end). */
     uint8_t start[CRDT_RECID_MAX + 10];
     memcpy(start, h->prefix, h->pn);
     be64(start + h->pn, after + 1);
@@ -1305,6 +1263,22 @@ static int hcur_seek(hcur *h, uint64_t after)
     while (h->cur && h->cur <= after)
         if ((rc = hcur_step(h))) return rc;
     return STORE_OK;
+}
+
+int store_feed_has(store_txn *t, const char *household, uint64_t sseq)
+{
+    size_t hl = strlen(household);
+    hcur *h;
+    if (!hl || hl > CRDT_RECID_MAX || !sseq) return STORE_EINVAL;
+    if (!(h = calloc(1, sizeof *h))) return CRDT_ENOMEM;
+    memcpy(h->prefix, household, hl);
+    h->pn = hl + 1;
+    int rc = store_lmdb_err(mdb_cursor_open(t->txn, t->s->dbi[DB_FEED], &h->c));
+    if (!rc) rc = hcur_seek(h, sseq - 1);
+    if (!rc) rc = h->cur == sseq ? STORE_OK : STORE_ENOTFOUND;
+    if (h->c) mdb_cursor_close(h->c);
+    free(h);
+    return rc;
 }
 
 int store_feed(store_txn *t, const char *const *households, size_t nh, uint64_t after,

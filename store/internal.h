@@ -224,7 +224,8 @@ int store_zframe(store_txn *t, const uint8_t *v, size_t n, uint8_t tag, const ui
                  size_t *on);
 int store_unzframe(store_txn *t, crdt_buf *plain);
 /* The log (log.c).  store_log_append queues the envelope for server seq
- * sseq (the one after the last, which the caller derived) in the write txn;
+ * sseq in the write txn (STORE_EINVAL unless it is the one after the last,
+ * store_last_sseq, which then returns it);
  * store_log_flush writes what is queued as blocks (store_commit calls it);
  * store_log_has: STORE_OK if the log holds sseq, else STORE_ENOTFOUND;
  * store_log_count counts the envelopes in the log. */

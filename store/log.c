@@ -50,7 +50,6 @@
 #define LOG_TAG_BLOCK_Z 0x03
 #define LOG_TAG_BLOCK_RAW 0x04
 #define LOG_RATIO_INIT 0.45       /* compressed / raw before the first block is made */
-#define LOG_FILL 1.0              /* aim this far below the inline limit */
 
 /* ---- the pending envelopes of a write txn ------------------------------------------- */
 
@@ -128,17 +127,20 @@ int store_log_flush(store_txn *t)
 
 int store_log_append(store_txn *t, uint64_t sseq, const uint8_t *env, size_t n)
 {
+    uint64_t last;
     int rc;
     if (!t->rw) return STORE_EREADONLY;
     if (!n || env[0] < 0x80 || n > UINT32_MAX / 2) return STORE_EINVAL;
-    if (t->pend_n && sseq != t->pend_first + t->pend_n) return STORE_EINVAL;
+    /* Dense seqs: exactly the one after the last (stored or pending). */
+    if ((rc = store_last_sseq(t, &last))) return rc;
+    if (sseq != last + 1) return STORE_EINVAL;
     /* Would this envelope take the block past what fits inline?  Then the
      * pending ones go first. */
     if (t->pend_n) {
         double r = t->s->log_ratio > 0 ? t->s->log_ratio : LOG_RATIO_INIT;
         double est = (double)(pend_bytes(t) + n + 4 * (t->pend_n + 2)) * r + 16;
         if (t->pend_n == LOG_BLOCK_MAX ||
-            est + SEAL_OVERHEAD > (double)t->s->log_vmax * LOG_FILL) {
+            est + SEAL_OVERHEAD > (double)t->s->log_vmax) {
             if ((rc = store_log_flush(t))) return rc;
         }
     }
@@ -149,6 +151,8 @@ int store_log_append(store_txn *t, uint64_t sseq, const uint8_t *env, size_t n)
     }
     if ((rc = crdt_buf_append(&t->pend, env, n))) return rc;
     t->pend_off[++t->pend_n] = (uint32_t)t->pend.n;
+    t->last_sseq = sseq; /* the cursor's MDB_LAST does not see pending ones */
+    t->have_last_sseq = true;
     return STORE_OK;
 }
 

@@ -1770,6 +1770,7 @@ static void test_log_blocks(void **state)
     }
     /* Not the next seq: refused. */
     assert_int_equal(store_log_append(t, N + 50, big[0], sizeof big[0]), STORE_EINVAL);
+    assert_int_equal(store_log_append(t, N + 41, big[0], sizeof big[0]), STORE_EINVAL); /* again */
     assert_true(db_count(t, DB_DELTAS, NULL) > entries); /* some written already */
     for (int i = 0; i < 40; i++) {
         assert_int_equal(store_get_envelope(t, N + 2 + (uint64_t)i, &env), 0);
