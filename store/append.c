@@ -11,7 +11,9 @@
  *     verbatim (sealed, in a block of the log: log.c); its record's history
  *     (rdeltas in older stores) and the feed name it under its record and
  *     the household(s) it touched.
- *   - records[kind,id] equals the merge of the record's applied deltas.
+ *   - records[kind,id] equals the merge of the record's applied deltas
+ *     (stored in full, or, for a record one delta made, a reference to that
+ *     delta, rebuilt from the log when read: store_record_build).
  *   - members, grid and lookup describe the current records exactly;
  *     agg/aggw equal the sum of the current records' contributions.
  *   - One delta's effects are all-or-nothing: any error aborts the caller's
@@ -336,11 +338,103 @@ int store_history_next(const uint8_t **p, const uint8_t *end, uint64_t *sseq)
     return STORE_ECORRUPT;
 }
 
-/* Make h (hn bytes) the history t->hist holds for records[key]. */
-static int hist_set(store_txn *t, const uint8_t *key, size_t kn, const uint8_t *h, size_t hn)
+/* ---- a record kept as a reference (format 4) --------------------------------
+ * Most records are made by one delta and never merged into again (a person
+ * entered on a first visit): such a record is exactly that delta applied to
+ * an empty record, and the delta is in the log already.  Its value is then
+ * REC_REF followed by its history (one LEB128 sseq), not sealed (it holds no
+ * personal data: the log's sealed envelope does) and no copy of the record;
+ * store_record_build rebuilds it from the log when it is read.  The second
+ * delta merged into it writes the record out in full (put_record).  A
+ * sealed value is at least SEAL_OVERHEAD + 1 bytes, so a value of at most
+ * REC_REF_MAX bytes is a reference and any longer one is sealed. */
+#define REC_REF 0x00
+#define REC_REF_MAX 32
+
+int store_record_value(store_txn *t, const MDB_val *k, const MDB_val *raw, crdt_buf *plain,
+                       store_recval *rv)
+{
+    const uint8_t *p = raw->mv_data;
+    int rc;
+    memset(rv, 0, sizeof *rv);
+    crdt_buf_reset(plain);
+    if (raw->mv_size <= REC_REF_MAX) {
+        if (raw->mv_size < 2 || p[0] != REC_REF) return STORE_ECORRUPT;
+        if ((rc = crdt_buf_append(plain, p + 1, raw->mv_size - 1))) return rc;
+        rv->hist = plain->p;
+        rv->hn = plain->n;
+        return STORE_OK;
+    }
+    if ((rc = store_unseal(t->s, DB_RECORDS, k, p, raw->mv_size, plain)) ||
+        (rc = store_unpack(t, plain))) {
+        crdt_buf_reset(plain);
+        return rc;
+    }
+    return store_record_split(plain->p, plain->n, &rv->rec, &rv->rn, &rv->hist, &rv->hn);
+}
+
+int store_get_record_value(store_txn *t, const void *k, size_t kn, crdt_buf *plain,
+                           store_recval *rv)
+{
+    MDB_val key = {kn, (void *)k}, raw;
+    memset(rv, 0, sizeof *rv);
+    int rc = store_get(t, DB_RECORDS, k, kn, &raw);
+    return rc ? rc : store_record_value(t, &key, &raw, plain, rv);
+}
+
+/* Apply the envelope at sseq to r: STORE_ECORRUPT if it is missing or is
+ * not a delta of r that the schema takes (the history names it). */
+static int apply_logged(store_txn *t, crdt_record *r, uint64_t sseq)
+{
+    const uint8_t *db, *sig;
+    size_t dl;
+    crdt_delta d;
+    int err_op, rc;
+    if (!t->marena && !(t->marena = crdt_arena_new(0))) return CRDT_ENOMEM;
+    crdt_arena_reset(t->marena);
+    rc = store_get_envelope(t, sseq, &t->menv);
+    if (rc == STORE_ENOTFOUND) return STORE_ECORRUPT;
+    if (rc) return rc;
+    if (wire_envelope_decode(t->menv.p, t->menv.n, &crdt_limits_default, &db, &dl, &sig))
+        return STORE_ECORRUPT;
+    rc = crdt_delta_decode(db, dl, &crdt_limits_default, t->marena, &d, &err_op);
+    if (!rc) rc = crdt_schema_check_delta(t->s->schema, &d, &err_op);
+    if (!rc) rc = crdt_record_apply(r, t->s->schema, &d);
+    return !rc || rc == CRDT_ENOMEM ? rc : STORE_ECORRUPT;
+}
+
+int store_record_build(store_txn *t, const char *kind, size_t kl, const char *id, size_t il,
+                       const store_recval *rv, crdt_record **out)
+{
+    int rc;
+    *out = NULL;
+    if (rv->rec) {
+        rc = crdt_record_decode(rv->rec, rv->rn, out);
+        return !rc || rc == CRDT_ENOMEM ? rc : STORE_ECORRUPT;
+    }
+    crdt_record *r = crdt_record_new(kind, kl, id, il);
+    if (!r) return CRDT_ENOMEM;
+    uint64_t sseq = 0;
+    const uint8_t *q = rv->hist, *end = rv->hist + rv->hn;
+    rc = rv->hn ? STORE_OK : STORE_ECORRUPT; /* a reference names at least one */
+    while (!rc && q < end)
+        if (!(rc = store_history_next(&q, end, &sseq))) rc = apply_logged(t, r, sseq);
+    if (rc) {
+        crdt_record_free(r);
+        return rc;
+    }
+    *out = r;
+    return STORE_OK;
+}
+
+/* Make h (hn bytes) the history t->hist holds for records[key]; stored:
+ * whether records[key] exists. */
+static int hist_set(store_txn *t, const uint8_t *key, size_t kn, bool stored, const uint8_t *h,
+                    size_t hn)
 {
     int rc = STORE_OK;
     t->hist_ok = false;
+    t->hist_stored = stored;
     crdt_buf_reset(&t->hist);
     t->hist_last = 0;
     if (hn) {
@@ -361,12 +455,10 @@ static int hist_load(store_txn *t, const uint8_t *key, size_t kn)
 {
     if (t->hist_ok && t->hist_kn == kn && !memcmp(t->hist_key, key, kn)) return STORE_OK;
     t->hist_ok = false;
-    int rc = store_get_packed(t, DB_RECORDS, key, kn, &t->scratch2);
-    const uint8_t *rec, *h = NULL;
-    size_t rn, hn = 0;
-    if (rc == STORE_OK) rc = store_record_split(t->scratch2.p, t->scratch2.n, &rec, &rn, &h, &hn);
-    else if (rc == STORE_ENOTFOUND) rc = STORE_OK;
-    return rc ? rc : hist_set(t, key, kn, h, hn);
+    store_recval rv;
+    int rc = store_get_record_value(t, key, kn, &t->scratch2, &rv);
+    if (rc == STORE_ENOTFOUND) return hist_set(t, key, kn, false, NULL, 0);
+    return rc ? rc : hist_set(t, key, kn, true, rv.hist, rv.hn);
 }
 
 /* Is the txn's cached record records[kind, id]? */
@@ -404,16 +496,13 @@ static int get_record(store_txn *t, const char *kind, const char *id, bool take,
         return STORE_OK;
     }
     size_t n = record_key(k, kind, kl, id, il);
-    int rc = store_get_packed(t, DB_RECORDS, k, n, &t->scratch2);
-    if (rc == STORE_ENOTFOUND && t->rw) hist_set(t, k, n, NULL, 0); /* a new one: none */
+    store_recval rv;
+    int rc = store_get_record_value(t, k, n, &t->scratch2, &rv);
+    if (rc == STORE_ENOTFOUND && t->rw) hist_set(t, k, n, false, NULL, 0); /* a new one: none */
     if (rc) return rc;
-    const uint8_t *rec, *h;
-    size_t rn, hn;
-    if ((rc = store_record_split(t->scratch2.p, t->scratch2.n, &rec, &rn, &h, &hn))) return rc;
     /* A write txn is likely to write it back: keep its history (hist_load). */
-    if (t->rw && hist_set(t, k, n, h, hn) == CRDT_ENOMEM) return CRDT_ENOMEM;
-    rc = crdt_record_decode(rec, rn, out);
-    if (rc) return rc == CRDT_ENOMEM ? rc : STORE_ECORRUPT;
+    if (t->rw && hist_set(t, k, n, true, rv.hist, rv.hn) == CRDT_ENOMEM) return CRDT_ENOMEM;
+    if ((rc = store_record_build(t, kind, kl, id, il, &rv, out))) return rc;
     if (t->rw && !take) rcache_set(t, crdt_record_dup(*out)); /* NULL (no cache) on ENOMEM */
     return STORE_OK;
 }
@@ -424,7 +513,8 @@ int store_get_record(store_txn *t, const char *kind, const char *id, crdt_record
 }
 
 /* Write r (the only writer of DB_RECORDS) with sseq, the delta just merged
- * into it, added to its history.  A cached copy of the record is dropped:
+ * into it, added to its history: a new record (sseq made it) as a
+ * reference, any other in full.  A cached copy of the record is dropped:
  * the caller may cache r once it is done with it. */
 static int put_record(store_txn *t, const crdt_record *r, uint64_t sseq)
 {
@@ -434,11 +524,19 @@ static int put_record(store_txn *t, const crdt_record *r, uint64_t sseq)
     if (rcache_is(t, r->kind, r->id)) rcache_set(t, NULL);
     if ((rc = hist_load(t, k, n))) return rc;
     if (sseq <= t->hist_last) return STORE_ECORRUPT; /* seqs only grow */
-    if ((rc = store_format3(t))) return rc;
+    if ((rc = store_format_raise(t, 3))) return rc;
     uint8_t leb[10];
     size_t ln = store_leb128(leb, sseq - t->hist_last);
-    if ((rc = crdt_buf_append(&t->hist, leb, ln))) return rc;
+    if ((rc = crdt_buf_append(&t->hist, leb, ln))) goto undo;
     t->hist_last = sseq;
+    if (!t->hist_stored) { /* made by this delta: a reference to it */
+        uint8_t v[1 + 10] = {REC_REF};
+        memcpy(v + 1, leb, ln);
+        if ((rc = store_format_raise(t, 4)) || (rc = store_put(t, DB_RECORDS, k, n, v, 1 + ln)))
+            goto undo;
+        t->hist_stored = true;
+        return STORE_OK;
+    }
     /* 0x92, the history as a bin, then the record. */
     crdt_buf *b = &t->scratch2;
     size_t hn = t->hist.n;
@@ -558,7 +656,7 @@ static int feed_put(store_txn *t, const char *household, uint64_t sseq)
     mdb_cursor_close(c);
     if (rc) return rc;
     if (extend) {
-        if ((rc = store_format3(t))) return rc;
+        if ((rc = store_format_raise(t, 3))) return rc;
         return store_put(t, DB_FEED, k, hl + 9, val, vn);
     }
     be64(k + hl + 1, sseq);
@@ -695,7 +793,7 @@ static int dot_put_chunk(store_txn *t, uint32_t dev, uint64_t seq, uint64_t sseq
         if (v.mv_size != sizeof c) return STORE_ECORRUPT;
         memcpy(c, v.mv_data, sizeof c);
     } else if (rc == STORE_ENOTFOUND) {
-        if ((rc = store_format3(t))) return rc; /* the first chunk of a format 2 store */
+        if ((rc = store_format_raise(t, 3))) return rc; /* the first chunk of a format 2 store */
         memset(c, 0, sizeof c);
     } else {
         return rc;

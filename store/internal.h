@@ -20,7 +20,9 @@
  *              a chunk sorts just after dev(4) base(8), before dev(4) base+1(8))
  *   heads     dev(4)                       -> seq(8) hash(32)
  *   records   kind 0 id                    -> sealed packed canonical record, since
- *                                             format 3 after the record's history
+ *                                             format 3 after the record's history;
+ *                                             or (format 4, a record one delta made)
+ *                                             0x00 history, not sealed: a reference
  *   rdeltas   kind 0 id 0 sseq(8)          -> ""      (a record's deltas, written
  *                                             before format 3; since, its history is in
  *                                             the record's value: append.c)
@@ -80,8 +82,10 @@ extern const char *const store_db_names[DB_COUNT];
 /* Format 2: packed (compressed) deltas and records, short dots, the
  * dictionary in meta.  store_open upgrades a format 1 store (pack.c), so
  * that older binaries refuse it cleanly.  Format 3: the delta log holds
- * blocks (log.c); the first block written makes a format 2 store format 3. */
-#define STORE_FORMAT 3
+ * blocks (log.c); the first block written makes a format 2 store format 3.
+ * Format 4: a record made by one delta is kept as a reference to it
+ * (append.c); the first one written makes the store format 4. */
+#define STORE_FORMAT 4
 #define STORE_FORMAT_MIN 1
 #define STORE_LOOKUP_HASH_MAX 16
 #define SEAL_OVERHEAD (crypto_aead_xchacha20poly1305_ietf_NPUBBYTES + \
@@ -170,7 +174,7 @@ struct store_txn {
     uint64_t pend_first;
     uint32_t blk_off[LOG_BLOCK_MAX + 1], blk_n;
     uint64_t blk_first, blk_last;
-    bool made_format3;          /* this txn wrote meta "format" 3 */
+    uint32_t made_format;       /* this txn wrote meta "format" (3 or 4), or 0 */
     /* Write txns: the history (append.c) of records[hist_key] as stored
      * or last written by this txn, valid when hist_ok; hist_last, its last
      * sseq (0: none). */
@@ -178,7 +182,13 @@ struct store_txn {
     uint8_t hist_key[CRDT_NAME_MAX + CRDT_RECID_MAX + 2];
     size_t hist_kn;
     bool hist_ok;
+    bool hist_stored;           /* records[hist_key] exists (else: a new record) */
     uint64_t hist_last;
+    /* Rebuilding a record kept as a reference (store_record_build): the
+     * envelope being applied and its decoded delta's arena (NULL until
+     * first used). */
+    crdt_buf menv;
+    crdt_arena *marena;
 };
 
 /* LMDB code -> STORE_E*. */
@@ -233,10 +243,12 @@ int store_log_append(store_txn *t, uint64_t sseq, const uint8_t *env, size_t n);
 int store_log_flush(store_txn *t);
 int store_log_has(store_txn *t, uint64_t sseq);
 int store_log_count(store_txn *t, uint64_t *count);
-/* Before the first write of something only format 3 reads (a log block, a
- * dots chunk): meta "format" 3 in the same txn (older binaries refuse the
+/* Before the first write of something only format `format` reads (3: a log
+ * block, a dots chunk, a history in a record's value, a feed chunk; 4: a
+ * record kept as a reference to the log): meta "format" set to it in the
+ * same txn, unless the store is there already (older binaries refuse the
  * store rather than misread it; store_commit then notes it in s->format). */
-int store_format3(store_txn *t);
+int store_format_raise(store_txn *t, uint32_t format);
 /* A records value's plaintext (unpacked): the record's canonical bytes
  * (*rec, *rn) and its history (*hist, *hn: none in values written before
  * format 3); STORE_ECORRUPT if it is neither form (append.c).
@@ -244,6 +256,24 @@ int store_format3(store_txn *t);
  * previous one, 0 at first): STORE_ECORRUPT if cut short or not ascending. */
 int store_record_split(const uint8_t *p, size_t n, const uint8_t **rec, size_t *rn,
                        const uint8_t **hist, size_t *hn);
+/* A records value as read (append.c): the record's canonical bytes (rec,
+ * rn; NULL, 0 for a reference, format 4: the record is its history's
+ * deltas applied to an empty record) and its history (hist, hn), both in
+ * the caller's buffer `plain`.  store_record_value reads the value raw (as
+ * LMDB holds it under key k); store_get_record_value gets it first
+ * (STORE_ENOTFOUND if absent).  store_record_build makes the record from
+ * it: decoded, or rebuilt from the log; *out owned by the caller.  Each
+ * returns STORE_ECORRUPT for a value that is not what it should be. */
+typedef struct store_recval {
+    const uint8_t *rec, *hist;
+    size_t rn, hn;
+} store_recval;
+int store_record_value(store_txn *t, const MDB_val *k, const MDB_val *raw, crdt_buf *plain,
+                       store_recval *rv);
+int store_get_record_value(store_txn *t, const void *k, size_t kn, crdt_buf *plain,
+                           store_recval *rv);
+int store_record_build(store_txn *t, const char *kind, size_t kl, const char *id, size_t il,
+                       const store_recval *rv, crdt_record **out);
 int store_history_next(const uint8_t **p, const uint8_t *end, uint64_t *sseq);
 /* v as LEB128 into p (at most 10 bytes); its length. */
 size_t store_leb128(uint8_t *p, uint64_t v);

@@ -94,7 +94,7 @@ static int write_entry(store_txn *t, uint32_t k, bool *too_big)
         *too_big = true;
         return STORE_OK;
     }
-    if ((rc = store_format3(t))) return rc; /* the first block of a format 2 store */
+    if ((rc = store_format_raise(t, 3))) return rc; /* the first block of a format 2 store */
     return store_put_sealed_append(t, DB_DELTAS, key, 8, p, pn);
 }
 
@@ -156,13 +156,13 @@ int store_log_append(store_txn *t, uint64_t sseq, const uint8_t *env, size_t n)
     return STORE_OK;
 }
 
-int store_format3(store_txn *t)
+int store_format_raise(store_txn *t, uint32_t format)
 {
-    if (t->s->format >= 3 || t->made_format3) return STORE_OK;
+    if (t->s->format >= format || t->made_format >= format) return STORE_OK;
     uint8_t fmt[4];
-    be32(fmt, 3);
+    be32(fmt, format);
     int rc = store_put(t, DB_META, "format", 6, fmt, 4);
-    if (!rc) t->made_format3 = true;
+    if (!rc) t->made_format = format;
     return rc;
 }
 

@@ -151,12 +151,10 @@ int store_record_deltas(store_txn *t, const char *kind, const char *id, uint64_t
      * since, all after those in rdeltas). */
     if (delivered < limit) {
         crdt_buf val = {0}, hist = {0};
-        const uint8_t *rec, *h;
-        size_t rn, hn;
-        rc = store_get_packed(t, DB_RECORDS, prefix, pn - 1, &val);
+        store_recval rv;
+        rc = store_get_record_value(t, prefix, pn - 1, &val, &rv);
         if (rc == STORE_ENOTFOUND) rc = STORE_OK;
-        else if (!rc && !(rc = store_record_split(val.p, val.n, &rec, &rn, &h, &hn)))
-            rc = crdt_buf_append(&hist, h, hn); /* cb may use the txn: a copy */
+        else if (!rc) rc = crdt_buf_append(&hist, rv.hist, rv.hn); /* cb may use the txn: a copy */
         uint64_t sseq = 0;
         const uint8_t *q = hist.p, *end = hist.n ? hist.p + hist.n : hist.p;
         while (!rc && q < end && delivered < limit) {
@@ -288,15 +286,9 @@ int store_records_page(store_txn *t, const char *kind, const char *after, size_t
             break;
         }
         crdt_record *r = NULL;
-        const uint8_t *rec, *h;
-        size_t rn, hn;
-        rc = store_unseal(t->s, DB_RECORDS, &k, v.mv_data, v.mv_size, &plain);
-        if (!rc) rc = store_unpack(t, &plain);
-        if (!rc) rc = store_record_split(plain.p, plain.n, &rec, &rn, &h, &hn);
-        if (!rc) {
-            rc = crdt_record_decode(rec, rn, &r);
-            if (rc && rc != CRDT_ENOMEM) rc = STORE_ECORRUPT;
-        }
+        store_recval rv;
+        rc = store_record_value(t, &k, &v, &plain, &rv);
+        if (!rc) rc = store_record_build(t, kind, kl, (const char *)kp + kl + 1, il, &rv, &r);
         if (rc) break;
         memcpy(next, kp + kl + 1, il);
         next[il] = 0;

@@ -365,6 +365,8 @@ static void txn_free(store_txn *t)
     crdt_buf_free(&t->blkw);
     crdt_buf_free(&t->blk);
     crdt_buf_free(&t->hist);
+    crdt_buf_free(&t->menv);
+    crdt_arena_free(t->marena);
     crdt_record_free(t->rcache);
     free(t);
 }
@@ -397,7 +399,7 @@ int store_commit(store_txn *t)
         }
     }
     int rc = mdb_txn_commit(t->txn);
-    if (rc == 0 && t->made_format3) t->s->format = 3;
+    if (rc == 0 && t->made_format > t->s->format) t->s->format = t->made_format;
     txn_free(t);
     return store_lmdb_err(rc);
 }

@@ -19,8 +19,10 @@
  * quarantine entries) is sealed with XChaCha20-Poly1305 under a data key
  * kept in a separate key file; the associated data is the database's name
  * and the value's key, so a sealed value cannot be moved to another key or
- * database undetected.  Exact lookups (ID number, phone, name) go through
- * BLAKE2b keyed with a key of its own, derived from the same master key.
+ * database undetected.  (A record one delta made is kept as a reference to
+ * that delta, which is sealed in the log: see store_get_record.)  Exact
+ * lookups (ID number, phone, name) go through BLAKE2b keyed with a key of
+ * its own, derived from the same master key.
  *
  * Errors: 0 or a negative STORE_E* code (or CRDT_E* or WIRE_E* passed through);
  * store_strerror() covers all three ranges.  Retryable errors
@@ -331,8 +333,10 @@ int store_quarantine_get(store_txn *t, uint64_t qid, store_qentry *out);
 
 /* ---- reading records ------------------------------------------------------- */
 
-/* The merged record kind/id (owned by caller: crdt_record_free).
- * Returns 0, STORE_ENOTFOUND, STORE_ECORRUPT. */
+/* The merged record kind/id (owned by caller: crdt_record_free): decoded
+ * from its value, or, for a record one delta made (kept as a reference to
+ * it, format 4), that delta read from the log and applied again.
+ * Returns 0, STORE_ENOTFOUND, STORE_ECORRUPT, CRDT_ENOMEM. */
 int store_get_record(store_txn *t, const char *kind, const char *id,
                      crdt_record **out);
 

@@ -77,6 +77,20 @@ static void seed_person(store *s, su_dev *dev, const char *pid, const char *hh,
     crdt_buf_free(&env);
 }
 
+/* A second delta for a record: a person's new phone; its outcome. */
+static store_outcome push_phone(store *s, su_dev *dev, const char *pid, const char *phone,
+                                uint64_t ms)
+{
+    su_ops o = {0};
+    crdt_buf env = {0};
+    su_set_str(&o, "phone", phone);
+    su_make(dev, "person", pid, &o, ms, &env, NULL);
+    store_outcome out = su_push(s, &env, ms);
+    su_ops_free(&o);
+    crdt_buf_free(&env);
+    return out;
+}
+
 /* ---- opening ------------------------------------------------------------------- */
 
 static void test_init_open_errors(void **state)
@@ -1005,6 +1019,8 @@ static void test_packed_values(void **state)
     su_dev_init(&dev, 3);
     seed_household(s, &dev, "H1", "C01", "G01", NOW);
     seed_person(s, &dev, "P1", "H1", "欧阳震华", 11, NOW);
+    /* Stored in full (not a reference to its one delta) once it has two. */
+    assert_int_equal(push_phone(s, &dev, "P1", "13900139000", NOW + 1).result, STORE_APPLIED);
     store_close(s);
     assert_int_equal(store_open(d.data, d.key, NULL, &s, err, sizeof err), 0);
     assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
@@ -1686,7 +1702,7 @@ static void test_log_blocks(void **state)
     seed_household(s, &dev, "H1", "C01", "G01", NOW);
     assert_int_equal(store_begin(s, STORE_RW, &t), 0);
     assert_int_equal(store_get(t, DB_META, "format", 6, &v), 0);
-    assert_int_equal(rd32(v.mv_data), 3); /* its dots chunk */
+    assert_int_equal(rd32(v.mv_data), 4); /* its dots chunk (3), its record a reference (4) */
     assert_int_equal(store_put(t, DB_META, "format", 6, fmt, 4), 0); /* say 2 again */
     assert_int_equal(store_commit(t), 0);
     store_close(s);
@@ -1722,7 +1738,7 @@ static void test_log_blocks(void **state)
     assert_int_equal(store_open(d.data, d.key, NULL, &s, err, sizeof err), 0);
     assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
     assert_int_equal(store_get(t, DB_META, "format", 6, &v), 0);
-    assert_int_equal(rd32(v.mv_data), 3);
+    assert_int_equal(rd32(v.mv_data), 4);
     uint64_t ovf, entries = db_count(t, DB_DELTAS, &ovf);
     assert_true(entries > 1 && entries < N / 4); /* blocks of several */
     assert_int_equal(ovf, 0);                   /* each on a leaf page */
@@ -1968,6 +1984,197 @@ static void test_record_history(void **state)
     su_dir_remove(&d);
 }
 
+/* ---- records kept as references to their one delta (format 4) --------------------------- */
+
+static int page_count_cb(const crdt_record *r, void *arg)
+{
+    (void)r;
+    (*(int *)arg)++;
+    return 0;
+}
+
+/* The canonical bytes of records[kind, id] as the store reads it. */
+static void stored_bytes(store *s, const char *kind, const char *id, crdt_buf *out)
+{
+    store_txn *t;
+    crdt_record *r = NULL;
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_get_record(t, kind, id, &r), 0);
+    crdt_buf_reset(out);
+    assert_int_equal(crdt_record_encode(r, out), 0);
+    crdt_record_free(r);
+    store_abort(t);
+}
+
+/* A record one delta made is kept as a short unsealed reference to that
+ * delta and read by applying it again: the same record as the merge made
+ * (checked against a store that keeps it in full), listed by every reader;
+ * its second delta writes it out in full, in the same transaction or a
+ * later one; a format 3 store becomes format 4 with the first reference;
+ * a reference to a missing delta or another record's is STORE_ECORRUPT. */
+static void test_record_refs(void **state)
+{
+    (void)state;
+    su_dir d;
+    su_dir_make(&d, "refs");
+    store *s = su_store_new(&d, NULL);
+    store_txn *t;
+    MDB_val v;
+    su_dev dev;
+    su_dev_init(&dev, 9);
+    /* A format 3 store (as made before references). */
+    uint8_t fmt[4];
+    be32(fmt, 3);
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(store_put(t, DB_META, "format", 6, fmt, 4), 0);
+    assert_int_equal(store_commit(t), 0);
+    store_close(s);
+    char err[256];
+    assert_int_equal(store_open(d.data, d.key, NULL, &s, err, sizeof err), 0);
+    seed_household(s, &dev, "H1", "C01", "G01", NOW);        /* sseq 1 */
+    seed_person(s, &dev, "P1", "H1", "欧阳震华", 21, NOW);   /* sseq 2 */
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_get(t, DB_META, "format", 6, &v), 0);
+    assert_int_equal(rd32(v.mv_data), 4);
+    assert_int_equal(store_get(t, DB_RECORDS, "person\0P1", 9, &v), 0);
+    assert_int_equal(v.mv_size, 2);
+    assert_memory_equal(v.mv_data, "\x00\x02", 2); /* a reference to sseq 2 */
+    assert_int_equal(store_get(t, DB_RECORDS, "household\0H1", 12, &v), 0);
+    assert_memory_equal(v.mv_data, "\x00\x01", 2);
+    crdt_record *r = NULL;
+    assert_int_equal(store_get_record(t, "person", "P1", &r), 0);
+    uint32_t len;
+    const char *name = store_field_str(r, s->model.p_name, (crdt_blob){NULL, 0}, &len);
+    assert_non_null(name);
+    assert_int_equal(len, strlen("欧阳震华"));
+    assert_memory_equal(name, "欧阳震华", len);
+    crdt_record_free(r);
+    seqlist l = {0};
+    assert_int_equal(store_record_deltas(t, "person", "P1", 0, SIZE_MAX, seqlist_cb, &l, NULL), 0);
+    assert_int_equal(l.n, 1);
+    assert_int_equal(l.v[0], 2);
+    int seen = 0;
+    char next[CRDT_RECID_MAX + 1];
+    assert_int_equal(store_records_page(t, "person", "", 10, page_count_cb, &seen, next), 0);
+    assert_int_equal(seen, 1);
+    store_ids ids = {0};
+    assert_int_equal(store_lookup(t, 3, "欧阳震华", strlen("欧阳震华"), &ids), 0);
+    assert_int_equal(ids.n, 1);
+    store_ids_free(&ids);
+    store_abort(t);
+    assert_int_equal(verify_problems(s), 0);
+
+    /* The same record as merged: a second store fed the same delta and
+     * then made to keep it in full (by writing it back sealed). */
+    crdt_buf a = {0}, b = {0};
+    stored_bytes(s, "person", "P1", &a);
+    crdt_record *full = NULL;
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_get_record(t, "person", "P1", &full), 0);
+    store_abort(t);
+    crdt_record *mine = crdt_record_new("person", 6, "P1", 2);
+    crdt_buf e1 = {0};
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_get_envelope(t, 2, &e1), 0);
+    store_abort(t);
+    {
+        const uint8_t *db, *sig;
+        size_t dl;
+        crdt_delta dd;
+        int err_op;
+        crdt_arena *ar = crdt_arena_new(0);
+        assert_int_equal(wire_envelope_decode(e1.p, e1.n, &crdt_limits_default, &db, &dl, &sig), 0);
+        assert_int_equal(crdt_delta_decode(db, dl, &crdt_limits_default, ar, &dd, &err_op), 0);
+        assert_int_equal(crdt_record_apply(mine, store_schema(s), &dd), 0);
+        crdt_arena_free(ar);
+    }
+    assert_int_equal(crdt_record_encode(mine, &b), 0);
+    assert_int_equal(a.n, b.n);
+    assert_memory_equal(a.p, b.p, a.n);
+    crdt_record_free(mine);
+    crdt_record_free(full);
+
+    /* Its second delta: written out in full, sealed, with both seqs. */
+    store_outcome o2 = push_phone(s, &dev, "P1", "13900139000", NOW + 1);
+    assert_int_equal(o2.result, STORE_APPLIED);
+    crdt_buf plain = {0};
+    const uint8_t *rec, *h;
+    size_t rn, hn;
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_get(t, DB_RECORDS, "person\0P1", 9, &v), 0);
+    assert_true(v.mv_size > 32);
+    assert_int_equal(store_get_packed(t, DB_RECORDS, "person\0P1", 9, &plain), 0);
+    assert_int_equal(store_record_split(plain.p, plain.n, &rec, &rn, &h, &hn), 0);
+    assert_int_equal(hn, 2);
+    assert_memory_equal(h, "\x02\x01", 2); /* 2, then 3 */
+    store_abort(t);
+    assert_int_equal(verify_problems(s), 0);
+
+    /* In one transaction: P2 made, P3 made (the cached record is P3's),
+     * P2 changed (read back as a reference from the log's pending block). */
+    crdt_buf e[3];
+    const uint8_t *envs[3];
+    size_t lens[3];
+    store_outcome outs[3];
+    const char *who[3] = {"P2", "P3", "P2"};
+    for (int i = 0; i < 3; i++) {
+        su_ops o = {0};
+        char idn[19];
+        su_idnum((unsigned)(30 + i), idn);
+        su_set_str(&o, "name", "王小明");
+        su_set_str(&o, i == 2 ? "phone" : "id_number", i == 2 ? "13700137000" : idn);
+        if (i < 2) su_set_str(&o, "household", "H1");
+        memset(&e[i], 0, sizeof e[i]);
+        su_make(&dev, "person", who[i], &o, NOW + 2 + (uint64_t)i, &e[i], NULL);
+        su_ops_free(&o);
+        envs[i] = e[i].p;
+        lens[i] = e[i].n;
+    }
+    assert_int_equal(store_append_batch(s, envs, lens, 3, NOW + 5, 86400000ull, outs), 0);
+    for (int i = 0; i < 3; i++) assert_int_equal(outs[i].result, STORE_APPLIED);
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_get(t, DB_RECORDS, "person\0P3", 9, &v), 0);
+    assert_int_equal(v.mv_size, 2);
+    assert_int_equal(store_get(t, DB_RECORDS, "person\0P2", 9, &v), 0);
+    assert_true(v.mv_size > 32);
+    crdt_record *p2 = NULL;
+    assert_int_equal(store_get_record(t, "person", "P2", &p2), 0);
+    assert_non_null(store_field_str(p2, s->model.p_idnum, (crdt_blob){NULL, 0}, &len));
+    assert_non_null(store_field_str(p2, s->model.p_phone, (crdt_blob){NULL, 0}, &len));
+    crdt_record_free(p2);
+    store_abort(t);
+    assert_int_equal(verify_problems(s), 0);
+
+    /* Damage: a reference to a seq the log lacks, to another record's
+     * delta, of no seq, with a bad tag; each STORE_ECORRUPT, and verify
+     * reports it. */
+    const uint8_t bad[4][3] = {{0x00, 0x7f}, {0x00, 0x01}, {0x00, 0x00}, {0x07, 0x02}};
+    const size_t badn[4] = {2, 2, 1, 2};
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+        assert_int_equal(store_get(t, DB_RECORDS, "person\0P3", 9, &v), 0);
+        uint8_t keep[2];
+        memcpy(keep, v.mv_data, 2);
+        assert_int_equal(store_put(t, DB_RECORDS, "person\0P3", 9, bad[i], badn[i]), 0);
+        r = NULL;
+        assert_int_equal(store_get_record(t, "person", "P3", &r), STORE_ECORRUPT);
+        assert_null(r);
+        assert_int_equal(store_commit(t), 0);
+        assert_true(verify_problems(s) > 0);
+        assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+        assert_int_equal(store_put(t, DB_RECORDS, "person\0P3", 9, keep, 2), 0);
+        assert_int_equal(store_commit(t), 0);
+        assert_int_equal(verify_problems(s), 0);
+    }
+    for (int i = 0; i < 3; i++) crdt_buf_free(&e[i]);
+    crdt_buf_free(&e1);
+    crdt_buf_free(&a);
+    crdt_buf_free(&b);
+    crdt_buf_free(&plain);
+    store_close(s);
+    su_dir_remove(&d);
+}
+
 int main(void)
 {
     wire_init();
@@ -1991,6 +2198,7 @@ int main(void)
         cmocka_unit_test(test_append_order),
         cmocka_unit_test(test_log_blocks),
         cmocka_unit_test(test_record_history),
+        cmocka_unit_test(test_record_refs),
         cmocka_unit_test(test_audit_chain),
         cmocka_unit_test(test_server_append),
         cmocka_unit_test(test_killed_writer),
