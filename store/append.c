@@ -106,6 +106,10 @@ int store_device_get(store_txn *t, uint32_t id, store_device *out)
 {
     uint8_t k[4];
     MDB_val v;
+    if (t->cdev_ok && t->cdev_v.id == id) { /* read before in this txn, unchanged since */
+        *out = t->cdev_v;
+        return STORE_OK;
+    }
     memset(out, 0, sizeof *out);
     be32(k, id);
     int rc = store_get(t, DB_DEVICES, k, 4, &v);
@@ -121,6 +125,8 @@ int store_device_get(store_txn *t, uint32_t id, store_device *out)
     out->last_sync_ms = rd64(p + 22);
     memcpy(out->volunteer, p + 30, sizeof out->volunteer - 1);
     out->flags = v.mv_size == DEV_BYTES ? p[DEV_BYTES_V1] : 0;
+    t->cdev_v = *out;
+    t->cdev_ok = true;
     return STORE_OK;
 }
 
@@ -260,14 +266,40 @@ int store_chain_head(store_txn *t, uint32_t dev, uint64_t *seq, uint8_t hash[CRD
     uint8_t k[4];
     MDB_val v;
     be32(k, dev);
+    if (t->chead_ok && t->chead_dev == dev) { /* read or written before in this txn */
+        *seq = t->chead_seq;
+        memcpy(hash, t->chead_hash, CRDT_HASH_BYTES);
+        return STORE_OK;
+    }
     *seq = 0;
     memset(hash, 0, CRDT_HASH_BYTES);
     int rc = store_get(t, DB_HEADS, k, 4, &v);
-    if (rc == STORE_ENOTFOUND) return STORE_OK;
+    if (rc && rc != STORE_ENOTFOUND) return rc;
+    if (rc == STORE_OK) {
+        if (v.mv_size != 8 + CRDT_HASH_BYTES) return STORE_ECORRUPT;
+        *seq = rd64(v.mv_data);
+        memcpy(hash, (uint8_t *)v.mv_data + 8, CRDT_HASH_BYTES);
+    }
+    t->chead_dev = dev;
+    t->chead_seq = *seq;
+    memcpy(t->chead_hash, hash, CRDT_HASH_BYTES);
+    t->chead_ok = true;
+    return STORE_OK;
+}
+
+/* heads[dev] := (seq, hash), and the txn's cached head with it. */
+static int head_put(store_txn *t, uint32_t dev, uint64_t seq, const uint8_t hash[CRDT_HASH_BYTES])
+{
+    uint8_t k[4], v[8 + CRDT_HASH_BYTES];
+    be32(k, dev);
+    be64(v, seq);
+    memcpy(v + 8, hash, CRDT_HASH_BYTES);
+    int rc = store_put(t, DB_HEADS, k, 4, v, sizeof v);
     if (rc) return rc;
-    if (v.mv_size != 8 + CRDT_HASH_BYTES) return STORE_ECORRUPT;
-    *seq = rd64(v.mv_data);
-    memcpy(hash, (uint8_t *)v.mv_data + 8, CRDT_HASH_BYTES);
+    t->chead_dev = dev;
+    t->chead_seq = seq;
+    memcpy(t->chead_hash, hash, CRDT_HASH_BYTES);
+    t->chead_ok = true;
     return STORE_OK;
 }
 
@@ -788,8 +820,12 @@ static int dot_put_chunk(store_txn *t, uint32_t dev, uint64_t seq, uint64_t sseq
     uint8_t k[STORE_DOT_CHUNK_KEY], c[STORE_DOT_CHUNK_VAL];
     MDB_val v;
     chunk_key(k, dev, seq);
-    int rc = store_get(t, DB_DOTS, k, sizeof k, &v);
-    if (rc == STORE_OK) {
+    /* The chunk this txn wrote last, unchanged since (a push's seqs). */
+    bool cached = t->cchunk_ok && !memcmp(t->cchunk_key, k, sizeof k);
+    int rc = cached ? STORE_OK : store_get(t, DB_DOTS, k, sizeof k, &v);
+    if (cached) {
+        memcpy(c, t->cchunk_v, sizeof c);
+    } else if (rc == STORE_OK) {
         if (v.mv_size != sizeof c) return STORE_ECORRUPT;
         memcpy(c, v.mv_data, sizeof c);
     } else if (rc == STORE_ENOTFOUND) {
@@ -799,7 +835,11 @@ static int dot_put_chunk(store_txn *t, uint32_t dev, uint64_t seq, uint64_t sseq
         return rc;
     }
     be48(c + 6 * (seq & (STORE_DOT_CHUNK - 1)), sseq);
-    return store_put(t, DB_DOTS, k, sizeof k, c, sizeof c);
+    if ((rc = store_put(t, DB_DOTS, k, sizeof k, c, sizeof c))) return rc;
+    memcpy(t->cchunk_key, k, sizeof k);
+    memcpy(t->cchunk_v, c, sizeof c);
+    t->cchunk_ok = true;
+    return STORE_OK;
 }
 
 int store_dot_get(store_txn *t, uint32_t dev, uint64_t seq, uint64_t *sseq,
@@ -965,7 +1005,7 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
      * device unless it was relayed from another server. */
     const uint32_t cdev = it->chain_dev ? it->chain_dev : d->dev;
     store_device dev;
-    uint8_t dk[12], hash[CRDT_HASH_BYTES], hv[8 + CRDT_HASH_BYTES];
+    uint8_t hash[CRDT_HASH_BYTES], head_hash[CRDT_HASH_BYTES];
     uint64_t head = 0, old = 0;
     int rc;
     memset(out, 0, sizeof *out);
@@ -975,9 +1015,11 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
      *    merged is acked as a duplicate whatever happened to the device
      *    since); clones.  The stored delta's hash is read from the dot, or
      *    recomputed from its envelope (store_dot_get): dots hit only on
-     *    resends. */
-    dot_key(dk, cdev, d->seq);
-    rc = store_dot_get(t, cdev, d->seq, &old, hash);
+     *    resends.  A dot exists only for a seq the chain holds (seq <=
+     *    head, an invariant store_verify checks), so a new delta (the
+     *    common case) needs no lookup. */
+    if ((rc = store_chain_head(t, cdev, &head, head_hash))) return rc;
+    rc = d->seq <= head ? store_dot_get(t, cdev, d->seq, &old, hash) : STORE_ENOTFOUND;
     if (rc == STORE_OK) {
         if (memcmp(hash, it->hash, CRDT_HASH_BYTES) == 0) {
             out->result = STORE_DUPLICATE;
@@ -1025,8 +1067,8 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
         return STORE_OK;
     }
 
-    /* 3. The chain: next seq, and the previous hash must match the head. */
-    if ((rc = store_chain_head(t, cdev, &head, hash))) return rc;
+    /* 3. The chain: next seq, and the previous hash must match the head
+     *    (read in step 1; nothing since wrote it). */
     if (it->relayed) goto chain_ok;
     if (d->seq != head + 1) {
         out->result = STORE_REJECTED;
@@ -1034,7 +1076,7 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
         out->expected_seq = head + 1;
         return STORE_OK;
     }
-    if (memcmp(d->prev, hash, CRDT_HASH_BYTES) != 0) {
+    if (memcmp(d->prev, head_hash, CRDT_HASH_BYTES) != 0) {
         if ((rc = freeze(t, cdev, d->seq, now_ms, "fork"))) return rc;
         if ((rc = quarantine(t, STORE_Q_FORK, cdev, d->seq, now_ms, it->env, it->env_len)))
             return rc;
@@ -1047,13 +1089,11 @@ chain_ok:
     /* 4. The chain advances whatever happens next (quarantine or merge), so
      *    the device's later deltas are not blocked by one held back.  A
      *    held-back dot keeps its hash (its envelope is not in deltas). */
-    be64(hv, d->seq);
-    memcpy(hv + 8, it->hash, CRDT_HASH_BYTES);
     int held = it->quarantine == STORE_Q_SCOPE ? STORE_Q_SCOPE
              : CRDT_HLC_MS(d->hlc) > now_ms + max_ahead_ms ? STORE_Q_CLOCK_AHEAD : 0;
     if (held) {
         if ((rc = store_dot_put(t, cdev, d->seq, 0, it->hash))) return rc;
-        if (d->seq > head && (rc = store_put(t, DB_HEADS, dk, 4, hv, sizeof hv))) return rc;
+        if (d->seq > head && (rc = head_put(t, cdev, d->seq, it->hash))) return rc;
         if ((rc = quarantine(t, (uint8_t)held, cdev, d->seq, now_ms, it->env, it->env_len)))
             return rc;
         out->result = STORE_QUARANTINED;
@@ -1070,7 +1110,7 @@ chain_ok:
                                        : store_dot_put(t, cdev, d->seq, out->sseq, it->hash);
     if (rc) return rc;
     /* A relayed chain may arrive out of order: the head is its highest seq. */
-    if (d->seq > head && (rc = store_put(t, DB_HEADS, dk, 4, hv, sizeof hv))) return rc;
+    if (d->seq > head && (rc = head_put(t, cdev, d->seq, it->hash))) return rc;
     return STORE_OK;
 
 quarantine_only:

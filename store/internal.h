@@ -189,6 +189,17 @@ struct store_txn {
      * first used). */
     crdt_buf menv;
     crdt_arena *marena;
+    /* The device state, chain head and dots chunk last read or written
+     * (store_device_get, store_chain_head, dot_put_chunk and the append
+     * path's head_put), so that a push's deltas, one device's in a row,
+     * read each of them once; any other write to devices, heads or dots
+     * drops the one it may change (store_put, store_del: txn_cache_drop). */
+    bool cdev_ok, chead_ok, cchunk_ok;
+    store_device cdev_v;
+    uint32_t chead_dev;
+    uint64_t chead_seq;
+    uint8_t chead_hash[CRDT_HASH_BYTES];
+    uint8_t cchunk_key[STORE_DOT_CHUNK_KEY], cchunk_v[STORE_DOT_CHUNK_VAL];
 };
 
 /* LMDB code -> STORE_E*. */

@@ -257,11 +257,20 @@ int store_unseal(const store *s, int db, const MDB_val *key, const uint8_t *seal
 
 /* ---- get/put helpers ------------------------------------------------------------ */
 
+/* A write to db: drop what the txn caches of it (internal.h). */
+static void txn_cache_drop(store_txn *t, int db)
+{
+    if (db == DB_DELTAS) t->blk_n = 0; /* the log entry it caches may be this one */
+    else if (db == DB_DEVICES) t->cdev_ok = false;
+    else if (db == DB_HEADS) t->chead_ok = false;
+    else if (db == DB_DOTS) t->cchunk_ok = false;
+}
+
 int store_put(store_txn *t, int db, const void *k, size_t kn, const void *v, size_t vn)
 {
     MDB_val key = {kn, (void *)k}, val = {vn, (void *)v};
     if (!t->rw) return STORE_EREADONLY;
-    if (db == DB_DELTAS) t->blk_n = 0; /* the log entry it caches may be this one */
+    txn_cache_drop(t, db);
     return store_lmdb_err(mdb_put(t->txn, t->s->dbi[db], &key, &val, 0));
 }
 
@@ -277,7 +286,7 @@ int store_put_append(store_txn *t, int db, const void *k, size_t kn, const void 
 {
     MDB_val key = {kn, (void *)k}, val = {vn, (void *)v};
     if (!t->rw) return STORE_EREADONLY;
-    if (db == DB_DELTAS) t->blk_n = 0;
+    txn_cache_drop(t, db);
     int rc = mdb_put(t->txn, t->s->dbi[db], &key, &val, MDB_APPEND);
     return rc == MDB_KEYEXIST ? STORE_ECORRUPT : store_lmdb_err(rc);
 }
@@ -291,7 +300,7 @@ int store_get(store_txn *t, int db, const void *k, size_t kn, MDB_val *v)
 int store_del(store_txn *t, int db, const void *k, size_t kn)
 {
     MDB_val key = {kn, (void *)k};
-    if (db == DB_DELTAS) t->blk_n = 0;
+    txn_cache_drop(t, db);
     int rc = mdb_del(t->txn, t->s->dbi[db], &key, NULL);
     return rc == MDB_NOTFOUND ? STORE_OK : store_lmdb_err(rc);
 }

@@ -2175,6 +2175,140 @@ static void test_record_refs(void **state)
     su_dir_remove(&d);
 }
 
+/* ---- what a write transaction caches of the chains ------------------------------------- */
+
+/* Append one envelope in the caller's write txn (what store_append_batch
+ * does for each of its envelopes). */
+static store_outcome append_in(store_txn *t, const crdt_buf *env, uint64_t now_ms)
+{
+    const uint8_t *db, *sig;
+    size_t dl;
+    crdt_delta d;
+    store_item it;
+    store_outcome out;
+    int err_op;
+    crdt_arena *a = crdt_arena_new(0);
+    assert_non_null(a);
+    assert_int_equal(wire_envelope_decode(env->p, env->n, &crdt_limits_default, &db, &dl, &sig), 0);
+    assert_int_equal(crdt_delta_decode(db, dl, &crdt_limits_default, a, &d, &err_op), 0);
+    memset(&it, 0, sizeof it);
+    it.env = env->p;
+    it.env_len = env->n;
+    it.delta = &d;
+    wire_delta_hash(db, dl, it.hash);
+    assert_int_equal(store_append(t, &it, now_ms, 86400000ull, &out), 0);
+    crdt_arena_free(a);
+    return out;
+}
+
+static void make_note(su_dev *dev, const char *hh, const char *note, uint64_t ms, crdt_buf *env)
+{
+    su_ops o = {0};
+    su_set_str(&o, "note", note);
+    su_make(dev, "household", hh, &o, ms, env, NULL);
+    su_ops_free(&o);
+}
+
+/* A write txn reads a device's state, chain head and dots chunk once for a
+ * run of its deltas; whatever else the same txn writes to them is seen by
+ * the deltas after: a resend after its first copy is a duplicate, a clone
+ * freezes the device for the rest of the txn, a revocation quarantines
+ * what follows it, a held-back delta advances the head the next ones
+ * chain to. */
+static void test_txn_caches(void **state)
+{
+    (void)state;
+    su_dir d;
+    su_dir_make(&d, "txncache");
+    store *s = su_store_new(&d, NULL);
+    store_txn *t;
+    su_dev a, clone, b, c;
+    su_dev_init(&a, 9);
+    su_dev_init(&b, 10);
+    su_dev_init(&c, 11);
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    for (uint32_t id = 9; id <= 11; id++) {
+        store_device dv = {.id = id, .state = STORE_DEV_ACTIVE, .epoch = 1};
+        strcpy(dv.volunteer, "李四");
+        assert_int_equal(store_device_put(t, &dv), 0);
+    }
+    assert_int_equal(store_commit(t), 0);
+    seed_household(s, &a, "H1", "C01", "G01", NOW); /* a's seq 1 */
+
+    crdt_buf e2 = {0}, e3 = {0}, x3 = {0}, e4 = {0};
+    make_note(&a, "H1", "二", NOW + 1, &e2);
+    clone = a;
+    make_note(&a, "H1", "三", NOW + 2, &e3);
+    make_note(&clone, "H1", "克隆", NOW + 2, &x3);
+    make_note(&a, "H1", "四", NOW + 3, &e4);
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(append_in(t, &e2, NOW).result, STORE_APPLIED);
+    assert_int_equal(append_in(t, &e3, NOW).result, STORE_APPLIED);
+    store_outcome o = append_in(t, &e2, NOW);
+    assert_int_equal(o.result, STORE_DUPLICATE);
+    assert_int_equal(o.sseq, 2);
+    o = append_in(t, &x3, NOW);
+    assert_int_equal(o.result, STORE_QUARANTINED);
+    assert_int_equal(o.code, STORE_Q_CLONE);
+    o = append_in(t, &e4, NOW); /* the device froze a moment ago, in this txn */
+    assert_int_equal(o.result, STORE_QUARANTINED);
+    assert_int_equal(o.code, STORE_Q_FROZEN);
+
+    /* b: one applied, then revoked (hard) in the same txn, then one more. */
+    crdt_buf b1 = {0}, b2 = {0}, c1 = {0}, c2 = {0}, c3 = {0};
+    make_note(&b, "H1", "b1", NOW + 4, &b1);
+    make_note(&b, "H1", "b2", NOW + 5, &b2);
+    assert_int_equal(append_in(t, &b1, NOW).result, STORE_APPLIED);
+    assert_int_equal(store_device_revoke(t, 10, STORE_REVOKE_HARD, NOW, "admin"), 0);
+    o = append_in(t, &b2, NOW);
+    assert_int_equal(o.result, STORE_QUARANTINED);
+    assert_int_equal(o.code, STORE_Q_REVOKED);
+
+    /* c: seq 2 first (a gap), then 1 held back (clock ahead: the head
+     * moves), then 2 chains to it; 1 again is not merged twice. */
+    make_note(&c, "H1", "c1", NOW + 3 * 86400000ull, &c1);
+    make_note(&c, "H1", "c2", NOW + 6, &c2);
+    make_note(&c, "H1", "c3", NOW + 7, &c3);
+    o = append_in(t, &c2, NOW);
+    assert_int_equal(o.result, STORE_REJECTED);
+    assert_int_equal(o.code, STORE_EGAP);
+    assert_int_equal(o.expected_seq, 1);
+    o = append_in(t, &c1, NOW);
+    assert_int_equal(o.result, STORE_QUARANTINED);
+    assert_int_equal(o.code, STORE_Q_CLOCK_AHEAD);
+    /* 2 and 3 chain to the held-back head (not a gap, not a fork); their
+     * clock follows c1's, so they are held back too. */
+    for (int i = 0; i < 2; i++) {
+        o = append_in(t, i ? &c3 : &c2, NOW);
+        assert_int_equal(o.result, STORE_QUARANTINED);
+        assert_int_equal(o.code, STORE_Q_CLOCK_AHEAD);
+    }
+    assert_int_not_equal(append_in(t, &c1, NOW).result, STORE_APPLIED);
+    assert_int_equal(store_commit(t), 0);
+
+    /* As a fresh txn reads them. */
+    uint64_t head;
+    uint8_t hh[CRDT_HASH_BYTES];
+    store_device dv;
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_chain_head(t, 9, &head, hh), 0);
+    assert_int_equal(head, 3);
+    assert_int_equal(store_device_get(t, 9, &dv), 0);
+    assert_int_equal(dv.state, STORE_DEV_FROZEN);
+    assert_int_equal(store_chain_head(t, 10, &head, hh), 0);
+    assert_int_equal(head, 1);
+    assert_int_equal(store_device_get(t, 10, &dv), 0);
+    assert_int_equal(dv.state, STORE_DEV_REVOKED_HARD);
+    assert_int_equal(store_chain_head(t, 11, &head, hh), 0);
+    assert_int_equal(head, 3);
+    store_abort(t);
+    assert_int_equal(verify_problems(s), 0);
+    crdt_buf *bufs[] = {&e2, &e3, &x3, &e4, &b1, &b2, &c1, &c2, &c3};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) crdt_buf_free(bufs[i]);
+    store_close(s);
+    su_dir_remove(&d);
+}
+
 int main(void)
 {
     wire_init();
@@ -2199,6 +2333,7 @@ int main(void)
         cmocka_unit_test(test_log_blocks),
         cmocka_unit_test(test_record_history),
         cmocka_unit_test(test_record_refs),
+        cmocka_unit_test(test_txn_caches),
         cmocka_unit_test(test_audit_chain),
         cmocka_unit_test(test_server_append),
         cmocka_unit_test(test_killed_writer),
