@@ -1007,7 +1007,7 @@ int store_append(store_txn *t, const store_item *it, uint64_t now_ms, uint64_t m
     store_device dev;
     uint8_t hash[CRDT_HASH_BYTES], head_hash[CRDT_HASH_BYTES];
     uint64_t head = 0, old = 0;
-    int rc;
+    int rc, held;
     memset(out, 0, sizeof *out);
     if (!t->rw) return STORE_EREADONLY;
 
@@ -1089,7 +1089,7 @@ chain_ok:
     /* 4. The chain advances whatever happens next (quarantine or merge), so
      *    the device's later deltas are not blocked by one held back.  A
      *    held-back dot keeps its hash (its envelope is not in deltas). */
-    int held = it->quarantine == STORE_Q_SCOPE ? STORE_Q_SCOPE
+    held = it->quarantine == STORE_Q_SCOPE ? STORE_Q_SCOPE
              : CRDT_HLC_MS(d->hlc) > now_ms + max_ahead_ms ? STORE_Q_CLOCK_AHEAD : 0;
     if (held) {
         if ((rc = store_dot_put(t, cdev, d->seq, 0, it->hash))) return rc;
