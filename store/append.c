@@ -414,23 +414,32 @@ int store_get_record_value(store_txn *t, const void *k, size_t kn, crdt_buf *pla
     return rc ? rc : store_record_value(t, &key, &raw, plain, rv);
 }
 
+int store_delta_at(store_txn *t, uint64_t sseq, crdt_buf *env, crdt_arena *a, crdt_delta *d,
+                   uint8_t hash[CRDT_HASH_BYTES])
+{
+    const uint8_t *db, *sig;
+    size_t dl;
+    int err_op, rc;
+    crdt_arena_reset(a);
+    if ((rc = store_get_envelope(t, sseq, env))) return rc;
+    if ((rc = wire_envelope_decode(env->p, env->n, &crdt_limits_default, &db, &dl, &sig)))
+        return rc;
+    if ((rc = crdt_delta_decode(db, dl, &crdt_limits_default, a, d, &err_op))) return rc;
+    if (hash) wire_delta_hash(db, dl, hash);
+    return STORE_OK;
+}
+
 /* Apply the envelope at sseq to r: STORE_ECORRUPT if it is missing or is
  * not a delta of r that the schema takes (the history names it). */
 static int apply_logged(store_txn *t, crdt_record *r, uint64_t sseq)
 {
-    const uint8_t *db, *sig;
-    size_t dl;
     crdt_delta d;
     int err_op, rc;
     if (!t->marena && !(t->marena = crdt_arena_new(0))) return CRDT_ENOMEM;
-    crdt_arena_reset(t->marena);
-    rc = store_get_envelope(t, sseq, &t->menv);
-    if (rc == STORE_ENOTFOUND) return STORE_ECORRUPT;
-    if (rc) return rc;
-    if (wire_envelope_decode(t->menv.p, t->menv.n, &crdt_limits_default, &db, &dl, &sig))
-        return STORE_ECORRUPT;
-    rc = crdt_delta_decode(db, dl, &crdt_limits_default, t->marena, &d, &err_op);
-    if (!rc) rc = crdt_schema_check_delta(t->s->schema, &d, &err_op);
+    rc = store_delta_at(t, sseq, &t->menv, t->marena, &d, NULL);
+    if (rc == CRDT_ENOMEM) return rc;
+    if (rc) return STORE_ECORRUPT;
+    rc = crdt_schema_check_delta(t->s->schema, &d, &err_op);
     if (!rc) rc = crdt_record_apply(r, t->s->schema, &d);
     return !rc || rc == CRDT_ENOMEM ? rc : STORE_ECORRUPT;
 }

@@ -350,6 +350,11 @@ int store_dot_get(store_txn *t, uint32_t dev, uint64_t seq, uint64_t *sseq,
                   uint8_t hash[CRDT_HASH_BYTES]);
 int store_dot_put(store_txn *t, uint32_t dev, uint64_t seq, uint64_t sseq,
                   const uint8_t hash[CRDT_HASH_BYTES]);
+/* The delta stored at sseq: its envelope into *env, decoded into *d (a
+ * reset first), its chain hash into hash unless NULL.  STORE_ENOTFOUND if
+ * the log lacks it; decode errors as they come. */
+int store_delta_at(store_txn *t, uint64_t sseq, crdt_buf *env, crdt_arena *a, crdt_delta *d,
+                   uint8_t hash[CRDT_HASH_BYTES]);
 /* The chain hash of the delta stored at sseq (from its envelope). */
 int store_delta_hash_at(store_txn *t, uint64_t sseq, uint8_t hash[CRDT_HASH_BYTES]);
 

@@ -62,16 +62,7 @@ static void problem(vctx *v, const char *fmt, ...)
 /* Decode an envelope's delta (borrowed from v->arena and v->env). */
 static int open_delta(vctx *v, uint64_t sseq, crdt_delta *d, uint8_t hash[32])
 {
-    const uint8_t *db, *sig;
-    size_t dl;
-    int err_op, rc;
-    crdt_arena_reset(v->arena);
-    if ((rc = store_get_envelope(v->t, sseq, &v->env))) return rc;
-    if ((rc = wire_envelope_decode(v->env.p, v->env.n, &crdt_limits_default, &db, &dl, &sig)))
-        return rc;
-    if ((rc = crdt_delta_decode(db, dl, &crdt_limits_default, v->arena, d, &err_op))) return rc;
-    if (hash) wire_delta_hash(db, dl, hash);
-    return STORE_OK;
+    return store_delta_at(v->t, sseq, &v->env, v->arena, d, hash);
 }
 
 static uint64_t db_entries(vctx *v, int db)
