@@ -130,6 +130,29 @@ void crdt_arena_reset(crdt_arena *a)
 
 size_t crdt_arena_used(const crdt_arena *a) { return a ? a->given : 0; }
 
+crdt_arena_mark crdt_arena_get_mark(const crdt_arena *a)
+{
+    crdt_arena_mark m = {NULL, 0, 0};
+    if (!a) return m;
+    m.chunk = a->head;
+    m.used = a->head ? a->head->used : 0;
+    m.given = a->given;
+    return m;
+}
+
+void crdt_arena_rewind(crdt_arena *a, crdt_arena_mark m)
+{
+    if (!a) return;
+    /* Chunks newer than the mark's go; the mark's own is cut back. */
+    while (a->head && a->head != m.chunk) {
+        chunk *next = a->head->next;
+        free(a->head);
+        a->head = next;
+    }
+    if (a->head) a->head->used = m.used;
+    a->given = m.given;
+}
+
 void crdt_arena_free(crdt_arena *a)
 {
     if (!a) return;

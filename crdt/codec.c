@@ -26,6 +26,9 @@
 #include <msgpack.h>
 #include <string.h>
 
+/* mpcheck.c's cap on the keys of one map (crdt_mp_check refuses more). */
+#define MP_MAP_KEYS_CAP_CODEC 4096u
+
 /* ---- names and small checks ---------------------------------------------- */
 
 static const char *const op_names[] = {
@@ -425,8 +428,287 @@ static int decode_obj(dec *dc, const msgpack_object *root, const crdt_limits *li
     return CRDT_OK;
 }
 
+/* ---- fast path: one strict pass over canonical bytes -------------------------
+ *
+ * Almost every delta a server sees is valid.  fast_decode reads such a delta
+ * in one pass over its bytes, accepting only the exact bytes the encoder
+ * writes (the keys in their one order, every header in msgpack-c's shortest
+ * form, values that crdt_val_parse accepts) and every limit crdt_mp_check
+ * enforces, and fills *out as the reference decoder below would.  Anything
+ * else (an error, or a form it does not know) makes it give up, and the
+ * reference decoder runs from the start and gives the precise error: so the
+ * fast path changes speed, never a verdict or an error code.
+ *
+ * Invariant (tested on random and mutated deltas, tests/crdt/test_codec.c,
+ * and by tests/fuzz/fuzz_delta.c on every input): fast_decode succeeds only
+ * on bytes the reference decoder accepts, with an identical result, and it
+ * succeeds on every delta crdt_delta_encode writes under the default limits.
+ */
+typedef struct fr {
+    const uint8_t *p;
+    size_t n, off;
+    const crdt_limits *lim;
+} fr;
+
+static bool fr_take(fr *r, size_t k, const uint8_t **q)
+{
+    if (r->n - r->off < k) return false;
+    *q = r->p + r->off;
+    r->off += k;
+    return true;
+}
+
+static uint64_t fr_be(const uint8_t *q, size_t k)
+{
+    uint64_t v = 0;
+    for (size_t i = 0; i < k; i++) v = v << 8 | q[i];
+    return v;
+}
+
+/* An unsigned integer in its shortest form. */
+static bool fr_uint(fr *r, uint64_t *v)
+{
+    static const uint64_t lo[4] = {0x80, 0x100, 0x10000, UINT64_C(0x100000000)};
+    const uint8_t *q;
+    if (!fr_take(r, 1, &q)) return false;
+    if (q[0] <= 0x7f) {
+        *v = q[0];
+        return true;
+    }
+    if (q[0] < 0xcc || q[0] > 0xcf) return false;
+    size_t k = (size_t)1 << (q[0] - 0xcc);
+    unsigned t = q[0] - 0xcc;
+    if (!fr_take(r, k, &q)) return false;
+    *v = fr_be(q, k);
+    return *v >= lo[t];
+}
+
+/* A str header in its shortest form and its body, within lim->max_str. */
+static bool fr_str(fr *r, const char **s, uint32_t *len)
+{
+    static const uint64_t lo[3] = {32, 0x100, 0x10000};
+    const uint8_t *q;
+    uint64_t l;
+    if (!fr_take(r, 1, &q)) return false;
+    if (q[0] >= 0xa0 && q[0] <= 0xbf) {
+        l = q[0] & 0x1f;
+    } else if (q[0] >= 0xd9 && q[0] <= 0xdb) {
+        size_t k = (size_t)1 << (q[0] - 0xd9);
+        unsigned t = q[0] - 0xd9;
+        if (!fr_take(r, k, &q)) return false;
+        l = fr_be(q, k);
+        if (l < lo[t]) return false;
+    } else {
+        return false;
+    }
+    if (l > r->lim->max_str || !fr_take(r, (size_t)l, &q)) return false;
+    *s = (const char *)q;
+    *len = (uint32_t)l;
+    return true;
+}
+
+/* An array header in its shortest form, within lim->max_entries. */
+static bool fr_array(fr *r, uint32_t *cnt)
+{
+    const uint8_t *q;
+    if (!fr_take(r, 1, &q)) return false;
+    if (q[0] >= 0x90 && q[0] <= 0x9f) {
+        *cnt = q[0] & 0x0f;
+    } else if (q[0] == 0xdc || q[0] == 0xdd) {
+        size_t k = q[0] == 0xdc ? 2 : 4;
+        if (!fr_take(r, k, &q)) return false;
+        uint64_t c = fr_be(q, k);
+        if (c < (k == 2 ? 16u : 0x10000u)) return false;
+        *cnt = (uint32_t)c;
+    } else {
+        return false;
+    }
+    return *cnt <= r->lim->max_entries;
+}
+
+/* The one-letter key c, as the encoder writes it. */
+static bool fr_key(fr *r, char c)
+{
+    const uint8_t *q;
+    return fr_take(r, 2, &q) && q[0] == 0xa1 && q[1] == (uint8_t)c;
+}
+
+/* One scalar or str of a value (inside a value map when in_map), skipped:
+ * its form is checked by crdt_val_parse afterwards; here only what the walk
+ * demands of strs (length, UTF-8) and that the bytes are there. */
+static bool fr_skip_scalar(fr *r)
+{
+    const uint8_t *q;
+    uint8_t b;
+    if (r->off >= r->n) return false;
+    b = r->p[r->off];
+    if ((b >= 0xa0 && b <= 0xbf) || (b >= 0xd9 && b <= 0xdb)) {
+        const char *s;
+        uint32_t l;
+        return fr_str(r, &s, &l) && crdt_utf8_valid((const uint8_t *)s, l);
+    }
+    if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) return fr_take(r, 1, &q);
+    if (b >= 0xcc && b <= 0xcf) return fr_take(r, 1 + ((size_t)1 << (b - 0xcc)), &q);
+    if (b >= 0xd0 && b <= 0xd3) return fr_take(r, 1 + ((size_t)1 << (b - 0xd0)), &q);
+    return false;
+}
+
+/* A field value or key: its bytes (a scalar, a str, or a flat map of them),
+ * which crdt_val_parse must accept; copied into the arena. */
+static bool fr_value(fr *r, crdt_arena *a, crdt_blob *out)
+{
+    size_t start = r->off;
+    if (r->off >= r->n) return false;
+    uint8_t b = r->p[r->off];
+    if ((b >= 0x80 && b <= 0x8f) || b == 0xde) {
+        /* A map: one level below an op's map (depth 4 of the walk). */
+        const uint8_t *q;
+        uint32_t cnt;
+        if (r->lim->max_depth < 4) return false;
+        if (b == 0xde) {
+            if (!fr_take(r, 3, &q)) return false;
+            cnt = (uint32_t)fr_be(q + 1, 2);
+        } else {
+            r->off++;
+            cnt = b & 0x0f;
+        }
+        if (cnt > r->lim->max_entries || cnt > MP_MAP_KEYS_CAP_CODEC) return false;
+        for (uint32_t i = 0; i < 2 * cnt; i++)
+            if (!fr_skip_scalar(r)) return false;
+    } else if (!fr_skip_scalar(r)) {
+        return false;
+    }
+    crdt_blob v = {r->p + start, (uint32_t)(r->off - start)};
+    crdt_val pv;
+    if (crdt_val_parse(v, &pv)) return false;
+    uint8_t *c = crdt_arena_alloc(a, v.n);
+    if (!c) return false;
+    memcpy(c, v.p, v.n);
+    out->p = c;
+    out->n = v.n;
+    return true;
+}
+
+static bool fr_op(fr *r, crdt_arena *a, crdt_op *op)
+{
+    const uint8_t *q;
+    const char *s;
+    uint32_t l, have = 0;
+    memset(op, 0, sizeof *op);
+    if (!fr_take(r, 1, &q) || q[0] < 0x81 || q[0] > 0x85) return false;
+    uint32_t want = q[0] & 0x0f;
+    /* Members in the encoder's order f k o v x; "o" always there. */
+    if (r->off + 2 <= r->n && r->p[r->off] == 0xa1 && r->p[r->off + 1] == 'f') {
+        r->off += 2;
+        if (!fr_str(r, &s, &l) || !crdt_name_valid(s, l)) return false;
+        if (!(op->field = arena_str(a, s, l))) return false;
+        op->field_len = l;
+        have++;
+    }
+    if (r->off + 2 <= r->n && r->p[r->off] == 0xa1 && r->p[r->off + 1] == 'k') {
+        r->off += 2;
+        if (r->off >= r->n) return false;
+        uint8_t b = r->p[r->off];
+        bool str = (b >= 0xa0 && b <= 0xbf) || (b >= 0xd9 && b <= 0xdb);
+        bool num = b <= 0x7f || b >= 0xe0 || (b >= 0xcc && b <= 0xd3);
+        if (!(str || num) || !fr_value(r, a, &op->key)) return false;
+        have++;
+    }
+    if (!fr_key(r, 'o') || !fr_str(r, &s, &l)) return false;
+    if (!(op->code = (uint8_t)opcode_from(s, l))) return false;
+    have++;
+    if (r->off + 2 <= r->n && r->p[r->off] == 0xa1 && r->p[r->off + 1] == 'v') {
+        r->off += 2;
+        if (r->off >= r->n || r->p[r->off] == 0xc0 || !fr_value(r, a, &op->val)) return false;
+        have++;
+    }
+    if (r->off + 2 <= r->n && r->p[r->off] == 0xa1 && r->p[r->off + 1] == 'x') {
+        uint32_t k;
+        r->off += 2;
+        if (!fr_array(r, &k) || k == 0) return false;
+        crdt_dot *dots = crdt_arena_alloc(a, (size_t)k * sizeof *dots);
+        if (!dots) return false;
+        for (uint32_t i = 0; i < k; i++) {
+            uint64_t dev, seq;
+            if (!fr_take(r, 1, &q) || q[0] != 0x92 || !fr_uint(r, &dev) || !fr_uint(r, &seq) ||
+                dev > UINT32_MAX || seq == 0)
+                return false;
+            dots[i].dev = (uint32_t)dev;
+            dots[i].seq = seq;
+        }
+        op->obs = dots;
+        op->n_obs = k;
+        have++;
+    }
+    return have == want;
+}
+
+static bool fast_decode(const uint8_t *p, size_t n, const crdt_limits *lim, crdt_arena *a,
+                        crdt_delta *d)
+{
+    fr r = {p, n, 0, lim};
+    const uint8_t *q;
+    const char *s;
+    uint32_t l, nops;
+    uint64_t u;
+    int eop;
+    /* The walk's limits that a delta's shape reaches: 5 levels (the pair
+     * arrays of "x"), maps of 8 keys, the 32-byte bin. */
+    if (lim->max_depth < 5 || lim->max_depth > 64 || lim->max_entries < 8 ||
+        lim->max_bin < CRDT_HASH_BYTES || n == 0 || n > lim->max_msg || n > UINT32_MAX)
+        return false;
+    if (!fr_take(&r, 1, &q) || q[0] != 0x88) return false;
+    if (!fr_key(&r, 'd') || !fr_uint(&r, &u) || u > UINT32_MAX) return false;
+    d->dev = (uint32_t)u;
+    if (!fr_key(&r, 'e') || !fr_uint(&r, &u) || u == 0 || u > UINT32_MAX) return false;
+    d->epoch = (uint32_t)u;
+    if (!fr_key(&r, 'h') || !fr_uint(&r, &d->hlc)) return false;
+    if (!fr_key(&r, 'i') || !fr_str(&r, &s, &l) || !crdt_recid_valid(s, l)) return false;
+    if (!(d->id = arena_str(a, s, l))) return false;
+    d->id_len = l;
+    if (!fr_key(&r, 'k') || !fr_str(&r, &s, &l) || !crdt_name_valid(s, l)) return false;
+    if (!(d->kind = arena_str(a, s, l))) return false;
+    d->kind_len = l;
+    if (!fr_key(&r, 'o') || !fr_array(&r, &nops) || nops == 0 || nops > lim->max_ops)
+        return false;
+    crdt_op *ops = crdt_arena_alloc(a, (size_t)nops * sizeof *ops);
+    if (!ops) return false;
+    for (uint32_t i = 0; i < nops; i++)
+        if (!fr_op(&r, a, &ops[i])) return false;
+    d->ops = ops;
+    d->n_ops = nops;
+    if (!fr_key(&r, 'p') || !fr_take(&r, 2 + CRDT_HASH_BYTES, &q) || q[0] != 0xc4 ||
+        q[1] != CRDT_HASH_BYTES)
+        return false;
+    memcpy(d->prev, q + 2, CRDT_HASH_BYTES);
+    if (!fr_key(&r, 's') || !fr_uint(&r, &d->seq) || d->seq == 0) return false;
+    if (r.off != n) return false;
+    return delta_check_struct(d, lim, &eop) == CRDT_OK;
+}
+
+bool crdt_delta_decode_fast(const uint8_t *p, size_t n, const crdt_limits *lim, crdt_arena *a,
+                            crdt_delta *out)
+{
+    if (!p || !lim || !a || !out) return false;
+    memset(out, 0, sizeof(*out));
+    crdt_arena_mark m = crdt_arena_get_mark(a);
+    if (fast_decode(p, n, lim, a, out)) return true;
+    crdt_arena_rewind(a, m);
+    memset(out, 0, sizeof(*out));
+    return false;
+}
+
 int crdt_delta_decode(const uint8_t *p, size_t n, const crdt_limits *lim,
                       crdt_arena *a, crdt_delta *out, int *err_op)
+{
+    if (err_op) *err_op = -1;
+    if (!p || !lim || !a || !out) return CRDT_EINVAL;
+    if (crdt_delta_decode_fast(p, n, lim, a, out)) return CRDT_OK;
+    return crdt_delta_decode_ref(p, n, lim, a, out, err_op);
+}
+
+int crdt_delta_decode_ref(const uint8_t *p, size_t n, const crdt_limits *lim,
+                          crdt_arena *a, crdt_delta *out, int *err_op)
 {
     msgpack_unpacked up;
     dec dc = {a, {0}};

@@ -206,6 +206,15 @@ crdt_arena *crdt_arena_new(size_t cap);            /* NULL on ENOMEM */
 void *crdt_arena_alloc(crdt_arena *a, size_t n);   /* 16-aligned, or NULL */
 void crdt_arena_reset(crdt_arena *a);              /* frees all but first chunk */
 size_t crdt_arena_used(const crdt_arena *a);
+/* A point in an arena's life: crdt_arena_rewind gives back everything
+ * allocated after crdt_arena_get_mark (the arena must not have been reset in
+ * between); what was allocated before stays valid. */
+typedef struct crdt_arena_mark {
+    const void *chunk;
+    size_t used, given;
+} crdt_arena_mark;
+crdt_arena_mark crdt_arena_get_mark(const crdt_arena *a);
+void crdt_arena_rewind(crdt_arena *a, crdt_arena_mark m);
 void crdt_arena_free(crdt_arena *a);
 
 /* A borrowed or owned run of bytes (a canonical msgpack value, a string). */
@@ -529,9 +538,34 @@ int crdt_delta_encode(const crdt_delta *d, crdt_buf *out);
  * Schema rules are NOT checked here: see crdt_schema_check_delta.
  * Returns 0 or a negative code; *err_op (if not NULL) receives the index of
  * the offending op, or -1.
+ *
+ * Two decoders give this one result: a single strict pass that accepts only
+ * the encoder's exact bytes within the limits (almost every delta), and,
+ * whenever that pass gives up, crdt_delta_decode_ref from the start, whose
+ * verdict and error code are the answer.  The pass gives back the arena
+ * memory it took when it gives up.
  */
 int crdt_delta_decode(const uint8_t *p, size_t n, const crdt_limits *lim,
                       crdt_arena *a, crdt_delta *out, int *err_op);
+
+/*
+ * crdt_delta_decode_fast — the single strict pass alone: true when it
+ * decoded p[0..n) into *out (exactly as crdt_delta_decode_ref would); false
+ * when it gave up, with *out zeroed and the arena as it was.  Giving up is no
+ * verdict: the bytes may still be a valid delta in a form the pass does not
+ * take (none that crdt_delta_encode writes under crdt_limits_default).
+ */
+bool crdt_delta_decode_fast(const uint8_t *p, size_t n, const crdt_limits *lim, crdt_arena *a,
+                            crdt_delta *out);
+
+/*
+ * crdt_delta_decode_ref — the reference decoder (the steps in codec.c's
+ * header: bounded walk, msgpack-c, checks, re-encode and compare).  Same
+ * contract as crdt_delta_decode; slower.  For tests and fuzzing, which
+ * check that the two agree.
+ */
+int crdt_delta_decode_ref(const uint8_t *p, size_t n, const crdt_limits *lim,
+                          crdt_arena *a, crdt_delta *out, int *err_op);
 
 /*
  * crdt_schema_check_delta — check a decoded delta against the schema: the

@@ -507,6 +507,271 @@ static void test_encode_refuses_invalid(void **state)
     built_free(&b);
 }
 
+/* ---- the fast pass against the reference decoder ----------------------------- */
+
+static void blob_same(crdt_blob a, crdt_blob b, const char *what)
+{
+    if (a.n != b.n || (a.n && memcmp(a.p, b.p, a.n)))
+        fail_msg("%s differs between the fast pass and the reference", what);
+}
+
+/* Fail unless x and y are the same delta, field by field. */
+static void delta_same(const crdt_delta *x, const crdt_delta *y)
+{
+    assert_int_equal(x->dev, y->dev);
+    assert_int_equal(x->epoch, y->epoch);
+    assert_int_equal(x->seq, y->seq);
+    assert_int_equal(x->hlc, y->hlc);
+    assert_memory_equal(x->prev, y->prev, CRDT_HASH_BYTES);
+    blob_same((crdt_blob){(const uint8_t *)x->kind, x->kind_len},
+              (crdt_blob){(const uint8_t *)y->kind, y->kind_len}, "kind");
+    blob_same((crdt_blob){(const uint8_t *)x->id, x->id_len},
+              (crdt_blob){(const uint8_t *)y->id, y->id_len}, "id");
+    assert_int_equal(x->id[x->id_len], 0);
+    assert_int_equal(x->kind[x->kind_len], 0);
+    assert_int_equal(x->n_ops, y->n_ops);
+    for (uint32_t i = 0; i < x->n_ops; i++) {
+        const crdt_op *a = &x->ops[i], *b = &y->ops[i];
+        assert_int_equal(a->code, b->code);
+        assert_int_equal(a->field == NULL, b->field == NULL);
+        if (a->field) {
+            blob_same((crdt_blob){(const uint8_t *)a->field, a->field_len},
+                      (crdt_blob){(const uint8_t *)b->field, b->field_len}, "field");
+            assert_int_equal(a->field[a->field_len], 0);
+        }
+        blob_same(a->key, b->key, "key");
+        blob_same(a->val, b->val, "value");
+        assert_int_equal(a->n_obs, b->n_obs);
+        for (uint32_t j = 0; j < a->n_obs; j++) {
+            assert_int_equal(a->obs[j].dev, b->obs[j].dev);
+            assert_int_equal(a->obs[j].seq, b->obs[j].seq);
+        }
+    }
+}
+
+/* An integer whose encoding lands near a msgpack width boundary. */
+static uint64_t edge_uint(tu_rng *r)
+{
+    static const uint64_t e[] = {0, 1, 127, 128, 255, 256, 65535, 65536, 0xffffffffu,
+                                 UINT64_C(0x100000000), UINT64_C(0x7fffffffffffffff)};
+    uint64_t v = e[tu_below(r, sizeof e / sizeof e[0])];
+    return tu_below(r, 3) ? v : tu_next(r) >> tu_below(r, 64);
+}
+
+static int64_t edge_int(tu_rng *r)
+{
+    static const int64_t e[] = {-1, -32, -33, -128, -129, -32768, -32769, INT64_MIN, 0, 127,
+                                128, 70000};
+    return tu_below(r, 2) ? e[tu_below(r, sizeof e / sizeof e[0])]
+                          : (int64_t)(tu_next(r) >> tu_below(r, 64)) * (tu_below(r, 2) ? -1 : 1);
+}
+
+/* A random text of n bytes: ASCII and (whole) 3-byte CJK characters. */
+static void rand_text(tu_rng *r, char *out, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        if (n - i >= 3 && tu_below(r, 2)) {
+            memcpy(out + i, "\xe5\xbc\xa0", 3); /* 张 */
+            i += 3;
+        } else {
+            out[i++] = (char)('a' + tu_below(r, 26));
+        }
+    }
+}
+
+/* A random value: bool, int, str (up to 300 bytes: fixstr, str8, str16) or
+ * a log-entry map of up to 16 entries (fixmap, map16). */
+static void rand_value(tu_rng *r, crdt_buf *v, bool allow_map)
+{
+    char text[320];
+    switch (tu_below(r, allow_map ? 4 : 3)) {
+    case 0: crdt_val_put_bool(v, tu_below(r, 2)); break;
+    case 1: crdt_val_put_int(v, edge_int(r)); break;
+    case 2: {
+        static const size_t lens[] = {0, 1, 31, 32, 255, 256, 300};
+        size_t n = tu_below(r, 2) ? lens[tu_below(r, 7)] : tu_below(r, 40);
+        rand_text(r, text, n);
+        crdt_val_put_str(v, text, n);
+        break;
+    }
+    default: {
+        char kb[16][8];
+        const char *keys[16];
+        crdt_scalar vals[16];
+        char sv[16][24];
+        uint32_t n = tu_below(r, 4) ? (uint32_t)tu_below(r, 6) : 16;
+        for (uint32_t i = 0; i < n; i++) {
+            snprintf(kb[i], sizeof kb[i], "k%u", i);
+            keys[i] = kb[i];
+            memset(&vals[i], 0, sizeof vals[i]);
+            switch (tu_below(r, 3)) {
+            case 0: vals[i].t = CRDT_V_BOOL; vals[i].b = tu_below(r, 2); break;
+            case 1: vals[i].t = CRDT_V_INT; vals[i].i = edge_int(r); break;
+            default: {
+                size_t l = tu_below(r, 20);
+                rand_text(r, sv[i], l);
+                vals[i].t = CRDT_V_STR;
+                vals[i].s = sv[i];
+                vals[i].len = (uint32_t)l;
+            }
+            }
+        }
+        assert_int_equal(crdt_val_put_map(v, keys, vals, n), 0);
+    }
+    }
+}
+
+/* Encode a random valid delta into enc (every width and shape the encoder
+ * writes: ints at each boundary, ids of 1..64 bytes, up to 64 ops, keys, log
+ * entries, observed dots). */
+static void rand_delta(tu_rng *r, crdt_buf *enc)
+{
+    enum { MAXOPS = 64 };
+    static crdt_op ops[MAXOPS];
+    static crdt_buf v[MAXOPS], kb[MAXOPS];
+    static crdt_dot obs[MAXOPS][20];
+    static char fields[MAXOPS][8];
+    char id[CRDT_RECID_MAX];
+    crdt_delta d;
+    memset(&d, 0, sizeof d);
+    uint64_t u = edge_uint(r);
+    d.dev = (uint32_t)(u > UINT32_MAX ? u >> 32 : u);
+    u = edge_uint(r);
+    d.epoch = (uint32_t)(u > UINT32_MAX ? u >> 32 : u);
+    if (!d.epoch) d.epoch = 1;
+    d.hlc = edge_uint(r);
+    d.seq = edge_uint(r);
+    if (d.seq <= 1) d.seq = 2;
+    for (int i = 0; i < CRDT_HASH_BYTES; i++) d.prev[i] = (uint8_t)tu_next(r);
+    size_t il = 1 + tu_below(r, CRDT_RECID_MAX);
+    for (size_t i = 0; i < il; i++) id[i] = "ab-_.Z9"[tu_below(r, 7)];
+    d.id = id;
+    d.id_len = (uint32_t)il;
+    d.kind = tu_below(r, 2) ? "person" : "household";
+    d.kind_len = (uint32_t)strlen(d.kind);
+    uint32_t n = tu_below(r, 8) ? 1 + (uint32_t)tu_below(r, 6) : 1 + (uint32_t)tu_below(r, MAXOPS);
+    bool record_op = false;
+    for (uint32_t i = 0; i < n; i++) {
+        crdt_op *o = &ops[i];
+        memset(o, 0, sizeof *o);
+        crdt_buf_reset(&v[i]);
+        crdt_buf_reset(&kb[i]);
+        if (!record_op && tu_below(r, 12) == 0) {
+            o->code = tu_below(r, 2) ? CRDT_OP_DEL : CRDT_OP_UNDEL;
+            record_op = true;
+            continue;
+        }
+        static const int codes[] = {CRDT_OP_SET, CRDT_OP_ADD, CRDT_OP_REM, CRDT_OP_APP,
+                                    CRDT_OP_INC, CRDT_OP_RAISE};
+        o->code = (uint8_t)codes[tu_below(r, 6)];
+        snprintf(fields[i], sizeof fields[i], "f%u", i);
+        o->field = fields[i];
+        o->field_len = (uint32_t)strlen(fields[i]);
+        rand_value(r, &v[i], true);
+        o->val = (crdt_blob){v[i].p, (uint32_t)v[i].n};
+        if (tu_below(r, 3) == 0) {
+            if (tu_below(r, 2)) crdt_val_put_int(&kb[i], edge_int(r));
+            else crdt_val_put_str(&kb[i], "2026", 4);
+            o->key = (crdt_blob){kb[i].p, (uint32_t)kb[i].n};
+        }
+        if ((o->code == CRDT_OP_SET || o->code == CRDT_OP_REM) && tu_below(r, 2)) {
+            uint32_t k = tu_below(r, 4) ? 1 + (uint32_t)tu_below(r, 3) : 1 + (uint32_t)tu_below(r, 20);
+            for (uint32_t j = 0; j < k; j++)
+                obs[i][j] = (crdt_dot){(uint32_t)(j + 1), 1 + (edge_uint(r) >> 1)};
+            o->obs = obs[i];
+            o->n_obs = k;
+        }
+    }
+    d.ops = ops;
+    d.n_ops = n;
+    crdt_buf_reset(enc);
+    assert_int_equal(crdt_delta_encode(&d, enc), 0);
+}
+
+/* Both decoders on p[0..n) under lim: the fast pass succeeds only where the
+ * reference does, with the same delta; returns whether the fast pass took it. */
+static bool agree(const uint8_t *p, size_t n, const crdt_limits *lim, crdt_arena *a)
+{
+    crdt_delta f, ref;
+    int eop;
+    size_t before = crdt_arena_used(a);
+    bool fast = crdt_delta_decode_fast(p, n, lim, a, &f);
+    if (!fast) assert_int_equal(crdt_arena_used(a), before); /* gave its memory back */
+    int rc = crdt_delta_decode_ref(p, n, lim, a, &ref, &eop);
+    if (fast && rc) fail_msg("fast pass accepted what the reference refuses (%s)", crdt_strerror(rc));
+    if (fast) delta_same(&f, &ref);
+    /* And crdt_delta_decode gives the reference's verdict either way. */
+    crdt_delta d;
+    int eop2;
+    assert_int_equal(crdt_delta_decode(p, n, lim, a, &d, &eop2), rc);
+    if (rc) assert_int_equal(eop2, eop);
+    else delta_same(&d, &ref);
+    return fast;
+}
+
+static void test_fast_pass_agrees(void **state)
+{
+    (void)state;
+    tu_rng r;
+    tu_rng_init(&r, tu_seed("codec-fast-pass"));
+    crdt_arena *a = crdt_arena_new(0);
+    crdt_buf enc = {0};
+    crdt_limits tight = crdt_limits_default;
+    tight.max_str = 64;
+    tight.max_entries = 12;
+    tight.max_depth = 5;
+    uint64_t valid = 0, fast_mut = 0, ref_ok_mut = 0;
+    for (int it = 0; it < (int)tu_scaled(40000); it++) {
+        crdt_arena_reset(a);
+        rand_delta(&r, &enc);
+        /* Every delta the encoder writes takes the fast pass. */
+        if (!agree(enc.p, enc.n, &crdt_limits_default, a))
+            fail_msg("fast pass gave up on an encoder's delta of %zu bytes", enc.n);
+        valid++;
+        (void)agree(enc.p, enc.n, &tight, a);
+        /* Damaged copies: the two agree on each. */
+        uint8_t m[8192];
+        if (enc.n + 1 > sizeof m) continue;
+        for (int k = 0; k < 4; k++) {
+            size_t n = enc.n;
+            memcpy(m, enc.p, n);
+            size_t at = tu_below(&r, n);
+            switch (tu_below(&r, 5)) {
+            case 0: m[at] = (uint8_t)tu_next(&r); break;
+            case 1: m[at] ^= (uint8_t)(1u << tu_below(&r, 8)); break;
+            case 2: n = at; break;
+            case 3: m[at] = (uint8_t)(m[at] + (tu_below(&r, 2) ? 1 : -1)); break;
+            default: /* a fixstr or fixint written one size wider (the same
+                      * value, not its shortest form): a byte inserted */
+                for (size_t j = 0; j < n; j++, at = (at + 1) % n) {
+                    uint8_t b = m[at];
+                    if (b <= 0x7f || (b >= 0xa0 && b <= 0xbf)) {
+                        memmove(m + at + 2, m + at + 1, n - at - 1);
+                        m[at] = b <= 0x7f ? 0xcc : 0xd9;
+                        m[at + 1] = b <= 0x7f ? b : (uint8_t)(b & 0x1f);
+                        n++;
+                        break;
+                    }
+                }
+            }
+            crdt_delta d;
+            int eop;
+            bool ok = crdt_delta_decode_ref(m, n, &crdt_limits_default, a, &d, &eop) == 0;
+            bool fast = agree(m, n, &crdt_limits_default, a);
+            if (ok && !fast) fail_msg("fast pass gave up on a valid (mutated) delta");
+            fast_mut += fast;
+            ref_ok_mut += ok;
+        }
+    }
+    /* The mutations did produce accepted deltas, so the agreement was tested
+     * on more than refusals. */
+    assert_true(valid > 0);
+    assert_true(fast_mut > 0 && fast_mut == ref_ok_mut);
+    crdt_buf_free(&enc);
+    crdt_arena_free(a);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -525,6 +790,7 @@ int main(void)
         cmocka_unit_test(test_roundtrip_and_mutations),
         cmocka_unit_test(test_arena_cap_limits_decode),
         cmocka_unit_test(test_encode_refuses_invalid),
+        cmocka_unit_test(test_fast_pass_agrees),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }

@@ -7,7 +7,10 @@
  *   - nothing crashes, leaks or reads out of bounds (ASan/UBSan);
  *   - a delta that decodes re-encodes to exactly the input bytes;
  *   - applying it twice changes nothing the second time (idempotence);
- *   - the record's canonical bytes survive a decode/encode round trip.
+ *   - the record's canonical bytes survive a decode/encode round trip;
+ *   - the fast pass (crdt_delta_decode_fast) accepts exactly what the
+ *     reference decoder accepts, and decodes it to the same delta (compared
+ *     by re-encoding both).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +40,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     crdt_buf re = {0}, r1 = {0}, r2 = {0};
     int err_op;
     load_schema();
+    {
+        crdt_delta f, ref;
+        int eo;
+        bool fast = crdt_delta_decode_fast(data, size, &crdt_limits_default, a, &f);
+        int rrc = crdt_delta_decode_ref(data, size, &crdt_limits_default, a, &ref, &eo);
+        if (fast != (rrc == 0)) abort();
+        if (fast) {
+            if (crdt_delta_encode(&f, &r1) || crdt_delta_encode(&ref, &r2) || r1.n != r2.n ||
+                memcmp(r1.p, r2.p, r1.n))
+                abort();
+            crdt_buf_reset(&r1);
+            crdt_buf_reset(&r2);
+        }
+    }
     if (crdt_delta_decode(data, size, &crdt_limits_default, a, &d, &err_op) != 0) goto out;
     if (crdt_delta_encode(&d, &re) != 0 || re.n != size || memcmp(re.p, data, size) != 0)
         abort();
