@@ -8,7 +8,11 @@
  *   op = {"f": field, "k": field key, "o": op name, "v": value,
  *         "x": [[dev, seq], ...]}          absent members are omitted
  *
- * Decoding order, each step guarding the next:
+ * crdt_delta_decode first tries a single strict pass (crdt_delta_decode_fast,
+ * "fast path" below), which takes only the encoder's exact bytes within the
+ * limits; when it gives up, the reference decoder (crdt_delta_decode_ref)
+ * runs from the start, and its verdict and error code are the answer.  The
+ * reference's decoding order, each step guarding the next:
  *   1. crdt_mp_check: bounded walk; msgpack-c never sees unchecked bytes.
  *   2. msgpack-c unpacks (its allocations are now bounded by the input).
  *   3. Types and ranges of every key, copied into the caller's arena.
