@@ -537,8 +537,8 @@ static bool fr_key(fr *r, char c)
     return fr_take(r, 2, &q) && q[0] == 0xa1 && q[1] == (uint8_t)c;
 }
 
-/* One scalar or str of a value (inside a value map when in_map), skipped:
- * its form is checked by crdt_val_parse afterwards; here only what the walk
+/* One scalar or str of a value (or of a value map's entry), skipped: its
+ * form is checked by crdt_val_parse afterwards; here only what the walk
  * demands of strs (length, UTF-8) and that the bytes are there. */
 static bool fr_skip_scalar(fr *r)
 {
@@ -657,8 +657,9 @@ static bool fast_decode(const uint8_t *p, size_t n, const crdt_limits *lim, crdt
     uint64_t u;
     int eop;
     /* The walk's limits that a delta's shape reaches: 5 levels (the pair
-     * arrays of "x"), maps of 8 keys, the 32-byte bin. */
-    if (lim->max_depth < 5 || lim->max_depth > 64 || lim->max_entries < 8 ||
+     * arrays of "x"), maps of 8 keys, one-byte key strs (fr_key does not
+     * check max_str), the 32-byte bin. */
+    if (lim->max_depth < 5 || lim->max_depth > 64 || lim->max_entries < 8 || lim->max_str < 1 ||
         lim->max_bin < CRDT_HASH_BYTES || n == 0 || n > lim->max_msg || n > UINT32_MAX)
         return false;
     if (!fr_take(&r, 1, &q) || q[0] != 0x88) return false;
