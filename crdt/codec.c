@@ -30,8 +30,6 @@
 #include <msgpack.h>
 #include <string.h>
 
-/* mpcheck.c's cap on the keys of one map (crdt_mp_check refuses more). */
-#define MP_MAP_KEYS_CAP_CODEC 4096u
 
 /* ---- names and small checks ---------------------------------------------- */
 
@@ -462,13 +460,6 @@ static bool fr_take(fr *r, size_t k, const uint8_t **q)
     return true;
 }
 
-static uint64_t fr_be(const uint8_t *q, size_t k)
-{
-    uint64_t v = 0;
-    for (size_t i = 0; i < k; i++) v = v << 8 | q[i];
-    return v;
-}
-
 /* An unsigned integer in its shortest form. */
 static bool fr_uint(fr *r, uint64_t *v)
 {
@@ -483,7 +474,7 @@ static bool fr_uint(fr *r, uint64_t *v)
     size_t k = (size_t)1 << (q[0] - 0xcc);
     unsigned t = q[0] - 0xcc;
     if (!fr_take(r, k, &q)) return false;
-    *v = fr_be(q, k);
+    *v = crdt_be_read(q, k);
     return *v >= lo[t];
 }
 
@@ -500,7 +491,7 @@ static bool fr_str(fr *r, const char **s, uint32_t *len)
         size_t k = (size_t)1 << (q[0] - 0xd9);
         unsigned t = q[0] - 0xd9;
         if (!fr_take(r, k, &q)) return false;
-        l = fr_be(q, k);
+        l = crdt_be_read(q, k);
         if (l < lo[t]) return false;
     } else {
         return false;
@@ -521,7 +512,7 @@ static bool fr_array(fr *r, uint32_t *cnt)
     } else if (q[0] == 0xdc || q[0] == 0xdd) {
         size_t k = q[0] == 0xdc ? 2 : 4;
         if (!fr_take(r, k, &q)) return false;
-        uint64_t c = fr_be(q, k);
+        uint64_t c = crdt_be_read(q, k);
         if (c < (k == 2 ? 16u : 0x10000u)) return false;
         *cnt = (uint32_t)c;
     } else {
@@ -535,6 +526,15 @@ static bool fr_key(fr *r, char c)
 {
     const uint8_t *q;
     return fr_take(r, 2, &q) && q[0] == 0xa1 && q[1] == (uint8_t)c;
+}
+
+/* An op member the encoder omits when empty: true (and consumed) when the
+ * one-letter key c comes next. */
+static bool fr_opt_key(fr *r, char c)
+{
+    if (r->n - r->off < 2 || r->p[r->off] != 0xa1 || r->p[r->off + 1] != (uint8_t)c) return false;
+    r->off += 2;
+    return true;
 }
 
 /* One scalar or str of a value (or of a value map's entry), skipped: its
@@ -565,18 +565,18 @@ static bool fr_value(fr *r, crdt_arena *a, crdt_blob *out)
     if (r->off >= r->n) return false;
     uint8_t b = r->p[r->off];
     if ((b >= 0x80 && b <= 0x8f) || b == 0xde) {
-        /* A map: one level below an op's map (depth 4 of the walk). */
+        /* A map: one level below an op's map (depth 4 of the walk, within
+         * the 5 that fast_decode demands of max_depth). */
         const uint8_t *q;
         uint32_t cnt;
-        if (r->lim->max_depth < 4) return false;
         if (b == 0xde) {
             if (!fr_take(r, 3, &q)) return false;
-            cnt = (uint32_t)fr_be(q + 1, 2);
+            cnt = (uint32_t)crdt_be_read(q + 1, 2);
         } else {
             r->off++;
             cnt = b & 0x0f;
         }
-        if (cnt > r->lim->max_entries || cnt > MP_MAP_KEYS_CAP_CODEC) return false;
+        if (cnt > r->lim->max_entries || cnt > CRDT_MP_MAP_KEYS_MAX) return false;
         for (uint32_t i = 0; i < 2 * cnt; i++)
             if (!fr_skip_scalar(r)) return false;
     } else if (!fr_skip_scalar(r)) {
@@ -602,15 +602,13 @@ static bool fr_op(fr *r, crdt_arena *a, crdt_op *op)
     if (!fr_take(r, 1, &q) || q[0] < 0x81 || q[0] > 0x85) return false;
     uint32_t want = q[0] & 0x0f;
     /* Members in the encoder's order f k o v x; "o" always there. */
-    if (r->off + 2 <= r->n && r->p[r->off] == 0xa1 && r->p[r->off + 1] == 'f') {
-        r->off += 2;
+    if (fr_opt_key(r, 'f')) {
         if (!fr_str(r, &s, &l) || !crdt_name_valid(s, l)) return false;
         if (!(op->field = arena_str(a, s, l))) return false;
         op->field_len = l;
         have++;
     }
-    if (r->off + 2 <= r->n && r->p[r->off] == 0xa1 && r->p[r->off + 1] == 'k') {
-        r->off += 2;
+    if (fr_opt_key(r, 'k')) {
         if (r->off >= r->n) return false;
         uint8_t b = r->p[r->off];
         bool str = (b >= 0xa0 && b <= 0xbf) || (b >= 0xd9 && b <= 0xdb);
@@ -621,14 +619,12 @@ static bool fr_op(fr *r, crdt_arena *a, crdt_op *op)
     if (!fr_key(r, 'o') || !fr_str(r, &s, &l)) return false;
     if (!(op->code = (uint8_t)opcode_from(s, l))) return false;
     have++;
-    if (r->off + 2 <= r->n && r->p[r->off] == 0xa1 && r->p[r->off + 1] == 'v') {
-        r->off += 2;
+    if (fr_opt_key(r, 'v')) {
         if (r->off >= r->n || r->p[r->off] == 0xc0 || !fr_value(r, a, &op->val)) return false;
         have++;
     }
-    if (r->off + 2 <= r->n && r->p[r->off] == 0xa1 && r->p[r->off + 1] == 'x') {
+    if (fr_opt_key(r, 'x')) {
         uint32_t k;
-        r->off += 2;
         if (!fr_array(r, &k) || k == 0) return false;
         crdt_dot *dots = crdt_arena_alloc(a, (size_t)k * sizeof *dots);
         if (!dots) return false;

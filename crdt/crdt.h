@@ -368,6 +368,20 @@ int crdt_date_days(const char *s, size_t len, int64_t *days);
 /* Valid UTF-8 (the walker's rule).  true/false. */
 bool crdt_utf8_valid(const uint8_t *s, size_t len);
 
+/* crdt_mp_check's cap on the keys of all open maps together (so on one map):
+ * a map above min(lim->max_entries, CRDT_MP_MAP_KEYS_MAX) entries is
+ * CRDT_ECOUNT. */
+#define CRDT_MP_MAP_KEYS_MAX 4096u
+
+/* The big-endian unsigned integer in q[0..k), k <= 8 (shared by the value
+ * parser and the delta decoder's single pass). */
+static inline uint64_t crdt_be_read(const uint8_t *q, size_t k)
+{
+    uint64_t v = 0;
+    for (size_t i = 0; i < k; i++) v = v << 8 | q[i];
+    return v;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Schema                                                                    */
 /* ------------------------------------------------------------------------ */

@@ -62,7 +62,7 @@
 #include "crdt.h"
 
 #define MP_DEPTH_CAP 64u
-#define MP_MAP_KEYS_CAP 4096u
+#define MP_MAP_KEYS_CAP CRDT_MP_MAP_KEYS_MAX
 #define MP_SIZE_CAP ((size_t)UINT32_MAX)
 
 /* What one type byte starts. */

@@ -40,12 +40,6 @@ static int rd_bytes(rd *r, size_t k, const uint8_t **out)
     return CRDT_OK;
 }
 
-static uint64_t be(const uint8_t *q, size_t k)
-{
-    uint64_t v = 0;
-    for (size_t i = 0; i < k; i++) v = v << 8 | q[i];
-    return v;
-}
 
 /* Read a str body of length len; the header is already consumed. */
 static int rd_str_body(rd *r, uint64_t len, const char **s, uint32_t *slen)
@@ -94,7 +88,7 @@ static int rd_value(rd *r, crdt_scalar *sc, bool *is_nil, uint32_t *map_count)
         size_t k = (size_t)1 << (b - 0xcc);
         uint64_t v;
         if ((rc = rd_bytes(r, k, &q))) return rc;
-        v = be(q, k);
+        v = crdt_be_read(q, k);
         if (v > (uint64_t)INT64_MAX) return CRDT_ETYPE;
         if (v < lo[b - 0xcc]) return CRDT_ENONCANON;
         sc->t = CRDT_V_INT;
@@ -108,7 +102,7 @@ static int rd_value(rd *r, crdt_scalar *sc, bool *is_nil, uint32_t *map_count)
         uint64_t u;
         int64_t v;
         if ((rc = rd_bytes(r, k, &q))) return rc;
-        u = be(q, k);
+        u = crdt_be_read(q, k);
         if (k == 1) v = (int8_t)u;
         else if (k == 2) v = (int16_t)u;
         else if (k == 4) v = (int32_t)u;
@@ -123,7 +117,7 @@ static int rd_value(rd *r, crdt_scalar *sc, bool *is_nil, uint32_t *map_count)
         size_t k = (size_t)1 << (b - 0xd9);
         uint64_t len;
         if ((rc = rd_bytes(r, k, &q))) return rc;
-        len = be(q, k);
+        len = crdt_be_read(q, k);
         if (len < lo[b - 0xd9]) return CRDT_ENONCANON;
         sc->t = CRDT_V_STR;
         return rd_str_body(r, len, &sc->s, &sc->len);
@@ -133,7 +127,7 @@ static int rd_value(rd *r, crdt_scalar *sc, bool *is_nil, uint32_t *map_count)
         uint64_t cnt;
         if (!map_count) return CRDT_ETYPE;
         if ((rc = rd_bytes(r, k, &q))) return rc;
-        cnt = be(q, k);
+        cnt = crdt_be_read(q, k);
         if (cnt > CRDT_VAL_MAP_MAX) return CRDT_ECOUNT;
         if (b == 0xdf || cnt < 16) return CRDT_ENONCANON;
         sc->t = CRDT_V_MAP;
