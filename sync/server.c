@@ -4,7 +4,17 @@
  * libwebsockets.h.
  *
  * Threads
- *   - the event loop (lws_service): sockets, framing, sessions, HTTP;
+ *   - the event loop: sockets, framing, sessions, HTTP.  lws runs on a
+ *     libev loop the server owns (a "foreign loop", as lws's
+ *     minimal-http-server-eventlib-foreign example does), one ev_run turn
+ *     per iteration of sync_server_run.  libev waits with epoll, so a turn
+ *     costs what the ready sockets cost; lws's own poll() backend walks
+ *     every connection's pollfd on every wake-up (each commit, each
+ *     verified push), 5-8 % of the server's CPU with 300 phones connected
+ *     and small commits (clients/bench/NOTES.md).  Not libuv: Debian's
+ *     lws 4.1.6 is built with _DEBUG, whose libuv-only "uv repeat test"
+ *     closes a socket that is waiting to send its close frame, so devices
+ *     would lose the close code (tests/sync/test_hostile.c catches it);
  *   - N verify workers: sync_job_verify (decode, schema, scope, Ed25519);
  *   - one writer: takes every verified job at the head of the queue and
  *     commits them in one LMDB transaction (sync_jobs_commit), then hands
@@ -28,6 +38,7 @@
 #include "sync.h"
 
 #include <libwebsockets.h>
+#include <ev.h>
 #include <sodium.h>
 #include <pthread.h>
 #include <signal.h>
@@ -88,6 +99,8 @@ struct sync_server {
     store *st;
     const sync_config *cfg;
     sync_server_opts o;
+    struct ev_loop *loop;         /* lws's event loop (foreign: ours to close) */
+    void *foreign_loops[1];       /* info.foreign_loops: {&loop} */
     struct lws_context *ctx;
     struct lws_vhost *vh;
     int port;
@@ -1397,6 +1410,15 @@ int sync_server_new(store *st, const sync_config *cfg, const sync_server_opts *o
         for (int i = 0; i + 1 < m; i++) sv->mounts[i].mount_next = &sv->mounts[i + 1];
         info.mounts = &sv->mounts[0];
     }
+    sv->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
+    if (!sv->loop) {
+        snprintf(err, errlen, "cannot create the event loop");
+        sync_server_free(sv);
+        return SYNC_EUNAVAILABLE;
+    }
+    sv->foreign_loops[0] = sv->loop;
+    info.foreign_loops = sv->foreign_loops;
+    info.options |= LWS_SERVER_OPTION_LIBEV;
     sv->ctx = lws_create_context(&info);
     if (!sv->ctx) {
         snprintf(err, errlen, "cannot listen on %s:%d (in use, or not an address here?)",
@@ -1467,10 +1489,16 @@ static bool jobs_pending(sync_server *sv)
     return busy;
 }
 
+/* One turn of the event loop: waits for at least one event (a socket, a
+ * timer of lws's, lws_cancel_service from another thread) and handles what
+ * is ready.  False when nothing is left to wait for (lws has closed
+ * everything), which would otherwise spin. */
+static bool loop_turn(sync_server *sv) { return ev_run(sv->loop, EVRUN_ONCE) != 0; }
+
 int sync_server_run(sync_server *sv)
 {
     for (;;) {
-        if (lws_service(sv->ctx, 0) < 0) break;
+        if (!loop_turn(sv)) break;
         if (sv->stop_requested && !sv->draining) {
             /* Stop taking work; finish and ack what is in flight. */
             sv->draining = true;
@@ -1492,7 +1520,7 @@ int sync_server_run(sync_server *sv)
     }
     uint64_t until = mono_ms() + 500;
     while (sv->conns && mono_ms() < until)
-        if (lws_service(sv->ctx, 0) < 0) break;
+        if (!loop_turn(sv)) break;
     return SYNC_OK;
 }
 
@@ -1509,6 +1537,7 @@ void sync_server_free(sync_server *sv)
     if (sv->writer_started) pthread_join(sv->writer, NULL);
     if (sv->api_started) pthread_join(sv->api_thread, NULL);
     if (sv->ctx) lws_context_destroy(sv->ctx);
+    if (sv->loop) ev_loop_destroy(sv->loop);
     /* Anything left (only on a forced stop) is freed, never acked. */
     while (sv->jobs) {
         qjob *q = sv->jobs;
