@@ -4,6 +4,7 @@
  *   doorstepd --data DIR [--key-file F] [--listen HOST:PORT]
  *             [--tls-cert F --tls-key F] [--allow-plain] [--static DIR] [--field DIR]
  *             [--log-level L] [--map-max SIZE] [--device-rate N --device-burst N]
+ *             [--commit-delay MS]
  *             [--init --schema F --campaign-year Y]
  *             [--upstream ws://DISTRICT:PORT/sync [--upstream-dir D]]
  *
@@ -35,7 +36,7 @@ static void usage(FILE *f)
             "usage: doorstepd --data DIR [--key-file F] [--listen HOST:PORT]\n"
             "                 [--tls-cert F --tls-key F] [--allow-plain] [--static DIR]\n"
             "                 [--field DIR] [--log-level 0-3] [--map-max SIZE]\n"
-            "                 [--device-rate N] [--device-burst N]\n"
+            "                 [--device-rate N] [--device-burst N] [--commit-delay MS]\n"
             "                 [--init [--schema F] [--campaign-year Y]]\n"
             "                 [--upstream URL [--upstream-dir D]]\n"
             "  --data DIR        data directory (or DOORSTEP_DATA)\n"
@@ -54,6 +55,10 @@ static void usage(FILE *f)
             "                    0 = no limit); beyond it pushes get SYNC_ERATE with a wait\n"
             "  --device-burst N  deltas one device may push at once (default 5000; at least 500,\n"
             "                    one full push)\n"
+            "  --commit-delay MS while other pushes are still being verified, wait until MS\n"
+            "                    since the last commit began so one commit takes them all\n"
+            "                    (default 200, 0..1000; 0 = commit at once); a lone push is\n"
+            "                    never held back\n"
             "  --init            initialise DIR first if it is not a store yet\n"
             "  --schema F        with --init: the schema file (default: the yibao schema)\n"
             "  --campaign-year Y with --init: the campaign year, 2000..2100 (default: this year)\n"
@@ -116,6 +121,7 @@ int main(int argc, char **argv)
         {"map-max", required_argument, NULL, 'M'},
         {"device-rate", required_argument, NULL, 'r'},
         {"device-burst", required_argument, NULL, 'b'},
+        {"commit-delay", required_argument, NULL, 'C'},
         {"upstream", required_argument, NULL, 'U'},
         {"upstream-dir", required_argument, NULL, 'D'},
         {"help", no_argument, NULL, 'h'},
@@ -131,6 +137,7 @@ int main(int argc, char **argv)
     long long year = 0, num;
     int c;
     so.log_level = 1;
+    so.commit_delay_ms = SYNC_COMMIT_DELAY_MS;
 #define NUM_ARG(lo, hi, what)                                                              \
     do {                                                                                   \
         if (!parse_num(optarg, lo, hi, &num)) {                                            \
@@ -175,6 +182,10 @@ int main(int argc, char **argv)
         case 'b':
             NUM_ARG(sync_config_default.max_push, 10000000, "--device-burst");
             cfg.device_burst = (uint32_t)num;
+            break;
+        case 'C':
+            NUM_ARG(0, SYNC_COMMIT_DELAY_MAX_MS, "--commit-delay");
+            so.commit_delay_ms = (int)num;
             break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;

@@ -18,7 +18,17 @@
  *   - N verify workers: sync_job_verify (decode, schema, scope, Ed25519);
  *   - one writer: takes every verified job at the head of the queue and
  *     commits them in one LMDB transaction (sync_jobs_commit), then hands
- *     them back to the loop with lws_cancel_service().
+ *     them back to the loop with lws_cancel_service().  Group-commit delay
+ *     (as PostgreSQL's commit_delay with commit_siblings): while other jobs
+ *     are still being verified, the writer waits until commit_delay_ms have
+ *     passed since its previous commit began (or COMMIT_DELAY_MAX_DELTAS
+ *     are waiting), so one commit takes more deltas.  A random-keyed index
+ *     page (lookup, records, members) is then written once for more deltas,
+ *     and fsyncs and wake-ups are fewer: at 200 ms, 4.8 instead of 6.5 KB
+ *     written per delta and ~12 % more deltas per second on the bench's
+ *     sustained load (clients/bench/NOTES.md).  It never delays a push that
+ *     has no company: with nothing left to verify, the writer commits at
+ *     once, so a lone phone's ack and the end of a wave are not held back.
  *
  * Invariants
  *   - Jobs are committed in the order they were created (a FIFO: workers
@@ -52,6 +62,7 @@ _Static_assert(LWS_PRE <= SYNC_FRAME_PRE, "frame headroom must fit LWS_PRE");
 
 #define SENDQ_MAX (2u << 20)  /* bytes queued per connection before pausing input */
 #define DRAIN_MS 5000         /* graceful shutdown: time allowed to finish acks */
+#define COMMIT_DELAY_MAX_DELTAS 20000 /* verified deltas that end a group-commit delay */
 
 enum { JOB_QUEUED = 0, JOB_VERIFYING = 1, JOB_VERIFIED = 2 };
 
@@ -109,6 +120,9 @@ struct sync_server {
     pthread_mutex_t mu;
     pthread_cond_t cv_work, cv_commit;
     qjob *jobs, **jobs_tail;      /* FIFO, creation order */
+    uint32_t n_unverified;        /* jobs in `jobs` not yet JOB_VERIFIED */
+    uint64_t n_verified_deltas;   /* deltas of JOB_VERIFIED jobs still in `jobs` */
+    uint64_t commit_began_ms;     /* monotonic start of the writer's last commit */
     sync_job *done, **done_tail;  /* committed, for the loop */
     char (*touched)[CRDT_RECID_MAX + 1];
     size_t n_touched;
@@ -257,6 +271,8 @@ static void *worker_main(void *arg)
         sync_job_verify(sv->st, sv->cfg, q->job);
         pthread_mutex_lock(&sv->mu);
         q->state = JOB_VERIFIED;
+        sv->n_unverified--;
+        sv->n_verified_deltas += q->job->n;
         pthread_cond_signal(&sv->cv_commit);
     }
     pthread_mutex_unlock(&sv->mu);
@@ -300,6 +316,31 @@ static void record_commit_metrics(sync_server *sv, sync_job *batch, double ms, i
     pthread_mutex_unlock(&sv->mu);
 }
 
+/* The group-commit delay (see the file header).  Called with sv->mu held
+ * and a verified job at the head of the queue; returns with sv->mu held.
+ * Waits while (a) other jobs are still queued or being verified, (b) fewer
+ * than COMMIT_DELAY_MAX_DELTAS verified deltas wait, (c) commit_delay_ms
+ * have not passed since the previous commit began, and (d) the server is
+ * not stopping.  Each worker that finishes a job signals cv_commit, so the
+ * wait ends as soon as (a) or (b) stops holding. */
+static void commit_delay(sync_server *sv)
+{
+    if (sv->o.commit_delay_ms <= 0) return;
+    uint64_t until = sv->commit_began_ms + (uint64_t)sv->o.commit_delay_ms;
+    for (;;) {
+        uint64_t now = mono_ms();
+        if (sv->threads_stop || !sv->n_unverified ||
+            sv->n_verified_deltas >= COMMIT_DELAY_MAX_DELTAS || now >= until)
+            return;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t ns = (uint64_t)ts.tv_nsec + (until - now) * 1000000u;
+        ts.tv_sec += (time_t)(ns / 1000000000u);
+        ts.tv_nsec = (long)(ns % 1000000000u);
+        pthread_cond_timedwait(&sv->cv_commit, &sv->mu, &ts);
+    }
+}
+
 static void *writer_main(void *arg)
 {
     sync_server *sv = arg;
@@ -320,11 +361,14 @@ static void *writer_main(void *arg)
             continue;
         }
         if (!(sv->jobs && sv->jobs->state == JOB_VERIFIED)) break; /* stopping, idle */
+        commit_delay(sv);
+        sv->commit_began_ms = mono_ms();
         /* Take the verified prefix: one group commit. */
         sync_job *batch = NULL, **bt = &batch;
         while (sv->jobs && sv->jobs->state == JOB_VERIFIED) {
             qjob *q = sv->jobs;
             sv->jobs = q->next;
+            sv->n_verified_deltas -= q->job->n;
             if (!sv->jobs) sv->jobs_tail = &sv->jobs;
             q->job->next = NULL;
             *bt = q->job;
@@ -497,6 +541,7 @@ static void submit_job(sync_server *sv, sync_job *j)
     pthread_mutex_lock(&sv->mu);
     *sv->jobs_tail = q;
     sv->jobs_tail = &q->next;
+    sv->n_unverified++;
     pthread_cond_signal(&sv->cv_work);
     pthread_mutex_unlock(&sv->mu);
 }
@@ -1301,6 +1346,11 @@ int sync_server_new(store *st, const sync_config *cfg, const sync_server_opts *o
                               "burst %u..10000000 deltas (at least one full push)", cfg->max_push);
         return SYNC_EPROTO;
     }
+    if (o->commit_delay_ms < 0 || o->commit_delay_ms > SYNC_COMMIT_DELAY_MAX_MS) {
+        snprintf(err, errlen, "commit delay must be 0..%d ms, got %d", SYNC_COMMIT_DELAY_MAX_MS,
+                 o->commit_delay_ms);
+        return SYNC_EPROTO;
+    }
     sv = calloc(1, sizeof *sv);
     if (!sv) return CRDT_ENOMEM;
     sv->st = st;
@@ -1310,7 +1360,14 @@ int sync_server_new(store *st, const sync_config *cfg, const sync_server_opts *o
     sv->done_tail = &sv->done;
     pthread_mutex_init(&sv->mu, NULL);
     pthread_cond_init(&sv->cv_work, NULL);
-    pthread_cond_init(&sv->cv_commit, NULL);
+    {
+        /* cv_commit: timed waits (commit_delay) count on the monotonic clock. */
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&sv->cv_commit, &ca);
+        pthread_condattr_destroy(&ca);
+    }
     pthread_cond_init(&sv->cv_api, NULL);
     sv->api_q_tail = &sv->api_q;
     sv->api_done_tail = &sv->api_done;

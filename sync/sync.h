@@ -363,7 +363,16 @@ typedef struct sync_server_opts {
     const char *field_dir;      /* the volunteers' field app served at /field/, or NULL */
     int verify_threads;         /* 0 = number of cores */
     int log_level;              /* 0 quiet .. 3 debug */
+    /* Group-commit delay: while other pushes are still being verified, the
+     * writer waits until this many ms have passed since its previous commit
+     * began, so that one commit (one fsync) takes them all; a push with no
+     * others in flight is committed at once.  0 = never wait.  doorstepd's
+     * default is SYNC_COMMIT_DELAY_MS. */
+    int commit_delay_ms;
 } sync_server_opts;
+
+#define SYNC_COMMIT_DELAY_MS 200     /* doorstepd --commit-delay default */
+#define SYNC_COMMIT_DELAY_MAX_MS 1000 /* largest --commit-delay */
 
 typedef struct sync_server sync_server;
 

@@ -53,12 +53,13 @@ static void *run_thread(void *arg)
 
 static store_opts *next_opts; /* for the next fresh server (NULL: defaults) */
 static size_t next_page_bytes; /* for the next fresh server (0: default) */
+static int next_commit_delay_ms; /* for the next server (0: commit at once) */
 
 static void srv_start_on(srv *s, bool fresh)
 {
     char err[256];
     sync_server_opts o = {.listen_host = "127.0.0.1", .port = 0, .verify_threads = 2,
-                          .log_level = 0};
+                          .log_level = 0, .commit_delay_ms = next_commit_delay_ms};
     if (fresh) {
         su_dir_make(&s->d, "server");
         s->st = su_store_new(&s->d, next_opts);
@@ -600,6 +601,79 @@ static void test_many_devices(void **state)
     crdt_buf_free(&body);
     free(runs);
     srv_stop(&s);
+}
+
+/*
+ * The group-commit delay (sync/server.c, commit_delay) at its largest,
+ * 1000 ms: it holds a commit back only while other pushes are still being
+ * verified.  A lone device's pushes, each sent after the last one's ack (so
+ * each arrives well within 1000 ms of the previous commit), are committed
+ * at once: three of them take far less than the one second that a single
+ * wrongful wait would add.  Many devices pushing together are all applied
+ * and the store checks clean.  Out-of-range delays are refused.
+ */
+static void test_commit_delay(void **state)
+{
+    (void)state;
+    srv s;
+    char err[256];
+    next_commit_delay_ms = SYNC_COMMIT_DELAY_MAX_MS;
+    srv_start_on(&s, true);
+    next_commit_delay_ms = 0;
+
+    const char *scope[] = {"H1"};
+    su_dev d;
+    add_device(&s, &d, 1, scope, 1, STORE_DEV_ACTIVE);
+    wsc c;
+    assert_int_equal(device_connect(&c, s.port, d.id, 1, d.sk, NULL), 0);
+    uint64_t t0 = wall_ms();
+    for (int i = 0; i < 3; i++) {
+        crdt_buf env = {0};
+        hh_delta(&d, "H1", i ? "again" : "first", &env);
+        push_and_ack(&c, (uint64_t)i + 1, &env, 1, "applied");
+        crdt_buf_free(&env);
+    }
+    uint64_t took = wall_ms() - t0;
+    if (took >= 1000) fail_msg("three lone pushes took %llu ms: a commit waited for company",
+                               (unsigned long long)took);
+    wsc_close(&c);
+
+    enum { N = 20 };
+    dev_run *runs = calloc(N, sizeof *runs);
+    pthread_t th[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(runs[i].hh, sizeof runs[i].hh, "H%d", i + 10);
+        const char *sc[] = {runs[i].hh};
+        add_device(&s, &runs[i].dev, (uint32_t)i + 2, sc, 1, STORE_DEV_ACTIVE);
+        runs[i].port = s.port;
+        runs[i].n = 20;
+    }
+    for (int i = 0; i < N; i++) pthread_create(&th[i], NULL, device_thread, &runs[i]);
+    for (int i = 0; i < N; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < N; i++)
+        if (runs[i].ok != 20) fail_msg("device %d: %d of 20 applied", i + 2, runs[i].ok);
+    uint64_t problems;
+    assert_int_equal(store_verify(s.st, NULL, NULL, &problems), 0);
+    assert_int_equal(problems, 0);
+    free(runs);
+    srv_stop(&s);
+
+    /* Out of range: refused with a message, nothing started. */
+    su_dir dd;
+    su_dir_make(&dd, "delay");
+    store *st2 = su_store_new(&dd, NULL);
+    sync_server *sv = NULL;
+    sync_config cfg = sync_config_default;
+    for (int k = 0; k < 2; k++) {
+        sync_server_opts o = {.listen_host = "127.0.0.1", .port = 0,
+                              .commit_delay_ms = k ? SYNC_COMMIT_DELAY_MAX_MS + 1 : -1};
+        err[0] = 0;
+        assert_int_equal(sync_server_new(st2, &cfg, &o, &sv, err, sizeof err), SYNC_EPROTO);
+        assert_null(sv);
+        assert_non_null(strstr(err, "commit delay"));
+    }
+    store_close(st2);
+    su_dir_remove(&dd);
 }
 
 static void test_graceful_shutdown_acks_inflight(void **state)
@@ -1208,6 +1282,7 @@ int main(void)
         cmocka_unit_test(test_auth_refusals),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_many_devices),
+        cmocka_unit_test(test_commit_delay),
         cmocka_unit_test(test_graceful_shutdown_acks_inflight),
         cmocka_unit_test(test_enroll_rotate_revoke),
         cmocka_unit_test(test_scope_and_quarantine_rules),
