@@ -749,6 +749,84 @@ static bool has_value(const crdt_record *r, const crdt_fspec *f, const crdt_entr
     return false;
 }
 
+/*
+ * Lookup changes wait in the write transaction and are applied at commit in
+ * key order.  The keys are keyed hashes, so a group commit's thousands of
+ * changes fall all over the tree: applied one by one as the deltas come,
+ * each descends from the root through pages the transaction has dirtied
+ * (LMDB looks each one up in its dirty list); sorted, one cursor walks the
+ * tree once, and mdb_cursor_put starts from the cursor's page when the key
+ * falls on it.  Nothing reads DB_LOOKUP in a write transaction but
+ * store_lookup, which applies the queue first, so every reader sees the
+ * changes as if made at once; an aborted transaction drops them with the
+ * rest.
+ */
+static int lookup_queue(store_txn *t, bool put, const uint8_t *k, size_t kl)
+{
+    uint8_t h[2] = {put ? 1 : 0, (uint8_t)kl};
+    int rc;
+    if (kl == 0 || kl > 255) return STORE_EINVAL;
+    if ((rc = crdt_buf_append(&t->lk, h, 2)) || (rc = crdt_buf_append(&t->lk, k, kl)))
+        return rc;
+    t->lk_n++;
+    return STORE_OK;
+}
+
+typedef struct lk_ref {
+    const uint8_t *k;
+    uint32_t seq;
+    uint8_t kl, put;
+} lk_ref;
+
+/* LMDB's default order (memcmp, then the shorter first); ties in the order
+ * queued. */
+static int lk_cmp(const void *a, const void *b)
+{
+    const lk_ref *x = a, *y = b;
+    int c = memcmp(x->k, y->k, x->kl < y->kl ? x->kl : y->kl);
+    if (c) return c;
+    if (x->kl != y->kl) return x->kl < y->kl ? -1 : 1;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+int store_lookup_apply(store_txn *t)
+{
+    if (!t->lk_n) return STORE_OK;
+    lk_ref *r = malloc((size_t)t->lk_n * sizeof *r);
+    MDB_cursor *c = NULL;
+    int rc = STORE_OK;
+    if (!r) return CRDT_ENOMEM;
+    const uint8_t *p = t->lk.p, *end = t->lk.p + t->lk.n;
+    for (uint32_t i = 0; i < t->lk_n; i++) {
+        if (end - p < 2 || end - p - 2 < p[1]) {
+            rc = STORE_ECORRUPT; /* cannot happen: lookup_queue wrote it */
+            goto out;
+        }
+        r[i] = (lk_ref){p + 2, i, p[1], p[0]};
+        p += 2 + p[1];
+    }
+    qsort(r, t->lk_n, sizeof *r, lk_cmp);
+    if ((rc = store_lmdb_err(mdb_cursor_open(t->txn, t->s->dbi[DB_LOOKUP], &c)))) goto out;
+    for (uint32_t i = 0; i < t->lk_n; i++) {
+        MDB_val key = {r[i].kl, (void *)r[i].k}, v = {0, ""};
+        int m;
+        if (r[i].put) {
+            m = mdb_cursor_put(c, &key, &v, 0);
+        } else {
+            m = mdb_cursor_get(c, &key, &v, MDB_SET);
+            if (m == 0) m = mdb_cursor_del(c, 0);
+            else if (m == MDB_NOTFOUND) m = 0;
+        }
+        if ((rc = store_lmdb_err(m))) goto out;
+    }
+    crdt_buf_reset(&t->lk);
+    t->lk_n = 0;
+out:
+    if (c) mdb_cursor_close(c);
+    free(r);
+    return rc;
+}
+
 /* Lookup entries for field f: remove values gone, add values new. */
 static int lookup_update(store_txn *t, int what, const crdt_fspec *f, const crdt_record *before,
                          const crdt_record *after)
@@ -764,8 +842,7 @@ static int lookup_update(store_txn *t, int what, const crdt_fspec *f, const crdt
             if (has_value(other, f, &fl->e[i])) continue;
             if (crdt_val_parse(fl->e[i].v, &v) || v.t != CRDT_V_STR) continue;
             int kl = lookup_key(t->s, what, (const uint8_t *)v.s, v.len, from->id, k);
-            int rc = pass ? store_put(t, DB_LOOKUP, k, (size_t)kl, "", 0)
-                          : store_del(t, DB_LOOKUP, k, (size_t)kl);
+            int rc = lookup_queue(t, pass != 0, k, (size_t)kl);
             if (rc) return rc;
         }
     }
@@ -1332,6 +1409,10 @@ int store_lookup(store_txn *t, int what, const char *value, size_t len, store_id
     if (what < STORE_LOOKUP_IDNUM || what > STORE_LOOKUP_NAME) return STORE_EINVAL;
     p[0] = (uint8_t)what;
     lookup_hash(t->s, what, (const uint8_t *)value, len, p + 1);
+    if (t->rw) {
+        int rc = store_lookup_apply(t);
+        if (rc) return rc;
+    }
     return prefix_scan(t, DB_LOOKUP, p, 1 + t->s->lookup_hlen, NULL, SIZE_MAX, out);
 }
 

@@ -200,6 +200,11 @@ struct store_txn {
     uint64_t chead_seq;
     uint8_t chead_hash[CRDT_HASH_BYTES];
     uint8_t cchunk_key[STORE_DOT_CHUNK_KEY], cchunk_v[STORE_DOT_CHUNK_VAL];
+    /* Write txns: lookup-index changes not yet applied (append.c,
+     * lookup_queue): each is op (1 put, 0 delete), key length, key, in
+     * lk; lk_n of them.  store_lookup_apply applies them in key order. */
+    crdt_buf lk;
+    uint32_t lk_n;
 };
 
 /* LMDB code -> STORE_E*. */
@@ -252,6 +257,10 @@ int store_unzframe(store_txn *t, crdt_buf *plain);
  * store_log_count counts the envelopes in the log. */
 int store_log_append(store_txn *t, uint64_t sseq, const uint8_t *env, size_t n);
 int store_log_flush(store_txn *t);
+/* Apply the txn's queued lookup-index changes (t->lk) in key order, one
+ * key's in the order they were made, and empty the queue (append.c).
+ * store_commit calls it; so does any reader of DB_LOOKUP in a write txn. */
+int store_lookup_apply(store_txn *t);
 int store_log_has(store_txn *t, uint64_t sseq);
 int store_log_count(store_txn *t, uint64_t *count);
 /* Before the first write of something only format `format` reads (3: a log

@@ -375,6 +375,7 @@ static void txn_free(store_txn *t)
     crdt_buf_free(&t->blk);
     crdt_buf_free(&t->hist);
     crdt_buf_free(&t->menv);
+    crdt_buf_free(&t->lk);
     crdt_arena_free(t->marena);
     crdt_record_free(t->rcache);
     free(t);
@@ -383,8 +384,9 @@ static void txn_free(store_txn *t)
 int store_commit(store_txn *t)
 {
     if (!t) return STORE_EINVAL;
-    if (t->rw && t->pend_n) {
-        int rc = store_log_flush(t);
+    if (t->rw && (t->pend_n || t->lk_n)) {
+        int rc = store_lookup_apply(t);
+        if (!rc) rc = store_log_flush(t);
         if (rc) {
             mdb_txn_abort(t->txn);
             txn_free(t);
