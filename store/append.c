@@ -796,12 +796,8 @@ int store_lookup_apply(store_txn *t)
     MDB_cursor *c = NULL;
     int rc = STORE_OK;
     if (!r) return CRDT_ENOMEM;
-    const uint8_t *p = t->lk.p, *end = t->lk.p + t->lk.n;
+    const uint8_t *p = t->lk.p; /* lk_n entries, as lookup_queue wrote them */
     for (uint32_t i = 0; i < t->lk_n; i++) {
-        if (end - p < 2 || end - p - 2 < p[1]) {
-            rc = STORE_ECORRUPT; /* cannot happen: lookup_queue wrote it */
-            goto out;
-        }
         r[i] = (lk_ref){p + 2, i, p[1], p[0]};
         p += 2 + p[1];
     }

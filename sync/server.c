@@ -24,8 +24,8 @@
  *     passed since its previous commit began (or COMMIT_DELAY_MAX_DELTAS
  *     are waiting), so one commit takes more deltas.  A random-keyed index
  *     page (lookup, records, members) is then written once for more deltas,
- *     and fsyncs and wake-ups are fewer: at 200 ms, 4.8 instead of 6.5 KB
- *     written per delta and ~12 % more deltas per second on the bench's
+ *     and fsyncs and wake-ups are fewer: at 200 ms, 3.1 instead of 6.5 KB
+ *     written per delta and ~10-15 % more deltas per second on the bench's
  *     sustained load (clients/bench/NOTES.md).  It never delays a push that
  *     has no company: with nothing left to verify, the writer commits at
  *     once, so a lone phone's ack and the end of a wave are not held back.
