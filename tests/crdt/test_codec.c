@@ -631,7 +631,7 @@ static void rand_delta(tu_rng *r, crdt_buf *enc)
     static crdt_op ops[MAXOPS];
     static crdt_buf v[MAXOPS], kb[MAXOPS];
     static crdt_dot obs[MAXOPS][20];
-    static char fields[MAXOPS][8];
+    static char fields[MAXOPS][12]; /* "f" and any uint32_t: gcc -O0 cannot see i < MAXOPS */
     char id[CRDT_RECID_MAX];
     crdt_delta d;
     memset(&d, 0, sizeof d);
