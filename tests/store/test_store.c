@@ -1126,66 +1126,6 @@ static void test_packed_values(void **state)
 
 /* Lookup keys hold 8 bytes of keyed hash; a store made before (no meta
  * "lookup_hlen") keeps 16 and its lookups still work. */
-/*
- * Lookup changes wait in the write transaction and are applied at commit in
- * key order (store_lookup_apply).  One group commit of three deltas: P1 is
- * made with ID number A, then given B (id_number is last-writer-wins, so A
- * goes: a delete queued after A's put, for the same key); P2 is made with
- * A.  Afterwards A finds only P2, B only P1, and the name both; the index
- * holds exactly what the records imply (store_verify).  Order matters: were
- * P1's put of A applied after its delete, A would still find P1.
- */
-static void test_lookup_changes_in_one_commit(void **state)
-{
-    (void)state;
-    su_dir d;
-    su_dir_make(&d, "lookupq");
-    store *s = su_store_new(&d, NULL);
-    su_dev dev;
-    su_dev_init(&dev, 3);
-    seed_household(s, &dev, "H1", "C01", "G01", NOW);
-    const char *a = "13800138001", *b = "13900139002";
-    crdt_buf env[3] = {{0}};
-    const char *pid[3] = {"P1", "P1", "P2"}, *ph[3] = {a, b, a};
-    for (int i = 0; i < 3; i++) {
-        su_ops o = {0};
-        su_set_str(&o, "phone", ph[i]);
-        if (i != 1) {
-            su_set_str(&o, "name", "李四");
-            su_set_str(&o, "household", "H1");
-        }
-        su_make(&dev, "person", pid[i], &o, NOW + 10 * (uint64_t)(i + 1), &env[i], NULL);
-        su_ops_free(&o);
-    }
-    const uint8_t *e[3] = {env[0].p, env[1].p, env[2].p};
-    size_t n[3] = {env[0].n, env[1].n, env[2].n};
-    store_outcome out[3];
-    assert_int_equal(store_append_batch(s, e, n, 3, NOW + 100, 86400000ull, out), 0);
-    for (int i = 0; i < 3; i++) assert_int_equal(out[i].result, STORE_APPLIED);
-
-    store_txn *t;
-    store_ids ids;
-    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
-    assert_int_equal(store_lookup(t, STORE_LOOKUP_PHONE, a, strlen(a), &ids), 0);
-    assert_int_equal(ids.n, 1);
-    assert_string_equal(ids.id[0], "P2");
-    store_ids_free(&ids);
-    assert_int_equal(store_lookup(t, STORE_LOOKUP_PHONE, b, strlen(b), &ids), 0);
-    assert_int_equal(ids.n, 1);
-    assert_string_equal(ids.id[0], "P1");
-    store_ids_free(&ids);
-    assert_int_equal(store_lookup(t, STORE_LOOKUP_NAME, "李四", strlen("李四"), &ids), 0);
-    assert_int_equal(ids.n, 2);
-    store_ids_free(&ids);
-    store_abort(t);
-    uint64_t problems;
-    assert_int_equal(store_verify(s, NULL, NULL, &problems), 0);
-    assert_int_equal(problems, 0);
-    for (int i = 0; i < 3; i++) crdt_buf_free(&env[i]);
-    store_close(s);
-    su_dir_remove(&d);
-}
-
 static void test_lookup_hash_len(void **state)
 {
     (void)state;
@@ -2254,6 +2194,90 @@ static store_outcome append_in(store_txn *t, const crdt_buf *env, uint64_t now_m
     assert_int_equal(store_append(t, &it, now_ms, 86400000ull, &out), 0);
     crdt_arena_free(a);
     return out;
+}
+
+/*
+ * Lookup changes wait in the write transaction and are applied at commit in
+ * key order (store_lookup_apply).  One group commit of three deltas: P1 is
+ * made with phone A, then given B (phone is last-writer-wins, so A goes: a
+ * delete queued after A's put, for the same key); P2 is made with A.  Afterwards A finds only P2, B only P1, and the name both; the index
+ * holds exactly what the records imply (store_verify).  Order matters: were
+ * P1's put of A applied after its delete, A would still find P1.  Then a
+ * lookup inside a write transaction sees a change queued in it (P3 made
+ * with A), and an abort drops the queue with the rest.
+ */
+static void test_lookup_changes_in_one_commit(void **state)
+{
+    (void)state;
+    su_dir d;
+    su_dir_make(&d, "lookupq");
+    store *s = su_store_new(&d, NULL);
+    su_dev dev;
+    su_dev_init(&dev, 3);
+    seed_household(s, &dev, "H1", "C01", "G01", NOW);
+    const char *a = "13800138001", *b = "13900139002";
+    crdt_buf env[3] = {{0}};
+    const char *pid[3] = {"P1", "P1", "P2"}, *ph[3] = {a, b, a};
+    for (int i = 0; i < 3; i++) {
+        su_ops o = {0};
+        su_set_str(&o, "phone", ph[i]);
+        if (i != 1) {
+            su_set_str(&o, "name", "李四");
+            su_set_str(&o, "household", "H1");
+        }
+        su_make(&dev, "person", pid[i], &o, NOW + 10 * (uint64_t)(i + 1), &env[i], NULL);
+        su_ops_free(&o);
+    }
+    const uint8_t *e[3] = {env[0].p, env[1].p, env[2].p};
+    size_t n[3] = {env[0].n, env[1].n, env[2].n};
+    store_outcome out[3];
+    assert_int_equal(store_append_batch(s, e, n, 3, NOW + 100, 86400000ull, out), 0);
+    for (int i = 0; i < 3; i++) assert_int_equal(out[i].result, STORE_APPLIED);
+
+    store_txn *t;
+    store_ids ids;
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_lookup(t, STORE_LOOKUP_PHONE, a, strlen(a), &ids), 0);
+    assert_int_equal(ids.n, 1);
+    assert_string_equal(ids.id[0], "P2");
+    store_ids_free(&ids);
+    assert_int_equal(store_lookup(t, STORE_LOOKUP_PHONE, b, strlen(b), &ids), 0);
+    assert_int_equal(ids.n, 1);
+    assert_string_equal(ids.id[0], "P1");
+    store_ids_free(&ids);
+    assert_int_equal(store_lookup(t, STORE_LOOKUP_NAME, "李四", strlen("李四"), &ids), 0);
+    assert_int_equal(ids.n, 2);
+    store_ids_free(&ids);
+    store_abort(t);
+
+    su_ops o = {0};
+    crdt_buf e3 = {0};
+    su_set_str(&o, "phone", a);
+    su_set_str(&o, "household", "H1");
+    su_make(&dev, "person", "P3", &o, NOW + 200, &e3, NULL);
+    su_ops_free(&o);
+    assert_int_equal(store_begin(s, STORE_RW, &t), 0);
+    assert_int_equal(append_in(t, &e3, NOW + 300).result, STORE_APPLIED);
+    assert_int_equal(store_lookup(t, STORE_LOOKUP_PHONE, a, strlen(a), &ids), 0);
+    assert_int_equal(ids.n, 2);
+    assert_string_equal(ids.id[0], "P2");
+    assert_string_equal(ids.id[1], "P3");
+    store_ids_free(&ids);
+    store_abort(t);
+    assert_int_equal(store_begin(s, STORE_RDONLY, &t), 0);
+    assert_int_equal(store_lookup(t, STORE_LOOKUP_PHONE, a, strlen(a), &ids), 0);
+    assert_int_equal(ids.n, 1);
+    assert_string_equal(ids.id[0], "P2");
+    store_ids_free(&ids);
+    store_abort(t);
+    crdt_buf_free(&e3);
+
+    uint64_t problems;
+    assert_int_equal(store_verify(s, NULL, NULL, &problems), 0);
+    assert_int_equal(problems, 0);
+    for (int i = 0; i < 3; i++) crdt_buf_free(&env[i]);
+    store_close(s);
+    su_dir_remove(&d);
 }
 
 static void make_note(su_dev *dev, const char *hh, const char *note, uint64_t ms, crdt_buf *env)
